@@ -1,0 +1,1 @@
+"""agile: placeholder docstring."""

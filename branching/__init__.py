@@ -1,0 +1,1 @@
+"""branching: placeholder docstring."""

@@ -1,0 +1,1 @@
+"""coinfer: placeholder docstring."""

@@ -1,0 +1,34 @@
+"""Command-line helpers shared by every `main.py` and launcher."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import ml_collections
+
+from common.errors import EdgeInferError
+
+
+def run_main(fn: Callable[[], int | None]) -> None:
+  """Runs `fn`; a user error prints its message and exits 2, with no traceback."""
+  try:
+    code = fn()
+  except EdgeInferError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  except KeyboardInterrupt:
+    print("interrupted; rerun the same command to resume from the last checkpoint", file=sys.stderr)
+    sys.exit(130)
+  sys.exit(code or 0)
+
+
+def save_config(config: ml_collections.ConfigDict, workdir: str | Path) -> Path:
+  """Writes the run's config to workdir/config.json."""
+  from common.export import write_atomic
+
+  workdir = Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  return write_atomic(workdir / "config.json", json.dumps(config.to_dict(), indent=2, default=str).encode())

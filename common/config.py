@@ -1,0 +1,108 @@
+"""Config validation helpers.
+
+Configs are `ml_collections.ConfigDict`s, locked, and validated once at the entry
+point. Each check raises `ConfigError` with a message that names the key, the
+value and what is allowed, e.g.::
+
+  config.train.learning_rate = -1.0: must be in (0, inf)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterable
+from typing import Any
+
+import ml_collections
+
+from common.errors import ConfigError
+
+
+def get(config: ml_collections.ConfigDict, key: str) -> Any:
+  """Returns `config[key]` for a dotted key, or raises `ConfigError`."""
+  node: Any = config
+  for part in key.split("."):
+    try:
+      node = node[part]
+    except (KeyError, AttributeError, TypeError):
+      raise ConfigError(f"config.{key} is missing") from None
+  return node
+
+
+def _fmt_range(lo, hi, lo_open, hi_open) -> str:
+  left = "(" if lo_open else "["
+  right = ")" if hi_open else "]"
+  lo_s = "-inf" if lo is None else repr(lo)
+  hi_s = "inf" if hi is None else repr(hi)
+  return f"{left}{lo_s}, {hi_s}{right}"
+
+
+def check_range(
+  config: ml_collections.ConfigDict,
+  key: str,
+  lo: float | None = None,
+  hi: float | None = None,
+  *,
+  lo_open: bool = False,
+  hi_open: bool = False,
+  integer: bool = False,
+) -> None:
+  """Checks that a numeric config value lies in a range.
+
+  Args:
+    config: the config.
+    key: dotted key, e.g. "train.learning_rate".
+    lo, hi: bounds; None means unbounded.
+    lo_open, hi_open: whether the bound itself is excluded.
+    integer: the value must be an int.
+  """
+  value = get(config, key)
+  allowed = _fmt_range(lo, hi, lo_open or lo is None, hi_open or hi is None)
+  kind = "an integer" if integer else "a number"
+  if isinstance(value, bool) or not isinstance(value, int | float):
+    raise ConfigError(f"config.{key} = {value!r}: must be {kind} in {allowed}")
+  if integer and not isinstance(value, int):
+    raise ConfigError(f"config.{key} = {value!r}: must be {kind} in {allowed}")
+  if isinstance(value, float) and math.isnan(value):
+    raise ConfigError(f"config.{key} = nan: must be {kind} in {allowed}")
+  bad = False
+  if lo is not None:
+    bad |= value <= lo if lo_open else value < lo
+  if hi is not None:
+    bad |= value >= hi if hi_open else value > hi
+  if bad:
+    raise ConfigError(f"config.{key} = {value!r}: must be in {allowed}")
+
+
+def check_choice(config: ml_collections.ConfigDict, key: str, choices: Iterable[Any]) -> None:
+  """Checks that a config value is one of `choices`."""
+  value = get(config, key)
+  choices = list(choices)
+  if value not in choices:
+    raise ConfigError(f"config.{key} = {value!r}: must be one of {choices}")
+
+
+def check_positive_ints(config: ml_collections.ConfigDict, key: str) -> None:
+  """Checks that a config value is a non-empty sequence of positive ints."""
+  value = get(config, key)
+  ok = isinstance(value, list | tuple) and len(value) > 0
+  ok = ok and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)
+  if not ok:
+    raise ConfigError(f"config.{key} = {value!r}: must be a non-empty list of positive integers")
+
+
+def to_dataclass(cls: type, section: ml_collections.ConfigDict | dict, key: str = "model"):
+  """Turns a config section into the frozen dataclass `cls`, naming unknown keys."""
+  data = section.to_dict() if hasattr(section, "to_dict") else dict(section)
+  names = {f.name for f in dataclasses.fields(cls)}
+  unknown = sorted(set(data) - names)
+  if unknown:
+    raise ConfigError(f"config.{key} has unknown keys {unknown}; allowed keys are {sorted(names)}")
+  for name, value in data.items():
+    if isinstance(value, list):
+      data[name] = tuple(value)
+  try:
+    return cls(**data)
+  except TypeError as e:
+    raise ConfigError(f"config.{key}: {e}") from None

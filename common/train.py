@@ -1,0 +1,243 @@
+"""The training state and the loop every technique reuses.
+
+A technique supplies a jitted `train_step(state, batch, rng) -> (state, metrics)`
+and an `evaluate(state) -> metrics` function; `fit` runs epochs with a tqdm bar,
+evaluates every `eval_every` steps, appends metrics to `metrics.jsonl`, saves
+orbax checkpoints every `checkpoint_every` steps (keeping `keep`), resumes from
+the newest checkpoint in the workdir, and stops with `TrainingDivergedError`
+when the loss turns NaN or infinite.
+
+Resuming is exact: the batch order of epoch e is drawn from
+`fold_in(data_key, e)` and the step's randomness is `fold_in(step_key, step)`,
+so a killed run restarted from its checkpoint retraces the uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from tqdm.auto import tqdm
+
+from common import checkpoint as ckpt
+from common import data as data_lib
+from common.errors import TrainingDivergedError
+
+
+@flax.struct.dataclass
+class TrainState:
+  """What is carried between training steps (a pytree)."""
+
+  step: jax.Array
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+
+
+def create_train_state(variables: Mapping[str, Any], tx: optax.GradientTransformation) -> TrainState:
+  """A fresh state from Flax `variables` ({"params": ..., "batch_stats": ...})."""
+  params = variables["params"]
+  batch_stats = variables.get("batch_stats", {})
+  return TrainState(
+    step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats, opt_state=tx.init(params)
+  )
+
+
+def apply_gradients(state: TrainState, grads: Any, tx: optax.GradientTransformation, **changes) -> TrainState:
+  """One optimiser update; `changes` replaces other fields (e.g. batch_stats)."""
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  return state.replace(step=state.step + 1, params=params, opt_state=opt_state, **changes)
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+  """Mean softmax cross-entropy over the (masked) batch."""
+  losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+  if mask is None:
+    return losses.mean()
+  return (losses * mask).sum() / jnp.maximum(mask.sum(), 1.0)
+
+
+def accuracy(logits: jax.Array, labels: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+  """Top-1 accuracy over the (masked) batch."""
+  hits = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
+  if mask is None:
+    return hits.mean()
+  return (hits * mask).sum() / jnp.maximum(mask.sum(), 1.0)
+
+
+def evaluate_batches(
+  eval_step: Callable[[Any, dict], dict], state: Any, ds: data_lib.Dataset, batch_size: int
+) -> dict[str, float]:
+  """Runs `eval_step(state, batch) -> {name: sum over batch}` over a data set.
+
+  `eval_step` returns sums over the masked batch (not means) so the padded last
+  batch is counted exactly; the result divides by the number of examples.
+  """
+  totals: dict[str, float] = {}
+  for batch in data_lib.batches(ds, batch_size, drop_last=False):
+    out = jax.device_get(eval_step(state, batch))
+    for k, v in out.items():
+      totals[k] = totals.get(k, 0.0) + float(v)
+  return {k: v / len(ds) for k, v in totals.items()}
+
+
+class MetricsWriter:
+  """Appends one JSON object per line to `workdir/metrics.jsonl`."""
+
+  def __init__(self, workdir: str | os.PathLike):
+    self.path = Path(workdir) / "metrics.jsonl"
+    self.path.parent.mkdir(parents=True, exist_ok=True)
+
+  def write(self, step: int, metrics: Mapping[str, Any], **extra) -> None:
+    row = {"step": int(step), "time": time.time(), **extra}
+    for k, v in metrics.items():
+      v = np.asarray(v)
+      row[k] = v.item() if v.size == 1 else v.tolist()
+    with open(self.path, "a") as f:
+      f.write(json.dumps(row) + "\n")
+      f.flush()
+
+  def read(self) -> list[dict[str, Any]]:
+    if not self.path.exists():
+      return []
+    with open(self.path) as f:
+      return [json.loads(line) for line in f if line.strip()]
+
+
+@dataclasses.dataclass(frozen=True)
+class LoopConfig:
+  """Settings of `fit`.
+
+  Attributes:
+    num_epochs: epochs over the training set.
+    batch_size: examples per step.
+    eval_every: evaluate every this many steps (and at the end); 0 = only at the end.
+    log_every: pull training metrics to the host (and check for NaN) this often.
+    checkpoint_every: save every this many steps (and at the end); 0 = only at the end.
+    keep: checkpoints kept.
+    desc: progress-bar label.
+    max_steps: stop after this many steps in total (None = all epochs).
+  """
+
+  num_epochs: int
+  batch_size: int
+  eval_every: int = 0
+  log_every: int = 10
+  checkpoint_every: int = 0
+  keep: int = 3
+  desc: str = "train"
+  max_steps: int | None = None
+
+
+def _check_finite(step: int, metrics: Mapping[str, Any]) -> None:
+  for k, v in metrics.items():
+    if "loss" in k and not math.isfinite(float(np.asarray(v).mean())):
+      raise TrainingDivergedError(
+        f"{k} became {float(np.asarray(v).mean())} at step {step}; lower the learning rate "
+        "or check the inputs (the last finite checkpoint is kept in the workdir)"
+      )
+
+
+def fit(
+  state: Any,
+  train_step: Callable[[Any, dict, jax.Array], tuple[Any, dict]],
+  train_ds: data_lib.Dataset,
+  loop: LoopConfig,
+  *,
+  key: jax.Array,
+  workdir: str | os.PathLike,
+  evaluate: Callable[[Any], Mapping[str, float]] | None = None,
+  checkpoint_subdir: str = "checkpoints",
+  show_progress: bool = True,
+) -> tuple[Any, list[dict[str, Any]]]:
+  """Trains `state` and returns (final state, eval history).
+
+  Args:
+    state: a pytree with an integer `step` field (e.g. `TrainState`).
+    train_step: jitted `(state, batch, rng) -> (state, metrics)`; metrics holds
+      device scalars, at least one key containing "loss".
+    train_ds: training data.
+    loop: loop settings.
+    key: the run's training key; split here into the data-order and step keys.
+    workdir: the run's directory; checkpoints go to workdir/checkpoint_subdir.
+    evaluate: `state -> {name: float}`, run every `loop.eval_every` steps and at the end.
+    checkpoint_subdir: lets one workdir hold several stages.
+    show_progress: draw a tqdm bar.
+
+  Raises:
+    TrainingDivergedError: a loss became NaN or infinite.
+  """
+  workdir = Path(workdir)
+  writer = MetricsWriter(workdir)
+  manager = ckpt.make_manager(workdir / checkpoint_subdir, max_to_keep=loop.keep)
+  state, _ = ckpt.restore_latest(manager, state)
+  data_key, step_key = jax.random.split(key)
+  spe = data_lib.num_batches(len(train_ds), loop.batch_size, drop_last=True)
+  total = spe * loop.num_epochs
+  if loop.max_steps is not None:
+    total = min(total, loop.max_steps)
+  step = int(jax.device_get(state.step))
+  history: list[dict[str, Any]] = []
+  bar = tqdm(total=total, initial=step, desc=loop.desc, disable=not show_progress, dynamic_ncols=True)
+  pending: list[dict] = []
+
+  def flush(step_now: int) -> None:
+    if not pending:
+      return
+    host = jax.device_get(pending)
+    means = {k: float(np.mean([np.asarray(m[k]).mean() for m in host])) for k in host[0]}
+    _check_finite(step_now, means)
+    writer.write(step_now, means, split="train")
+    bar.set_postfix({k: f"{v:.4g}" for k, v in list(means.items())[:3]})
+    pending.clear()
+
+  def run_eval(step_now: int) -> None:
+    if evaluate is None:
+      return
+    metrics = dict(evaluate(state))
+    writer.write(step_now, metrics, split="eval")
+    history.append({"step": step_now, **metrics})
+
+  try:
+    while step < total:
+      epoch, offset = divmod(step, spe)
+      for i, batch in enumerate(
+        data_lib.batches(train_ds, loop.batch_size, key=jax.random.fold_in(data_key, epoch))
+      ):
+        if i < offset:
+          continue
+        rng = jax.random.fold_in(step_key, step)
+        state, metrics = train_step(state, batch, rng)
+        step += 1
+        bar.update(1)
+        pending.append(metrics)
+        if step % max(loop.log_every, 1) == 0:
+          flush(step)
+        if loop.eval_every and step % loop.eval_every == 0 and step < total:
+          flush(step)
+          run_eval(step)
+        if loop.checkpoint_every and step % loop.checkpoint_every == 0 and step < total:
+          flush(step)
+          ckpt.save(manager, step, state)
+        if step >= total:
+          break
+    flush(step)
+    run_eval(step)
+    if manager.latest_step() != step:
+      ckpt.save(manager, step, state)
+  finally:
+    bar.close()
+    manager.close()
+  return state, history

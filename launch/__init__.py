@@ -1,0 +1,1 @@
+"""Entry points: quickstart, launchers, benchmarks."""

@@ -1,0 +1,82 @@
+"""Benchmark harness: `python -m launch.bench <technique> [options]`.
+
+Each technique's benchmark lives in `launch/benchmarks/<technique>.py` and defines
+`add_args(parser)` and `run(args) -> dict`. The harness writes the returned dict
+as JSON to `--out` (default runs/bench/<technique>.json) and prints it. Speed
+claims are ratios against a reference measured in the same run, with medians
+over repeats (`measure`), never absolute timings in tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+TECHNIQUES = ("common", "agile", "offload", "coinfer", "subnets", "branching")
+
+
+def measure(fn: Callable[[], Any], *, repeats: int = 5, warmup: int = 1) -> dict[str, float]:
+  """Times `fn()` (which must block until its result is ready, e.g. with
+  `jax.block_until_ready`) and returns median / min / p90 / mean seconds."""
+  for _ in range(warmup):
+    fn()
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - t0)
+  times.sort()
+  return {
+    "median_s": statistics.median(times),
+    "min_s": times[0],
+    "p90_s": times[min(len(times) - 1, int(0.9 * len(times)))],
+    "mean_s": statistics.fmean(times),
+    "repeats": repeats,
+  }
+
+
+def machine_info() -> dict[str, Any]:
+  import os
+
+  import jax
+
+  return {
+    "python": platform.python_version(),
+    "machine": platform.machine(),
+    "cpus": os.cpu_count(),
+    "jax": jax.__version__,
+    "backend": jax.default_backend(),
+    "devices": [str(d) for d in jax.devices()],
+  }
+
+
+def main(argv: list[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(prog="python -m launch.bench", description=__doc__.splitlines()[0])
+  parser.add_argument("technique", choices=TECHNIQUES)
+  parser.add_argument("--out", default=None, help="JSON output path")
+  args, rest = parser.parse_known_args(argv)
+  mod = importlib.import_module(f"launch.benchmarks.{args.technique}")
+  sub = argparse.ArgumentParser(prog=f"python -m launch.bench {args.technique}")
+  mod.add_args(sub)
+  sub_args = sub.parse_args(rest)
+  t0 = time.time()
+  result = {"technique": args.technique, "machine": machine_info(), **mod.run(sub_args)}
+  result["wall_s"] = time.time() - t0
+  out = Path(args.out or f"runs/bench/{args.technique}.json")
+  out.parent.mkdir(parents=True, exist_ok=True)
+  out.write_text(json.dumps(result, indent=2, default=str))
+  print(json.dumps(result, indent=2, default=str))
+  print(f"wrote {out}", file=sys.stderr)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

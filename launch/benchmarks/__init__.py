@@ -1,0 +1,1 @@
+"""Benchmarks, one module per technique: each defines run(args) -> dict."""

@@ -1,0 +1,1 @@
+"""Quickstart stages, one module per technique: each defines run(workdir, *, fast) -> dict."""
