@@ -16,7 +16,7 @@ class SmallCNN(nn.Module):
     num_classes: logits.
   """
 
-  widths: Sequence[int] = (16, 32)
+  widths: Sequence[int] = (16, 32, 64)
   num_classes: int = 10
 
   @nn.compact

@@ -1,0 +1,27 @@
+"""Quickstart config: a small CNN on the embedded `digits` data, trained, exported, checked.
+
+Run:  python -m launch.quickstart                       (all stages, < 10 min on 2 CPU cores)
+      python -m launch.quickstart --only common         (this stage alone, ~40 s)
+      python -m launch.quickstart --config.train.num_epochs=2
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.data = ml_collections.ConfigDict({"name": "digits", "data_dir": "", "image_size": 32, "limit": 0})
+  c.model = ml_collections.ConfigDict({"widths": (16, 32, 64), "num_classes": 10})
+  c.train = ml_collections.ConfigDict(
+    {
+      "num_epochs": 12,
+      "batch_size": 64,
+      "learning_rate": 1e-2,
+      "eval_every": 60,
+      "checkpoint_every": 60,
+      "keep": 2,
+    }
+  )
+  c.export = ml_collections.ConfigDict({"enabled": True, "int8": True, "representative_examples": 256})
+  return c
