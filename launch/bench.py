@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-TECHNIQUES = ("common", "agile", "offload", "coinfer", "subnets", "branching")
+TECHNIQUES = ("agile", "offload", "coinfer", "subnets", "branching")
 
 
 def measure(fn: Callable[[], Any], *, repeats: int = 5, warmup: int = 1) -> dict[str, float]:

@@ -1,0 +1,67 @@
+"""Run any technique's `main` on CPU, one GPU, a TPU, or several hosts.
+
+    python -m launch.train agile -- --config agile/configs/quick.py --workdir runs/agile
+    python -m launch.train coinfer --platform gpu -- init --config coinfer/configs/quick.py --workdir runs/c
+    python -m launch.train subnets --multihost -- finetune --config ... --workdir ...
+
+Everything after `--` goes to `python -m <technique>.main` unchanged.
+
+--platform picks JAX's backend (cpu, gpu, tpu; default: whatever JAX finds).
+--multihost starts JAX's distributed runtime first (`jax.distributed.initialize()`),
+reading the cluster from the environment (TPU pods, SLURM) or from
+--coordinator / --num_processes / --process_id; run the same command on every
+host. Data parallelism over all devices of all hosts then comes from
+`common.sharding`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import runpy
+import sys
+
+TECHNIQUES = ("agile", "offload", "coinfer", "subnets", "branching")
+
+
+def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+  if "--" in argv:
+    cut = argv.index("--")
+    ours, rest = argv[:cut], argv[cut + 1 :]
+  else:
+    ours, rest = argv, []
+  p = argparse.ArgumentParser(
+    prog="python -m launch.train",
+    description=__doc__.split("\n\n")[0],
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+    epilog=__doc__,
+  )
+  p.add_argument("technique", choices=TECHNIQUES)
+  p.add_argument("--platform", choices=("cpu", "gpu", "tpu"), default=None)
+  p.add_argument("--multihost", action="store_true", help="call jax.distributed.initialize() first")
+  p.add_argument("--coordinator", default=None, help="host:port of process 0 (multihost)")
+  p.add_argument("--num_processes", type=int, default=None)
+  p.add_argument("--process_id", type=int, default=None)
+  return p.parse_args(ours), rest
+
+
+def main(argv: list[str] | None = None) -> None:
+  args, rest = parse(sys.argv[1:] if argv is None else argv)
+  if args.platform:
+    os.environ["JAX_PLATFORMS"] = args.platform
+  if args.multihost:
+    from common import sharding
+
+    sharding.initialize_multihost(args.coordinator, args.num_processes, args.process_id)
+  import jax
+
+  print(
+    f"launch.train: {args.technique} on {jax.device_count()} {jax.default_backend()} device(s), process {jax.process_index()}/{jax.process_count()}",
+    file=sys.stderr,
+  )
+  sys.argv = [f"{args.technique}.main", *rest]
+  runpy.run_module(f"{args.technique}.main", run_name="__main__", alter_sys=True)
+
+
+if __name__ == "__main__":
+  main()
