@@ -1,0 +1,57 @@
+"""RTCoInfer on digits, full setup grid (50 setups), every setup trained individually.
+
+  python -m coinfer.main all --config coinfer/configs/default.py --workdir runs/coinfer_default
+
+Runtime: tens of minutes on 2 CPU cores (50 individual models side by side dominate).
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.data = dict(name="digits", data_dir="", image_size=32, limit=None)
+  c.setups = dict(
+    channels=[1, 2, 3, 4, 5, 6, 7, 8, 16, 32],
+    bits=[1, 2, 4, 8, 16],
+    train_bits=[1, 2, 4, 8, 16],
+  )
+  c.model = dict(
+    width_mult=0.5,
+    settings=[[6, 24, 2, 2], [6, 32, 2, 2], [6, 64, 2, 2], [6, 96, 1, 1]],
+    last_channels=256,
+    stride_cap=2,
+    per_sample_quant=True,
+  )
+  c.train = dict(batch_size=64, optimizer="adam", weight_decay=1e-4, augment=True, log_every=10)
+  c.init = dict(epochs=30, lr=3e-3, max_steps=0)
+  c.cluster = dict(steps=20, num_clusters=3)
+  c.distill = dict(epochs=30, lr=1e-3, max_steps=0, calibrate_batches=8)
+  c.ablations = ["I-D-C", "noI-D-C", "I-noD-C", "I-D-noC"]
+  c.individual = dict(epochs=30, lr=1e-3, max_steps=0, from_init=True, subset=[])
+  c.baselines = dict(
+    epochs=30,
+    lr=3e-3,
+    max_steps=0,
+    clio_widths=[1, 2, 4, 8, 16, 32],
+    spinn_exit_weight=0.15,
+    spinn_thresholds=[0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.99],
+  )
+  c.stream = dict(
+    image_shape=[224, 224, 3],
+    fps=10.0,
+    deadline_s=0.2,
+    horizon=5,
+    frames=600,
+    history=5,
+    device_macs_per_s=2e9,
+    server_macs_per_s=2e11,
+    margin=True,
+    method="milp",
+    traces=["markov", "random_walk", "step"],
+    trace_seconds=120.0,
+    trace_files=[],
+  )
+  c.export = dict(setups=[[1, 1], [4, 4], [32, 8]], int8=True, parity_images=200)
+  return c

@@ -1,0 +1,297 @@
+"""Per-frame compression controllers: the MPC of RTCoInfer (a reconstruction) and baselines.
+
+The paper's controller is not public (digest section 4); this follows the MPC template of
+Yin et al. (SIGCOMM'15) adapted to a frame stream. Over a horizon of H frames choose one
+setup per frame to maximise the summed expected accuracy subject to every frame meeting
+its deadline T. With W_k the seconds until the uplink is free when frame k arrives:
+
+  S_k = max(W_k, t_dev(s_k))          transmission starts after device compute and the queue
+  L_k = S_k + D(s_k) / C + t_srv(s_k) <= T
+  W_{k+1} = max(0, S_k + D(s_k) / C - dt)
+
+C is the predicted bandwidth: the harmonic mean of the last n throughput samples, divided
+by (1 + the largest relative error of that predictor over the recent past) when `margin`.
+The max(.) become >= constraints (every constraint wants them small, so the relaxation is
+exact). Only the first decision is applied; the problem is re-solved every frame.
+
+Solvers (`method`): "milp" builds the CVXPY problem once with Parameters (DPP) and solves it
+with HiGHS; "relax" solves its LP relaxation and rounds the first frame; "dp" solves the same
+problem exactly by a dynamic program over (W, value) pairs with dominated pairs pruned.
+`reduce=True` first drops setups dominated in (size, compute time, accuracy), which cannot
+change the optimal value. A failed or infeasible solve falls back to the smallest setup and is
+counted in `decide.stats`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
+
+import numpy as np
+
+from coinfer import compress
+from common.errors import ConfigError
+
+_TIE = 1e-6  # prefer the smaller payload among equally accurate plans
+
+
+@dataclasses.dataclass(frozen=True)
+class Profile:
+  """What the controller knows about each setup (arrays of length S)."""
+
+  names: tuple
+  bits: np.ndarray  # payload bits per frame (with side info)
+  accuracy: np.ndarray  # expected top-1 accuracy
+  t_dev: np.ndarray  # device seconds
+  t_srv: np.ndarray  # server seconds
+
+
+def make_profile(
+  setups: Sequence[compress.Setup],
+  accuracy: Sequence[float],
+  *,
+  image_shape=(224, 224, 3),
+  device_macs_per_s: float = 2e9,
+  server_macs_per_s: float = 2e11,
+  server_rest_macs: float = 300e6,
+) -> Profile:
+  """Payload from `compress.payload_bits`, compute time from MAC counts (digest section 1):
+  device 27 c (H/2)(W/2) MACs (the stem for c channels), server 288 c (H/2)(W/2) MACs for the
+  dense 3x3 decoder plus the rest of MobileNetV2 scaled to the image size."""
+  h, w = image_shape[0], image_shape[1]
+  hw = -(-h // 2) * -(-w // 2)
+  c = np.asarray([s.channels for s in setups], float)
+  bits = np.asarray(
+    [compress.payload_bits(s.channels, s.bits, image_shape, side_info=True) for s in setups], float
+  )
+  t_dev = 27 * c * hw / device_macs_per_s
+  t_srv = (288 * c * hw + server_rest_macs * h * w / 224**2) / server_macs_per_s
+  return Profile(tuple(s.name for s in setups), bits, np.asarray(accuracy, float), t_dev, t_srv)
+
+
+class ControlState(NamedTuple):
+  """What a controller sees when frame `frame` arrives."""
+
+  frame: int
+  time_s: float
+  backlog_bits: float  # bits still queued on the uplink
+  throughputs_bps: tuple  # measured throughputs of finished transfers, oldest first
+  link_free_s: float = 0.0  # when the uplink empties (only the oracle may use it)
+
+
+def predict_bandwidth(
+  throughputs_bps: Sequence[float], n: int = 5, *, margin: bool = True, default: float = 1e6
+) -> float:
+  """Harmonic mean of the last n samples, divided by (1 + max recent relative error) with `margin`."""
+  t = np.asarray(throughputs_bps, float)
+  if t.size == 0:
+    return default
+  last = t[-n:]
+  pred = len(last) / np.sum(1.0 / np.maximum(last, 1.0))
+  if margin and t.size > 1:
+    errs = []
+    for j in range(max(1, t.size - n), t.size):
+      past = t[max(0, j - n) : j]
+      p = len(past) / np.sum(1.0 / np.maximum(past, 1.0))
+      errs.append(abs(p - t[j]) / max(t[j], 1.0))
+    pred /= 1.0 + max(errs)
+  return float(pred)
+
+
+def _with_stats(fn: Callable, stats: dict) -> Callable:
+  fn.stats = stats
+  return fn
+
+
+def _dp_first(
+  prof: Profile, cand: np.ndarray, w0: float, inv_c: float, dt: float, deadline: float, horizon: int
+):
+  """Exact optimum over the horizon by a dynamic program; returns the first setup or None."""
+  tx = prof.bits[cand] * inv_c
+  start_lat = tx + prof.t_srv[cand]
+  gain = prof.accuracy[cand] - _TIE * prof.bits[cand] / prof.bits.max()
+  w = np.asarray([w0])
+  val = np.asarray([0.0])
+  first = np.asarray([-1])
+  for k in range(horizon):
+    s = np.maximum(w[:, None], prof.t_dev[cand][None, :])
+    ok = s + start_lat[None, :] <= deadline
+    if not ok.any():
+      return None
+    wi, si = np.nonzero(ok)
+    w_new = np.maximum(0.0, s[wi, si] + tx[si] - dt)
+    v_new = val[wi] + gain[si]
+    f_new = np.where(first[wi] < 0, si, first[wi]) if k else si
+    # prune: keep a state only if no state with smaller-or-equal W has a larger value
+    order = np.lexsort((-v_new, w_new))
+    w_new, v_new, f_new = w_new[order], v_new[order], f_new[order]
+    best = np.maximum.accumulate(v_new)
+    keep = np.concatenate([[True], v_new[1:] > best[:-1]])
+    w, val, first = w_new[keep], v_new[keep], f_new[keep]
+  return int(cand[first[np.argmax(val)]])
+
+
+def make_mpc(
+  setups: Profile,
+  horizon: int = 5,
+  *,
+  fps: float = 10.0,
+  deadline_s: float = 0.2,
+  history: int = 5,
+  margin: bool = True,
+  method: str = "milp",
+  reduce: bool = True,
+  solver: str | None = None,
+) -> Callable[[ControlState], int]:
+  """An MPC controller `decide(state) -> setup index` (into `setups`); `decide.stats` counts
+  solves, fallbacks (failed or infeasible) and the setups kept after reduction."""
+  if method not in ("milp", "relax", "dp"):
+    raise ConfigError(f"config.stream.method = {method!r}: must be one of ['milp', 'relax', 'dp']")
+  if horizon < 1:
+    raise ConfigError(f"config.stream.horizon = {horizon}: must be >= 1")
+  prof = setups
+  n_all = len(prof.bits)
+  cost = prof.t_dev + prof.t_srv
+  cand = np.asarray(compress.pareto_front(prof.bits, prof.accuracy, cost) if reduce else np.arange(n_all))
+  smallest = int(np.argmin(prof.bits))
+  dt = 1.0 / fps
+  stats = {"solves": 0, "fallbacks": 0, "candidates": len(cand)}
+
+  def predict(state: ControlState) -> tuple[float, float]:
+    c = predict_bandwidth(state.throughputs_bps, history, margin=margin)
+    return 1.0 / c, state.backlog_bits / c
+
+  if method == "dp":
+
+    def decide(state: ControlState) -> int:
+      inv_c, w0 = predict(state)
+      stats["solves"] += 1
+      s = _dp_first(prof, cand, w0, inv_c, dt, deadline_s, horizon)
+      if s is None:
+        stats["fallbacks"] += 1
+        return smallest
+      return s
+
+    return _with_stats(decide, stats)
+
+  import cvxpy as cp
+
+  p = len(cand)
+  size = prof.bits[cand] / 1e6  # Mbit keeps the numbers well scaled
+  gain = prof.accuracy[cand] - _TIE * prof.bits[cand] / prof.bits.max()
+  inv_c = cp.Parameter(nonneg=True, name="s_per_mbit")
+  w0 = cp.Parameter(nonneg=True, name="backlog_s")
+  x = cp.Variable((horizon, p), boolean=(method == "milp"), name="choice")
+  w = cp.Variable(horizon + 1, nonneg=True, name="wait")
+  s = cp.Variable(horizon, name="start")
+  cons = [cp.sum(x, axis=1) == 1, w[0] == w0]
+  if method == "relax":
+    cons += [x >= 0, x <= 1]
+  for k in range(horizon):
+    tx = inv_c * (x[k] @ size)
+    cons += [
+      s[k] >= w[k],
+      s[k] >= x[k] @ prof.t_dev[cand],
+      w[k + 1] >= s[k] + tx - dt,
+      s[k] + tx + x[k] @ prof.t_srv[cand] <= deadline_s,
+    ]
+  problem = cp.Problem(cp.Maximize(cp.sum(x @ gain)), cons)
+  if not problem.is_dpp():
+    raise AssertionError("the MPC problem must be DPP")
+  solver = solver or ("HIGHS" if method == "milp" else "HIGHS")
+
+  def decide(state: ControlState) -> int:
+    ic, b0 = predict(state)
+    inv_c.value = ic * 1e6
+    w0.value = b0
+    stats["solves"] += 1
+    try:
+      problem.solve(solver=solver)
+    except cp.error.SolverError:
+      stats["fallbacks"] += 1
+      return smallest
+    if problem.status not in ("optimal", "optimal_inaccurate") or x.value is None:
+      stats["fallbacks"] += 1
+      return smallest
+    row = x.value[0]
+    if method == "milp":
+      return int(cand[int(np.argmax(row))])
+    # relaxation: round to the most accurate setup in the support that keeps frame 0 on time
+    order = np.argsort(-prof.accuracy[cand])
+    for j in order:
+      if (
+        row[j] > 1e-6
+        and max(b0, prof.t_dev[cand[j]]) + prof.bits[cand[j]] * ic + prof.t_srv[cand[j]] <= deadline_s
+      ):
+        return int(cand[j])
+    stats["fallbacks"] += 1
+    return smallest
+
+  decide.problem = problem
+  return _with_stats(decide, stats)
+
+
+# ---------------------------------------------------------------- baselines
+
+
+def make_fixed(index: int) -> Callable[[ControlState], int]:
+  """Always the same setup."""
+  return _with_stats(lambda state: int(index), {"fallbacks": 0})
+
+
+def make_rate_based(prof: Profile, *, fps: float = 10.0, history: int = 5) -> Callable[[ControlState], int]:
+  """The most accurate setup whose payload fits one frame interval at the predicted bandwidth
+  (harmonic mean, no margin, queue ignored); the smallest when none fits."""
+  dt = 1.0 / fps
+  smallest = int(np.argmin(prof.bits))
+
+  def decide(state: ControlState) -> int:
+    c = predict_bandwidth(state.throughputs_bps, history, margin=False)
+    fits = np.flatnonzero(prof.bits / c <= dt)
+    if fits.size == 0:
+      return smallest
+    return int(fits[np.lexsort((prof.bits[fits], -prof.accuracy[fits]))[0]])
+
+  return _with_stats(decide, {"fallbacks": 0})
+
+
+def make_buffer_based(
+  prof: Profile, *, deadline_s: float = 0.2, reservoir: float = 0.1, cushion: float = 0.5, history: int = 5
+) -> Callable[[ControlState], int]:
+  """BBA-style: the uplink backlog in seconds (at the predicted bandwidth) maps linearly onto the
+  Pareto setups, the largest below `reservoir * T`, the smallest above `(reservoir + cushion) * T`."""
+  front = compress.pareto_front(prof.bits, prof.accuracy, prof.t_dev + prof.t_srv)
+
+  def decide(state: ControlState) -> int:
+    c = predict_bandwidth(state.throughputs_bps, history, margin=False)
+    b = state.backlog_bits / c
+    lo, hi = reservoir * deadline_s, (reservoir + cushion) * deadline_s
+    frac = np.clip((b - lo) / (hi - lo), 0.0, 1.0)
+    return int(front[int(round((1.0 - frac) * (len(front) - 1)))])
+
+  return _with_stats(decide, {"fallbacks": 0})
+
+
+def make_oracle(
+  prof: Profile, trace, *, fps: float = 10.0, deadline_s: float = 0.2
+) -> Callable[[ControlState], int]:
+  """Knows the future bandwidth: the most accurate setup whose true latency meets the deadline
+  and after which the next frame could still meet it with the smallest setup (one-step lookahead)."""
+  dt = 1.0 / fps
+  smallest = int(np.argmin(prof.bits))
+  order = np.lexsort((prof.bits, -prof.accuracy))
+
+  def decide(state: ControlState) -> int:
+    for i in order:
+      start = max(state.link_free_s, state.time_s + prof.t_dev[i])
+      end = trace.transfer_end(start, prof.bits[i])
+      if end + prof.t_srv[i] - state.time_s > deadline_s:
+        continue
+      t1 = state.time_s + dt
+      s2 = max(end, t1 + prof.t_dev[smallest])
+      if trace.transfer_end(s2, prof.bits[smallest]) + prof.t_srv[smallest] - t1 <= deadline_s:
+        return int(i)
+    return smallest
+
+  return _with_stats(decide, {"fallbacks": 0})

@@ -1,0 +1,100 @@
+"""Stream simulator: frames through device compute, a trace-driven uplink and the server.
+
+Frame k arrives at k / fps. The device computes its setup (serially), the payload joins the
+FIFO uplink, transmits at the trace's bandwidth, and the server finishes it (in parallel).
+Latency is finish minus arrival; the frame meets its deadline when latency <= T. Whether the
+frame is classified correctly comes from a per-setup correctness matrix (the SW-CNN on test
+images, cycled) or, without one, a Bernoulli draw with the setup's accuracy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from coinfer.controller import ControlState, Profile
+from coinfer.traces import Trace
+
+
+def run(
+  controller: Callable[[ControlState], int],
+  trace: Trace,
+  *,
+  profile: Profile,
+  fps: float = 10.0,
+  deadline_s: float = 0.2,
+  frames: int = 600,
+  correct: np.ndarray | None = None,
+  seed: int = 0,
+  history: int = 11,
+) -> dict:
+  """Runs `frames` frames and returns per-frame arrays and the summary.
+
+  Args:
+    controller: `decide(ControlState) -> setup index`.
+    trace: the uplink bandwidth.
+    profile: payload bits, accuracy and compute times per setup.
+    correct: optional [S, N] bool, frame k of setup s is correct iff correct[s, k % N].
+    history: throughput samples kept for the controller.
+
+  Returns:
+    {"setup", "latency_s", "met", "correct"} arrays and "summary": accuracy (correct),
+    timely_accuracy (correct and on time), deadline_miss_rate, mean and p95 latency.
+  """
+  rng = np.random.default_rng(seed)
+  dt = 1.0 / fps
+  device_free = 0.0
+  link_free = 0.0
+  done: list[tuple[float, float]] = []  # (finish time, throughput) of transfers
+  inflight: list[tuple[float, float, float]] = []  # (start, end, bits)
+  out = {k: np.zeros(frames) for k in ("setup", "latency_s", "met", "correct")}
+  for k in range(frames):
+    now = k * dt
+    backlog = sum(bits - trace_bits(trace, s, now) for s, e, bits in inflight if e > now and s < now)
+    backlog += sum(bits for s, e, bits in inflight if s >= now)
+    inflight = [f for f in inflight if f[1] > now]
+    seen = tuple(tp for t, tp in done if t <= now)[-history:]
+    state = ControlState(k, now, float(max(backlog, 0.0)), seen, link_free)
+    i = int(controller(state))
+    ready = max(now, device_free) + profile.t_dev[i]
+    device_free = ready
+    start = max(ready, link_free)
+    end = trace.transfer_end(start, profile.bits[i])
+    link_free = end
+    inflight.append((start, end, profile.bits[i]))
+    done.append((end, profile.bits[i] / max(end - start, 1e-9)))
+    done = done[-(4 * history + 8) :]
+    latency = end + profile.t_srv[i] - now
+    if correct is not None:
+      ok = bool(correct[i, k % correct.shape[1]])
+    else:
+      ok = bool(rng.random() < profile.accuracy[i])
+    out["setup"][k], out["latency_s"][k] = i, latency
+    out["met"][k], out["correct"][k] = latency <= deadline_s, ok
+  lat = out["latency_s"]
+  out["summary"] = {
+    "accuracy": float(out["correct"].mean()),
+    "timely_accuracy": float((out["correct"] * out["met"]).mean()),
+    "deadline_miss_rate": float(1.0 - out["met"].mean()),
+    "mean_latency_s": float(lat.mean()),
+    "p95_latency_s": float(np.percentile(lat, 95)),
+    "fallbacks": int(getattr(controller, "stats", {}).get("fallbacks", 0)),
+  }
+  return out
+
+
+def trace_bits(trace: Trace, start_s: float, until_s: float) -> float:
+  """Bits the link delivers between start_s and until_s (numeric integral of the piecewise rate)."""
+  if until_s <= start_s:
+    return 0.0
+  starts, ends, rates = trace._segments()
+  total, t = 0.0, start_s
+  while t < until_s:
+    local = t % trace.period_s
+    base = t - local
+    i = int(np.searchsorted(starts, local, side="right") - 1)
+    seg_end = min(base + ends[i], until_s)
+    total += (seg_end - t) * rates[i]
+    t = seg_end if seg_end > t else t + 1e-12
+  return total

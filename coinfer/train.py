@@ -1,0 +1,298 @@
+"""Training of the switchable CNN: Initialization, Clustering, Distillation, individual models.
+
+Every stage is a function of (config, workdir) that trains through `common.train.fit`
+(checkpoints under workdir/<stage>/ resume automatically) and writes <stage>.json.
+The multi-setup step runs a `lax.scan` over the setup ids of the step, summing the
+gradients (the reference calls backward once per setup) and writing each setup's BN
+statistics into its own row; the ids are drawn inside the jitted step, so one compile
+serves the whole run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from coinfer import compress
+from coinfer import models as models_lib
+from common import checkpoint as ckpt
+from common import data as data_lib
+from common import train as train_lib
+from common.errors import CheckpointError, ConfigError
+from common.report import write_json
+
+ABLATIONS = ("I-D-C", "noI-D-C", "I-noD-C", "I-D-noC", "noI-noD-C", "I-noD-noC", "noI-D-noC", "noI-noD-noC")
+
+
+@dataclasses.dataclass(frozen=True)
+class Context:
+  """What every stage needs, built once from the config."""
+
+  config: ml_collections.ConfigDict
+  train_ds: data_lib.Dataset
+  test_ds: data_lib.Dataset
+  mean: np.ndarray
+  std: np.ndarray
+  model: models_lib.SplitNet
+  setups: list
+  setups_arr: np.ndarray  # [S, 2]
+  train_ids: np.ndarray  # setup ids the SW-CNN trains on
+  largest: int
+  smallest: int
+  teacher_id: int
+
+
+def build(config: ml_collections.ConfigDict) -> Context:
+  train_ds, test_ds = data_lib.load(
+    config.data.name,
+    data_dir=config.data.data_dir or None,
+    image_size=config.data.image_size,
+    limit=config.data.limit,
+  )
+  mean, std = data_lib.channel_stats(train_ds)
+  mcfg = models_lib.ModelConfig(
+    num_classes=train_ds.num_classes,
+    width_mult=config.model.width_mult,
+    settings=tuple(tuple(r) for r in config.model.settings),
+    last_channels=config.model.last_channels,
+    stem_channels=max(config.setups.channels),
+    stride_cap=config.model.stride_cap,
+    per_sample_quant=config.model.per_sample_quant,
+  )
+  setups = compress.make_setups(config.setups.channels, config.setups.bits)
+  arr = compress.setups_array(setups)
+  train_ids = np.asarray([i for i, s in enumerate(setups) if s.bits in config.setups.train_bits], np.int32)
+  if train_ids.size == 0:
+    raise ConfigError(
+      f"config.setups.train_bits = {list(config.setups.train_bits)}: none of them is in setups.bits"
+    )
+  rate = arr[:, 0] * arr[:, 1]
+  largest = int(train_ids[np.argmax(rate[train_ids])])
+  smallest = int(train_ids[np.argmin(rate[train_ids])])
+  teacher_id = int(np.argmax(rate))
+  return Context(
+    config,
+    train_ds,
+    test_ds,
+    mean,
+    std,
+    models_lib.SplitNet(mcfg),
+    setups,
+    arr,
+    train_ids,
+    largest,
+    smallest,
+    teacher_id,
+  )
+
+
+def make_tx(config: ml_collections.ConfigDict, total_steps: int, lr: float) -> optax.GradientTransformation:
+  """SGD with Nesterov momentum (the reference) or Adam, with linear decay to zero."""
+  schedule = optax.linear_schedule(lr, 0.0, max(total_steps, 1))
+  if config.train.optimizer == "sgd":
+    opt = optax.sgd(schedule, momentum=0.9, nesterov=True)
+  else:
+    opt = optax.adam(schedule)
+  wd = optax.add_decayed_weights(config.train.weight_decay, mask=_decay_mask)
+  return optax.chain(wd, opt)
+
+
+def _decay_mask(params):
+  # weight decay on conv and dense kernels only (not BN, not biases), as the reference
+  return jax.tree_util.tree_map_with_path(lambda p, _: p[-1].key == "kernel", params)
+
+
+def init_state(ctx: Context, tx, key) -> train_lib.TrainState:
+  h, w, c = ctx.train_ds.image_shape
+  x = jnp.zeros((1, h, w, c), jnp.float32)
+  variables = ctx.model.init(key, x, jnp.int32(1), jnp.int32(8), train=False)
+  state = train_lib.create_train_state(variables, tx)
+  return state.replace(batch_stats=models_lib.stack_stats(state.batch_stats, len(ctx.setups)))
+
+
+def _prep(ctx: Context, x):
+  return data_lib.normalize(jnp.asarray(x, jnp.float32), ctx.mean, ctx.std)
+
+
+def soft_cross_entropy(*, logits: jax.Array, targets: jax.Array) -> jax.Array:
+  """mean_batch(-sum_k p_k log_softmax(logits)_k), the reference's CrossEntropyLossSoft."""
+  return -(targets * jax.nn.log_softmax(logits)).sum(-1).mean()
+
+
+def make_train_step(
+  ctx: Context,
+  tx: optax.GradientTransformation,
+  pick_ids: Callable[[jax.Array], jax.Array],
+  *,
+  teacher: Any | None = None,
+  vmapped: bool = False,
+):
+  """A jitted `(state, batch, rng) -> (state, metrics)` over the setups `pick_ids(rng)` returns.
+
+  Args:
+    pick_ids: rng -> int32 [K] setup ids trained in this step (traced).
+    teacher: frozen {"params", "batch_stats"} of the teacher setup; None trains on hard labels.
+    vmapped: the state holds a stack of independent models and `pick_ids` returns [M, 1]
+      (one setup per model): the individually trained benchmark, trained side by side.
+  """
+  arr = jnp.asarray(ctx.setups_arr)
+  model = ctx.model
+  augment = ctx.config.train.augment
+
+  def grads_for(params, stats, x, labels, soft, ids):
+    def body(carry, idx):
+      g_acc, stats = carry
+      c, b = arr[idx, 0], arr[idx, 1]
+
+      def loss_fn(p):
+        variables = {"params": p, "batch_stats": models_lib.select_stats(stats, idx)}
+        (logits, _), new = model.apply(variables, x, c, b, train=True, mutable=["batch_stats"])
+        if soft is None:
+          loss = train_lib.cross_entropy(logits, labels)
+        else:
+          loss = soft_cross_entropy(logits=logits, targets=soft)
+        return loss, (logits, new["batch_stats"])
+
+      (loss, (logits, row)), g = jax.value_and_grad(loss_fn, has_aux=True)(params)
+      stats = models_lib.update_stats(stats, idx, row)
+      g_acc = jax.tree.map(jnp.add, g_acc, g)
+      return (g_acc, stats), (loss, train_lib.accuracy(logits, labels))
+
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    (grads, stats), (losses, accs) = jax.lax.scan(body, (zeros, stats), ids)
+    return grads, stats, losses.mean(), accs.mean()
+
+  @functools.partial(jax.jit, donate_argnums=0)
+  def train_step(state: train_lib.TrainState, batch: dict, rng: jax.Array):
+    k_aug, k_ids = jax.random.split(rng)
+    x = _prep(ctx, batch["image"])
+    if augment:
+      x = data_lib.augment(k_aug, x, flip=False, pad=2)
+    soft = None
+    if teacher is not None:
+      c, b = arr[ctx.teacher_id, 0], arr[ctx.teacher_id, 1]
+      t_logits, _ = model.apply(teacher, x, c, b, train=False)
+      soft = jax.nn.softmax(jax.lax.stop_gradient(t_logits))
+    ids = pick_ids(k_ids)
+    if not vmapped:
+      grads, stats, loss, acc = grads_for(state.params, state.batch_stats, x, batch["label"], soft, ids)
+      state = train_lib.apply_gradients(state, grads, tx, batch_stats=stats)
+      return state, {"loss": loss, "accuracy": acc}
+
+    def one(params, stats, opt_state, ids_m):
+      grads, stats, loss, acc = grads_for(params, stats, x, batch["label"], soft, ids_m)
+      updates, opt_state = tx.update(grads, opt_state, params)
+      return optax.apply_updates(params, updates), stats, opt_state, loss, acc
+
+    params, stats, opt_state, loss, acc = jax.vmap(one)(state.params, state.batch_stats, state.opt_state, ids)
+    state = state.replace(step=state.step + 1, params=params, batch_stats=stats, opt_state=opt_state)
+    return state, {"loss": loss.mean(), "accuracy": acc.mean()}
+
+  return train_step
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+def make_eval_fn(ctx: Context, batch_size: int = 128):
+  """`(params, stacked_stats, ids) -> correct [len(ids), N_test] bool`, every setup in one vmapped pass."""
+  arr = jnp.asarray(ctx.setups_arr)
+  model = ctx.model
+
+  @jax.jit
+  def logits_fn(params, stacked, ids, x):
+    def one(idx):
+      v = {"params": params, "batch_stats": models_lib.select_stats(stacked, idx)}
+      return model.apply(v, x, arr[idx, 0], arr[idx, 1], train=False)[0]
+
+    return jax.lax.map(one, ids)
+
+  def evaluate(params, stacked, ids) -> np.ndarray:
+    ids = jnp.asarray(ids, jnp.int32)
+    out = []
+    for batch in data_lib.batches(ctx.test_ds, batch_size, drop_last=False):
+      logits = logits_fn(params, stacked, ids, _prep(ctx, batch["image"]))
+      pred = np.asarray(jnp.argmax(logits, -1))
+      n = int(batch["mask"].sum())
+      out.append(pred[:, :n] == batch["label"][None, :n])
+    return np.concatenate(out, axis=1)
+
+  return evaluate
+
+
+def calibrate_bn(ctx: Context, params, stacked, ids, *, batches: int, batch_size: int = 128):
+  """Re-estimates each setup's BN statistics as the plain average over `batches` training batches.
+
+  The running averages of setups sampled only now and then lag behind the shared weights;
+  re-estimating them after training is what slimmable / US-Nets do. Only the rows in `ids`
+  change; weights are untouched.
+  """
+  if batches <= 0:
+    return stacked
+  arr = jnp.asarray(ctx.setups_arr)
+  model = ctx.model
+
+  @jax.jit
+  def stats_of(params, stacked, idx, x):
+    v = {"params": params, "batch_stats": models_lib.select_stats(stacked, idx)}
+    _, new = model.apply(v, x, arr[idx, 0], arr[idx, 1], train=True, mutable=["batch_stats"])
+    # with momentum m, new = m*old + (1-m)*batch; recover the batch statistic exactly
+    m = models_lib.BN_MOMENTUM
+    return jax.tree.map(lambda n, o: (n - m * o) / (1 - m), new["batch_stats"], v["batch_stats"])
+
+  bs = min(batch_size, len(ctx.train_ds))
+  data = list(data_lib.batches(ctx.train_ds, bs, key=jax.random.key(0)))[:batches]
+  for idx in np.asarray(ids):
+    rows = [stats_of(params, stacked, int(idx), _prep(ctx, b["image"])) for b in data]
+    mean_row = jax.tree.map(lambda *r: jnp.mean(jnp.stack(r), 0), *rows)
+    stacked = models_lib.update_stats(stacked, int(idx), mean_row)
+  return stacked
+
+
+# ---------------------------------------------------------------- state I/O
+
+
+def loop_config(config, stage_cfg, desc: str, n_train: int) -> train_lib.LoopConfig:
+  return train_lib.LoopConfig(
+    num_epochs=stage_cfg.epochs,
+    batch_size=min(config.train.batch_size, n_train),
+    log_every=config.train.log_every,
+    desc=desc,
+    max_steps=stage_cfg.max_steps or None,
+  )
+
+
+def total_steps(loop: train_lib.LoopConfig, n: int) -> int:
+  spe = data_lib.num_batches(n, loop.batch_size, drop_last=True)
+  t = spe * loop.num_epochs
+  return min(t, loop.max_steps) if loop.max_steps else t
+
+
+def restore_stage(ctx: Context, workdir: Path, stage: str, like) -> Any:
+  """The final state of a finished stage in workdir/<stage>/."""
+  directory = Path(workdir) / stage
+  if not directory.exists():
+    raise CheckpointError(
+      f"stage {stage!r} has not run in {workdir}; run `python -m coinfer.main {stage}` first"
+    )
+  manager = ckpt.make_manager(directory)
+  try:
+    state, step = ckpt.restore_latest(manager, like)
+  finally:
+    manager.close()
+  if step is None:
+    raise CheckpointError(f"no checkpoint of stage {stage!r} in {directory}; rerun that stage")
+  return state
+
+
+def save_json(workdir: Path, name: str, obj: dict) -> Path:
+  return write_json(Path(workdir) / f"{name}.json", obj)

@@ -1,0 +1,63 @@
+"""Trace generators, loaders (and their errors) and the link model."""
+
+import numpy as np
+import pytest
+
+from coinfer import traces
+from common.errors import DataError
+
+
+def test_transfer_end_piecewise():
+  tr = traces.Trace("t", np.asarray([0.0, 1.0]), np.asarray([1e6, 2e6]), 2.0)
+  assert tr.transfer_end(0.0, 0.5e6) == pytest.approx(0.5)
+  assert tr.transfer_end(0.5, 1.5e6) == pytest.approx(1.5)  # 0.5 Mbit then 1 Mbit at 2 Mbit/s
+  assert tr.transfer_end(1.5, 2e6) == pytest.approx(3.0)  # 1 Mbit by 2.0, then 1 Mbit at 1 Mbit/s
+  assert tr.transfer_end(0.0, 30e6) == pytest.approx(20.0)  # ten whole periods
+  assert tr.mean_bps() == pytest.approx(1.5e6)
+
+
+@pytest.mark.parametrize("kind", ["markov", "random_walk", "step"])
+def test_synthetic_seeded(kind):
+  a, b, c = traces.synthetic(kind, 0, 30), traces.synthetic(kind, 0, 30), traces.synthetic(kind, 1, 30)
+  np.testing.assert_array_equal(a.rates_bps, b.rates_bps)
+  assert not np.array_equal(a.rates_bps, c.rates_bps)
+  assert a.rates_bps.min() > 0 and a.period_s == pytest.approx(30, abs=10)
+
+
+def test_mahimahi_loader(tmp_path):
+  p = tmp_path / "link.down"
+  p.write_text("\n".join(str(v) for v in [0, 10, 10, 50, 120, 150, 199]) + "\n")
+  tr = traces.load_mahimahi(p, bin_ms=100)
+  np.testing.assert_allclose(tr.rates_bps, [4 * 12000 / 0.1, 3 * 12000 / 0.1])
+
+
+@pytest.mark.parametrize("text", ["", "12\nabc\n", "5\n3\n", "1.5\n", "-4\n"])
+def test_mahimahi_rejects_malformed(tmp_path, text):
+  p = tmp_path / "bad.trace"
+  p.write_text(text)
+  with pytest.raises(DataError):
+    traces.load_mahimahi(p)
+
+
+def test_csv_loader(tmp_path):
+  p = tmp_path / "bw.csv"
+  p.write_text("time_s,mbps\n0,1.5\n1,3\n2,0.5\n")
+  tr = traces.load_csv(p)
+  np.testing.assert_allclose(tr.rates_bps, [1.5e6, 3e6, 0.5e6])
+  assert tr.period_s == pytest.approx(3.0)
+  assert traces.load(str(p)).name == "bw"
+
+
+@pytest.mark.parametrize(
+  "text", ["time,mbps\n", "0,1\n0,2\n", "0,1,2\n1,2,3\n", "0,1\n1,x\n", "0,1\n1,-2\n", "0,1\n1,nan\n"]
+)
+def test_csv_rejects_malformed(tmp_path, text):
+  p = tmp_path / "bad.csv"
+  p.write_text(text)
+  with pytest.raises(DataError):
+    traces.load_csv(p)
+
+
+def test_missing_file():
+  with pytest.raises(DataError, match="does not exist"):
+    traces.load("/nonexistent/trace.csv")
