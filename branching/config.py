@@ -1,0 +1,319 @@
+"""The published NN-Stretch YAML schema (pycls `ANYNET` section) as frozen dataclasses.
+
+`load(path)` reads a per-phone YAML (e.g. `configs/published/mi/R-50-CD.yaml`),
+validates it and returns a `NetConfig`; `dump(config)` / `save(config, path)`
+write the same schema back. Stage `i` has one `Branch` per entry of
+`DEPTHS[i]`; branch `j` runs on `DEVICES[j]`. Every other YAML section
+(OPTIM, TRAIN, TEST, ...) is kept verbatim in `NetConfig.other`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from common.errors import ConfigError
+
+PUBLISHED_DIR = Path(__file__).parent / "configs" / "published"
+DEVICES = ("cpu", "gpu", "dsp")
+BLOCK_TYPES = ("res_basic_block", "res_bottleneck_block", "mbconv")
+STEM_TYPES = ("res_stem_in", "simple_stem_in")
+ACTIVATIONS = ("relu", "silu")
+
+
+@dataclasses.dataclass(frozen=True)
+class Branch:
+  """One branch of a stage: `depth` blocks of output width `width` on `device`."""
+
+  device: str
+  depth: int
+  width: int
+  stride: int
+  bot_mul: float
+  group_w: int
+  activation: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+  """A stage: parallel branches concatenated on channels (one branch = sequential stage)."""
+
+  branches: tuple[Branch, ...]
+  original_width: int
+  kernel: int = 3
+
+  @property
+  def branched(self) -> bool:
+    return len(self.branches) > 1
+
+  @property
+  def out_width(self) -> int:
+    """Channels leaving the stage (sum of branch widths; with MB_VER 1 the stated o_i)."""
+    return sum(b.width for b in self.branches)
+
+
+@dataclasses.dataclass(frozen=True)
+class NetConfig:
+  """A (multi-branch) AnyNet: stem, stages, head, device tags."""
+
+  name: str
+  block_type: str
+  stem_type: str
+  stem_w: int
+  stem_k: int
+  stages: tuple[Stage, ...]
+  devices: tuple[str, ...]
+  stem_device: str
+  head_device: str
+  merge_device: str
+  num_classes: int = 1000
+  head_w: int = 0
+  mb_ver: int = 2
+  se_on: bool = False
+  se_r: float = 0.25
+  activation: str = "relu"
+  other: Mapping[str, Any] = dataclasses.field(default_factory=dict, compare=False, hash=False)
+
+  def stage_out_width(self, i: int) -> int:
+    """Input width of stage i+1 (o_i with MB_VER 1, the sum of branch widths with MB_VER 2)."""
+    st = self.stages[i]
+    return st.original_width if self.mb_ver == 1 else st.out_width
+
+  def replace(self, **changes) -> NetConfig:
+    return dataclasses.replace(self, **changes)
+
+
+def _err(name: str, key: str, value: Any, allowed: str) -> ConfigError:
+  return ConfigError(f"{name}: ANYNET.{key} = {value!r}: {allowed}")
+
+
+def _pos_int(name, key, v, lo=1) -> int:
+  if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+    raise _err(name, key, v, f"must be an integer >= {lo}")
+  return v
+
+
+def _choice(name, key, v, choices) -> str:
+  if v not in choices:
+    raise _err(name, key, v, f"must be one of {list(choices)}")
+  return v
+
+
+def _nested(name, key, v, n_stages) -> list[list]:
+  if not isinstance(v, list) or len(v) != n_stages:
+    raise _err(name, key, v, f"must be a list of {n_stages} per-stage lists")
+  return [x if isinstance(x, list) else [x] for x in v]
+
+
+def from_dict(d: Mapping[str, Any], name: str = "config") -> NetConfig:
+  """Validates a parsed YAML document and builds the `NetConfig`."""
+  if not isinstance(d, Mapping) or not isinstance(d.get("ANYNET"), Mapping):
+    raise ConfigError(f"{name}: no ANYNET section; expected the pycls/NN-Stretch YAML schema")
+  a = dict(d["ANYNET"])
+  model = dict(d.get("MODEL") or {})
+  required = ("STEM_TYPE", "STEM_W", "BLOCK_TYPE", "STRIDES", "DEPTHS", "WIDTHS", "BOT_MULS", "DEVICES")
+  missing = [k for k in required if k not in a]
+  if missing:
+    raise ConfigError(f"{name}: ANYNET is missing {missing}")
+  block = _choice(name, "BLOCK_TYPE", a["BLOCK_TYPE"], BLOCK_TYPES)
+  stem_type = _choice(name, "STEM_TYPE", a["STEM_TYPE"], STEM_TYPES)
+  devices = a["DEVICES"]
+  if not isinstance(devices, list) or not devices:
+    raise _err(name, "DEVICES", devices, f"must be a non-empty list from {list(DEVICES)}")
+  for dev in devices:
+    _choice(name, "DEVICES", dev, DEVICES)
+  depths = a["DEPTHS"]
+  if not isinstance(depths, list) or not depths:
+    raise _err(name, "DEPTHS", depths, "must be a non-empty list of per-stage lists")
+  n = len(depths)
+  depths = _nested(name, "DEPTHS", depths, n)
+  widths = _nested(name, "WIDTHS", a["WIDTHS"], n)
+  strides = _nested(name, "STRIDES", a["STRIDES"], n)
+  bot = a["BOT_MULS"]
+  if not isinstance(bot, list) or len(bot) != n:
+    raise _err(name, "BOT_MULS", bot, f"must be a list of {n} numbers (or per-branch lists)")
+  bot = [x if isinstance(x, list) else [x] * len(depths[i]) for i, x in enumerate(bot)]
+  if block == "mbconv":
+    gws = [[0] * len(dd) for dd in depths]
+    kernels = a.get("KERNELS")
+    if not isinstance(kernels, list) or len(kernels) != n:
+      raise _err(name, "KERNELS", kernels, f"mbconv needs a list of {n} kernel sizes")
+  else:
+    if "GROUP_WS" not in a:
+      raise ConfigError(f"{name}: ANYNET.GROUP_WS is required for {block}")
+    gws = _nested(name, "GROUP_WS", a["GROUP_WS"], n)
+    kernels = [3] * n
+  mb_ver = a.get("MB_VER", 2)
+  _choice(name, "MB_VER", mb_ver, (1, 2))
+  glob_act = a.get("ACTIVATION_FUN") if isinstance(a.get("ACTIVATION_FUN"), str) else None
+  glob_act = glob_act or model.get("ACTIVATION_FUN", "relu")
+  _choice(name, "MODEL.ACTIVATION_FUN", glob_act, ACTIVATIONS)
+  acts = a.get("ACTIVATION_FUN") if isinstance(a.get("ACTIVATION_FUN"), list) else []
+  widths_o = a.get("ORIGINAL_WIDTHS") or [sum(w) for w in widths]
+  if not isinstance(widths_o, list) or len(widths_o) != n:
+    raise _err(name, "ORIGINAL_WIDTHS", widths_o, f"must be a list of {n} widths")
+  stages = []
+  for i in range(n):
+    nb = len(depths[i])
+    if nb > len(devices):
+      raise _err(name, f"DEPTHS[{i}]", depths[i], f"has {nb} branches but DEVICES lists {len(devices)}")
+    for key, lst in (("WIDTHS", widths), ("STRIDES", strides), ("BOT_MULS", bot), ("GROUP_WS", gws)):
+      if len(lst[i]) < nb:
+        raise _err(name, f"{key}[{i}]", lst[i], f"needs {nb} entries, one per branch of DEPTHS[{i}]")
+    branches = []
+    for j in range(nb):
+      dep = _pos_int(name, f"DEPTHS[{i}][{j}]", depths[i][j])
+      w = _pos_int(name, f"WIDTHS[{i}][{j}]", widths[i][j])
+      s = strides[i][j]
+      if s not in (1, 2):
+        raise _err(name, f"STRIDES[{i}][{j}]", s, "must be 1 or 2")
+      bm = bot[i][j]
+      if isinstance(bm, bool) or not isinstance(bm, int | float) or bm <= 0:
+        raise _err(name, f"BOT_MULS[{i}]", bm, "must be a positive number")
+      gw = gws[i][j]
+      if block != "mbconv":
+        _pos_int(name, f"GROUP_WS[{i}][{j}]", gw)
+        w_b = int(round(w * bm))
+        if w_b % gw:
+          raise _err(name, f"GROUP_WS[{i}][{j}]", gw, f"must divide the bottleneck width {w_b}")
+      act = acts[j] if j < len(acts) else glob_act
+      _choice(name, f"ACTIVATION_FUN[{j}]", act, ACTIVATIONS)
+      branches.append(Branch(devices[j], dep, w, s, float(bm), int(gw), act))
+    k = _pos_int(name, f"KERNELS[{i}]", kernels[i])
+    if k % 2 == 0:
+      raise _err(name, f"KERNELS[{i}]", k, "must be odd")
+    stages.append(Stage(tuple(branches), _pos_int(name, f"ORIGINAL_WIDTHS[{i}]", widths_o[i]), k))
+  tags = {}
+  for key in ("STEM_DEVICE", "HEAD_DEVICE", "MERGE_DEVICE"):
+    tags[key] = _choice(name, key, a.get(key, devices[0]), DEVICES)
+  other = {k: v for k, v in d.items() if k not in ("ANYNET",)}
+  return NetConfig(
+    name=name,
+    block_type=block,
+    stem_type=stem_type,
+    stem_w=_pos_int(name, "STEM_W", a["STEM_W"]),
+    stem_k=_pos_int(name, "STEM_K", a.get("STEM_K", 7 if stem_type == "res_stem_in" else 3)),
+    stages=tuple(stages),
+    devices=tuple(devices),
+    stem_device=tags["STEM_DEVICE"],
+    head_device=tags["HEAD_DEVICE"],
+    merge_device=tags["MERGE_DEVICE"],
+    num_classes=_pos_int(name, "MODEL.NUM_CLASSES", model.get("NUM_CLASSES", 1000), 2),
+    head_w=_pos_int(name, "HEAD_W", a.get("HEAD_W", 0), 0),
+    mb_ver=mb_ver,
+    se_on=bool(a.get("SE_ON", False)),
+    se_r=float(a.get("SE_R", 0.25)),
+    activation=glob_act,
+    other=other,
+  )
+
+
+def load(path: str | os.PathLike) -> NetConfig:
+  """Reads and validates a published-schema YAML file; raises ConfigError on any problem."""
+  path = Path(path)
+  if not path.exists():
+    alt = PUBLISHED_DIR / path
+    if alt.exists():
+      path = alt
+    else:
+      raise ConfigError(f"config file {path} not found (published ones are under {PUBLISHED_DIR})")
+  try:
+    doc = yaml.safe_load(path.read_text())
+  except yaml.YAMLError as e:
+    raise ConfigError(f"{path}: not valid YAML: {e}") from None
+  return from_dict(doc, name=path.stem)
+
+
+def to_dict(c: NetConfig) -> dict[str, Any]:
+  """The YAML document of a config (the published schema)."""
+
+  def per_stage(f):
+    return [[f(b) for b in st.branches] for st in c.stages]
+
+  anynet: dict[str, Any] = {
+    "STEM_TYPE": c.stem_type,
+    "STEM_W": c.stem_w,
+    "STEM_K": c.stem_k,
+    "BLOCK_TYPE": c.block_type,
+    "STRIDES": per_stage(lambda b: b.stride),
+    "DEPTHS": per_stage(lambda b: b.depth),
+    "WIDTHS": per_stage(lambda b: b.width),
+    "BOT_MULS": [
+      [_num(b.bot_mul) for b in st.branches]
+      if len({b.bot_mul for b in st.branches}) > 1
+      else _num(st.branches[0].bot_mul)
+      for st in c.stages
+    ],
+  }
+  if c.block_type == "mbconv":
+    anynet["KERNELS"] = [st.kernel for st in c.stages]
+  else:
+    anynet["GROUP_WS"] = per_stage(lambda b: b.group_w)
+  if c.head_w:
+    anynet["HEAD_W"] = c.head_w
+  anynet.update(
+    DEVICES=list(c.devices),
+    HEAD_DEVICE=c.head_device,
+    STEM_DEVICE=c.stem_device,
+    MERGE_DEVICE=c.merge_device,
+    ORIGINAL_WIDTHS=[st.original_width for st in c.stages],
+    SE_ON=c.se_on,
+    MB_VER=c.mb_ver,
+  )
+  acts = [None] * len(c.devices)
+  for st in c.stages:
+    for j, b in enumerate(st.branches):
+      acts[j] = b.activation
+  if any(a not in (None, c.activation) for a in acts):
+    anynet["ACTIVATION_FUN"] = [a or c.activation for a in acts]
+  model = dict(c.other.get("MODEL") or {"TYPE": "mbanynet"})
+  model.update(NUM_CLASSES=c.num_classes, ACTIVATION_FUN=c.activation)
+  doc = {"MODEL": model, "ANYNET": anynet}
+  doc.update({k: v for k, v in c.other.items() if k != "MODEL"})
+  return doc
+
+
+def _num(x: float):
+  return int(x) if float(x).is_integer() else float(x)
+
+
+def dump(c: NetConfig) -> str:
+  return yaml.safe_dump(to_dict(c), sort_keys=False, default_flow_style=None)
+
+
+def save(c: NetConfig, path: str | os.PathLike) -> Path:
+  from common.export import write_atomic
+
+  return write_atomic(path, dump(c).encode())
+
+
+def published(name: str, phone: str = "mi") -> NetConfig:
+  """A shipped config by name, e.g. `published("R-50-CD")`."""
+  return load(PUBLISHED_DIR / phone / f"{name}.yaml")
+
+
+def published_latencies() -> dict[str, float]:
+  """Published whole-model latencies in ms (`sample_latency_ms.csv`, mi phone, min of 50 runs)."""
+  import csv
+
+  out = {}
+  with open(PUBLISHED_DIR / "sample_latency_ms.csv") as f:
+    for row in csv.DictReader(f):
+      out[Path(row["cfg"]).stem] = float(row["latency"]) / 1000.0
+  return out
+
+
+def single_branch(c: NetConfig, device: str) -> NetConfig:
+  """The config with every stage reduced to its first branch, all on `device`."""
+  stages = tuple(
+    Stage((dataclasses.replace(st.branches[0], device=device),), st.branches[0].width, st.kernel)
+    for st in c.stages
+  )
+  return c.replace(
+    stages=stages, devices=(device,), stem_device=device, head_device=device, merge_device=device, mb_ver=2
+  )
