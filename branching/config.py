@@ -19,7 +19,8 @@ import yaml
 
 from common.errors import ConfigError
 
-PUBLISHED_DIR = Path(__file__).parent / "configs" / "published"
+CONFIG_DIR = Path(__file__).parent / "configs"
+PUBLISHED_DIR = CONFIG_DIR / "published"
 DEVICES = ("cpu", "gpu", "dsp")
 BLOCK_TYPES = ("res_basic_block", "res_bottleneck_block", "mbconv")
 STEM_TYPES = ("res_stem_in", "simple_stem_in")
@@ -217,11 +218,10 @@ def load(path: str | os.PathLike) -> NetConfig:
   """Reads and validates a published-schema YAML file; raises ConfigError on any problem."""
   path = Path(path)
   if not path.exists():
-    alt = PUBLISHED_DIR / path
-    if alt.exists():
-      path = alt
-    else:
-      raise ConfigError(f"config file {path} not found (published ones are under {PUBLISHED_DIR})")
+    alts = [d / path for d in (CONFIG_DIR, PUBLISHED_DIR) if (d / path).exists()]
+    if not alts:
+      raise ConfigError(f"config file {path} not found (shipped ones are under {CONFIG_DIR})")
+    path = alts[0]
   try:
     doc = yaml.safe_load(path.read_text())
   except yaml.YAMLError as e:

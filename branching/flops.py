@@ -115,12 +115,12 @@ def _block(
     wk.conv(f"{p}_a_conv", w_in, w_b, 1, **tag)
     wk.conv(f"{p}_b_conv", w_b, w_b, 3, stride=stride, groups=groups, **tag)
     wk.conv(f"{p}_c_conv", w_b, w_out, 1, **tag)
-    _skip(wk, p, w_in, w_out, stride, h, w, tag)
+    _skip(wk, p, w_in, w_out, stride, h, w, tag, mp)
   elif c.block_type == "res_basic_block":
     h, w = wk.h, wk.w
     wk.conv(f"{p}_a_conv", w_in, w_out, 3, stride=stride, **tag)
     wk.conv(f"{p}_b_conv", w_out, w_out, 3, **tag)
-    _skip(wk, p, w_in, w_out, stride, h, w, tag)
+    _skip(wk, p, w_in, w_out, stride, h, w, tag, mp)
   else:  # mbconv
     w_exp = int(w_in * b.bot_mul)
     if w_exp != w_in:
@@ -135,18 +135,19 @@ def _block(
       wk.conv(f"{p}_se_conv2", w_se, w_exp, 1, bias=True, bn=False, **tag)
       wk.h, wk.w = h, w
       wk.elem(f"{p}_se_mul", w_exp, w_exp, **tag)
-    wk.conv(f"{p}_lin_conv", w_exp, w_out, 1, **tag)
-    if stride == 1 and w_in == w_out:
-      wk.elem(f"{p}_add", w_out, w_out, **tag)
+    res = stride == 1 and w_in == w_out
+    wk.conv(f"{p}{'' if res else mp}_lin_conv", w_exp, w_out, 1, **tag)
+    if res:
+      wk.elem(f"{p}{mp}_add", w_out, w_out, **tag)
 
 
-def _skip(wk, p, w_in, w_out, stride, h, w, tag) -> None:
+def _skip(wk, p, w_in, w_out, stride, h, w, tag, mp="") -> None:
   if w_in != w_out or stride != 1:
     h1, w1 = wk.h, wk.w
     wk.h, wk.w = h, w
     wk.conv(f"{p}_proj_conv", w_in, w_out, 1, stride=stride, **tag)
     wk.h, wk.w = h1, w1
-  wk.elem(f"{p}_add", w_out, w_out, **tag)
+  wk.elem(f"{p}{mp}_add", w_out, w_out, **tag)
 
 
 def ops(c: NetConfig, image_size: int = 224) -> list[Op]:
@@ -178,8 +179,8 @@ def ops(c: NetConfig, image_size: int = 224) -> list[Op]:
       for k in range(b.depth):
         stride = b.stride if k == 0 else 1
         last = k == b.depth - 1 and not st.branched and fork_next
-        p = f"{pre}_b{k + 1}" + ("_mp_start" if last else "")
-        _block(wk, c, p, b, w_in if k == 0 else b.width, b.width, stride, st.kernel, tag)
+        p = f"{pre}_b{k + 1}"
+        _block(wk, c, p, b, w_in if k == 0 else b.width, b.width, stride, st.kernel, tag, fork=last)
       w_o = b.width
       if c.mb_ver == 1 and st.branched and b.width != st.original_width // nb:
         w_o = st.original_width // nb

@@ -87,6 +87,7 @@ class Block(nn.Module):
   kernel: int
   act: str
   se_r: float = 0.0
+  fork: bool = False  # the block's last op feeds a fork: tag it `mp_start`
 
   @nn.compact
   def __call__(self, x, *, train: bool):
@@ -99,8 +100,11 @@ class Block(nn.Module):
       y = ConvBN(w_exp, self.kernel, self.stride, groups=w_exp, act=self.act, name=f"{p}_dw")(y, train=train)
       if self.se_r:
         y = SE(int(w_in * self.se_r), self.act, name=f"{p}_se")(y)
+      if not (self.stride == 1 and w_in == self.w_out):
+        return ConvBN(self.w_out, 1, name=f"{p}{'_mp_start' if self.fork else ''}_lin_conv")(y, train=train)
       y = ConvBN(self.w_out, 1, name=f"{p}_lin_conv")(y, train=train)
-      return x + y if self.stride == 1 and w_in == self.w_out else y
+      with jax.named_scope(f"{p}{'_mp_start' if self.fork else ''}_add"):
+        return x + y
     if self.block_type == "res_bottleneck_block":
       w_b = int(round(self.w_out * self.bot_mul))
       y = ConvBN(w_b, 1, act=self.act, name=f"{p}_a_conv")(x, train=train)
@@ -113,7 +117,8 @@ class Block(nn.Module):
       y = ConvBN(self.w_out, 3, name=f"{p}_b_conv")(y, train=train)
     if w_in != self.w_out or self.stride != 1:
       x = ConvBN(self.w_out, 1, self.stride, name=f"{p}_proj_conv")(x, train=train)
-    return _ACTS[self.act](x + y)
+    with jax.named_scope(f"{p}{'_mp_start' if self.fork else ''}_add"):
+      return _ACTS[self.act](x + y)
 
 
 class AnyNet(nn.Module):
@@ -140,7 +145,7 @@ class AnyNet(nn.Module):
       last = k == b.depth - 1 and not st.branched and fork_next
       x = Block(
         c.block_type,
-        f"{pre}_b{k + 1}" + ("_mp_start" if last else ""),
+        f"{pre}_b{k + 1}",
         b.width,
         b.stride if k == 0 else 1,
         b.bot_mul,
@@ -148,14 +153,24 @@ class AnyNet(nn.Module):
         st.kernel,
         b.activation,
         c.se_r if c.se_on else 0.0,
-        name=f"{pre}_b{k + 1}" + ("_mp_start" if last else ""),
+        fork=last,
+        name=f"{pre}_b{k + 1}",
       )(x, train=train)
     if c.mb_ver == 1 and st.branched and b.width != st.original_width // len(st.branches):
       x = ConvBN(st.original_width // len(st.branches), 1, name=f"{pre}_convlast")(x, train=train)
     return x
 
   @nn.compact
-  def __call__(self, x, *, train: bool):
+  def __call__(self, x, *, train: bool, part: tuple = ()):
+    """Runs the network, or one `part` of it (what per-branch export uses).
+
+    part: () the whole network; ("stem",); ("branch", i, j) branch j of stage i
+    on the stage input x; ("head",) the head on the last stage's output.
+    """
+    if part and part[0] == "branch":
+      return self.branch_fn(part[1], part[2], x, train=train)
+    if part and part[0] == "head":
+      return self._head(x, train=train)
     c = self.config
     act = c.activation
     sd, n = c.stem_device, len(c.stages)
@@ -167,24 +182,34 @@ class AnyNet(nn.Module):
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     else:
       x = ConvBN(c.stem_w, c.stem_k, 2, act=act, name=f"st_{sd}{mp}_conv")(x, train=train)
+    if part and part[0] == "stem":
+      return x
     stage_outs, branch_outs = [], []
     for i, st in enumerate(c.stages):
       outs = [self.branch_fn(i, j, x, train=train) for j in range(len(st.branches))]
       branch_outs.append(outs)
-      if st.branched:
-        fork_next = i + 1 < n and c.stages[i + 1].branched
-        with jax.named_scope(f"s{i + 1}_{c.merge_device}{'_mp_start' if fork_next else ''}_mp_end_concat"):
-          x = jnp.concatenate(outs, axis=-1)
-      else:
-        x = outs[0]
+      x = self.merge(i, outs)
       stage_outs.append(x)
+    logits = self._head(x, train=train)
+    return logits, {"stage_outputs": stage_outs, "branch_outputs": branch_outs}
+
+  def merge(self, i: int, outs):
+    """The stage-end concat (tagged mp_end, and mp_start when the next stage forks again)."""
+    c = self.config
+    if len(outs) == 1:
+      return outs[0]
+    fork_next = i + 1 < len(c.stages) and c.stages[i + 1].branched
+    with jax.named_scope(f"s{i + 1}_{c.merge_device}{'_mp_start' if fork_next else ''}_mp_end_concat"):
+      return jnp.concatenate(outs, axis=-1)
+
+  def _head(self, x, *, train: bool):
+    c = self.config
     hd = c.head_device
     if c.head_w:
-      x = ConvBN(c.head_w, 1, act=act, name=f"head_{hd}_conv")(x, train=train)
+      x = ConvBN(c.head_w, 1, act=c.activation, name=f"head_{hd}_conv")(x, train=train)
     with jax.named_scope(f"head_{hd}_gap"):
       x = jnp.mean(x, axis=(1, 2))
-    logits = nn.Dense(c.num_classes, name=f"head_{hd}_dense")(x)
-    return logits, {"stage_outputs": stage_outs, "branch_outputs": branch_outs}
+    return nn.Dense(c.num_classes, name=f"head_{hd}_dense")(x)
 
 
 def param_count(params) -> int:
