@@ -1,0 +1,149 @@
+"""DQN: features, Bellman targets against NumPy, one compiled vmapped iteration, seeds, learning."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from offload import bucket, dqn, mdp, sequences, simulate
+from offload import data as odata
+from offload.models import DQNConfig, QNetwork
+
+
+def test_features_zero_padded():
+  cfg = DQNConfig(nhist1=2, nhist2=1)
+  metrics = jnp.asarray([[1.0, 2.0, 3.0, 4.0]])
+  intervals = jnp.asarray([[1, 3, 2, 1]])
+  x = dqn.features(metrics, intervals, jnp.asarray([0, 0]), jnp.asarray([0, 3]), cfg)
+  np.testing.assert_allclose(x, [[1, 0, 0, 0, 0], [4, 3, 2, 2, 3]])
+  assert cfg.in_size == 5
+
+
+def _targets_numpy(qn, r, iv, q, p, m, gamma, pmf=None):
+  """Brute force over every (state, action) from the definitions in the digest (Sec. 5.6)."""
+  s = qn.shape[1] // 2
+  out = np.zeros_like(qn)
+
+  def v(b, n):
+    return max(qn[b, n], qn[b, s + n]) if n >= p else qn[b, n]
+
+  for b in range(qn.shape[0]):
+    for a in (0, 1):
+      for n in range(s):
+        k = n - p * a
+        if k < 0:
+          continue
+        if pmf is None:
+          ev = v(b, min(m, k + q * iv[b]))
+        else:
+          ev = sum(pmf[i] * v(b, min(m, k + q * i)) for i in range(1, len(pmf)))
+        out[b, a * s + n] = a * r[b] + gamma * ev
+  return out
+
+
+@pytest.mark.parametrize("matrix", [False, True])
+def test_targets_against_numpy(matrix):
+  q, p, m = bucket.discretize(0.25, 2)  # (1, 4, 8)
+  rng = np.random.default_rng(0)
+  qn = rng.normal(size=(5, 2 * (m + 1))).astype(np.float32)
+  r = rng.normal(size=5).astype(np.float32)
+  iv = rng.integers(1, 4, 5)
+  pmf = np.array([0.0, 0.5, 0.2, 0.3])
+  tmat = bucket.padded_transition(q, m, jnp.asarray(pmf, jnp.float32), m + 1) if matrix else None
+  got = np.asarray(dqn.targets(jnp.asarray(qn), jnp.asarray(r), jnp.asarray(iv), q, p, m, 0.9, tmat))
+  ref = _targets_numpy(qn, r, iv, q, p, m, 0.9, pmf if matrix else None)
+  mask = np.asarray(dqn.output_mask(m + 1, q, p, m))
+  np.testing.assert_allclose(got[:, mask], ref[:, mask], rtol=1e-5, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def trained():
+  """Two seeds x one setting, trained briefly on location-reset sequences of synthetic metrics."""
+  d = odata.prepare(odata.synthetic(30_000, seed=0))
+  seq = np.asarray(
+    sequences.image_sequences(jax.random.key(0), n=len(d.train.metrics), num=16, length=20_000, stype=1)
+  )
+  pool = dqn.Pool(
+    jnp.asarray(d.train.metrics[seq]), jnp.asarray(d.train.rewards[seq]), jnp.ones(seq.shape, jnp.int32)
+  )
+  rate, depth = 0.1, 4
+  q, p, m = bucket.discretize(rate, depth)
+  net = QNetwork(DQNConfig(nhist1=15), m + 1)
+  rows = 2
+  state = dqn.init_rows(jax.random.split(jax.random.key(1), rows), net, jnp.full((rows,), 1e-3))
+  step = dqn.make_batched_iteration(net, dqn.FQIConfig(gbsz=64, ngdup=16, discount=0.99))
+  pmf = dqn.padded_pmf(bucket.interval_pmf(None))
+  qs, ps, ms = (jnp.full((rows,), v, jnp.int32) for v in (q, p, m))
+  keys = jax.random.split(jax.random.key(2), rows)
+  init_params = jax.tree.map(np.asarray, state.params)
+  for _ in range(60):
+    state, met = step(state, keys, qs, ps, ms, pool, pmf)
+  return {
+    "d": d,
+    "net": net,
+    "state": state,
+    "step": step,
+    "init": init_params,
+    "loss": np.asarray(met["loss"]),
+  }
+
+
+def test_one_program_traced_once_and_finite(trained):
+  assert trained["step"]._cache_size() == 1
+  assert np.all(np.isfinite(trained["loss"]))
+  assert np.all(np.asarray(trained["state"].it) == 60)
+
+
+def test_vmapped_seeds_give_different_networks(trained):
+  for tree in (trained["init"], jax.tree.map(np.asarray, trained["state"].params)):
+    k0 = tree["dense0"]["kernel"]
+    assert not np.allclose(k0[0], k0[1])
+
+
+def test_short_dqn_beats_baseline_on_correlated_sequences(trained):
+  d, net, state = trained["d"], trained["net"], trained["state"]
+  rate, depth = 0.1, 4
+  tseq = np.asarray(
+    sequences.image_sequences(jax.random.key(5), n=len(d.test.metrics), num=16, length=10_000, stype=1)
+  )
+  weak = d.test.wcost[tseq].mean()
+  base = weak - simulate.run(
+    mdp.baseline_thresholds(d.train.metrics, rate, depth),
+    d.test.metrics,
+    d.test.rewards,
+    tseq,
+    None,
+    rate,
+    depth,
+  )
+  for row in range(2):
+    params = jax.tree.map(lambda x, row=row: x[row], state.params)
+    loss = weak - simulate.run(
+      simulate.DQNPolicy(params, net), d.test.metrics, d.test.rewards, tseq, None, rate, depth
+    )
+    assert loss < base - 0.005, (row, loss, base)
+
+
+def test_simulation_matches_per_image_reference():
+  rng = np.random.default_rng(0)
+  metrics, rewards = rng.normal(size=50).astype(np.float32), rng.normal(size=50).astype(np.float32)
+  seq = rng.integers(0, 50, (3, 400))
+  iv = rng.integers(1, 4, (3, 400))
+  rate, depth = 0.25, 2
+  q, p, m = bucket.discretize(rate, depth)
+  th = np.full(m + 1, np.inf)
+  th[p:] = np.linspace(1.0, -0.5, m + 1 - p)
+  total, sent, occ = 0.0, 0, 0
+  for s in range(3):
+    n = m
+    for t in range(400):
+      x = seq[s, t]
+      go = n >= p and metrics[x] >= th[n]
+      occ += n
+      total += rewards[x] if go else 0.0
+      sent += go
+      n = min(m, n - p * go + q * iv[s, t])
+  res = simulate.simulate(th, metrics, rewards, seq, iv, rate, depth, block=100)
+  assert res["reward"] == pytest.approx(total / 1200, rel=1e-5)
+  assert res["offload_fraction"] == pytest.approx(sent / 1200)
+  assert res["occupancy"] == pytest.approx(occ / 1200 / m)
