@@ -1,0 +1,23 @@
+"""Medium RTCoInfer on digits for a shared CPU: the quick model trained longer, individual models
+for 8 setups spanning the residual-rate range (the accuracy-loss figures in docs/coinfer.md).
+
+  python -m coinfer.main all --config coinfer/configs/medium.py --workdir runs/coinfer_medium
+
+Runtime: about 45 minutes on 2 busy CPU cores.
+"""
+
+from coinfer.configs import quick
+
+
+def get_config():
+  c = quick.get_config()
+  c.init.epochs = 20
+  c.cluster.steps = 10
+  c.distill.epochs = 10
+  c.distill.calibrate_batches = 8
+  c.individual.epochs = 10
+  c.individual.subset = [[1, 1], [1, 2], [2, 2], [3, 4], [4, 4], [8, 1], [16, 8], [32, 8]]
+  c.baselines.epochs = 10
+  c.stream.frames = 600
+  c.stream.trace_seconds = 120.0
+  return c

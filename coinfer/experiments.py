@@ -1,0 +1,194 @@
+"""The controller experiment over traces, and the run's report.md."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from coinfer import compress, simulate, traces
+from coinfer import controller as C
+from coinfer import train as T
+from common.errors import CheckpointError
+from common.report import Report
+
+
+def _read(workdir: Path, name: str) -> dict | None:
+  p = Path(workdir) / f"{name}.json"
+  return json.loads(p.read_text()) if p.exists() else None
+
+
+def stream_profile(ctx: T.Context, workdir: Path):
+  """The controller's profile: SW-CNN accuracies of the I-D-C run, payloads at stream.image_shape."""
+  path = Path(workdir) / "distill_I-D-C_correct.npy"
+  if not path.exists():
+    raise CheckpointError(f"no {path}; run `python -m coinfer.main distill` first")
+  correct = np.load(path)
+  s = ctx.config.stream
+  prof = C.make_profile(
+    ctx.setups,
+    correct.mean(axis=1),
+    image_shape=tuple(s.image_shape),
+    device_macs_per_s=s.device_macs_per_s,
+    server_macs_per_s=s.server_macs_per_s,
+  )
+  return prof, correct
+
+
+def controllers(prof, trace, s) -> dict:
+  front = compress.pareto_front(prof.bits, prof.accuracy, prof.t_dev + prof.t_srv)
+  return {
+    "mpc": C.make_mpc(
+      prof, s.horizon, fps=s.fps, deadline_s=s.deadline_s, history=s.history, margin=s.margin, method=s.method
+    ),
+    "fixed": C.make_fixed(front[len(front) // 2]),
+    "rate": C.make_rate_based(prof, fps=s.fps, history=s.history),
+    "buffer": C.make_buffer_based(prof, deadline_s=s.deadline_s, history=s.history),
+    "oracle": C.make_oracle(prof, trace, fps=s.fps, deadline_s=s.deadline_s),
+  }
+
+
+def run_simulations(ctx: T.Context, workdir: Path) -> dict:
+  s = ctx.config.stream
+  prof, correct = stream_profile(ctx, workdir)
+  specs = [(k, i) for i, k in enumerate(s.traces)] + [(f, 0) for f in s.trace_files]
+  results = {}
+  for spec, i in specs:
+    trace = traces.load(spec, seed=ctx.config.seed + i, seconds=s.trace_seconds)
+    row = {}
+    for name, ctl in controllers(prof, trace, s).items():
+      out = simulate.run(
+        ctl, trace, profile=prof, fps=s.fps, deadline_s=s.deadline_s, frames=s.frames, correct=correct
+      )
+      row[name] = out["summary"]
+    results[trace.name] = {"mean_mbps": trace.mean_bps() / 1e6, "controllers": row}
+  out = {
+    "traces": results,
+    "pareto": [
+      prof.names[i] for i in compress.pareto_front(prof.bits, prof.accuracy, prof.t_dev + prof.t_srv)
+    ],
+  }
+  T.save_json(workdir, "simulate", out)
+  return out
+
+
+def write_report(ctx: T.Context, workdir: Path) -> Path:
+  """report.md: accuracy-loss table, accuracy vs residual rate (CLIO, SPINN), controller results."""
+  workdir = Path(workdir)
+  rep = Report("RTCoInfer (coinfer)", workdir)
+  cfg = ctx.config
+  rep.text(f"Data `{cfg.data.name}` at {ctx.test_ds.image_shape}, {len(ctx.setups)} setups, seed {cfg.seed}.")
+  init = _read(workdir, "init")
+  if init:
+    rep.text(f"Initialization model ({init['teacher']}): test accuracy {init['accuracy']:.4f}.")
+  ind = _read(workdir, "individual")
+  rep.heading("Accuracy loss: SW-CNN minus individually trained (top-1 error difference)")
+  if ind and not ind.get("all_setups"):
+    rep.text(
+      f"Individual models trained for a representative subset of {len(ind['setups'])} setups only "
+      "(quick config); the statistics run over that subset."
+    )
+  rows = []
+  from coinfer.stages import accuracy_loss
+
+  for ab in T.ABLATIONS:
+    sw = _read(workdir, f"distill_{ab}")
+    if sw and ind:
+      loss = accuracy_loss(sw, ind)
+      rows.append([ab, loss["max"], loss["min"], loss["mean"]])
+  if rows:
+    rep.table(["method", "max", "min", "mean"], rows)
+  sw = _read(workdir, "distill_I-D-C")
+  if sw:
+    shape = ctx.test_ds.image_shape
+    acc = {r["name"]: r["accuracy"] for r in sw["setups"]}
+    rep.heading("Accuracy per setup (SW-CNN I-D-C)")
+    ind_acc = {r["name"]: r["accuracy"] for r in ind["setups"]} if ind else {}
+    rep.table(
+      ["setup", "residual rate", "SW-CNN acc", "individual acc"],
+      [
+        [s.name, compress.residual_rate(s.channels, s.bits, shape), acc[s.name], ind_acc.get(s.name, "-")]
+        for s in ctx.setups
+      ],
+    )
+    front = compress.pareto_front(
+      [compress.residual_rate(s.channels, s.bits, shape) for s in ctx.setups],
+      [acc[s.name] for s in ctx.setups],
+    )
+    series = {
+      "SW-CNN (Pareto)": (
+        [compress.residual_rate(ctx.setups[i].channels, ctx.setups[i].bits, shape) for i in front],
+        [acc[ctx.setups[i].name] for i in front],
+      )
+    }
+    clio, spinn = _read(workdir, "clio"), _read(workdir, "spinn")
+    if clio:
+      pts = sorted(clio["points"], key=lambda p: p["residual_rate"])
+      series["CLIO"] = ([p["residual_rate"] for p in pts], [p["accuracy"] for p in pts])
+    if spinn:
+      pts = sorted(spinn["points"], key=lambda p: p["residual_rate"])
+      series["SPINN"] = ([max(p["residual_rate"], 1e-3) for p in pts], [p["accuracy"] for p in pts])
+    rep.heading("Accuracy vs residual rate")
+    rep.line_plot("accuracy_vs_rate.png", series, xlabel="residual rate", ylabel="top-1 accuracy", logx=True)
+  sim = _read(workdir, "simulate")
+  if sim:
+    rep.heading("Controllers per trace (frames at the configured fps and deadline)")
+    rows = []
+    for tname, t in sim["traces"].items():
+      for cname, m in t["controllers"].items():
+        rows.append(
+          [
+            tname,
+            f"{t['mean_mbps']:.2f}",
+            cname,
+            m["accuracy"],
+            m["timely_accuracy"],
+            m["deadline_miss_rate"],
+            m["mean_latency_s"],
+            m["p95_latency_s"],
+            m["fallbacks"],
+          ]
+        )
+    rep.table(
+      [
+        "trace",
+        "mean Mbit/s",
+        "controller",
+        "accuracy",
+        "timely acc",
+        "miss rate",
+        "mean lat s",
+        "p95 lat s",
+        "fallbacks",
+      ],
+      rows,
+    )
+    names = list(next(iter(sim["traces"].values()))["controllers"])
+    rep.bar_plot(
+      "miss_rate.png",
+      {
+        n: float(np.mean([t["controllers"][n]["deadline_miss_rate"] for t in sim["traces"].values()]))
+        for n in names
+      },
+      ylabel="deadline-miss rate (mean over traces)",
+    )
+    rep.bar_plot(
+      "timely_accuracy.png",
+      {
+        n: float(np.mean([t["controllers"][n]["timely_accuracy"] for t in sim["traces"].values()]))
+        for n in names
+      },
+      ylabel="timely accuracy (mean over traces)",
+    )
+  exp = _read(workdir, "export")
+  if exp:
+    rep.heading("Export parity (device TFLite float -> server ONNX vs JAX)")
+    rep.table(
+      ["setup", "top-1 agreement", "device int8 bytes"],
+      [
+        [r["setup"], r["top1_agreement"], r.get("device_int8_bytes", r.get("int8_error", "-"))]
+        for r in exp["setups"]
+      ],
+    )
+  return rep.write()

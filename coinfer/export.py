@@ -1,0 +1,102 @@
+"""Deployment of the split model: device part per setup (TFLite int8 + TFLite Micro C array,
+and float TFLite), server part per setup (ONNX), and their top-1 parity with JAX.
+
+The device graph is stem conv -> BN (the setup's statistics) -> ReLU6 -> first c channels ->
+per-image min-max quantisation to b bits (dequantised, so the exported output is the tensor the
+server reads; `compress.encode_np` gives the packed codes and the two floats per channel that go
+on the wire). The server graph zero-pads the c channels back to the stem width (equal to slicing
+the decoder's input weights) and runs the rest.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax.numpy as jnp
+import numpy as np
+
+from coinfer import models as models_lib
+from coinfer import train as T
+from common import export as export_lib
+from common.errors import ExportError
+
+
+def split_fns(ctx: T.Context, variables: dict, index: int):
+  """(device_fn, server_fn, full_fn) of setup `index` on raw [0, 1] images."""
+  setup = ctx.setups[index]
+  v = {"params": variables["params"], "batch_stats": models_lib.select_stats(variables["batch_stats"], index)}
+  model = ctx.model
+  stem = model.config.stem_channels
+  c, b = jnp.int32(setup.channels), jnp.int32(setup.bits)
+
+  def device_fn(x):
+    z = model.apply(v, T._prep(ctx, x), c, b, train=False, method=lambda m, *a, **k: m.device(*a, **k))
+    return z[..., : setup.channels]
+
+  def server_fn(z):
+    z = jnp.pad(z, ((0, 0), (0, 0), (0, 0), (0, stem - setup.channels)))
+    return model.apply(v, z, train=False, method=lambda m, *a, **k: m.server(*a, **k))[0]
+
+  def full_fn(x):
+    return model.apply(v, T._prep(ctx, x), c, b, train=False)[0]
+
+  return device_fn, server_fn, full_fn
+
+
+def export_setup(
+  ctx: T.Context, variables: dict, index: int, out_dir: Path, *, int8: bool, parity_images: int
+) -> dict:
+  """Writes exports/<setup>/{device_int8.tflite, device_int8 C array, device.tflite, server.onnx}; returns parity."""
+  setup = ctx.setups[index]
+  out = Path(out_dir) / setup.name
+  device_fn, server_fn, full_fn = split_fns(ctx, variables, index)
+  h, w, ch = ctx.test_ds.image_shape
+  x1 = np.zeros((1, h, w, ch), np.float32)
+  z1 = np.asarray(device_fn(x1))
+  dev = export_lib.to_tflite(device_fn, x1, name=f"device_{setup.name}")
+  export_lib.write_atomic(out / "device.tflite", dev)
+  srv = export_lib.to_tflite(server_fn, z1, name=f"server_{setup.name}")
+  onnx_model = export_lib.tflite_to_onnx(srv)
+  export_lib.save_onnx(onnx_model, out / "server.onnx")
+  result = {"setup": setup.name, "device_tflite_bytes": len(dev)}
+  if int8:
+    rep = [ctx.train_ds.images[i : i + 1] for i in range(min(200, len(ctx.train_ds)))]
+    try:
+      dev8 = export_lib.to_tflite(
+        device_fn, x1, int8=True, representative_data=rep, name=f"device8_{setup.name}"
+      )
+    except ExportError as e:
+      result["int8_error"] = str(e)[:300]
+    else:
+      export_lib.write_atomic(out / "device_int8.tflite", dev8)
+      c_arr = export_lib.to_c_array(dev8, f"coinfer_device_{setup.name.lower()}", out)
+      result["device_int8_bytes"] = c_arr["model_bytes"]
+  x = ctx.test_ds.images[:parity_images]
+  ref = np.asarray(full_fn(x)).argmax(-1)
+  z = export_lib.run_tflite(dev, x)[0]
+  logits = export_lib.run_onnx(onnx_model, z)[0]
+  result["top1_agreement"] = float((logits.argmax(-1) == ref).mean())
+  result["payload_max_abs_err"] = float(np.max(np.abs(z - np.asarray(device_fn(x)))))
+  return result
+
+
+def export_all(ctx: T.Context, variables: dict, workdir: Path) -> dict:
+  cfg = ctx.config
+  names = {s.name: i for i, s in enumerate(ctx.setups)}
+  results = []
+  for c, b in cfg.export.setups:
+    if f"N{c}Q{b}" not in names:
+      raise ExportError(f"config.export.setups has {[c, b]}, which is not a configured setup")
+    results.append(
+      export_setup(
+        ctx,
+        variables,
+        names[f"N{c}Q{b}"],
+        Path(workdir) / "exports",
+        int8=cfg.export.int8,
+        parity_images=cfg.export.parity_images,
+      )
+    )
+  out = {"setups": results}
+  T.save_json(workdir, "export", out)
+  return out

@@ -1,0 +1,149 @@
+"""coinfer benchmark: MPC decision time (H=5, 50 setups) against the plain MILP, and the
+controllers on synthetic traces (deadline misses and accuracy against rate-based and the oracle).
+
+  python -m launch.bench coinfer [--states 200 --reference-states 40 --frames 600]
+
+Setup accuracies are the published top-1 errors of the individually trained models
+(rtcoinfer-individual-errors.txt; the 16-bit setups, never trained there, take their
+8-bit value), or a run's SW-CNN accuracies with --workdir.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+# top-1 error of the individual models, [c][bits 8, 4, 2, 1] (digest table 6.2)
+_ERR = {
+  1: (0.1574, 0.1583, 0.1761, 0.2108), 2: (0.1428, 0.1472, 0.1474, 0.1894), 3: (0.1426, 0.1451, 0.1501, 0.1818),
+  4: (0.1434, 0.1415, 0.1476, 0.1711), 5: (0.1435, 0.1423, 0.1464, 0.1613), 6: (0.1448, 0.1415, 0.1492, 0.1586),
+  7: (0.1430, 0.1443, 0.1425, 0.1588), 8: (0.1445, 0.1429, 0.1470, 0.1635), 16: (0.1412, 0.1410, 0.1439, 0.1551),
+  32: (0.1387, 0.1384, 0.1440, 0.1486),
+}  # fmt: skip
+
+
+def add_args(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument("--states", type=int, default=200, help="decisions timed per fast method")
+  parser.add_argument("--reference-states", type=int, default=40, help="decisions timed for the plain MILP")
+  parser.add_argument("--frames", type=int, default=600, help="frames per trace simulation")
+  parser.add_argument("--seeds", type=int, default=3, help="seeds per synthetic trace kind")
+  parser.add_argument("--horizon", type=int, default=5)
+  parser.add_argument("--workdir", default=None, help="use this run's SW-CNN accuracies")
+
+
+def _profile(workdir):
+  from coinfer import compress
+  from coinfer import controller as C
+
+  setups = compress.make_setups()
+  if workdir:
+    acc = np.load(Path(workdir) / "distill_I-D-C_correct.npy").mean(axis=1)
+    if len(acc) != len(setups):
+      raise SystemExit(f"{workdir} has {len(acc)} setups, the benchmark needs the 50 of the default grid")
+  else:
+    col = {8: 0, 4: 1, 2: 2, 1: 3, 16: 0}
+    acc = np.asarray([1.0 - _ERR[s.channels][col[s.bits]] for s in setups])
+  return C.make_profile(setups, acc)
+
+
+def _timed(decide, states):
+  times, picks = [], []
+  for s in states:
+    t0 = time.perf_counter()
+    picks.append(decide(s))
+    times.append(time.perf_counter() - t0)
+  t = np.asarray(times) * 1e3
+  return {
+    "median_ms": float(np.median(t)),
+    "p99_ms": float(np.percentile(t, 99)),
+    "mean_ms": float(t.mean()),
+  }, picks
+
+
+def run(args) -> dict:
+  from coinfer import compress, simulate, traces
+  from coinfer import controller as C
+
+  prof = _profile(args.workdir)
+  H = args.horizon
+  # realistic states: those a DP-MPC meets on a Markov trace
+  states = []
+  dp = C.make_mpc(prof, H, method="dp")
+
+  def recording(s):
+    states.append(s)
+    return dp(s)
+
+  simulate.run(recording, traces.markov(7, 120.0), profile=prof, frames=args.states)
+  ref_states = states[:: max(1, len(states) // args.reference_states)][: args.reference_states]
+  out = {"setups": len(prof.bits), "horizon": H}
+  plain = C.make_mpc(prof, H, method="milp", reduce=False)
+  out["plain_milp_50"], ref_picks = _timed(plain, ref_states)
+  methods = {
+    "pareto_milp": C.make_mpc(prof, H, method="milp"),
+    "pareto_relax_round": C.make_mpc(prof, H, method="relax"),
+    "pareto_dp": C.make_mpc(prof, H, method="dp"),
+    "full_dp": C.make_mpc(prof, H, method="dp", reduce=False),
+  }
+  for name, decide in methods.items():
+    timing, _ = _timed(decide, states)
+    _, picks = _timed(decide, ref_states)
+    same = np.mean(
+      [abs(prof.accuracy[a] - prof.accuracy[b]) < 1e-9 for a, b in zip(picks, ref_picks, strict=True)]
+    )
+    loss = np.mean([prof.accuracy[b] - prof.accuracy[a] for a, b in zip(picks, ref_picks, strict=True)])
+    timing.update(
+      candidates=decide.stats["candidates"],
+      first_choice_accuracy_equal_to_plain_milp=float(same),
+      mean_first_choice_accuracy_below_plain_milp=float(loss),
+      speedup_vs_plain_milp=out["plain_milp_50"]["median_ms"] / timing["median_ms"],
+    )
+    out[name] = timing
+  out["pareto_setups"] = [
+    prof.names[i] for i in compress.pareto_front(prof.bits, prof.accuracy, prof.t_dev + prof.t_srv)
+  ]
+  # controllers on synthetic traces
+  per = {}
+  for kind in ("markov", "random_walk", "step"):
+    for seed in range(args.seeds):
+      tr = traces.synthetic(kind, seed, 120.0)
+      ctls = {
+        "mpc": C.make_mpc(prof, H, method="dp"),
+        "rate": C.make_rate_based(prof),
+        "buffer": C.make_buffer_based(prof),
+        "fixed": C.make_fixed(int(np.argsort(prof.bits)[len(prof.bits) // 2])),
+        "oracle": C.make_oracle(prof, tr),
+      }
+      per[tr.name] = {
+        n: simulate.run(c, tr, profile=prof, frames=args.frames, seed=seed)["summary"]
+        for n, c in ctls.items()
+      }
+  keys = ("accuracy", "timely_accuracy", "deadline_miss_rate", "mean_latency_s", "p95_latency_s")
+  mean = {
+    n: {k: float(np.mean([p[n][k] for p in per.values()])) for k in keys} for n in next(iter(per.values()))
+  }
+  out["traces_mean"] = mean
+  out["mpc_vs_rate"] = {
+    "miss_rate_mpc": mean["mpc"]["deadline_miss_rate"],
+    "miss_rate_rate": mean["rate"]["deadline_miss_rate"],
+    "timely_accuracy_mpc": mean["mpc"]["timely_accuracy"],
+    "timely_accuracy_rate": mean["rate"]["timely_accuracy"],
+    "traces_mpc_fewer_misses": int(
+      sum(p["mpc"]["deadline_miss_rate"] < p["rate"]["deadline_miss_rate"] for p in per.values())
+    ),
+    "traces": len(per),
+  }
+  out["mpc_margin_to_oracle"] = {
+    k: mean["oracle"][k] - mean["mpc"][k] for k in ("timely_accuracy", "accuracy")
+  }
+  out["per_trace"] = per
+  out["targets"] = {
+    "decision_median_under_5ms": out["pareto_dp"]["median_ms"] < 5.0,
+    "decision_p99_under_20ms": out["pareto_dp"]["p99_ms"] < 20.0,
+  }
+  json.dumps(out)
+  return out

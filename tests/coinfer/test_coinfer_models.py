@@ -1,0 +1,101 @@
+"""Split model: per-setup BN statistics stay separate, masking equals slicing, one trace per step."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from coinfer import models as models_lib
+from coinfer import stages
+from coinfer import train as T
+from coinfer.configs import quick
+
+
+def tiny_config():
+  c = quick.get_config()
+  c.data.image_size = 8
+  c.data.limit = 64
+  c.setups.channels = [1, 2, 4]
+  c.setups.bits = [1, 2, 8]
+  c.setups.train_bits = [1, 2, 8]
+  c.model.settings = [[2, 16, 1, 2]]
+  c.model.last_channels = 32
+  c.train.batch_size = 16
+  for s in ("init", "distill", "individual", "baselines"):
+    c[s].epochs = 1
+    c[s].max_steps = 2
+  c.cluster.steps = 1
+  c.cluster.num_clusters = 2
+  c.distill.calibrate_batches = 1
+  c.individual.subset = [[1, 1], [4, 8]]
+  c.export.setups = [[1, 1], [2, 2], [4, 8]]
+  c.export.parity_images = 40
+  c.stream.frames = 40
+  c.stream.trace_seconds = 10.0
+  c.baselines.clio_widths = [1, 4]
+  return c
+
+
+@pytest.fixture(scope="module")
+def ctx():
+  return T.build(tiny_config())
+
+
+def test_step_updates_only_its_setup_stats_and_traces_once(ctx):
+  tx = T.make_tx(ctx.config, 10, 1e-3)
+  state = T.init_state(ctx, tx, jax.random.key(0))
+  before = jax.tree.map(np.asarray, state.batch_stats)
+  traces = []
+  ids_holder = {"ids": jnp.asarray([3], jnp.int32)}
+
+  def pick(rng):
+    traces.append(1)
+    return ids_holder["ids"]
+
+  step = T.make_train_step(ctx, tx, pick)
+  batch = next(iter(__import__("common.data", fromlist=["batches"]).batches(ctx.train_ds, 16)))
+  state, m = step(state, batch, jax.random.key(1))
+  state, m = step(state, batch, jax.random.key(2))
+  assert len(traces) == 1 and np.isfinite(float(m["loss"]))
+  after = jax.tree.map(np.asarray, state.batch_stats)
+  for b, a in zip(jax.tree.leaves(before), jax.tree.leaves(after), strict=True):
+    assert not np.allclose(b[3], a[3])
+    others = [i for i in range(b.shape[0]) if i != 3]
+    np.testing.assert_array_equal(b[others], a[others])
+
+
+def test_switching_is_choosing_an_index(ctx):
+  tx = T.make_tx(ctx.config, 10, 1e-3)
+  state = T.init_state(ctx, tx, jax.random.key(0))
+  stats = jax.tree.map(lambda a: a + jnp.arange(a.shape[0]).reshape(-1, *([1] * (a.ndim - 1))) * 0.1, state.batch_stats)
+  x = jnp.asarray(ctx.test_ds.images[:4])
+  outs = []
+  for i in (0, 5):
+    v = {"params": state.params, "batch_stats": models_lib.select_stats(stats, i)}
+    outs.append(np.asarray(ctx.model.apply(v, x, 4, 8, train=False)[0]))
+  assert not np.allclose(outs[0], outs[1])  # same weights, different statistics
+
+
+def test_mask_equals_sliced_decoder_weights(ctx):
+  from coinfer import export as ex
+
+  tx = T.make_tx(ctx.config, 10, 1e-3)
+  state = T.init_state(ctx, tx, jax.random.key(0))
+  variables = {"params": state.params, "batch_stats": state.batch_stats}
+  x = ctx.test_ds.images[:5]
+  for idx in (0, 4, 8):
+    device_fn, server_fn, full_fn = ex.split_fns(ctx, variables, idx)
+    z = device_fn(x)
+    assert z.shape[-1] == ctx.setups[idx].channels
+    np.testing.assert_allclose(np.asarray(server_fn(z)), np.asarray(full_fn(x)), atol=1e-4)
+
+
+def test_search_eps_hits_cluster_count():
+  values = np.asarray([0.0, 0.1, 0.15, 1.0, 1.05, 3.0, 3.2, 3.3])
+  for k in (1, 2, 3, 4):
+    eps, labels = stages.search_eps(values, k)
+    assert len(set(labels)) == k
+  from common.errors import InfeasibleError
+
+  with pytest.raises(InfeasibleError):
+    stages.search_eps(np.asarray([1.0, 1.0, 2.0]), 3)

@@ -1,0 +1,52 @@
+"""The whole pipeline on a tiny config (the quickstart stage with fast=True): every CLI step runs,
+the report is written, and device TFLite + server ONNX agree with JAX on top-1 at three setups."""
+
+import json
+
+import pytest
+
+from launch.stages import coinfer as stage
+
+
+@pytest.fixture(scope="module")
+def result(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("coinfer")
+  return workdir, stage.run(workdir, fast=True)
+
+
+def test_pipeline_writes_report_and_numbers(result):
+  workdir, out = result
+  report = (workdir / "report.md").read_text()
+  assert "Accuracy loss" in report and "Controllers per trace" in report and "Export parity" in report
+  assert (workdir / "accuracy_vs_rate.png").exists() and (workdir / "miss_rate.png").exists()
+  assert 0.0 <= out["init_accuracy"] <= 1.0
+  clusters = json.loads((workdir / "cluster.json").read_text())["clusters"]
+  assert len(clusters) == 2 and sorted(i for c in clusters for i in c) == list(range(9))
+  sim = json.loads((workdir / "simulate.json").read_text())["traces"]
+  assert set(next(iter(sim.values()))["controllers"]) == {"mpc", "fixed", "rate", "buffer", "oracle"}
+
+
+def test_export_parity_three_setups(result):
+  workdir, _ = result
+  exp = json.loads((workdir / "export.json").read_text())["setups"]
+  assert len(exp) == 3
+  for r in exp:
+    assert r["top1_agreement"] >= 0.99, r
+    assert (workdir / "exports" / r["setup"] / "server.onnx").exists()
+    assert (workdir / "exports" / r["setup"] / "device.tflite").exists()
+
+
+def test_cli_reports_config_errors(tmp_path, capsys):
+  from coinfer import main
+
+  bad = tmp_path / "bad.py"
+  bad.write_text(
+    "from coinfer.configs import quick\n"
+    "def get_config():\n  c = quick.get_config()\n  c.stream.horizon = 0\n  return c\n"
+  )
+  with pytest.raises(SystemExit) as e:
+    from common.cli import run_main
+
+    run_main(lambda: main.main(["init", "--config", str(bad), "--workdir", str(tmp_path / "w")]))
+  assert e.value.code == 2
+  assert "stream.horizon" in capsys.readouterr().err
