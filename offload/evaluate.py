@@ -6,12 +6,47 @@ import io
 import time
 from pathlib import Path
 
+import jax
 import ml_collections
 import numpy as np
 
 from common import report
 from common.export import write_atomic
 from offload import train as otrain
+
+
+def _export(c, d, setts, net, state, res, seq, iv, workdir: Path, rep: report.Report) -> dict:
+  """Exports the first setting's DQN (TFLite float / int8, ONNX) and every setting's MDP thresholds."""
+  from offload import dqn as dqn_lib
+  from offload import export as oexport
+
+  out = workdir / "exports"
+  for (r, b, qpm), th in zip(setts, res["mdp_thresholds"], strict=True):
+    oexport.export_thresholds(np.asarray(th), qpm, out / f"mdp_r{r}_b{b}.json", mean=d.mean, std=d.std)
+  params = jax.tree.map(lambda x: x[0], state.params)
+  n = min(512, seq.shape[1] - 1)
+  ms = jax.numpy.asarray(d.test.metrics[seq[:1]])
+  x = np.asarray(
+    dqn_lib.features(ms, jax.numpy.asarray(iv[:1]), np.zeros(n, np.int32), np.arange(1, n + 1), net.config)
+  )
+  par = oexport.export_dqn(net, params, x, setts[0][2].p, out, int8=c.export_int8)
+  rep.heading("Exports")
+  rows = [
+    ["DQN TFLite float32", par["tflite_bytes"], par["tflite_max_abs_err"], par["tflite_decision_agreement"]]
+  ]
+  if "onnx_max_abs_err" in par:
+    rows.append(["DQN ONNX (from TFLite)", "", par["onnx_max_abs_err"], par["onnx_decision_agreement"]])
+  if "int8_bytes" in par:
+    rows.append(
+      ["DQN TFLite int8 (float I/O) + C array", par["int8_bytes"], "", par["int8_decision_agreement"]]
+    )
+  rep.table(["format", "bytes", "max abs error of Q vs JAX", "send-decision agreement (all states)"], rows)
+  rep.text(
+    f"Inputs: {net.config.in_size} features; outputs: Q(n, keep) and Q(n, send) for n = 0..{net.num_states - 1}. "
+    "MDP thresholds per token state (raw metric units) in `exports/mdp_r*_b*.json`."
+  )
+  return par
+
 
 POLICY_LABELS = {
   "weak": "weak only",
@@ -117,6 +152,8 @@ def simulate_and_report(
   rep.text(
     "Arrays: `result.npz` (per policy: loss, offload fraction, occupancy per setting); `results.json`."
   )
+  if c.export:
+    summary["export"] = _export(c, d, setts, net, state, res, seq, iv, workdir, rep)
   rep.write()
   summary["ordering"] = [r[-1] == "yes" for r in rows]
 

@@ -66,4 +66,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.vlen = 20_000
   c.snum = 100
   c.slen = 100_000
+  # simulate: export the first setting's DQN (TFLite, ONNX; int8 + C array) and the MDP thresholds
+  c.export = True
+  c.export_int8 = True
   return c

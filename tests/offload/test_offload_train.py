@@ -1,0 +1,84 @@
+"""End to end: the quickstart stage (fast), resume, exports, config and CLI errors."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from common.errors import ConfigError
+from launch.stages import offload as stage
+from offload import train as otrain
+from offload.configs import quick
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def stage_run(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("offload_stage")
+  return workdir, stage.run(workdir, fast=True)
+
+
+def test_stage_writes_report_arrays_and_exports(stage_run):
+  workdir, out = stage_run
+  text = (workdir / "report.md").read_text()
+  for word in ("Average loss per image", "MDP", "DQN", "lower bound", "Exports", "loss_vs_rate.png"):
+    assert word in text
+  assert (workdir / "loss_vs_rate.png").stat().st_size > 1000
+  arrays = np.load(workdir / "result.npz")
+  assert arrays["mdp_loss"].shape == (2,) and np.all(np.isfinite(arrays["dqn_loss"]))
+  assert np.all(arrays["strong"] <= arrays["mdp_loss"]) and np.all(arrays["mdp_loss"] <= arrays["weak"])
+  assert out["dqn_tflite_decision_agreement"] == 1.0
+  for name in ("dqn_float.tflite", "dqn.onnx", "mdp_r0.1_b4.0.json"):
+    assert (workdir / "exports" / name).exists()
+  assert len(list((workdir / "metrics").glob("fold*_cost0.npz"))) == 3  # one metrics file per fold
+
+
+def test_training_resumes_from_checkpoint(stage_run):
+  workdir, _ = stage_run
+  c = quick.get_config()
+  c.classifiers.num_epochs = 2
+  c.tnum, c.tlen, c.snum, c.slen = 4, 2_000, 4, 2_000
+  c.maxiter, c.sfreq, c.ckpt_every = 12, 1, 5
+  out = otrain.train_and_evaluate(c, workdir, show_progress=False)
+  assert out["iterations"] == 12
+  rows = [r for r in (workdir / "metrics.jsonl").read_text().splitlines() if r.strip()]
+  assert '"step": 11' in rows[-2] and '"step": 12' in rows[-1]  # continued from iteration 10
+
+
+def test_config_errors_name_the_key():
+  c = quick.get_config()
+  c.tb = [4.0]
+  with pytest.raises(ConfigError, match=r"config.tr .* config.tb"):
+    otrain.validate(c)
+  c = quick.get_config()
+  c.tr = [1.5, 0.1]
+  with pytest.raises(ConfigError, match=r"config.tr\[0\] = 1.5"):
+    otrain.validate(c)
+
+
+def test_cli_rejects_malformed_npz(tmp_path):
+  bad = tmp_path / "bad.npz"
+  np.savez(bad, metric_tr=np.ones(5), metric_ts=np.ones(5))
+  proc = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "offload.main",
+      "train",
+      "--config",
+      str(ROOT / "offload/configs/quick.py"),
+      "--workdir",
+      str(tmp_path / "run"),
+      "--config.source=npz",
+      f"--config.metrics_file={bad}",
+    ],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
+  assert proc.returncode == 2
+  assert "lacks the key(s)" in proc.stderr and "Traceback" not in proc.stderr
