@@ -144,6 +144,12 @@ def solve_budget(
       "raise the budget or the solver time limit"
     )
   widths = tuple(int(d[int(np.argmax(y.value))]) for d, y in zip(doms, ys, strict=True))
+  onehot = all(abs(float(np.sum(y.value)) - 1.0) < 1e-6 and float(np.max(y.value)) > 0.5 for y in ys)
+  if not onehot or chain_cost(widths, pair_costs, unit_costs, in_width=in_width) > budget_macs * (1 + 1e-9):
+    raise InfeasibleError(
+      f"HiGHS stopped (status {prob.status}) after {solve_s:.1f} s without a feasible width vector; "
+      "raise knapsack.time_limit or knapsack.granularity"
+    )
   info = prob.solver_stats.extra_stats
   gap = float(getattr(info, "mip_gap", 0.0)) if info is not None else 0.0
   if not np.isfinite(gap) or prob.status == cp.OPTIMAL:

@@ -1,0 +1,92 @@
+"""Export every subnetwork: TFLite float and int8, TFLite Micro C arrays, and a table
+of parameters, MACs, model bytes, peak activation bytes and LiteRT latency."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from common import data as data_lib
+from common import export as ex
+from subnets import models, runtime, surgery
+
+
+def litert_latency_us(tflite_bytes: bytes, example: np.ndarray, *, repeats: int, warmup: int = 20) -> float:
+  """Median single-thread LiteRT invoke time in microseconds (batch of one)."""
+  from ai_edge_litert.interpreter import Interpreter
+
+  interp = Interpreter(model_content=tflite_bytes, num_threads=1)
+  interp.allocate_tensors()
+  d = interp.get_input_details()[0]
+  info = ex.tflite_io(tflite_bytes)[0][0]
+  interp.set_tensor(d["index"], ex.quantize_input(example, info))
+  for _ in range(warmup):
+    interp.invoke()
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    interp.invoke()
+    times.append(time.perf_counter() - t0)
+  return statistics.median(times) * 1e6
+
+
+def export_subnets(
+  mcfg: models.ModelConfig,
+  variables: dict,
+  widths_list: Sequence[Sequence[int]],
+  labels: Sequence[str],
+  train_ds: data_lib.Dataset,
+  test_ds: data_lib.Dataset,
+  *,
+  mean,
+  std,
+  out_dir: Path,
+  int8: bool = True,
+  representative_examples: int = 128,
+  latency_repeats: int = 200,
+  name: str = "reds",
+) -> list[dict]:
+  """Writes exports/<name>_<label>_{float,int8}.tflite and micro/<name>_<label>.{h,cc}; returns table rows."""
+  costs = models.chain_costs(mcfg, train_ds.image_shape)
+  example = test_ds.images[:1]
+  rep = [train_ds.images[i : i + 1] for i in range(min(representative_examples, len(train_ds)))]
+  rows = []
+  for ws, label in zip(widths_list, labels, strict=True):
+    sub_cfg = mcfg.with_widths(ws)
+    v = surgery.slice_variables(variables, mcfg, ws)
+    fn = jax.jit(lambda x, v=v, f=runtime.predict_fn(sub_cfg, mean=mean, std=std): f(v, x))
+    tag = f"{name}_{label}".replace("%", "").replace(".", "_")
+    row = {
+      "subnet": label,
+      "widths": list(ws),
+      "params": models.param_count(sub_cfg, train_ds.image_shape),
+      "macs": costs.macs(ws),
+      "peak_act_bytes": costs.peak_act_bytes(ws),
+    }
+    tfl = ex.to_tflite(fn, example, name=tag)
+    ex.write_atomic(out_dir / f"{tag}_float.tflite", tfl)
+    par = ex.check_parity(fn, tfl, test_ds.images[:256])
+    lite_logits = ex.run_tflite(tfl, test_ds.images)[0]
+    row |= {
+      "float_bytes": len(tfl),
+      "float_max_abs_err": par.tflite_max_abs_err,
+      "float_accuracy": float(np.mean(np.argmax(lite_logits, -1) == test_ds.labels)),
+      "float_latency_us": litert_latency_us(tfl, example, repeats=latency_repeats),
+    }
+    if int8:
+      t8 = ex.to_tflite(fn, example, int8=True, representative_data=rep, name=tag)
+      ex.write_atomic(out_dir / f"{tag}_int8.tflite", t8)
+      ex.to_c_array(t8, tag, out_dir / "micro")
+      q_logits = ex.run_tflite(t8, test_ds.images)[0]
+      row |= {
+        "int8_bytes": len(t8),
+        "int8_accuracy": float(np.mean(np.argmax(q_logits, -1) == test_ds.labels)),
+        "int8_latency_us": litert_latency_us(t8, example, repeats=latency_repeats),
+      }
+    rows.append(row)
+  return rows

@@ -1,0 +1,276 @@
+"""The REDS pipeline as resumable steps over one workdir.
+
+  importance : train (or resume) the dense model; G over N batches; |W*G| per unit
+               (+ the magnitude and random rankings of the ablations) -> importance.npz
+  knapsack   : nested widths for every budget and every ranking, uniform widths
+               -> knapsack.json (widths, MACs, solve time, optimality gap)
+  finetune   : permute by the ranking, joint fine-tuning + BN stage for REDS and
+               each baseline, each width from scratch -> finetune.json, reds_variables/
+  export     : TFLite float/int8 + TFLite Micro arrays per REDS subnetwork -> export.json
+
+Each step runs the steps before it when their outputs are missing, and every
+step rewrites report.md from what exists.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jax
+import ml_collections
+import numpy as np
+
+from common import checkpoint, cli
+from common import config as cfg_lib
+from common import data as data_lib
+from common import report as report_lib
+from subnets import knapsack, models, surgery
+from subnets import train as train_lib
+from subnets.report import write_report
+
+METHODS = ("reds", "uniform", "magnitude", "random")
+BASELINES = ("uniform", "magnitude", "random", "scratch")
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Checks every key the pipeline reads (ConfigError names key, value, allowed range)."""
+  cfg_lib.check_range(config, "seed", 0, integer=True)
+  cfg_lib.check_choice(config, "data.name", ("digits", "cifar10", "fashion_mnist", "speech_commands"))
+  cfg_lib.check_range(config, "data.image_size", 0, 512, integer=True)
+  cfg_lib.check_range(config, "data.limit", 0, integer=True)
+  for sec in ("pretrain", "finetune"):
+    cfg_lib.check_range(config, f"{sec}.epochs", 0, 10_000, integer=True)
+    cfg_lib.check_range(config, f"{sec}.lr", 0.0, 10.0, lo_open=True)
+    cfg_lib.check_range(config, f"{sec}.batch_size", 1, 65_536, integer=True)
+  cfg_lib.check_range(config, "finetune.bn_epochs", 0, 10_000, integer=True)
+  cfg_lib.check_range(config, "finetune.bn_lr", 0.0, 10.0, lo_open=True)
+  cfg_lib.check_range(config, "importance.num_batches", 1, 1_000_000, integer=True)
+  budgets = list(config.knapsack.budgets)
+  if not budgets or any(not 0 < b < 1 for b in budgets) or budgets != sorted(budgets):
+    raise cfg_lib.ConfigError(f"config.knapsack.budgets = {budgets}: must be increasing fractions in (0, 1)")
+  cfg_lib.check_range(config, "knapsack.min_width", 1, integer=True)
+  cfg_lib.check_range(config, "knapsack.granularity", 1, integer=True)
+  cfg_lib.check_range(config, "knapsack.time_limit", 0.0, lo_open=True)
+  cfg_lib.check_range(config, "knapsack.peak_bytes", 0.0)
+  bad = [m for m in config.baselines.methods if m not in BASELINES]
+  if bad:
+    raise cfg_lib.ConfigError(f"config.baselines.methods has {bad}: allowed {list(BASELINES)}")
+  cfg_lib.check_range(config, "export.latency_repeats", 1, integer=True)
+
+
+def load_data(config) -> tuple[data_lib.Dataset, data_lib.Dataset]:
+  limit = config.data.limit or None
+  if config.data.name == "speech_commands":
+    from subnets.audio import load_speech_commands
+
+    return load_speech_commands(config.data.data_dir or None, limit)
+  return data_lib.load(
+    config.data.name, data_dir=config.data.data_dir or None, image_size=config.data.image_size or None, limit=limit
+  )
+
+
+def model_config(config, num_classes: int) -> models.ModelConfig:
+  m = config.model
+  over = {k: tuple(m[k]) for k in ("widths", "dw_strides", "first_kernel", "first_stride") if m.get(k)}
+  if m.get("activation"):
+    over["activation"] = m.activation
+  if m.preset == "custom":
+    return models.ModelConfig(num_classes=num_classes, **over)
+  if m.preset == "mobilenet_v1":
+    over["alpha"] = m.get("alpha", 0.25)
+  return models.preset(m.preset, num_classes, **over)
+
+
+def _tc(sec, epochs=None, lr=None) -> train_lib.TrainConfig:
+  return train_lib.TrainConfig(
+    epochs=sec.epochs if epochs is None else epochs,
+    lr=sec.lr if lr is None else lr,
+    batch_size=sec.batch_size,
+    augment=bool(sec.augment),
+    max_steps=sec.get("max_steps", 0) or 0,
+  )
+
+
+class Run:
+  """Shared context of the steps: config, data, model config, keys, workdir."""
+
+  def __init__(self, config, workdir: Path, *, show_progress: bool = True):
+    validate(config)
+    self.config, self.workdir, self.show = config, Path(workdir), show_progress
+    cli.save_config(config, self.workdir)
+    self.train_ds, self.test_ds = load_data(config)
+    self.mean, self.std = data_lib.channel_stats(self.train_ds)
+    self.mcfg = model_config(config, self.train_ds.num_classes)
+    self.shape = self.train_ds.image_shape
+    self.costs = models.chain_costs(self.mcfg, self.shape)
+    keys = jax.random.split(jax.random.key(config.seed), 6)
+    self.k_init, self.k_grad, self.k_rand, self.k_ft, self.k_scratch, self.k_bn = keys
+
+  def path(self, name: str) -> Path:
+    return self.workdir / name
+
+  def dense(self) -> tuple[dict, float]:
+    c = self.config
+    v, acc = train_lib.train_dense(
+      self.mcfg, self.train_ds, self.test_ds, _tc(c.pretrain), key=self.k_init, workdir=self.path("dense"),
+      mean=self.mean, std=self.std, desc="subnets: dense", show_progress=self.show,
+    )  # fmt: skip
+    return v, acc
+
+
+def step_importance(run: Run) -> dict:
+  out = run.path("importance.npz")
+  variables, dense_acc = run.dense()
+  if out.exists():
+    z = np.load(out)
+    scores = {k: _unpack(z, k) for k in ("reds", "magnitude", "random")}
+    return {"variables": variables, "dense_accuracy": dense_acc, **scores}
+  c = run.config
+  g = train_lib.accumulate_grads(
+    run.mcfg, variables, run.train_ds, batch_size=c.pretrain.batch_size, num_batches=c.importance.num_batches,
+    mean=run.mean, std=run.std, key=run.k_grad,
+  )  # fmt: skip
+  scores = {
+    "reds": surgery.taylor_scores(variables["params"], g, run.mcfg),
+    "magnitude": surgery.magnitude_scores(variables["params"], run.mcfg),
+    "random": surgery.random_scores(run.mcfg, run.k_rand),
+  }
+  flat = {f"{k}_{i}": s for k, ls in scores.items() for i, s in enumerate(ls)}
+  tmp = run.path(".importance.tmp.npz")
+  np.savez(tmp, **flat)
+  tmp.replace(out)
+  return {"variables": variables, "dense_accuracy": dense_acc, **scores}
+
+
+def _unpack(z, key: str) -> list[np.ndarray]:
+  n = len([k for k in z.files if k.startswith(key + "_")])
+  return [z[f"{key}_{i}"] for i in range(n)]
+
+
+def uniform_widths(costs: models.ChainCosts, units, budget: float, min_width: int) -> list[int]:
+  """Largest common width multiplier whose widths fit the budget (slimmable-style)."""
+  dense = costs.chain_macs(units)
+  best = [min_width] * len(units)
+  for s in np.linspace(0.0, 1.0, 1001):
+    ws = [max(min_width, min(u, int(round(s * u)))) for u in units]
+    if costs.chain_macs(ws) <= budget * dense:
+      best = ws
+  return best
+
+
+def step_knapsack(run: Run, imp: dict | None = None) -> dict:
+  out = run.path("knapsack.json")
+  if out.exists():
+    return json.loads(out.read_text())
+  imp = imp or step_importance(run)
+  k = run.config.knapsack
+  units = list(run.mcfg.widths)
+  res = {"units": units, "budgets": list(k.budgets), "dense_macs": run.costs.macs(units),
+         "chain_dense_macs": run.costs.chain_macs(units), "methods": {}}  # fmt: skip
+  for method in ("reds", "magnitude", "random"):
+    sols = knapsack.solve_nested(
+      surgery.sorted_scores(imp[method]), run.costs.pair, run.costs.unit, list(k.budgets),
+      in_width=run.costs.in_width, min_width=k.min_width, granularity=k.granularity,
+      time_limit=k.time_limit, act_bytes=run.costs.act_bytes, peak_bytes=k.peak_bytes or None,
+    )  # fmt: skip
+    res["methods"][method] = {
+      "widths": [list(s.widths) for s in sols] + [units],
+      "solve_s": [s.solve_s for s in sols],
+      "gap": [s.gap for s in sols],
+      "status": [s.status for s in sols],
+    }
+  uni = [uniform_widths(run.costs, units, b, k.min_width) for b in k.budgets]
+  knapsack.check_nested(uni)
+  res["methods"]["uniform"] = {"widths": uni + [units]}
+  for m in res["methods"].values():
+    m["macs"] = [run.costs.macs(w) for w in m["widths"]]
+  report_lib.write_json(out, res)
+  return res
+
+
+def _perm_for(method: str, imp: dict, units) -> list[np.ndarray]:
+  if method == "uniform":  # slimmable-style: the original channel order
+    return [np.arange(u) for u in units]
+  return surgery.sort_permutations(imp[method])
+
+
+def step_finetune(run: Run) -> dict:
+  out = run.path("finetune.json")
+  if out.exists() and run.path("reds_variables").exists():
+    return json.loads(out.read_text())
+  imp = step_importance(run)
+  ks = step_knapsack(run, imp)
+  c = run.config
+  dense_v = imp["variables"]
+  res = {"dense_accuracy": imp["dense_accuracy"], "methods": {}}
+  methods = ["reds"] + [m for m in c.baselines.methods if m in METHODS]
+  for method in methods:
+    widths = ks["methods"][method]["widths"]
+    perms = _perm_for(method, imp, run.mcfg.widths)
+    v = surgery.permute_variables(dense_v, run.mcfg, perms)
+    before = train_lib.evaluate_subnets(run.mcfg, v, widths, run.test_ds, mean=run.mean, std=run.std)
+    v, acc1 = train_lib.finetune(
+      run.mcfg, v, widths, run.train_ds, run.test_ds, _tc(c.finetune), part="weights",
+      key=jax.random.fold_in(run.k_ft, len(res["methods"])), workdir=run.path(f"finetune/{method}"),
+      mean=run.mean, std=run.std, desc=f"subnets: finetune {method}", show_progress=run.show,
+    )  # fmt: skip
+    v, acc2 = train_lib.finetune(
+      run.mcfg, v, widths, run.train_ds, run.test_ds, _tc(c.finetune, c.finetune.bn_epochs, c.finetune.bn_lr),
+      part="bn", key=jax.random.fold_in(run.k_bn, len(res["methods"])), workdir=run.path(f"finetune/{method}_bn"),
+      mean=run.mean, std=run.std, desc=f"subnets: BN stage {method}", show_progress=run.show,
+    )  # fmt: skip
+    res["methods"][method] = {
+      "widths": widths, "macs": ks["methods"][method]["macs"], "accuracy_before": before,
+      "accuracy_stage1": acc1, "accuracy": acc2,
+      "loss_weights": train_lib.loss_weights(run.mcfg, widths, run.shape).tolist(),
+    }  # fmt: skip
+    if method == "reds":
+      checkpoint.save_pytree(run.path("reds_variables").absolute(), v)
+  if "scratch" in c.baselines.methods:
+    widths = ks["methods"]["reds"]["widths"]
+    accs = []
+    for i, ws in enumerate(widths[:-1]):
+      _, a = train_lib.train_dense(
+        run.mcfg.with_widths(ws), run.train_ds, run.test_ds, _tc(c.pretrain, c.baselines.scratch_epochs or None),
+        key=jax.random.fold_in(run.k_scratch, i), workdir=run.path(f"scratch/{i}"), mean=run.mean, std=run.std,
+        desc=f"subnets: scratch {ws}", show_progress=run.show,
+      )  # fmt: skip
+      accs.append(a)
+    res["methods"]["scratch"] = {"widths": widths, "macs": ks["methods"]["reds"]["macs"],
+                                 "accuracy": accs + [imp["dense_accuracy"]]}  # fmt: skip
+  report_lib.write_json(out, res)
+  return res
+
+
+def reds_variables(run: Run) -> dict:
+  like = models.init_variables(run.mcfg, jax.random.key(0), run.shape)
+  return checkpoint.load_pytree(run.path("reds_variables").absolute(), like)
+
+
+def step_export(run: Run) -> dict:
+  from subnets.export import export_subnets
+
+  ft = step_finetune(run)
+  widths = ft["methods"]["reds"]["widths"]
+  c = run.config
+  labels = [f"{int(round(b * 100))}pct" for b in c.knapsack.budgets] + ["dense"]
+  rows = export_subnets(
+    run.mcfg, reds_variables(run), widths, labels, run.train_ds, run.test_ds, mean=run.mean, std=run.std,
+    out_dir=run.path("exports"), int8=c.export.int8, representative_examples=c.export.representative_examples,
+    latency_repeats=c.export.latency_repeats,
+  )  # fmt: skip
+  res = {"rows": rows}
+  report_lib.write_json(run.path("export.json"), res)
+  return res
+
+
+STEPS = {"importance": step_importance, "knapsack": step_knapsack, "finetune": step_finetune, "export": step_export}
+
+
+def run_step(name: str, config, workdir, *, show_progress: bool = True) -> dict:
+  """Runs one step (and what it needs), then rewrites report.md."""
+  run = Run(config, Path(workdir), show_progress=show_progress)
+  out = STEPS[name](run)
+  write_report(run)
+  return out
