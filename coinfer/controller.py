@@ -34,6 +34,15 @@ from coinfer import compress
 from common.errors import ConfigError
 
 _TIE = 1e-6  # prefer the smaller payload among equally accurate plans
+_EARLY = (
+  1e-3  # frame k's accuracy weighs (1 - 1e-3 k): among plans with one multiset of setups, take accuracy early
+)
+
+
+def _gains(prof: Profile, cand: np.ndarray, horizon: int) -> np.ndarray:
+  """[H, P] objective weight of choosing candidate p at frame k."""
+  acc = prof.accuracy[cand][None, :] * (1.0 - _EARLY * np.arange(horizon)[:, None])
+  return acc - _TIE * prof.bits[cand][None, :] / prof.bits.max()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,7 +119,7 @@ def _dp_first(
   """Exact optimum over the horizon by a dynamic program; returns the first setup or None."""
   tx = prof.bits[cand] * inv_c
   start_lat = tx + prof.t_srv[cand]
-  gain = prof.accuracy[cand] - _TIE * prof.bits[cand] / prof.bits.max()
+  gains = _gains(prof, cand, horizon)
   w = np.asarray([w0])
   val = np.asarray([0.0])
   first = np.asarray([-1])
@@ -121,7 +130,7 @@ def _dp_first(
       return None
     wi, si = np.nonzero(ok)
     w_new = np.maximum(0.0, s[wi, si] + tx[si] - dt)
-    v_new = val[wi] + gain[si]
+    v_new = val[wi] + gains[k][si]
     f_new = np.where(first[wi] < 0, si, first[wi]) if k else si
     # prune: keep a state only if no state with smaller-or-equal W has a larger value
     order = np.lexsort((-v_new, w_new))
@@ -129,7 +138,8 @@ def _dp_first(
     best = np.maximum.accumulate(v_new)
     keep = np.concatenate([[True], v_new[1:] > best[:-1]])
     w, val, first = w_new[keep], v_new[keep], f_new[keep]
-  return int(cand[first[np.argmax(val)]])
+  best = int(np.argmax(val))
+  return int(cand[first[best]]), float(val[best])
 
 
 def make_mpc(
@@ -167,11 +177,13 @@ def make_mpc(
     def decide(state: ControlState) -> int:
       inv_c, w0 = predict(state)
       stats["solves"] += 1
-      s = _dp_first(prof, cand, w0, inv_c, dt, deadline_s, horizon)
-      if s is None:
+      res = _dp_first(prof, cand, w0, inv_c, dt, deadline_s, horizon)
+      if res is None:
         stats["fallbacks"] += 1
+        stats["value"] = None
         return smallest
-      return s
+      stats["value"] = res[1]
+      return res[0]
 
     return _with_stats(decide, stats)
 
@@ -179,7 +191,7 @@ def make_mpc(
 
   p = len(cand)
   size = prof.bits[cand] / 1e6  # Mbit keeps the numbers well scaled
-  gain = prof.accuracy[cand] - _TIE * prof.bits[cand] / prof.bits.max()
+  gains = _gains(prof, cand, horizon)
   inv_c = cp.Parameter(nonneg=True, name="s_per_mbit")
   w0 = cp.Parameter(nonneg=True, name="backlog_s")
   x = cp.Variable((horizon, p), boolean=(method == "milp"), name="choice")
@@ -196,10 +208,11 @@ def make_mpc(
       w[k + 1] >= s[k] + tx - dt,
       s[k] + tx + x[k] @ prof.t_srv[cand] <= deadline_s,
     ]
-  problem = cp.Problem(cp.Maximize(cp.sum(x @ gain)), cons)
+  problem = cp.Problem(cp.Maximize(cp.sum(cp.multiply(x, gains))), cons)
   if not problem.is_dpp():
     raise AssertionError("the MPC problem must be DPP")
-  solver = solver or ("HIGHS" if method == "milp" else "HIGHS")
+  solver = solver or "HIGHS"
+  opts = {"mip_rel_gap": 1e-9} if method == "milp" and solver == "HIGHS" else {}
 
   def decide(state: ControlState) -> int:
     ic, b0 = predict(state)
@@ -207,13 +220,16 @@ def make_mpc(
     w0.value = b0
     stats["solves"] += 1
     try:
-      problem.solve(solver=solver)
+      problem.solve(solver=solver, **opts)
     except cp.error.SolverError:
       stats["fallbacks"] += 1
+      stats["value"] = None
       return smallest
     if problem.status not in ("optimal", "optimal_inaccurate") or x.value is None:
       stats["fallbacks"] += 1
+      stats["value"] = None
       return smallest
+    stats["value"] = float(problem.value)
     row = x.value[0]
     if method == "milp":
       return int(cand[int(np.argmax(row))])

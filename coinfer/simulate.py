@@ -40,6 +40,7 @@ def run(
 
   Returns:
     {"setup", "latency_s", "met", "correct"} arrays and "summary": accuracy (correct),
+    expected_accuracy (mean accuracy of the chosen setups, free of sampling noise),
     timely_accuracy (correct and on time), deadline_miss_rate, mean and p95 latency.
   """
   rng = np.random.default_rng(seed)
@@ -75,6 +76,7 @@ def run(
   lat = out["latency_s"]
   out["summary"] = {
     "accuracy": float(out["correct"].mean()),
+    "expected_accuracy": float(profile.accuracy[out["setup"].astype(int)].mean()),
     "timely_accuracy": float((out["correct"] * out["met"]).mean()),
     "deadline_miss_rate": float(1.0 - out["met"].mean()),
     "mean_latency_s": float(lat.mean()),
