@@ -105,9 +105,19 @@ class _Walker:
 
 
 def _block(
-  wk: _Walker, c: NetConfig, p: str, b, w_in: int, w_out: int, stride: int, kernel: int, tag
+  wk: _Walker,
+  c: NetConfig,
+  p: str,
+  b,
+  w_in: int,
+  w_out: int,
+  stride: int,
+  kernel: int,
+  tag,
+  fork: bool = False,
 ) -> None:
-  """One residual / MBConv block named with prefix p = s{i}_{dev}_b{k}."""
+  """One residual / MBConv block named with prefix p = s{i}_{dev}_b{k}; `fork` tags its last op mp_start."""
+  mp = "_mp_start" if fork else ""
   if c.block_type == "res_bottleneck_block":
     w_b = int(round(w_out * b.bot_mul))
     groups = w_b // b.group_w
