@@ -1,0 +1,63 @@
+"""Export: device and fork/join tags in the flatbuffer, parity with JAX, per-branch parallel execution."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from branching import config as bcfg
+from branching import export as bexport
+from branching import models
+from common import export as cexport
+
+SIZE = 32
+
+
+@pytest.fixture(scope="module")
+def exported():
+  net = bcfg.load("tiny/R-tiny-CD.yaml")
+  m = models.AnyNet(net)
+  v = m.init(jax.random.key(0), jnp.zeros((1, SIZE, SIZE, 3)), train=False)
+  mean, std = np.full(3, 0.5, np.float32), np.full(3, 0.25, np.float32)
+  tfl = bexport.export_model(m, v, SIZE, mean=mean, std=std)
+  segs = bexport.export_segments(m, v, SIZE, mean=mean, std=std)
+  x = np.random.default_rng(0).random((1, SIZE, SIZE, 3), np.float32)
+  ref = np.asarray(m.apply(v, (x - mean) / std, train=False)[0])
+  return {"tfl": tfl, "segs": segs, "x": x, "ref": ref, "net": net}
+
+
+def test_tags_in_flatbuffer(exported):
+  names = cexport.tflite_tensor_names(exported["tfl"])
+  first = [n.split(";")[0] for n in names]  # what the artifact's runtime keeps of a fused op's name
+  assert any("st_cpu" in n for n in first)
+  assert any("head_cpu_dense" in n for n in first)
+  for dev in ("cpu", "dsp"):
+    assert any(f"s2_{dev}_b1" in n for n in first) and any(f"s3_{dev}_b2" in n for n in first)
+  # fork after the unbranched stage 1, join-and-fork after stage 2, join after stage 3
+  assert any("s1_cpu_b1_mp_start_add" in n for n in first)
+  assert any("s2_cpu_mp_start_mp_end_concat" in n for n in first)
+  assert any("s3_cpu_mp_end_concat" in n for n in first)
+  t = bexport.tags(exported["tfl"])
+  assert len(t["dsp"]) > 0 and len(t["gpu"]) == 0
+
+
+def test_tflite_matches_jax(exported):
+  out = cexport.run_tflite(exported["tfl"], exported["x"])[0]
+  np.testing.assert_allclose(out, exported["ref"], atol=1e-4, rtol=1e-4)
+
+
+def test_per_branch_segments(exported):
+  segs = exported["segs"]
+  assert [(s.name, len(s.branches)) for s in segs] == [("stem+s1", 1), ("s2", 2), ("s3", 2), ("head", 1)]
+  for parallel in (True, False):
+    run = bexport.ParallelRunner(segs, threads=2, parallel=parallel)
+    np.testing.assert_allclose(run(exported["x"]), exported["ref"], atol=1e-4, rtol=1e-4)
+    run.close()
+  # a branch flatbuffer is exactly the branch: its output width is the branch width
+  from ai_edge_litert.interpreter import Interpreter
+
+  widths = []
+  for b in segs[1].branches:
+    it = Interpreter(model_content=b)
+    widths.append(int(it.get_output_details()[0]["shape"][-1]))
+  assert widths == [b.width for b in exported["net"].stages[1].branches]
