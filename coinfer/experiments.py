@@ -187,9 +187,14 @@ def write_report(ctx: T.Context, workdir: Path) -> Path:
   if exp:
     rep.heading("Export parity (device TFLite float -> server ONNX vs JAX)")
     rep.table(
-      ["setup", "top-1 agreement", "device int8 bytes"],
+      ["setup", "top-1 agreement (float)", "top-1 agreement (int8 device)", "device int8 bytes"],
       [
-        [r["setup"], r["top1_agreement"], r.get("device_int8_bytes", r.get("int8_error", "-"))]
+        [
+          r["setup"],
+          r["top1_agreement"],
+          r.get("int8_top1_agreement", "-"),
+          r.get("device_int8_bytes", r.get("int8_error", "-")),
+        ]
         for r in exp["setups"]
       ],
     )

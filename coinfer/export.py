@@ -76,6 +76,9 @@ def export_setup(
   z = export_lib.run_tflite(dev, x)[0]
   logits = export_lib.run_onnx(onnx_model, z)[0]
   result["top1_agreement"] = float((logits.argmax(-1) == ref).mean())
+  if "device_int8_bytes" in result:  # int8 device part feeding the float server
+    z8 = export_lib.run_tflite(dev8, x)[0]
+    result["int8_top1_agreement"] = float((export_lib.run_onnx(onnx_model, z8)[0].argmax(-1) == ref).mean())
   result["payload_max_abs_err"] = float(np.max(np.abs(z - np.asarray(device_fn(x)))))
   return result
 

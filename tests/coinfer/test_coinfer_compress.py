@@ -69,7 +69,9 @@ def test_encode_decode_matches_per_sample_quantize():
   codes, mn, mx = compress.encode_np(z, 4)
   assert codes.max() <= 15 and codes.dtype == np.uint8
   np.testing.assert_allclose(
-    compress.decode_np(codes, mn, mx, 4), np.asarray(compress.quantize(jnp.asarray(z), 4, per_sample=True)), atol=1e-5
+    compress.decode_np(codes, mn, mx, 4),
+    np.asarray(compress.quantize(jnp.asarray(z), 4, per_sample=True)),
+    atol=1e-5,
   )
 
 

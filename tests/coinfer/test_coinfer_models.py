@@ -67,7 +67,9 @@ def test_step_updates_only_its_setup_stats_and_traces_once(ctx):
 def test_switching_is_choosing_an_index(ctx):
   tx = T.make_tx(ctx.config, 10, 1e-3)
   state = T.init_state(ctx, tx, jax.random.key(0))
-  stats = jax.tree.map(lambda a: a + jnp.arange(a.shape[0]).reshape(-1, *([1] * (a.ndim - 1))) * 0.1, state.batch_stats)
+  stats = jax.tree.map(
+    lambda a: a + jnp.arange(a.shape[0]).reshape(-1, *([1] * (a.ndim - 1))) * 0.1, state.batch_stats
+  )
   x = jnp.asarray(ctx.test_ds.images[:4])
   outs = []
   for i in (0, 5):
