@@ -22,7 +22,7 @@ import numpy as np
 
 from offload import bucket
 from offload.dqn import features
-from offload.models import DQNConfig, QNetwork, send_table
+from offload.models import QNetwork, send_table
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,41 +33,59 @@ class DQNPolicy:
   net: QNetwork
 
 
-def _pad_thresholds(th: np.ndarray, size: int) -> jax.Array:
-  out = np.full(size, np.inf, np.float32)
-  out[: len(th)] = th
-  return jnp.asarray(out)
+def _bucket_scan(n0, want_fn, xs, q, p, m):
+  """Scans the bucket over time (xs time-major: "r", "iv" [T, S] and what want_fn reads).
+
+  The per-stream step is vmapped over streams. want_fn(n_S, x_t) -> send wanted [S].
+  Returns the final n [S] and the per-stream sums [S, 3] of (reward, sends, occupancy).
+  """
+
+  def one(n, want, r, iv):
+    n_next, sent = bucket.step(n, want, iv, q, p, m)
+    return n_next, jnp.stack([jnp.where(sent, r, 0.0), sent.astype(jnp.float32), n.astype(jnp.float32)])
+
+  def step(carry, x):
+    n, acc = carry
+    iv = x["iv"] if "iv" in x else jnp.ones_like(n)  # periodic arrivals
+    n, inc = jax.vmap(one)(n, want_fn(n, x), x["r"], iv)
+    return (n, acc + inc), None
+
+  (n, acc), _ = jax.lax.scan(step, (n0, jnp.zeros((n0.shape[0], 3), jnp.float32)), xs)
+  return n, acc
 
 
 @partial(jax.jit, static_argnames=("net", "block"))
-def _simulate(policy_params, mseq, rseq, iseq, q, p, m, *, net: QNetwork | None, block: int):
-  """Per-stream totals: (reward sum, sends, occupancy sum) for [num, T] streams (T % block == 0)."""
-  num, length = mseq.shape
-  nblocks = length // block
-  cfg = net.config if net is not None else DQNConfig(nhist1=0, nhist2=-1)
+def _simulate(policy_params, metrics, rewards, seq, iseq, q, p, m, *, net: QNetwork | None, block: int):
+  """Per-stream totals [num, 3]: (reward sum, sends, occupancy sum) for [num, T] streams (T % block == 0)."""
+  num, length = seq.shape
+  n0 = jnp.full((num,), m, jnp.int32)
+  if net is None:
+    # threshold policy: offload iff metric >= threshold[n]; one scan over time
+    xs = {"i": seq.T, "r": rewards[seq].T}
+    if iseq is not None:
+      xs["iv"] = iseq.T
+    _, acc = _bucket_scan(n0, lambda n, x: metrics[x["i"]] >= policy_params[n], xs, q, p, m)
+    return acc
+  # DQN: Q for a whole block of steps at once (it does not depend on n), then the bucket scan over the block
+  mseq = metrics[seq]
+  if iseq is None:
+    iseq = jnp.ones_like(seq)
 
-  def one_stream(ms, rs, ivs):
-    def block_body(n, b):
-      t = b * block + jnp.arange(block)
-      if net is None:
-        table = ms[t][:, None] >= policy_params[None, :]
-      else:
-        x = features(ms[None], ivs[None], jnp.zeros_like(t), t, cfg)
-        table = send_table(net.apply({"params": policy_params}, x)[0], p)
+  def block_body(carry, b):
+    n, acc = carry
+    t = b * block + jnp.arange(block)
+    x = features(mseq, iseq, jnp.arange(num)[:, None], jnp.broadcast_to(t, (num, block)), net.config)
+    table = send_table(net.apply({"params": policy_params}, x)[0], p)  # [num, block, S]
+    xs = {"table": jnp.swapaxes(table, 0, 1), "r": rewards[seq[:, t]].T, "iv": iseq[:, t].T}
 
-      def step(n, inp):
-        want, r, iv = inp
-        wanted = want[jnp.minimum(n, want.shape[0] - 1)]
-        n_next, sent = bucket.step(n, wanted, iv, q, p, m)
-        return n_next, (jnp.where(sent, r, 0.0), sent.astype(jnp.float32), n.astype(jnp.float32))
+    def want_fn(n_, x_):
+      return jnp.take_along_axis(x_["table"], n_[:, None], axis=1)[:, 0]
 
-      n, (rew, sent, occ) = jax.lax.scan(step, n, (table, rs[t], ivs[t]))
-      return n, jnp.stack([rew.sum(), sent.sum(), occ.sum()])
+    n, acc_b = _bucket_scan(n, want_fn, xs, q, p, m)
+    return (n, acc + acc_b), None
 
-    _, sums = jax.lax.scan(block_body, jnp.asarray(m, jnp.int32), jnp.arange(nblocks))
-    return sums.sum(0)
-
-  return jax.vmap(one_stream)(mseq, rseq, iseq)
+  (_, acc), _ = jax.lax.scan(block_body, (n0, jnp.zeros((num, 3), jnp.float32)), jnp.arange(length // block))
+  return acc
 
 
 def simulate(
@@ -90,11 +108,8 @@ def simulate(
   if seq.ndim == 1:
     seq = seq[None]
   num, length = seq.shape
-  iv = np.ones_like(seq) if intervals is None else np.asarray(intervals).reshape(seq.shape)
+  iv = None if intervals is None else jnp.asarray(np.asarray(intervals).reshape(seq.shape), jnp.int32)
   block = _divisor_at_most(length, block)
-  ms = jnp.asarray(np.asarray(metrics, np.float32)[seq])
-  rs = jnp.asarray(np.asarray(rewards, np.float32)[seq])
-  ivs = jnp.asarray(iv, jnp.int32)
   if isinstance(policy, DQNPolicy):
     net, params = policy.net, policy.params
   else:
@@ -103,8 +118,22 @@ def simulate(
       raise ValueError(
         f"threshold vector has shape {th.shape}; expected ({m + 1},) for (q, p, m) = {(q, p, m)}"
       )
-    net, params = None, _pad_thresholds(th, m + 1)
-  sums = np.asarray(_simulate(params, ms, rs, ivs, q, p, m, net=net, block=block), np.float64)
+    net, params, block = None, jnp.asarray(th, jnp.float32), 0
+  sums = np.asarray(
+    _simulate(
+      params,
+      jnp.asarray(metrics, jnp.float32),
+      jnp.asarray(rewards, jnp.float32),
+      jnp.asarray(seq, jnp.int32),
+      iv,
+      q,
+      p,
+      m,
+      net=net,
+      block=block,
+    ),
+    np.float64,
+  )
   reward, sent, occ = sums.sum(0)
   total = num * length
   return {"reward": reward / total, "offload_fraction": sent / total, "occupancy": occ / total / m}

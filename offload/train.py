@@ -69,6 +69,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
   cfg_lib.check_range(c, "gbsz", 1, 1 << 20, integer=True)
   cfg_lib.check_range(c, "ngdup", 1, 1 << 20, integer=True)
   cfg_lib.check_range(c, "discount", 0.0, 1.0, lo_open=True, hi_open=True)
+  cfg_lib.check_range(c, "mdp_discount", 0.0, 1.0, lo_open=True, hi_open=True)
   cfg_lib.check_range(c, "num_seeds", 1, 1024, integer=True)
   for k in ("sfreq", "ckpt_every"):
     cfg_lib.check_range(c, k, 0, integer=True)
@@ -222,7 +223,7 @@ def evaluate_policies(c, d: odata.MetricsData, tint, seq, iv, setts, net=None, s
   tau = 1.0 if c.itype == 0 else float(np.mean(tint))
   out = {p: {"loss": [], "offload_fraction": [], "occupancy": []} for p in POLICIES}
   for si, (r, b, _) in enumerate(setts):
-    thr = mdp.thresholds(d.train.metrics, d.train.rewards, r, b, gamma=c.discount, intervals=intervals_tr)
+    thr = mdp.thresholds(d.train.metrics, d.train.rewards, r, b, gamma=c.mdp_discount, intervals=intervals_tr)
     base_th = mdp.baseline_threshold(d.train.metrics, r, tau)
     res = {
       "mdp": simulate.simulate(thr, ts.metrics, ts.rewards, seq, iv, r, b),

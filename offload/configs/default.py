@@ -56,6 +56,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.gbsz = 128
   c.ngdup = 128
   c.discount = 0.9999
+  c.mdp_discount = 0.9999  # gamma of the MDP value iteration
   c.num_seeds = 1
   c.sfreq = 100  # log every this many iterations (and evaluate on the validation streams)
   c.ckpt_every = 100
