@@ -32,7 +32,9 @@ def mfcc(audio_BT: np.ndarray) -> np.ndarray:
   if x.shape[1] < SAMPLE_RATE:
     x = np.pad(x, ((0, 0), (0, SAMPLE_RATE - x.shape[1])))
   x = x[:, :SAMPLE_RATE]
-  stft = tf.signal.stft(x, frame_length=WINDOW, frame_step=STRIDE, fft_length=FFT, window_fn=tf.signal.hann_window)
+  stft = tf.signal.stft(
+    x, frame_length=WINDOW, frame_step=STRIDE, fft_length=FFT, window_fn=tf.signal.hann_window
+  )
   power = tf.math.square(tf.abs(stft))
   mel_w = tf.signal.linear_to_mel_weight_matrix(NUM_MEL, FFT // 2 + 1, SAMPLE_RATE, 20.0, 4000.0)
   log_mel = tf.math.log(tf.tensordot(power, mel_w, 1) + 1e-6)
@@ -68,4 +70,6 @@ def _split(name: str, split: str, data_dir: str | None, limit: int | None):
 
 def load_speech_commands(data_dir: str | None = None, limit: int | None = None):
   """(train, test) MFCC data sets of TFDS speech_commands."""
-  return _split("speech_commands", "train", data_dir, limit), _split("speech_commands", "test", data_dir, limit)
+  return _split("speech_commands", "train", data_dir, limit), _split(
+    "speech_commands", "test", data_dir, limit
+  )

@@ -187,7 +187,9 @@ def solve_nested(
   """
   n = len(scores)
   if not (len(pair_costs) == len(unit_costs) == n):
-    raise ConfigError(f"scores, pair_costs, unit_costs have lengths {n}, {len(pair_costs)}, {len(unit_costs)}")
+    raise ConfigError(
+      f"scores, pair_costs, unit_costs have lengths {n}, {len(pair_costs)}, {len(unit_costs)}"
+    )
   budgets = [float(b) for b in budgets]
   if any(b <= 0 for b in budgets) or any(b2 < b1 for b1, b2 in zip(budgets, budgets[1:], strict=False)):
     raise ConfigError(f"budgets = {budgets}: must be positive fractions in increasing order")
@@ -232,9 +234,7 @@ def solve_nested(
     if any(w < lo for w, lo in zip(widths, lower, strict=True)):
       raise AssertionError(f"solver broke nesting: {widths} below {lower}")
     macs = chain_cost(widths, pair_costs, unit_costs, in_width=in_width)
-    out.append(
-      Solution(b, widths, macs, chain_value(widths, scores, pair_scores), solve_s, gap, str(status))
-    )
+    out.append(Solution(b, widths, macs, chain_value(widths, scores, pair_scores), solve_s, gap, str(status)))
     lower = list(widths)  # bottom-up: the next subnetwork contains this one
   check_nested([s.widths for s in out])
   return out

@@ -28,8 +28,8 @@ def main(argv: list[str]) -> None:
     from subnets import pipeline
 
     out = pipeline.run_step(argv[1], _CONFIG.value, _WORKDIR.value)
-    small = {k: v for k, v in out.items() if k != "variables" and not isinstance(v, list)}
-    print(json.dumps(small, indent=1, default=str)[:2000])
+    small = {k: v for k, v in out.items() if isinstance(v, int | float | str)}
+    print(json.dumps(small, default=str))
     print(f"wrote {_WORKDIR.value}/report.md")
     return 0
 

@@ -22,7 +22,6 @@ import math
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from common.errors import ConfigError
 
@@ -84,7 +83,9 @@ def preset(name: str, num_classes: int = 12, **overrides) -> ModelConfig:
     "cnn_s": dict(kind="cnn", widths=(28, 30), first_kernel=(10, 4), first_stride=(1, 1), bottleneck=16),
     "cnn_l": dict(kind="cnn", widths=(60, 76), first_kernel=(10, 4), first_stride=(1, 1), bottleneck=58),
     "ds_cnn_s": dict(widths=(64,) * 5, first_kernel=(10, 4), first_stride=(2, 2), dw_strides=(1,) * 4),
-    "ds_cnn_l": dict(widths=(276,) * 6, first_kernel=(10, 4), first_stride=(2, 1), dw_strides=(2, 1, 1, 1, 1)),
+    "ds_cnn_l": dict(
+      widths=(276,) * 6, first_kernel=(10, 4), first_stride=(2, 1), dw_strides=(2, 1, 1, 1, 1)
+    ),
     "ds_cnn_s_vision": dict(
       widths=(64,) * 5, first_kernel=(3, 3), first_stride=(2, 2), dw_strides=(1,) * 4, activation="leaky_relu"
     ),
@@ -137,7 +138,9 @@ class RedsNet(nn.Module):
       for i in range(1, len(ws)):
         s = c.dw_strides[i - 1]
         cin = h.shape[-1]
-        h = nn.Conv(cin, (3, 3), (s, s), padding="SAME", feature_group_count=cin, use_bias=False, name=f"dw{i}")(h)
+        h = nn.Conv(
+          cin, (3, 3), (s, s), padding="SAME", feature_group_count=cin, use_bias=False, name=f"dw{i}"
+        )(h)
         h = _act(c, _bn(train, f"dwbn{i}")(h))
         h = nn.Conv(ws[i], (1, 1), use_bias=False, name=f"pw{i}")(h)
         h = _act(c, _bn(train, f"pwbn{i}")(h))

@@ -66,7 +66,10 @@ def load_data(config) -> tuple[data_lib.Dataset, data_lib.Dataset]:
 
     return load_speech_commands(config.data.data_dir or None, limit)
   return data_lib.load(
-    config.data.name, data_dir=config.data.data_dir or None, image_size=config.data.image_size or None, limit=limit
+    config.data.name,
+    data_dir=config.data.data_dir or None,
+    image_size=config.data.image_size or None,
+    limit=limit,
   )
 
 
@@ -265,7 +268,12 @@ def step_export(run: Run) -> dict:
   return res
 
 
-STEPS = {"importance": step_importance, "knapsack": step_knapsack, "finetune": step_finetune, "export": step_export}
+STEPS = {
+  "importance": step_importance,
+  "knapsack": step_knapsack,
+  "finetune": step_finetune,
+  "export": step_export,
+}
 
 
 def run_step(name: str, config, workdir, *, show_progress: bool = True) -> dict:

@@ -35,7 +35,7 @@ def write_report(run) -> None:
     rep.heading("Knapsack (CVXPY + HiGHS, nested bottom-up)")
     m = ks["methods"]["reds"]
     rows = [[f"{b:.0%}", str(w), f"{macs:.0f}", f"{macs / ks['dense_macs']:.3f}", f"{t:.2f}", g, st]
-            for b, w, macs, t, g, st in zip(ks["budgets"], m["widths"], m["macs"], m["solve_s"], m["gap"], m["status"])]  # fmt: skip
+            for b, w, macs, t, g, st in zip(ks["budgets"], m["widths"], m["macs"], m["solve_s"], m["gap"], m["status"], strict=False)]  # fmt: skip
     rep.table(["budget", "widths", "MACs", "MAC fraction (total)", "solve s", "gap", "status"], rows)
     rep.text("Subnetworks are nested by construction (each budget fixes the previous widths) and checked.")
   if ft:
@@ -47,7 +47,9 @@ def write_report(run) -> None:
       for i, (w, mc, a) in enumerate(zip(r["widths"], macs, r["accuracy"], strict=True)):
         label = f"{ks['budgets'][i]:.0%}" if i < len(ks["budgets"]) else "dense"
         rows.append([method, label, str(w), f"{mc:.0f}", a, r.get("accuracy_before", [None] * 9)[i]])
-    rep.line_plot("accuracy_vs_macs.png", series, xlabel="MACs", ylabel="test accuracy", title="accuracy vs MACs")
+    rep.line_plot(
+      "accuracy_vs_macs.png", series, xlabel="MACs", ylabel="test accuracy", title="accuracy vs MACs"
+    )
     rep.table(["method", "budget", "widths", "MACs", "test accuracy", "before fine-tuning"], rows)
     rep.text(f"Dense model before REDS: test accuracy {ft['dense_accuracy']:.4f}.")
     pub = PUBLISHED.get(c.data.name)
@@ -60,5 +62,7 @@ def write_report(run) -> None:
     cols = ["subnet", "widths", "params", "macs", "peak_act_bytes", "float_bytes", "float_latency_us",
             "float_accuracy", "float_max_abs_err", "int8_bytes", "int8_latency_us", "int8_accuracy"]  # fmt: skip
     rep.table(cols, [[r.get(k, "") if k != "widths" else str(r[k]) for k in cols] for r in exp["rows"]])
-    rep.text("Files: `exports/*_float.tflite`, `exports/*_int8.tflite`, TFLite Micro arrays `exports/micro/*.{h,cc}`.")
+    rep.text(
+      "Files: `exports/*_float.tflite`, `exports/*_int8.tflite`, TFLite Micro arrays `exports/micro/*.{h,cc}`."
+    )
   rep.write()

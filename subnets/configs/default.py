@@ -18,12 +18,18 @@ def get_config() -> ml_collections.ConfigDict:
   # preset: dnn_s, dnn_l, cnn_s, cnn_l, ds_cnn_s, ds_cnn_l, ds_cnn_s_vision, mobilenet_v1, custom.
   # Non-empty widths / dw_strides / first_kernel / first_stride / activation override the preset.
   c.model = dict(
-    preset="ds_cnn_s_vision", widths=[], dw_strides=[], first_kernel=[], first_stride=[], activation="", alpha=0.25
+    preset="ds_cnn_s_vision",
+    widths=(),
+    dw_strides=(),
+    first_kernel=(),
+    first_stride=(),
+    activation="",
+    alpha=0.25,
   )
   c.pretrain = dict(epochs=40, lr=3e-3, batch_size=64, augment=True, max_steps=0)
   c.importance = dict(num_batches=100)
-  c.knapsack = dict(budgets=[0.25, 0.5, 0.75], min_width=1, granularity=1, time_limit=60.0, peak_bytes=0.0)
+  c.knapsack = dict(budgets=(0.25, 0.5, 0.75), min_width=1, granularity=1, time_limit=60.0, peak_bytes=0.0)
   c.finetune = dict(epochs=20, lr=1e-3, batch_size=64, augment=True, bn_epochs=3, bn_lr=5e-4, max_steps=0)
-  c.baselines = dict(methods=["uniform", "magnitude", "random", "scratch"], scratch_epochs=40)
+  c.baselines = dict(methods=("uniform", "magnitude", "random", "scratch"), scratch_epochs=40)
   c.export = dict(int8=True, representative_examples=128, latency_repeats=300)
   return c

@@ -12,10 +12,10 @@ def get_config():
   c = default.get_config()
   c.data.image_size = 16
   c.model.preset = "custom"
-  c.model.widths = [24, 32, 32, 48]
-  c.model.dw_strides = [1, 2, 1]
-  c.model.first_kernel = [3, 3]
-  c.model.first_stride = [2, 2]
+  c.model.widths = (24, 32, 32, 48)
+  c.model.dw_strides = (1, 2, 1)
+  c.model.first_kernel = (3, 3)
+  c.model.first_stride = (2, 2)
   c.pretrain.epochs = 12
   c.importance.num_batches = 20
   c.finetune.epochs = 5

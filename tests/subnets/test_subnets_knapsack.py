@@ -21,7 +21,7 @@ def _instance(seed, units=(3, 4, 3)):
 
 def _brute(scores, pair, unit, cap, *, in_width, lower):
   best, arg = -1.0, None
-  for ws in itertools.product(*[range(lo, len(s) + 1) for s, lo in zip(scores, lower)]):
+  for ws in itertools.product(*[range(lo, len(s) + 1) for s, lo in zip(scores, lower, strict=False)]):
     if knapsack.chain_cost(ws, pair, unit, in_width=in_width) <= cap + 1e-9:
       v = knapsack.chain_value(ws, scores)
       if v > best + 1e-12:
@@ -43,7 +43,7 @@ def test_nested_optimum_equals_brute_force(seed):
   except InfeasibleError:
     assert knapsack.chain_cost(lower, pair, unit, in_width=in_width) > budgets[0] * dense
     return
-  for b, s in zip(budgets, sols):
+  for b, s in zip(budgets, sols, strict=False):
     best, _ = _brute(scores, pair, unit, b * dense, in_width=in_width, lower=lower)
     assert s.value == pytest.approx(best, rel=1e-9, abs=1e-9)
     assert s.macs <= b * dense + 1e-6
@@ -56,8 +56,8 @@ def test_public_api_and_nesting():
   scores, pair, unit = _instance(3, units=(6, 7, 5, 6))
   out = knapsack.nested_widths(scores, pair, unit, [0.25, 0.5, 0.75], in_width=3, min_width=2)
   assert len(out) == 3 and all(isinstance(w, list) and len(w) == 4 for w in out)
-  for a, b in zip(out, out[1:]):
-    assert all(x <= y for x, y in zip(a, b))
+  for a, b in zip(out, out[1:], strict=False):
+    assert all(x <= y for x, y in zip(a, b, strict=False))
   assert all(w >= 2 for ws in out for w in ws)
 
 
@@ -65,7 +65,9 @@ def test_single_budget_hand_case():
   # Two layers of 2 units, in_width 1, pair cost 1, unit cost 0: cost = w1 + w1*w2.
   # Scores: layer 0 [10, 1], layer 1 [5, 4]. Dense cost 2 + 4 = 6; budget 0.5 -> 3 MACs:
   # (1,1) cost 2 value 15; (1,2) cost 3 value 19; (2,1) cost 4 > 3. Best (1,2).
-  out = knapsack.nested_widths([np.array([10.0, 1.0]), np.array([5.0, 4.0])], [1, 1], [0, 0], [0.5], in_width=1)
+  out = knapsack.nested_widths(
+    [np.array([10.0, 1.0]), np.array([5.0, 4.0])], [1, 1], [0, 0], [0.5], in_width=1
+  )
   assert out == [[1, 2]]
 
 
@@ -88,7 +90,9 @@ def test_peak_memory_bound_caps_widths():
   for s in sols:
     assert s.widths[0] <= 10 and s.widths[1] <= 5 and s.widths[2] <= 8
   with pytest.raises(InfeasibleError, match="peak-memory"):
-    knapsack.solve_nested(scores, pair, unit, [0.5], in_width=1, act_bytes=[10.0, 200.0, 5.0], peak_bytes=100.0)
+    knapsack.solve_nested(
+      scores, pair, unit, [0.5], in_width=1, act_bytes=[10.0, 200.0, 5.0], peak_bytes=100.0
+    )
 
 
 def test_pair_scores_enter_the_objective():

@@ -1,0 +1,42 @@
+"""Quickstart stage `subnets`: REDS on digits end to end with the `quick` config.
+
+Dense DS-CNN -> |W*G| importance -> nested knapsack (CVXPY + HiGHS) at 25/50/75 % MACs ->
+permutation into channel prefixes -> joint fine-tuning + BN stage -> baselines ->
+TFLite float/int8 + TFLite Micro arrays with LiteRT latency -> report.md.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from common import report
+
+
+def run(workdir: Path, *, fast: bool = False) -> dict:
+  """Runs every step of the quick config into `workdir`; returns headline numbers."""
+  from subnets import pipeline
+  from subnets.configs import quick
+
+  config = quick.get_config()
+  if fast:
+    config.pretrain.epochs = 2
+    config.importance.num_batches = 4
+    config.finetune.epochs = 1
+    config.finetune.bn_epochs = 1
+    config.baselines.methods = ("uniform",)
+    config.export.int8 = False
+    config.export.latency_repeats = 20
+  workdir = Path(workdir)
+  exp = pipeline.run_step("export", config, workdir, show_progress=not fast)
+  ft = pipeline.step_finetune(pipeline.Run(config, workdir, show_progress=False))
+  reds = ft["methods"]["reds"]
+  rows = exp["rows"]
+  out = {
+    "dense_accuracy": ft["dense_accuracy"],
+    **{f"reds_acc_{r['subnet']}": a for r, a in zip(rows, reds["accuracy"], strict=True)},
+    "latency_ratio_25pct": rows[0]["float_latency_us"] / rows[-1]["float_latency_us"],
+  }
+  if "uniform" in ft["methods"]:
+    out["uniform_acc_25pct"] = ft["methods"]["uniform"]["accuracy"][0]
+  report.write_json(workdir / "summary.json", out)
+  return out
