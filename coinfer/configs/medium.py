@@ -1,4 +1,4 @@
-"""Medium RTCoInfer on digits for a shared CPU: the quick model trained longer, individual models
+"""Medium RTCoInfer on digits for a shared CPU: the small model trained longer, individual models
 for 8 setups spanning the residual-rate range (the accuracy-loss figures in docs/coinfer.md).
 
   python -m coinfer.main all --config coinfer/configs/medium.py --workdir runs/coinfer_medium
@@ -6,11 +6,11 @@ for 8 setups spanning the residual-rate range (the accuracy-loss figures in docs
 Runtime: about 45 minutes on 2 busy CPU cores.
 """
 
-from coinfer.configs import quick
+from coinfer.configs import small
 
 
 def get_config():
-  c = quick.get_config()
+  c = small.get_config()
   c.init.epochs = 20
   c.cluster.steps = 10
   c.distill.epochs = 10

@@ -34,19 +34,3 @@ def test_export_parity_three_setups(result):
     assert r["top1_agreement"] >= 0.99, r
     assert (workdir / "exports" / r["setup"] / "server.onnx").exists()
     assert (workdir / "exports" / r["setup"] / "device.tflite").exists()
-
-
-def test_cli_reports_config_errors(tmp_path, capsys):
-  from coinfer import main
-
-  bad = tmp_path / "bad.py"
-  bad.write_text(
-    "from coinfer.configs import quick\n"
-    "def get_config():\n  c = quick.get_config()\n  c.stream.horizon = 0\n  return c\n"
-  )
-  with pytest.raises(SystemExit) as e:
-    from common.cli import run_main
-
-    run_main(lambda: main.main(["init", "--config", str(bad), "--workdir", str(tmp_path / "w")]))
-  assert e.value.code == 2
-  assert "stream.horizon" in capsys.readouterr().err
