@@ -33,6 +33,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.reference.batch_size = 64
   c.reference.learning_rate = 1e-3
   c.train.epochs = 200
+  c.train.lam = 0.8
+  c.train.rho = 0.8
+  c.train.channel_remapping = "none"
   c.train.batch_size = 64
   c.train.eval_every_epochs = 1
   c.export.calibration_images = 256

@@ -51,10 +51,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.momentum = 0.9
   c.train.weight_decay = 5e-4
   c.train.rho = 0.8
-  c.train.lam = 0.8
+  c.train.lam = 0.5
   c.train.ig_steps = 2
   c.train.eval_every_epochs = 5
-  c.train.channel_remapping = "none"
+  c.train.channel_remapping = "global_importance"
   c.train.max_steps = 0  # 0 = all epochs
 
   c.latency = ml_collections.ConfigDict()

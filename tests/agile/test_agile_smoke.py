@@ -1,0 +1,89 @@
+"""A short digits run of train_and_evaluate: skewness rises, payload/latency are consistent,
+and the exported device TFLite + remote ONNX + combination agree with JAX (float export)."""
+
+import json
+
+import numpy as np
+import pytest
+
+from agile import payload as pl
+from launch.stages.agile import stage_config
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+  from agile import train
+
+  c = stage_config(fast=True)
+  c.limit = 320
+  c.reference.epochs = 3
+  c.train.epochs = 4
+  c.train.lam = 0.3
+  c.export.parity_images = 0  # the whole (limited) test set
+  workdir = tmp_path_factory.mktemp("agile_smoke")
+  return train.train_and_evaluate(c, workdir), workdir
+
+
+def test_short_run_raises_skewness(run):
+  m, _ = run
+  assert np.isfinite(m["accuracy"])
+  assert m["skewness"] > m["initial_skewness"] + 0.05, (m["initial_skewness"], m["skewness"])
+
+
+def test_export_split_inference_agrees_with_jax(run):
+  m, workdir = run
+  e = m["export"]
+  assert e["parity_images"] >= 256
+  assert e["float_split_top1_agreement_with_jax"] >= 0.99
+  for name in (
+    "agile_device_int8.tflite",
+    "agile_device_int8.cc",
+    "agile_device_int8.h",
+    "agile_remote.onnx",
+  ):
+    assert (workdir / "exports" / name).stat().st_size > 0
+  assert e["device_flash_bytes"] == (workdir / "exports" / "agile_device_int8.tflite").stat().st_size
+  assert 0 < e["device_int8_largest_activation_bytes"] <= e["device_int8_largest_op_working_set_bytes"]
+
+
+def test_report_and_metrics_written(run):
+  m, workdir = run
+  text = (workdir / "report.md").read_text()
+  for needle in ("combined", "entropy bound", "Latency model", "skewness_accuracy.png"):
+    assert needle in text
+  assert (workdir / "skewness_accuracy.png").exists()
+  assert json.loads((workdir / "final_metrics.json").read_text())["k"] == 5
+
+
+def test_payload_consistent(run):
+  p = run[0]["payload"]
+  assert p["raw_bits_per_image"] == 8 * 8 * 19 * 3
+  assert p["entropy_bound_bits_per_image"] <= p["raw_bits_per_image"] + 1e-6
+  assert p["best_codec_bits_per_image"] == min(p[f"{c}_bits_per_image"] for c in ("zlib", "bz2", "lzma"))
+
+
+def test_payload_report_hand_values():
+  sym = np.zeros((2, 2, 2, 1), np.int64)
+  sym[0, 0, 0, 0] = 1  # 7 zeros, 1 one over 8 symbols (4 per image)
+  r = pl.payload_report(sym, 2)
+  h = -(7 / 8 * np.log2(7 / 8) + 1 / 8 * np.log2(1 / 8))
+  assert r["raw_bits_per_image"] == 4
+  np.testing.assert_allclose(r["entropy_bound_bits_per_image"], 4 * h)
+  assert r["symbol_histogram"] == [7, 1]
+
+
+def test_latency_table_arithmetic():
+  lm = pl.LatencyModel(device_clock_hz=100e6, device_macs_per_cycle=1.0, link_bps=1e6, server_macs_per_s=1e9)
+  rows = pl.latency_table(
+    lm,
+    device_macs=1e6,
+    device_params=10,
+    remote_macs=1e8,
+    remote_params=100,
+    payload_bits=1e4,
+    raw_image_bits=1e5,
+  )
+  agile, local, raw = rows
+  np.testing.assert_allclose(agile["total_s"], 0.01 + 0.01 + 0.1)
+  np.testing.assert_allclose(local["total_s"], 1.01)
+  np.testing.assert_allclose(raw["total_s"], 0.1 + 0.101)
