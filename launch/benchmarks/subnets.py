@@ -101,15 +101,19 @@ def _switching(repeats: int) -> dict:
   }
 
 
-def _litert(repeats: int, widths: list[list[int]]) -> dict:
+def _litert(repeats: int, preset: str, shape: tuple[int, int, int]) -> dict:
   import jax
 
   from common import export as ex
-  from subnets import models, runtime, surgery
+  from subnets import knapsack, models, runtime, surgery
   from subnets.export import litert_latency_us
 
-  cfg = models.preset("ds_cnn_s", 12)
-  shape = (49, 10, 1)
+  cfg = models.preset(preset, 12)
+  costs = models.chain_costs(cfg, shape)
+  rng = np.random.default_rng(0)
+  scores = [np.sort(rng.gamma(0.5, 1.0, u))[::-1] for u in cfg.widths]
+  widths = knapsack.nested_widths(scores, costs.pair, costs.unit, [0.25], in_width=costs.in_width)
+  widths.append(list(cfg.widths))
   v = models.init_variables(cfg, jax.random.key(0), shape)
   x = np.random.default_rng(1).normal(size=(1, *shape)).astype(np.float32)
   out = {}
@@ -118,7 +122,8 @@ def _litert(repeats: int, widths: list[list[int]]) -> dict:
     f = runtime.predict_fn(cfg.with_widths(ws), mean=0.0, std=1.0)
     tfl = ex.to_tflite(jax.jit(lambda a, sub=sub, f=f: f(sub, a)), x)
     out[f"{name}_latency_us"] = litert_latency_us(tfl, x, repeats=repeats)
-    out[f"{name}_macs"] = models.chain_costs(cfg, shape).macs(ws)
+    out[f"{name}_macs"] = costs.macs(ws)
+    out[f"{name}_widths"] = list(ws)
   out["latency_ratio_25pct_over_dense"] = out["25pct_latency_us"] / out["dense_latency_us"]
   out["mac_ratio_25pct_over_dense"] = out["25pct_macs"] / out["dense_macs"]
   return out
@@ -144,12 +149,14 @@ def run(args) -> dict:
   s = _knapsack("ds_cnn_s", 1, args.time_limit)
   lk = _knapsack("ds_cnn_l", args.l_granularity, args.time_limit)
   sw = _switching(args.switch_repeats)
-  lite = _litert(args.latency_repeats, sw["widths"])
+  lite = _litert(args.latency_repeats, "ds_cnn_s", (49, 10, 1))
+  lite_vision = _litert(args.latency_repeats, "ds_cnn_s_vision", (32, 32, 3))
   res = {
     "knapsack_ds_cnn_s": s,
     "knapsack_ds_cnn_l": lk,
     "switching": sw,
     "litert": lite,
+    "litert_vision_ds_cnn_s_32x32": lite_vision,
     "targets": {
       "ds_cnn_s_each_budget_under_10s_optimal": all(t < 10 for t in s["solve_s"])
       and all(g == 0 for g in s["gap"]),
@@ -157,6 +164,7 @@ def run(args) -> dict:
       "switch_median_under_40us": sw["switch_median_us"] < 40,
       "switch_plus_inference_overhead_under_40us": sw["switch_overhead_us"] < 40,
       "litert_25pct_at_most_half_dense": lite["latency_ratio_25pct_over_dense"] <= 0.5,
+      "litert_vision_25pct_at_most_half_dense": lite_vision["latency_ratio_25pct_over_dense"] <= 0.5,
     },
   }
   if not args.skip_accuracy:
