@@ -146,10 +146,10 @@ def train_one(
     loop,
     key=fit_key,
     workdir=workdir,
-    evaluate=lambda s: train_lib.evaluate_batches(eval_ema, s, test_ds, 256),
+    evaluate=lambda s: train_lib.evaluate_batches(eval_ema, s, test_ds, min(256, len(test_ds))),
     show_progress=show_progress,
   )
-  raw = train_lib.evaluate_batches(eval_raw, state, test_ds, 256)
+  raw = train_lib.evaluate_batches(eval_raw, state, test_ds, min(256, len(test_ds)))
   cnt = flops.count(net, train_ds.image_shape[0])
   return {
     "name": net.name,

@@ -9,7 +9,9 @@ from branching import costmodel, flops
 
 def _table(scale=1.0):
   base = np.array([5e-9, 2e-8, 3e-9, 1e-7, 2e-2, 0.3, 1e-7, 1e-5])
-  return costmodel.CostTable({"cpu": tuple(base * scale), "dsp": tuple(base * 0.7 * scale), "gpu": tuple(base * 1.3)})
+  return costmodel.CostTable(
+    {"cpu": tuple(base * scale), "dsp": tuple(base * 0.7 * scale), "gpu": tuple(base * 1.3)}
+  )
 
 
 def test_single_device_is_sum_over_ops():
@@ -35,16 +37,26 @@ def test_stage_is_slowest_branch_plus_transfers_and_concat():
   lat_dsp += dsp @ (costmodel.xfer_features(in_el + dsp_ops[-1].act_out) + costmodel.xfer_features(0))
   seg = [r for r in rows if len(r) == 2][1]
   assert seg == pytest.approx([lat_cpu, lat_dsp])
-  assert total == pytest.approx(sum(max(r) for r in rows) + sum(
-    cpu @ costmodel.op_features(o) for o in ops if "concat" in o.name), rel=1e-9)
+  assert total == pytest.approx(
+    sum(max(r) for r in rows) + sum(cpu @ costmodel.op_features(o) for o in ops if "concat" in o.name),
+    rel=1e-9,
+  )
 
 
 def test_transfer_cost_only_off_the_merge_device():
   t = _table()
   c = bcfg.published("R-50-CD")
-  same = c.replace(devices=("cpu", "cpu"), stages=tuple(
-    st.__class__(tuple(b.__class__(**{**b.__dict__, "device": "cpu"}) for b in st.branches), st.original_width,
-                 st.kernel) for st in c.stages))
+  same = c.replace(
+    devices=("cpu", "cpu"),
+    stages=tuple(
+      st.__class__(
+        tuple(b.__class__(**{**b.__dict__, "device": "cpu"}) for b in st.branches),
+        st.original_width,
+        st.kernel,
+      )
+      for st in c.stages
+    ),
+  )
   t2 = costmodel.CostTable({"cpu": t.coef["cpu"], "dsp": t.coef["cpu"]})
   assert costmodel.predict(c, t2) > costmodel.predict(same, t2)
 

@@ -50,7 +50,12 @@ def test_make_divisible():
 
 @pytest.mark.parametrize(
   "name, size, gmacs, mparams",
-  [("R-50-C", 224, 4.09, 25.6), ("R-50-CD", 224, 3.62, 21.9), ("R-34-C", 224, 3.66, None), ("RX-1.6-C", 224, 1.60, None)],
+  [
+    ("R-50-C", 224, 4.09, 25.6),
+    ("R-50-CD", 224, 3.62, 21.9),
+    ("R-34-C", 224, 3.66, None),
+    ("RX-1.6-C", 224, 1.60, None),
+  ],
 )
 def test_published_figures(name, size, gmacs, mparams):
   r = flops.count(bcfg.published(name), size)

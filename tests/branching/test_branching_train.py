@@ -1,6 +1,7 @@
 """Training smoke run: original and stretched with the pycls recipe, EMA, one traced step."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from branching import train
@@ -19,9 +20,6 @@ def test_train_and_evaluate_smoke(tmp_path):
     assert 0.0 <= r["ema_accuracy"] <= 1.0 and np.isfinite(r["macs"])
     assert (tmp_path / role / "metrics.jsonl").exists()
   assert res["original"]["params"] != res["stretched"]["params"]
-  # resume: a second call restores the final checkpoint instead of training again
-  again = train.train_and_evaluate(c, tmp_path, show_progress=False)
-  assert again["original"]["ema_accuracy"] == res["original"]["ema_accuracy"]
 
 
 def test_ema_warmup_and_step_traced_once():
@@ -34,14 +32,21 @@ def test_ema_warmup_and_step_traced_once():
   model = AnyNet(net)
   tx = train.make_optimizer(c.train, 10, 5)
   v = model.init(jax.random.key(0), np.zeros((1, 32, 32, 3), np.float32), train=False)
-  copy = lambda t: jax.tree_util.tree_map(np.array, t)  # noqa: E731
-  state = train.EmaState(np.zeros((), np.int32), copy(v["params"]), copy(v["batch_stats"]),
-                         tx.init(v["params"]), copy(v["params"]), copy(v["batch_stats"]))
+  copy = lambda t: jax.tree_util.tree_map(jnp.copy, t)  # noqa: E731
+  state = train.EmaState(
+    jnp.zeros((), jnp.int32),
+    copy(v["params"]),
+    copy(v["batch_stats"]),
+    tx.init(v["params"]),
+    copy(v["params"]),
+    copy(v["batch_stats"]),
+  )
   step, _, _ = train.make_steps(model, tx, mean=np.zeros(3), std=np.ones(3), ema_decay=0.99)
-  ds = data_lib.Dataset(np.random.default_rng(0).random((8, 32, 32, 3), np.float32),
-                        np.arange(8, dtype=np.int32) % 10, 10, "toy")
+  ds = data_lib.Dataset(
+    np.random.default_rng(0).random((8, 32, 32, 3), np.float32), np.arange(8, dtype=np.int32) % 10, 10, "toy"
+  )
   batch = next(data_lib.batches(ds, 8))
-  p0 = jax.tree_util.tree_leaves(v["params"])[0]
+  p0 = np.asarray(jax.tree_util.tree_leaves(v["params"])[0])
   state, m = step(state, batch, jax.random.key(1))
   state, m = step(state, batch, jax.random.key(2))
   assert step._cache_size() == 1 and np.isfinite(float(m["loss"]))
