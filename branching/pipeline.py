@@ -151,10 +151,12 @@ def run(
   n_cal = 2 if fast else rc.calibration_models
   reps = 10 if fast else rc.repeats
   host, cal_rows = measure.calibrate_host(
-    s["model"].config, rc.image_size, n_models=n_cal, repeats=reps, threads=rc.threads
+    o["model"].config, rc.image_size, n_models=n_cal, repeats=reps, threads=rc.threads
   )
+  reuse = {}
   if rc.image_size == size:
     orig, strt = (o["model"], o["variables"]), (s["model"], s["variables"])
+    reuse = {"stretched_tflite": tfl, "stretched_segments": segs}
   else:
     orig = measure.random_variables(o["model"].config, rc.image_size)
     strt = measure.random_variables(s["model"].config, rc.image_size)
@@ -167,6 +169,7 @@ def run(
     threads=rc.threads,
     repeats=reps,
     host_table=host,
+    **reuse,
   )
   rep.heading(f"Branch-parallel execution on this CPU ({rc.threads} threads, LiteRT, {rc.image_size} px)")
   rep.table(["measurement", "value"], [[k, v] for k, v in par.items() if k != "tags"])

@@ -25,6 +25,7 @@ def run(workdir: Path, *, fast: bool = False) -> dict:
     config.run.repeats = 10
   else:
     config.train.num_epochs = 4
+    config.run.calibration_models = 3
   config.lock()
   # The leave-one-model-out calibration (6 refits) is left to `python -m branching.main calibrate`
   # and the benchmark; the stage reports the in-sample fit.
