@@ -19,6 +19,7 @@ def get_config():
   c.pretrain.epochs = 12
   c.importance.num_batches = 20
   c.finetune.epochs = 5
+  c.finetune.lr = 3e-3
   c.finetune.bn_epochs = 1
   c.baselines.scratch_epochs = 12
   c.export.representative_examples = 64
