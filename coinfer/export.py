@@ -1,10 +1,11 @@
 """Deployment of the split model: device part per setup (TFLite int8 + TFLite Micro C array,
 and float TFLite), server part per setup (ONNX), and their top-1 parity with JAX.
 
-The device graph is stem conv -> BN (the setup's statistics) -> ReLU6 -> first c channels ->
-per-image min-max quantisation to b bits (dequantised, so the exported output is the tensor the
-server reads; `compress.encode_np` gives the packed codes and the two floats per channel that go
-on the wire). The server graph zero-pads the c channels back to the stem width (equal to slicing
+The float device graph is stem conv -> BN (the setup's statistics) -> ReLU6 -> first c channels
+-> per-image min-max quantisation to b bits (dequantised, so the exported output is the tensor the
+server reads). The int8 device graph stops before the quantiser (TFLite's int8 DIV rejects the
+data-dependent divisor); the device then applies `compress.encode_np`, which gives the packed codes
+and the two floats per channel that go on the wire, and the server `compress.decode_np`. The server graph zero-pads the c channels back to the stem width (equal to slicing
 the decoder's input weights) and runs the rest.
 """
 
@@ -15,6 +16,7 @@ from pathlib import Path
 import jax.numpy as jnp
 import numpy as np
 
+from coinfer import compress
 from coinfer import models as models_lib
 from coinfer import train as T
 from common import export as export_lib
@@ -29,8 +31,10 @@ def split_fns(ctx: T.Context, variables: dict, index: int):
   stem = model.config.stem_channels
   c, b = jnp.int32(setup.channels), jnp.int32(setup.bits)
 
-  def device_fn(x):
-    z = model.apply(v, T._prep(ctx, x), c, b, train=False, method=lambda m, *a, **k: m.device(*a, **k))
+  def device_fn(x, quantize=True):
+    z = model.apply(
+      v, T._prep(ctx, x), c, b, train=False, quantize=quantize, method=lambda m, *a, **k: m.device(*a, **k)
+    )
     return z[..., : setup.channels]
 
   def server_fn(z):
@@ -77,7 +81,8 @@ def export_setup(
   logits = export_lib.run_onnx(onnx_model, z)[0]
   result["top1_agreement"] = float((logits.argmax(-1) == ref).mean())
   if "device_int8_bytes" in result:  # int8 device part feeding the float server
-    z8 = export_lib.run_tflite(dev8, x)[0]
+    f8 = export_lib.run_tflite(dev8, x)[0]
+    z8 = compress.decode_np(*compress.encode_np(f8, setup.bits), setup.bits)
     result["int8_top1_agreement"] = float((export_lib.run_onnx(onnx_model, z8)[0].argmax(-1) == ref).mean())
   result["payload_max_abs_err"] = float(np.max(np.abs(z - np.asarray(device_fn(x)))))
   return result

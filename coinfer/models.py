@@ -62,7 +62,9 @@ class DevicePart(nn.Module):
   config: ModelConfig
 
   @nn.compact
-  def __call__(self, x_BHWC: jax.Array, channels: jax.Array, bits: jax.Array, *, train: bool) -> jax.Array:
+  def __call__(
+    self, x_BHWC: jax.Array, channels: jax.Array, bits: jax.Array, *, train: bool, quantize: bool = True
+  ) -> jax.Array:
     cfg = self.config
     h = nn.Conv(cfg.stem_channels, (3, 3), strides=2, padding=((1, 1), (1, 1)), use_bias=False, name="stem")(
       x_BHWC
@@ -70,6 +72,8 @@ class DevicePart(nn.Module):
     h = nn.relu6(_bn(train, "stem_bn")(h))
     mask = (jnp.arange(cfg.stem_channels) < channels).astype(h.dtype)
     h = h * mask
+    if not quantize:  # the int8 export: the quantiser runs as plain code after the network
+      return h
     return compress.quantize(h, bits, per_sample=cfg.per_sample_quant)
 
 

@@ -1,32 +1,26 @@
-"""Quick RTCoInfer on digits for CPU: 16x16 images, a slim MobileNetV2, a few epochs,
-individual models for a representative subset of 6 setups (not all 50: see default.py).
+"""Quick RTCoInfer on digits for the quickstart: the small model (see small.py) with very few
+epochs, individual models for 3 setups only (not all 50: see default.py / small.py).
 
   python -m coinfer.main all --config coinfer/configs/quick.py --workdir runs/coinfer_quick
 
-Runtime: about a minute on 2 quiet CPU cores.
+Runtime: a few minutes on 2 CPU cores (compilation dominates); accuracies are far from converged.
 """
 
-from coinfer.configs import default
+from coinfer.configs import small
 
 
 def get_config():
-  c = default.get_config()
-  c.data.image_size = 16
-  c.model.width_mult = 0.25
-  c.model.settings = [[2, 24, 1, 2], [2, 32, 1, 2]]
-  c.model.last_channels = 64
-  c.init.epochs = 6
-  c.init.lr = 5e-3
-  c.cluster.steps = 3
-  c.distill.epochs = 4
-  c.distill.calibrate_batches = 3
-  c.ablations = ["I-D-C"]
-  c.individual.epochs = 4
-  c.individual.subset = [[1, 1], [1, 4], [2, 2], [4, 4], [8, 1], [32, 8]]
-  c.baselines.epochs = 3
-  c.baselines.clio_widths = [1, 2, 4, 8, 32]
-  c.stream.frames = 300
-  c.stream.trace_seconds = 60.0
-  c.export.setups = [[1, 1], [4, 4], [32, 8]]
-  c.export.parity_images = 100
+  c = small.get_config()
+  c.init.epochs = 3
+  c.cluster.steps = 2
+  c.distill.epochs = 2
+  c.distill.calibrate_batches = 2
+  c.individual.epochs = 2
+  c.individual.subset = [[1, 1], [4, 4], [32, 8]]
+  c.baselines.epochs = 1
+  c.baselines.clio_widths = [1, 4, 32]
+  c.baselines.spinn_thresholds = [0.5, 0.8, 0.95]
+  c.stream.frames = 200
+  c.stream.trace_seconds = 30.0
+  c.export.parity_images = 60
   return c
