@@ -1,6 +1,6 @@
 """Command line: `python -m offload.main train|simulate|metrics --config offload/configs/quick.py --workdir DIR`.
 
-Knobs are config keys, e.g. --config.tr='[0.1]' --config.tb='[4.0]' --config.stype=1 --config.itype=1
+Knobs are config keys, e.g. --config.tr='(0.1,)' --config.tb='(4.0,)' --config.stype=1 --config.itype=1
 --config.lr=4 --config.maxiter=4000 --config.source=npz --config.metrics_file=data/ofa_top5.npz.
 train    trains the DQN (resumes from the workdir's checkpoints)
 simulate runs every policy on the test streams and writes report.md, result.npz, loss_vs_rate.png

@@ -34,8 +34,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     }
   )
   # token bucket settings, trained together (vmapped): pairs (tr[i], tb[i])
-  c.tr = [0.1, 0.25]
-  c.tb = [4.0, 5.0]
+  c.tr = (0.1, 0.25)
+  c.tb = (4.0, 5.0)
   # sequences: stype 0 iid / 1 location reset; itype 0 periodic / 1 Markov-modulated
   c.stype = 1
   c.itype = 0

@@ -50,11 +50,11 @@ def test_training_resumes_from_checkpoint(stage_run):
 
 def test_config_errors_name_the_key():
   c = quick.get_config()
-  c.tb = [4.0]
+  c.tb = (4.0,)
   with pytest.raises(ConfigError, match=r"config.tr .* config.tb"):
     otrain.validate(c)
   c = quick.get_config()
-  c.tr = [1.5, 0.1]
+  c.tr = (1.5, 0.1)
   with pytest.raises(ConfigError, match=r"config.tr\[0\] = 1.5"):
     otrain.validate(c)
 
