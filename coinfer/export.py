@@ -31,9 +31,17 @@ def split_fns(ctx: T.Context, variables: dict, index: int):
   stem = model.config.stem_channels
   c, b = jnp.int32(setup.channels), jnp.int32(setup.bits)
 
+  inv_std = (1.0 / np.asarray(ctx.std)).astype(np.float32)  # TFLite int8 DIV rejects constant divisors
+
   def device_fn(x, quantize=True):
     z = model.apply(
-      v, T._prep(ctx, x), c, b, train=False, quantize=quantize, method=lambda m, *a, **k: m.device(*a, **k)
+      v,
+      (jnp.asarray(x, jnp.float32) - jnp.asarray(ctx.mean, jnp.float32)) * inv_std,
+      c,
+      b,
+      train=False,
+      quantize=quantize,
+      method=lambda m, *a, **k: m.device(*a, **k),
     )
     return z[..., : setup.channels]
 
