@@ -74,8 +74,11 @@ def export_setup(
   if int8:
     rep = [ctx.train_ds.images[i : i + 1] for i in range(min(200, len(ctx.train_ds)))]
     try:
+      # TFLite int8 DIV rejects the quantiser's data-dependent divisor, so the int8 graph ends at
+      # ReLU6 and the device quantises with `compress.encode_np` (a few lines of C on an MCU).
+      features = lambda x: device_fn(x, quantize=False)  # noqa: E731
       dev8 = export_lib.to_tflite(
-        device_fn, x1, int8=True, representative_data=rep, name=f"device8_{setup.name}"
+        features, x1, int8=True, representative_data=rep, name=f"device8_{setup.name}"
       )
     except ExportError as e:
       result["int8_error"] = str(e)[:300]
