@@ -87,7 +87,7 @@ def write_report(ctx: T.Context, workdir: Path) -> Path:
   if ind and not ind.get("all_setups"):
     rep.text(
       f"Individual models trained for a representative subset of {len(ind['setups'])} setups only "
-      "(quick config); the statistics run over that subset."
+      "(`individual.subset`); the statistics run over that subset."
     )
   rows = []
   from coinfer.stages import accuracy_loss
