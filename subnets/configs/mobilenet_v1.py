@@ -2,7 +2,10 @@
 
   python -m subnets.main knapsack --config subnets/configs/mobilenet_v1.py --workdir runs/subnets_mbv1
 
-knapsack.peak_bytes caps every layer's largest float32 activation map (bytes).
+knapsack.peak_bytes caps every prunable layer's largest float32 activation map (bytes; the
+dense model's is 16 KB at 32x32, the fixed input image 12 KB). Widths in multiples of 8
+(granularity 8): 14 layers at full granularity leave HiGHS without an incumbent in 60 s,
+at 8 each budget solves to optimality in about 2 s.
 Visual Wake Words is not in TFDS; any TFDS image set works through data.name.
 """
 
@@ -13,6 +16,7 @@ def get_config():
   c = default.get_config()
   c.model.preset = "mobilenet_v1"
   c.model.activation = ""
-  c.knapsack.peak_bytes = 40_000.0
+  c.knapsack.peak_bytes = 12_000.0
+  c.knapsack.granularity = 8
   c.knapsack.min_width = 2
   return c
