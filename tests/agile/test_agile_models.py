@@ -20,14 +20,16 @@ from agile.models import (
 )
 from common.mobilenet import MobileNetV2Body as CommonBody
 
+_QUANTIZE = {b: jax.jit(lambda x, c, b=b: quantize(x, c, backward=b)) for b in ("soft", "identity")}
 
-@given(st.lists(st.floats(0.0, 6.0, width=32), min_size=1, max_size=40), st.integers(0, 10_000))
-@settings(max_examples=40, deadline=None)
+
+@given(st.lists(st.floats(0.0, 6.0, width=32), min_size=16, max_size=16), st.integers(0, 10_000))
+@settings(max_examples=25, deadline=None)
 def test_quantizer_forward_is_nearest_centroid(values, seed):
   c = jnp.sort(jax.random.uniform(jax.random.key(seed), (8,), minval=0.0, maxval=6.0))
   x = jnp.asarray(values, jnp.float32)
   for backward in ("soft", "identity"):
-    y, idx = quantize(x, c, backward=backward)
+    y, idx = _QUANTIZE[backward](x, c)
     d = np.abs(np.asarray(x)[:, None] - np.asarray(c)[None])
     np.testing.assert_allclose(np.take_along_axis(d, np.asarray(idx)[:, None], 1)[:, 0], d.min(1), atol=1e-6)
     np.testing.assert_allclose(y, np.asarray(c)[np.asarray(idx)], atol=1e-6)
@@ -74,11 +76,13 @@ def test_body_equals_common_mobilenet_body():
   x = jax.random.normal(jax.random.key(0), (2, 8, 8, 5))
   ours = layers.MobileNetV2Body(settings=settings_, last_channels=16)
   theirs = CommonBody(settings=settings_, last_channels=16)
-  v = ours.init(jax.random.key(1), x, train=False)
-  assert jax.tree.structure(v) == jax.tree.structure(theirs.init(jax.random.key(1), x, train=False))
+  v = jax.jit(lambda k: ours.init(k, x, train=False))(jax.random.key(1))
+  assert jax.tree.structure(v) == jax.tree.structure(
+    jax.eval_shape(lambda: theirs.init(jax.random.key(1), x, train=False))
+  )
   for train in (False, True):
-    a = ours.apply(v, x, train=train, mutable=["batch_stats"])[0]
-    b = theirs.apply(v, x, train=train, mutable=["batch_stats"])[0]
+    a = jax.jit(lambda v, x: ours.apply(v, x, train=train, mutable=["batch_stats"])[0])(v, x)
+    b = jax.jit(lambda v, x: theirs.apply(v, x, train=train, mutable=["batch_stats"])[0])(v, x)
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
@@ -89,22 +93,27 @@ TINY = AgileConfig(
 
 def test_agilenn_shapes_and_halves():
   model = AgileNN(TINY)
-  v = init_variables(model, jax.random.key(0), (24, 24, 3))
+  v = jax.jit(lambda k: init_variables(model, k, (24, 24, 3)))(jax.random.key(0))
   x = jax.random.normal(jax.random.key(1), (2, 24, 24, 3))
-  logits, aux = model.apply(v, x, train=False)
+  logits, aux = jax.jit(lambda v, x: model.apply(v, x, train=False))(v, x)
   assert logits.shape == (2, 3) and aux["features"].shape == (2, 8, 8, 24)
   assert aux["symbols"].shape == (2, 8, 8, 24 - TINY.k) and aux["symbols"].dtype == jnp.int32
   assert float(aux["features"].min()) >= 0.0 and float(aux["features"].max()) <= 6.0
-  local, idx = model.apply(v, x, method=AgileNN.device)
-  remote = model.apply(v, model.apply(v, idx, method=AgileNN.dequantize), method=AgileNN.remote)
-  combined = model.apply(v, local, remote, method=AgileNN.combine)
+
+  @jax.jit
+  def halves(v, x):
+    local, idx = model.apply(v, x, method=AgileNN.device)
+    remote = model.apply(v, model.apply(v, idx, method=AgileNN.dequantize), method=AgileNN.remote)
+    return model.apply(v, local, remote, method=AgileNN.combine)
+
+  combined = halves(v, x)
   np.testing.assert_allclose(combined, logits, rtol=1e-5, atol=1e-5)
   w = model.apply(v, method=AgileNN.combination_weights)
   np.testing.assert_allclose(w.sum(), 1.0, rtol=1e-6)
 
 
 def test_temperature_changes_combination():
-  v = init_variables(AgileNN(TINY), jax.random.key(0), (24, 24, 3))
+  v = jax.jit(lambda k: init_variables(AgileNN(TINY), k, (24, 24, 3)))(jax.random.key(0))
   w1 = AgileNN(TINY).apply(v, method=AgileNN.combination_weights)
   w6 = AgileNN(dataclasses.replace(TINY, temperature=6.0)).apply(v, method=AgileNN.combination_weights)
   assert abs(float(w6[0] - 0.5)) < abs(float(w1[0] - 0.5))
@@ -112,7 +121,7 @@ def test_temperature_changes_combination():
 
 def test_remap_permutes_feature_channels():
   model = AgileNN(TINY)
-  v = init_variables(model, jax.random.key(0), (24, 24, 3))
+  v = jax.jit(lambda k: init_variables(model, k, (24, 24, 3)))(jax.random.key(0))
   # Make BN non-trivial so that forgetting to permute it would show.
   v = jax.tree.map(lambda a: a, v)
   bn = v["params"]["fe"]["bn2"]
@@ -124,6 +133,7 @@ def test_remap_permutes_feature_channels():
   v["batch_stats"]["fe"]["bn2"] = {"mean": stats["mean"] + 0.1 * jnp.arange(24.0), "var": stats["var"] * 2}
   mapping = np.random.default_rng(0).permutation(24)
   x = jax.random.normal(jax.random.key(1), (2, 24, 24, 3))
-  f = model.apply(v, x, train=False)[1]["features"]
-  f2 = model.apply(xai.remap_feature_channels(v, mapping), x, train=False)[1]["features"]
+  feats = jax.jit(lambda v, x: model.apply(v, x, train=False)[1]["features"])
+  f = feats(v, x)
+  f2 = feats(xai.remap_feature_channels(v, mapping), x)
   np.testing.assert_allclose(f2, np.asarray(f)[..., mapping], rtol=1e-5, atol=1e-6)
