@@ -94,18 +94,21 @@ def make_steps(model: AnyNet, tx, *, mean, std, ema_decay: float):
     )
     return state, {"loss": loss, "accuracy": train_lib.accuracy(logits, batch["label"])}
 
-  def make_eval(use_ema: bool):
-    @jax.jit
-    def eval_step(state: EmaState, batch: dict):
-      p, b = (state.ema_params, state.ema_batch_stats) if use_ema else (state.params, state.batch_stats)
-      logits, _ = model.apply({"params": p, "batch_stats": b}, prep(batch["image"]), train=False)
-      m = batch["mask"]
-      ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
-      return {"loss": (ce * m).sum(), "accuracy": ((jnp.argmax(logits, -1) == batch["label"]) * m).sum()}
+  @jax.jit
+  def eval_vars(params, batch_stats, batch: dict):
+    logits, _ = model.apply({"params": params, "batch_stats": batch_stats}, prep(batch["image"]), train=False)
+    m = batch["mask"]
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
+    return {"loss": (ce * m).sum(), "accuracy": ((jnp.argmax(logits, -1) == batch["label"]) * m).sum()}
 
-    return eval_step
+  # One compiled evaluation serves both weight sets (EMA, as pycls tests, and the raw weights).
+  def eval_ema(state: EmaState, batch: dict):
+    return eval_vars(state.ema_params, state.ema_batch_stats, batch)
 
-  return train_step, make_eval(True), make_eval(False)
+  def eval_raw(state: EmaState, batch: dict):
+    return eval_vars(state.params, state.batch_stats, batch)
+
+  return train_step, eval_ema, eval_raw
 
 
 def train_one(
