@@ -76,3 +76,20 @@ def test_save_writes_loadable_yaml(tmp_path):
   c = bcfg.published("RX-1.6-CD")
   path = bcfg.save(c, tmp_path / "x.yaml")
   assert bcfg.load(path).stages == c.stages
+
+
+def test_cli_reports_malformed_yaml_without_traceback(tmp_path):
+  import subprocess
+  import sys
+
+  d = _doc(DEVICES=["cpu", "npu"])
+  bad = tmp_path / "bad.yaml"
+  bad.write_text(yaml.safe_dump(d))
+  r = subprocess.run(
+    [sys.executable, "-m", "branching.main", "count", "--config", str(bad)],
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
+  assert r.returncode == 2
+  assert "ANYNET.DEVICES" in r.stderr and "Traceback" not in r.stderr
