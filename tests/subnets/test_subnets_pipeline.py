@@ -137,7 +137,8 @@ def test_bad_config_names_key():
 def test_cli_infeasible_budget_exits_2_with_message(tmp_path):
   cmd = [sys.executable, "-m", "subnets.main", "knapsack", "--config", "subnets/configs/quick.py",
          "--workdir", str(tmp_path), "--config.knapsack.budgets=(0.001,)", "--config.knapsack.min_width=4",
-         "--config.data.image_size=8", "--config.pretrain.epochs=1", "--config.importance.num_batches=1"]  # fmt: skip
+         "--config.data.image_size=8", "--config.data.limit=128", "--config.pretrain.epochs=1",
+         "--config.importance.num_batches=1"]  # fmt: skip
   r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
   assert r.returncode == 2, r.stderr[-2000:]
   assert "smallest feasible budget" in r.stderr and "Traceback" not in r.stderr
