@@ -205,7 +205,7 @@ def batches(
     if idx.shape[0] < batch_size:
       pad = batch_size - idx.shape[0]
       mask[idx.shape[0] :] = 0.0
-      idx = np.concatenate([idx, order[:pad]])
+      idx = np.concatenate([idx, np.resize(order, pad)])
     yield {"image": ds.images[idx], "label": ds.labels[idx], "mask": mask}
 
 

@@ -63,6 +63,9 @@ def test_batches_drop_and_pad(digits):
   np.testing.assert_array_equal(padded[-1]["mask"], [1, 1, 0, 0])
   seen = np.concatenate([b["label"][b["mask"] > 0] for b in padded])
   np.testing.assert_array_equal(seen, ds.labels)
+  # A batch larger than the whole data set is still full-sized, padding marked.
+  (big,) = list(data.batches(ds.take(3), 8, drop_last=False))
+  assert big["image"].shape[0] == 8 and big["mask"].sum() == 3
 
 
 def test_batches_shuffle_depends_on_key(digits):
