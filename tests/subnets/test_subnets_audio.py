@@ -17,3 +17,13 @@ def test_mfcc_shape_and_content():
   assert f[0, 5:40].std(axis=0).mean() < 0.1 * f[1].std(axis=0).mean()
   # the padded silence at the end of the noise clip gives the log floor in c0
   assert f[1, -5:, 0, 0].mean() < f[1, :20, 0, 0].mean()
+
+
+def test_speech_commands_loader_under_tfds_mock_data():
+  import tensorflow_datasets as tfds
+
+  with tfds.testing.mock_data(num_examples=6):
+    train, test = audio.load_speech_commands(limit=6)
+  assert train.images.shape == (6, 49, 10, 1) and test.images.shape == (6, 49, 10, 1)
+  assert train.num_classes == 12 and train.labels.dtype == np.int32
+  assert np.isfinite(train.images).all()
