@@ -16,7 +16,7 @@ CFG = AgileConfig(
   remote_settings=((1, 4, 1, 1),), remote_last_channels=8, remote_stem_channels=4,
 )  # fmt: skip
 RCFG = reference.ReferenceConfig(
-  num_classes=3, stem_channels=6, stem_stride=1, blocks=(("fused", 1, 3, 1, 6, 1, 0.0), ("mbconv", 2, 3, 2, 8, 1, 0.25)),
+  num_classes=3, stem_channels=6, stem_stride=1, blocks=(("mbconv", 2, 3, 2, 8, 1, 0.25),),
   top_channels=8, dropout=0.0,
 )  # fmt: skip
 PREP = agile_data.Preprocess((0.5,) * 3, (0.5,) * 3, flip=False, pad=1, input_size=6)
