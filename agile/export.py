@@ -67,8 +67,6 @@ def export_all(
     calibration: preprocessed images [N, S, S, 3] for int8 calibration.
     out_dir: the run's exports/ directory.
   """
-  import jax
-
   from agile.models import AgileNN
 
   out_dir = Path(out_dir)
@@ -99,7 +97,6 @@ def export_all(
   }
   write_json(out_dir / "agile_meta.json", meta)
   act = largest_activation_bytes(device_int8)
-  del jax
   return {
     "device_float_tflite_bytes": len(device_float),
     "device_int8_tflite_bytes": len(device_int8),
@@ -121,8 +118,7 @@ def split_inference(
   Returns {"local", "remote", "combined", "symbols"} as numpy arrays.
   """
   outs = ex.run_tflite(device_tflite, x_NSS3)
-  infos = ex.tflite_io(device_tflite)[1]
-  local, symbols = _pick_outputs(outs, infos, meta)
+  local, symbols = _pick_outputs(outs)
   centroids = np.asarray(meta["centroids"], np.float32)
   q = centroids[symbols.astype(np.int64)]
   remote = ex.run_onnx(remote_onnx, q)[0]
@@ -130,9 +126,8 @@ def split_inference(
   return {"local": local, "remote": remote, "combined": w[0] * local + w[1] * remote, "symbols": symbols}
 
 
-def _pick_outputs(outs: list[np.ndarray], infos, meta: dict) -> tuple[np.ndarray, np.ndarray]:
+def _pick_outputs(outs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
   """Finds (local logits, symbols) among the flatbuffer's outputs by rank (2 vs 4)."""
   local = next(o for o in outs if o.ndim == 2)
   symbols = next(o for o in outs if o.ndim == 4)
-  del infos, meta
   return local.astype(np.float32), np.rint(symbols).astype(np.int32)
