@@ -11,9 +11,9 @@ from agile.configs import quick
 def stage_config(fast: bool = False):
   """The quick config, shortened to fit the quickstart's time budget (fast: a smoke run)."""
   c = quick.get_config()
-  c.reference.epochs = 10
-  c.train.epochs = 12
-  c.train.eval_every_epochs = 4
+  c.reference.epochs = 8
+  c.train.epochs = 10
+  c.train.eval_every_epochs = 5
   c.export.parity_images = 0
   if fast:
     c.limit = 256
