@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from agile.layers import DepthwiseConv, MobileNetV2Body
+from common.mobilenet import DepthwiseConv, MobileNetV2Body
 
 GLOROT = nn.initializers.xavier_uniform()
 KERAS_NORMAL = nn.initializers.normal(0.05)
@@ -132,6 +132,7 @@ class RemotePredictor(nn.Module):
       settings=tuple(self.settings),
       last_channels=self.last_channels,
       bn_momentum=self.bn_momentum,
+      shifted_depthwise=True,
       name="body",
     )(x, train=train)
     x = nn.Dense(self.num_classes, kernel_init=GLOROT, name="dense")(x.mean(axis=(1, 2)))

@@ -19,7 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from agile.layers import DepthwiseConv
+from common.mobilenet import DepthwiseConv
 
 # (block type, expansion, kernel, stride, out channels, repeats, SE ratio) after the stem.
 EFFNETV2_S_BLOCKS: tuple[tuple[str, int, int, int, int, int, float], ...] = (

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 
 from branching.config import NetConfig
+from common.mobilenet import make_divisible
 
 KINDS = ("conv", "dwconv", "gconv", "fc", "elem")
 
@@ -52,15 +53,6 @@ class Op:
   pycls: bool = True
   groups: int = 1
   pixels: int = 0
-
-
-def make_divisible(v: float, divisor: int = 8, min_value: int | None = None) -> int:
-  """MobileNet rounding: nearest multiple of `divisor`, not below 90 % of `v`."""
-  min_value = min_value or divisor
-  new_v = max(min_value, int(v + divisor / 2) // divisor * divisor)
-  if new_v < 0.9 * v:
-    new_v += divisor
-  return new_v
 
 
 class _Walker:

@@ -4,14 +4,26 @@
 with ReLU6 and a residual when the shape allows. `MobileNetV2Body` runs the
 stack of blocks given by (expansion t, channels c, repeats n, stride s) rows,
 scaled by a width multiplier, then the 1x1 conv to `last_channels`.
+
+`DepthwiseConv` computes exactly what `nn.Conv(C, (k, k), feature_group_count=C,
+padding="SAME", use_bias=False)` computes, with the same parameter ("kernel",
+shape (k, k, 1, C)), as k*k shifted multiply-adds. XLA's CPU backend runs the
+backward pass of grouped convolutions about an order of magnitude slower than
+this elementwise form, which matters where a step differentiates through
+depthwise layers (twice, for AgileNN's grad-of-grad). The blocks take
+`shifted_depthwise=True` to use it; parameters are the same either way, so a
+model trained with one form can be exported with the other (the grouped form
+maps to TFLite's DEPTHWISE_CONV_2D).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 # (t, c, n, s) rows of the ImageNet MobileNetV2 after the 32-channel stem.
 MOBILENET_V2_SETTINGS: tuple[tuple[int, int, int, int], ...] = (
@@ -34,13 +46,51 @@ def make_divisible(v: float, divisor: int = 8, min_value: int | None = None) -> 
   return new_v
 
 
+def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
+  """TF/XLA "SAME" padding (before, after) of one spatial axis."""
+  out = math.ceil(size / stride)
+  total = max((out - 1) * stride + kernel - size, 0)
+  return total // 2, total - total // 2
+
+
+def depthwise_conv(x_BHWC: jax.Array, kernel_KK1C: jax.Array, stride: int = 1) -> jax.Array:
+  """Depthwise 'SAME' convolution as a sum over taps of shifted slices times the tap's weights."""
+  kh, kw = kernel_KK1C.shape[:2]
+  _, h, w, _ = x_BHWC.shape
+  ph, pw = same_padding(h, kh, stride), same_padding(w, kw, stride)
+  xp = jnp.pad(x_BHWC, ((0, 0), ph, pw, (0, 0)))
+  oh, ow = math.ceil(h / stride), math.ceil(w / stride)
+  out = None
+  for i in range(kh):
+    for j in range(kw):
+      tap = xp[:, i : i + (oh - 1) * stride + 1 : stride, j : j + (ow - 1) * stride + 1 : stride, :]
+      term = tap * kernel_KK1C[i, j, 0]
+      out = term if out is None else out + term
+  return out
+
+
+class DepthwiseConv(nn.Module):
+  """Drop-in for nn.Conv(C, (k, k), strides, "SAME", feature_group_count=C, use_bias=False)."""
+
+  kernel_size: int = 3
+  stride: int = 1
+  kernel_init: nn.initializers.Initializer = nn.initializers.lecun_normal()
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    c = x.shape[-1]
+    kernel = self.param("kernel", self.kernel_init, (self.kernel_size, self.kernel_size, 1, c))
+    return depthwise_conv(x, kernel.astype(x.dtype), self.stride)
+
+
 class InvertedResidual(nn.Module):
-  """MobileNetV2 block; `bn_axis_name`-free, BN momentum 0.9 (Keras' 0.99 is too slow for short runs)."""
+  """MobileNetV2 block; BN momentum 0.9 (Keras' 0.99 is too slow for short runs)."""
 
   out_channels: int
   stride: int
   expansion: int
   bn_momentum: float = 0.9
+  shifted_depthwise: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
@@ -76,6 +126,7 @@ class MobileNetV2Body(nn.Module):
     settings: (t, c, n, s) rows.
     last_channels: channels of the final 1x1 conv (scaled up when width_mult > 1).
     stride_cap: strides are clipped to this (1 keeps small inputs from vanishing).
+    shifted_depthwise: use `DepthwiseConv` (fast gradients on CPU; same parameters).
   """
 
   width_mult: float = 1.0
@@ -83,6 +134,7 @@ class MobileNetV2Body(nn.Module):
   last_channels: int = 1280
   stride_cap: int = 2
   bn_momentum: float = 0.9
+  shifted_depthwise: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
@@ -91,7 +143,9 @@ class MobileNetV2Body(nn.Module):
       out = make_divisible(c * self.width_mult)
       for j in range(n):
         stride = min(s, self.stride_cap) if j == 0 else 1
-        x = InvertedResidual(out, stride, t, self.bn_momentum, name=f"block{i}")(x, train=train)
+        x = InvertedResidual(out, stride, t, self.bn_momentum, self.shifted_depthwise, name=f"block{i}")(
+          x, train=train
+        )
         i += 1
     last = make_divisible(self.last_channels * max(1.0, self.width_mult))
     x = nn.Conv(last, (1, 1), use_bias=False, name="last_conv")(x)

@@ -5,11 +5,10 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agile import layers, xai
+from agile import xai
 from agile.models import (
   AgileConfig,
   AgileNN,
@@ -18,7 +17,6 @@ from agile.models import (
   num_local_channels,
   quantize,
 )
-from common.mobilenet import MobileNetV2Body as CommonBody
 
 _QUANTIZE = {b: jax.jit(lambda x, c, b=b: quantize(x, c, backward=b)) for b in ("soft", "identity")}
 
@@ -59,31 +57,6 @@ def test_centroids_in_relu6_range():
 
 def test_num_local_channels_round_half_even():
   assert [num_local_channels(r) for r in (0.1, 0.15, 0.1875, 0.2, 0.25, 0.3, 0.5)] == [2, 4, 4, 5, 6, 7, 12]
-
-
-@pytest.mark.parametrize("size,stride,c", [(8, 1, 5), (8, 2, 3), (7, 2, 4), (9, 3, 3), (6, 3, 2)])
-def test_depthwise_equals_grouped_conv(size, stride, c):
-  x = jax.random.normal(jax.random.key(0), (2, size, size, c))
-  k = jax.random.normal(jax.random.key(1), (3, 3, 1, c))
-  want = jax.lax.conv_general_dilated(
-    x, k, (stride, stride), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=c
-  )
-  np.testing.assert_allclose(layers.depthwise_conv(x, k, stride), want, rtol=1e-5, atol=1e-5)
-
-
-def test_body_equals_common_mobilenet_body():
-  settings_ = ((1, 8, 1, 1), (6, 12, 2, 2))
-  x = jax.random.normal(jax.random.key(0), (2, 8, 8, 5))
-  ours = layers.MobileNetV2Body(settings=settings_, last_channels=16)
-  theirs = CommonBody(settings=settings_, last_channels=16)
-  v = jax.jit(lambda k: ours.init(k, x, train=False))(jax.random.key(1))
-  assert jax.tree.structure(v) == jax.tree.structure(
-    jax.eval_shape(lambda: theirs.init(jax.random.key(1), x, train=False))
-  )
-  for train in (False, True):
-    a = jax.jit(lambda v, x: ours.apply(v, x, train=train, mutable=["batch_stats"])[0])(v, x)
-    b = jax.jit(lambda v, x: theirs.apply(v, x, train=train, mutable=["batch_stats"])[0])(v, x)
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
 TINY = AgileConfig(
