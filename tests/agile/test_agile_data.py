@@ -63,8 +63,8 @@ def test_tiny_imagenet_layout_loads_through_image_folder(tmp_path):
 
 
 def test_image_folder_errors_name_the_problem(tmp_path):
+  (tmp_path / "train").mkdir()
   with pytest.raises(DataError, match="no test/ directory"):
-    (tmp_path / "train").mkdir()
     agile_data.load("imagenet200", data_dir=str(tmp_path))
   with pytest.raises(DataError, match="--data_dir"):
     agile_data.load("imagenet200")
