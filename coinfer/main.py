@@ -1,7 +1,8 @@
 """Command line of RTCoInfer.
 
   python -m coinfer.main init|cluster|distill|individual|baselines|simulate|export|report|all \
-      --config coinfer/configs/quick.py --workdir runs/coinfer_quick [--ablation noI-D-C]
+      --config coinfer/configs/quick.py --workdir runs/coinfer_quick [--ablation noI-D-C] \
+      [--set init.epochs=40 --set model.width_mult=0.5 ...]
 
 Every step reads what the previous ones wrote into the workdir and resumes from checkpoints.
 """
@@ -9,16 +10,19 @@ Every step reads what the previous ones wrote into the workdir and resumes from 
 from __future__ import annotations
 
 import argparse
+import ast
 import importlib.util
 from pathlib import Path
 
+from common import config as C
 from common.cli import run_main, save_config
 from common.errors import ConfigError
 
 STEPS = ("init", "cluster", "distill", "individual", "baselines", "simulate", "export", "report", "all")
 
 
-def load_config(path: str):
+def load_config(path: str, overrides: list[str] | tuple = ()):
+  """The config of file `path`, with `KEY=VALUE` overrides (VALUE a Python literal or a string)."""
   p = Path(path)
   if not p.exists():
     raise ConfigError(f"config file {path} does not exist")
@@ -26,14 +30,30 @@ def load_config(path: str):
   mod = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(mod)
   config = mod.get_config()
+  for item in overrides:
+    key, sep, text = item.partition("=")
+    if not sep or not key:
+      raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set init.epochs=40")
+    try:
+      value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+      value = text
+    parent, _, leaf = key.rpartition(".")
+    try:
+      node = C.get(config, parent) if parent else config
+      if leaf not in node:
+        raise KeyError(leaf)
+      setattr(node, leaf, value)
+    except (KeyError, AttributeError) as e:
+      raise ConfigError(f"--set {item!r}: the config has no key {key!r}") from e
+    except TypeError as e:
+      raise ConfigError(f"--set {item!r}: {e}") from e
   validate(config)
   config.lock()
   return config
 
 
 def validate(config) -> None:
-  from common import config as C
-
   C.check_positive_ints(config, "setups.channels")
   C.check_positive_ints(config, "setups.bits")
   C.check_positive_ints(config, "setups.train_bits")
@@ -91,8 +111,15 @@ def main(argv=None) -> int:
   parser.add_argument(
     "--ablation", default=None, help="one of I-D-C, noI-D-C, I-noD-C, I-D-noC, ... (distill only)"
   )
+  parser.add_argument(
+    "--set",
+    action="append",
+    default=[],
+    metavar="KEY=VALUE",
+    help="override a config entry, e.g. --set init.epochs=40 (repeatable)",
+  )
   args = parser.parse_args(argv)
-  config = load_config(args.config)
+  config = load_config(args.config, args.set)
   workdir = Path(args.workdir)
   save_config(config, workdir)
   steps = STEPS[:-1] if args.step == "all" else (args.step,)

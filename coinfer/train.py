@@ -155,7 +155,9 @@ def make_train_step(
       for k in range(ids.shape[0]):
         idx = ids[k]
         variables = {"params": p, "batch_stats": models_lib.select_stats(stats, idx)}
-        (logits, _), new = model.apply(variables, x, arr[idx, 0], arr[idx, 1], train=True, mutable=["batch_stats"])
+        (logits, _), new = model.apply(
+          variables, x, arr[idx, 0], arr[idx, 1], train=True, mutable=["batch_stats"]
+        )
         if soft is None:
           loss = train_lib.cross_entropy(logits, labels)
         else:
