@@ -1,7 +1,8 @@
 """CLIO and SPINN trained on the same data, evaluated as accuracy against residual rate.
 
 CLIO (digest 5.1): all widths trained together on hard labels (summed losses), no quantisation
-in training; tested at every width x bits. SPINN (digest 5.2): CE(final) + 0.15 CE(exit); a
+in training, started from the initialization model (`baselines.clio_from_init`); tested at
+every width x bits. SPINN (digest 5.2): CE(final) + 0.15 CE(exit); a
 sample exits early when the exit's max softmax >= threshold, otherwise the raw image is sent
 (residual rate 1 per offloaded image), so its rate is the offloaded fraction.
 """
@@ -15,20 +16,51 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from coinfer import compress
+from coinfer import compress, stages
 from coinfer import models as models_lib
 from coinfer import train as T
 from common import data as data_lib
 from common import train as train_lib
 
 
-def _fit(ctx: T.Context, workdir: Path, model, loss_fn, name: str, key):
+def clio_from_teacher(variables: dict, teacher: dict) -> dict:
+  """CLIO's variables with the initialization model's weights copied in, as the reference does.
+
+  The shared stem and stem BN come from the teacher's device part; every server copy takes the
+  teacher's server part except its first conv (w -> 32 channels, 1x1 here, 3x3 from 32 in the
+  teacher), which keeps its fresh initialisation, as the reference's replaced conv does. The
+  per-width slice BNs stay fresh. Paths whose shapes differ are left as they are.
+  """
+  from flax.traverse_util import flatten_dict, unflatten_dict
+
+  def source(path):
+    head, rest = path[0], path[1:]
+    if head in ("stem", "stem_bn"):
+      return ("device", head, *rest)
+    if head.startswith("servers_") and rest and rest[0] != "decoder":
+      return ("server", *rest)
+    return None
+
+  out = {}
+  for col in ("params", "batch_stats"):
+    flat, src = flatten_dict(variables[col]), flatten_dict(teacher[col])
+    for path, leaf in flat.items():
+      s = source(path)
+      if s is not None and s in src and src[s].shape == leaf.shape:
+        flat[path] = jnp.asarray(src[s], leaf.dtype)
+    out[col] = unflatten_dict(flat)
+  return out
+
+
+def _fit(ctx: T.Context, workdir: Path, model, loss_fn, name: str, key, start=None):
   cfg = ctx.config
   loop = T.loop_config(cfg, cfg.baselines, name, len(ctx.train_ds))
   tx = T.make_tx(cfg, T.total_steps(loop, len(ctx.train_ds)), cfg.baselines.lr)
   h, w, c = ctx.train_ds.image_shape
   k_init, k_fit = jax.random.split(key)
   variables = model.init(k_init, jnp.zeros((1, h, w, c)), train=False)
+  if start is not None:
+    variables = start(variables)
   state = train_lib.create_train_state(variables, tx)
 
   @functools.partial(jax.jit, donate_argnums=0)
@@ -58,7 +90,12 @@ def train_clio(ctx: T.Context, workdir: Path) -> dict:
   def loss_fn(outs, labels):
     return sum(train_lib.cross_entropy(o, labels) for o in outs)
 
-  state = _fit(ctx, workdir, model, loss_fn, "clio", jax.random.fold_in(jax.random.key(cfg.seed), 5))
+  start = None
+  if cfg.baselines.clio_from_init:
+    teacher = stages.init_result(ctx, workdir)
+    start = functools.partial(clio_from_teacher, teacher=teacher)
+  key = jax.random.fold_in(jax.random.key(cfg.seed), 5)
+  state = _fit(ctx, workdir, model, loss_fn, "clio", key, start=start)
   v = {"params": state.params, "batch_stats": state.batch_stats}
 
   @jax.jit

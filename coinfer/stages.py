@@ -55,7 +55,7 @@ def initialization(ctx: T.Context, workdir: Path) -> dict:
   return out
 
 
-def _init_result(ctx: T.Context, workdir: Path):
+def init_result(ctx: T.Context, workdir: Path):
   state = T.restore_stage(ctx, workdir, "init", _like_state(ctx, ctx.config.init.lr))
   row = models_lib.select_stats(state.batch_stats, ctx.teacher_id)
   return {"params": state.params, "batch_stats": row}
@@ -88,7 +88,7 @@ def search_eps(values: np.ndarray, num_clusters: int) -> tuple[float, np.ndarray
 
 def clustering(ctx: T.Context, workdir: Path) -> dict:
   cfg = ctx.config
-  teacher = _init_result(ctx, workdir)
+  teacher = init_result(ctx, workdir)
   arr = jnp.asarray(ctx.setups_arr)
   ids = jnp.asarray(ctx.train_ids)
 
@@ -157,7 +157,7 @@ def distillation(ctx: T.Context, workdir: Path, ablation: str = "I-D-C") -> dict
   loop = T.loop_config(cfg, cfg.distill, stage, len(ctx.train_ds))
   tx = T.make_tx(cfg, T.total_steps(loop, len(ctx.train_ds)), cfg.distill.lr)
   state = T.init_state(ctx, tx, k_init)
-  teacher = _init_result(ctx, workdir) if (use_i or use_d) else None
+  teacher = init_result(ctx, workdir) if (use_i or use_d) else None
   if use_i:
     params = jax.tree.map(jnp.copy, teacher["params"])  # the step donates the student's buffers
     stats = models_lib.stack_stats(teacher["batch_stats"], len(ctx.setups))
@@ -223,7 +223,7 @@ def individual(ctx: T.Context, workdir: Path) -> dict:
   k_init, k_fit = jax.random.split(key)
   loop = T.loop_config(cfg, cfg.individual, "individual", len(ctx.train_ds))
   tx = T.make_tx(cfg, T.total_steps(loop, len(ctx.train_ds)), cfg.individual.lr)
-  teacher = _init_result(ctx, workdir) if cfg.individual.from_init else None
+  teacher = init_result(ctx, workdir) if cfg.individual.from_init else None
   step = T.make_train_step(ctx, tx, None)
   evaluate = T.make_eval_fn(ctx)
   rows = []

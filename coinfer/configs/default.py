@@ -35,6 +35,7 @@ def get_config() -> ml_collections.ConfigDict:
     lr=3e-3,
     max_steps=0,
     clio_widths=[1, 2, 4, 8, 16, 32],
+    clio_from_init=True,  # the reference starts CLIO from initialization_model.pt
     spinn_exit_weight=0.15,
     spinn_thresholds=[0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.99],
   )

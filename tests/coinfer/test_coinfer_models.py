@@ -101,3 +101,32 @@ def test_search_eps_hits_cluster_count():
 
   with pytest.raises(InfeasibleError):
     stages.search_eps(np.asarray([1.0, 1.0, 2.0]), 3)
+
+
+def test_clio_starts_from_the_init_model_except_its_new_first_conv(ctx):
+  import optax
+  from flax.traverse_util import flatten_dict
+
+  from coinfer import baselines
+
+  st = T.init_state(ctx, optax.sgd(0.1), jax.random.key(1))
+  teacher = {"params": st.params, "batch_stats": models_lib.select_stats(st.batch_stats, ctx.teacher_id)}
+  clio = models_lib.ClioNet(ctx.model.config, widths=(1, 4))
+  fresh = clio.init(jax.random.key(2), jnp.zeros((1, *ctx.train_ds.image_shape)), train=False)
+  out = baselines.clio_from_teacher(fresh, teacher)
+  tp, op, fp = (flatten_dict(v["params"]) for v in (teacher, out, fresh))
+  np.testing.assert_array_equal(op[("stem", "kernel")], tp[("device", "stem", "kernel")])
+  for i in (0, 1):
+    np.testing.assert_array_equal(op[(f"servers_{i}", "head", "kernel")], tp[("server", "head", "kernel")])
+    # the w -> 32 first conv is new (the teacher's takes 32 channels): it keeps its fresh init
+    np.testing.assert_array_equal(
+      op[(f"servers_{i}", "decoder", "kernel")], fp[(f"servers_{i}", "decoder", "kernel")]
+    )
+    np.testing.assert_array_equal(op[(f"slice_bn_{i}", "scale")], fp[(f"slice_bn_{i}", "scale")])
+  ts, os_ = flatten_dict(teacher["batch_stats"]), flatten_dict(out["batch_stats"])
+  np.testing.assert_array_equal(
+    os_[("servers_1", "decoder_bn", "mean")], ts[("server", "decoder_bn", "mean")]
+  )
+  for path, leaf in op.items():  # every other server weight is the teacher's
+    if path[0].startswith("servers_") and path[1] != "decoder":
+      np.testing.assert_array_equal(leaf, tp[("server", *path[1:])])
