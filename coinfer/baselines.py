@@ -47,7 +47,7 @@ def clio_from_teacher(variables: dict, teacher: dict) -> dict:
     for path, leaf in flat.items():
       s = source(path)
       if s is not None and s in src and src[s].shape == leaf.shape:
-        flat[path] = jnp.asarray(src[s], leaf.dtype)
+        flat[path] = jnp.array(src[s], leaf.dtype)  # a copy: the train step donates its buffers
     out[col] = unflatten_dict(flat)
   return out
 
