@@ -21,6 +21,7 @@ from sklearn.cluster import DBSCAN
 
 from coinfer import models as models_lib
 from coinfer import train as T
+from common import stats
 from common import train as train_lib
 from common.errors import CheckpointError, ConfigError, InfeasibleError
 
@@ -226,7 +227,7 @@ def individual(ctx: T.Context, workdir: Path) -> dict:
   teacher = init_result(ctx, workdir) if cfg.individual.from_init else None
   step = T.make_train_step(ctx, tx, None)
   evaluate = T.make_eval_fn(ctx)
-  rows = []
+  rows, correct = [], []
   for m, i in enumerate(ids):
     name = ctx.setups[int(i)].name
     state = T.init_state(ctx, tx, jax.random.fold_in(k_init, m))
@@ -244,11 +245,28 @@ def individual(ctx: T.Context, workdir: Path) -> dict:
       workdir=workdir,
       checkpoint_subdir=f"individual/{name}",
     )
-    acc = float(evaluate(state.params, state.batch_stats, [int(i)]).mean())
-    rows.append({"id": int(i), "name": name, "accuracy": acc})
+    correct.append(np.asarray(evaluate(state.params, state.batch_stats, [int(i)]))[0])
+    rows.append({"id": int(i), "name": name, "accuracy": float(correct[-1].mean())})
+  np.save(Path(workdir) / "individual_correct.npy", np.stack(correct))  # [model, image], rows as `setups`
   out = {"setups": rows, "all_setups": len(ids) == len(ctx.setups)}
   T.save_json(workdir, "individual", out)
   return out
+
+
+def loss_interval(workdir: Path, ablation: str, ind: dict, *, seed: int = 0) -> dict | None:
+  """Mean accuracy loss of an ablation against the individual models with a 95% paired
+  bootstrap interval over test images; None when the per-image results are not in `workdir`."""
+  sw_path, ind_path = (
+    Path(workdir) / f"distill_{ablation}_correct.npy",
+    Path(workdir) / "individual_correct.npy",
+  )
+  if not (sw_path.exists() and ind_path.exists()):
+    return None
+  sw, own = np.load(sw_path), np.load(ind_path)
+  ids = [r["id"] for r in ind["setups"]]
+  if own.shape[0] != len(ids) or sw.shape[-1] != own.shape[-1]:
+    return None  # from another run or config
+  return stats.paired_bootstrap(own, sw[ids], seed=seed)
 
 
 def accuracy_loss(sw: dict, ind: dict) -> dict:

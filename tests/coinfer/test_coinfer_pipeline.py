@@ -19,6 +19,10 @@ def test_pipeline_writes_report_and_numbers(result):
   report = (workdir / "report.md").read_text()
   assert "Accuracy loss" in report and "Controllers per trace" in report and "Export parity" in report
   assert (workdir / "accuracy_vs_rate.png").exists() and (workdir / "miss_rate.png").exists()
+  # the loss row carries its paired-bootstrap interval: per-image results were kept for both sides
+  assert "mean 95% CI" in report and (workdir / "individual_correct.npy").exists()
+  ci_row = next(line for line in report.splitlines() if line.startswith("| I-D-C"))
+  assert ci_row.count("[") == 1, ci_row
   assert 0.0 <= out["init_accuracy"] <= 1.0
   clusters = json.loads((workdir / "cluster.json").read_text())["clusters"]
   assert len(clusters) == 2 and sorted(i for c in clusters for i in c) == list(range(9))
