@@ -166,8 +166,9 @@ def write_report(ctx: T.Context, workdir: Path) -> Path:
     }
     clio, spinn = _read(workdir, "clio"), _read(workdir, "spinn")
     if clio:
-      pts = sorted(clio["points"], key=lambda p: p["residual_rate"])
-      series["CLIO"] = ([p["residual_rate"] for p in pts], [p["accuracy"] for p in pts])
+      pts = clio["points"]
+      keep = compress.pareto_front([p["residual_rate"] for p in pts], [p["accuracy"] for p in pts])
+      series["CLIO (Pareto)"] = ([pts[i]["residual_rate"] for i in keep], [pts[i]["accuracy"] for i in keep])
     if spinn:
       pts = sorted(spinn["points"], key=lambda p: p["residual_rate"])
       series["SPINN"] = ([max(p["residual_rate"], 1e-3) for p in pts], [p["accuracy"] for p in pts])
