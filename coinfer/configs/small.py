@@ -7,7 +7,7 @@ the 50 individual models 3000.
 
   python -m coinfer.main all --config coinfer/configs/small.py --workdir runs/coinfer_small
 
-Runtime on 2 quiet CPU cores: init 25 s, cluster 20 s, each ablation 4-5 minutes, the 50
+Runtime on 2 quiet CPU cores: init 25 s, cluster 20 s, each ablation 4-6 minutes, the 50
 individual models 16 minutes, baselines 80 s, the rest under a minute.
 
 The ablations separate better at a third of the budget; docs/coinfer.md's second table is
