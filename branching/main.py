@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 from common import cli
+from common import config as config_lib
 from common.errors import ConfigError
 
 
@@ -33,18 +34,7 @@ def _py_config(path: str, overrides: list[str]):
   mod = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(mod)
   c = mod.get_config()
-  for item in overrides:
-    key, _, val = item.partition("=")
-    node = c
-    *head, last = key.split(".")
-    for h in head:
-      node = node[h]
-    old = node[last]
-    try:
-      node[last] = type(old)(json.loads(val)) if not isinstance(old, str) else val
-    except (ValueError, json.JSONDecodeError):
-      raise ConfigError(f"--set {item}: cannot parse {val!r} as {type(old).__name__}") from None
-  return c
+  return config_lib.apply_overrides(c, overrides)
 
 
 def _parser() -> argparse.ArgumentParser:

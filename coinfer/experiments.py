@@ -87,6 +87,10 @@ PUBLISHED_LOSS = {
 }
 
 
+def _interval(ci: dict) -> str:
+  return f"[{ci['lo']:+.4f}, {ci['hi']:+.4f}]"
+
+
 def write_report(ctx: T.Context, workdir: Path) -> Path:
   """report.md: accuracy-loss table, accuracy vs residual rate (CLIO, SPINN), controller results."""
   workdir = Path(workdir)
@@ -111,7 +115,7 @@ def write_report(ctx: T.Context, workdir: Path) -> Path:
     if sw and ind:
       loss = accuracy_loss(sw, ind)
       ci = loss_interval(workdir, ab, ind)
-      ci_text = f"[{ci['lo']:+.4f}, {ci['hi']:+.4f}]" if ci else "-"
+      ci_text = _interval(ci) if ci else "-"
       pub = PUBLISHED_LOSS.get(ab, ("-", "-", "-"))
       rows.append([ab, loss["max"], loss["min"], loss["mean"], ci_text, *pub])
   if rows:
@@ -137,7 +141,7 @@ def write_report(ctx: T.Context, workdir: Path) -> Path:
       cur = np.load(workdir / f"distill_{ab}_correct.npy")
       if cur.shape == ref.shape:
         ci = stats.paired_bootstrap(cur, ref)
-        rows.append([ab, ci["mean"], f"[{ci['lo']:+.4f}, {ci['hi']:+.4f}]"])
+        rows.append([ab, ci["mean"], _interval(ci)])
     if rows:
       rep.heading("Ablations against I-D-C (mean SW-CNN accuracy over setups, paired bootstrap)")
       rep.table(["method", "accuracy minus I-D-C", "95% CI"], rows)

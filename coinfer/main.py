@@ -10,7 +10,6 @@ Every step reads what the previous ones wrote into the workdir and resumes from 
 from __future__ import annotations
 
 import argparse
-import ast
 import importlib.util
 from pathlib import Path
 
@@ -30,24 +29,7 @@ def load_config(path: str, overrides: list[str] | tuple = ()):
   mod = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(mod)
   config = mod.get_config()
-  for item in overrides:
-    key, sep, text = item.partition("=")
-    if not sep or not key:
-      raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set init.epochs=40")
-    try:
-      value = ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-      value = text
-    parent, _, leaf = key.rpartition(".")
-    try:
-      node = C.get(config, parent) if parent else config
-      if leaf not in node:
-        raise KeyError(leaf)
-      setattr(node, leaf, value)
-    except (KeyError, AttributeError) as e:
-      raise ConfigError(f"--set {item!r}: the config has no key {key!r}") from e
-    except TypeError as e:
-      raise ConfigError(f"--set {item!r}: {e}") from e
+  C.apply_overrides(config, overrides)
   validate(config)
   config.lock()
   return config
