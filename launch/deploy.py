@@ -45,11 +45,13 @@ def start_server(
   prefix=(),
   stats: Path | None = None,
   timeout_s: float = 60.0,
+  extra=(),
 ):
   """Starts `launch.serve` and waits for its `serving ... on HOST:PORT` line; returns (proc, port)."""
   cmd = [*prefix, *PY, "-m", "launch.serve", "--repository", str(repo), "--host", host, "--port", str(port)]
   if stats:
     cmd += ["--stats", str(stats)]
+  cmd += list(extra)
   proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
   line: list[str] = []
   reader = threading.Thread(target=lambda: line.append(proc.stdout.readline()), daemon=True)
