@@ -65,6 +65,7 @@ def main(argv=None) -> int:
     "--tc-parent", default="root", help="with --link tc: where the tbf qdisc hangs (root or 1:1)"
   )
   p.add_argument("--out", default=None, help="default RUN/deploy/device.json")
+  p.add_argument("--connect-timeout", type=float, default=10.0, help="seconds to wait for the server")
   add_stream_args(p)
   args = p.parse_args(argv)
   tr = load_trace(args)
@@ -84,7 +85,12 @@ def main(argv=None) -> int:
   dep = deploy.load(args.workdir, int8=not args.float)
   stream = deploy.stream_settings(dep, fps=args.fps, deadline_s=args.deadline)
   client = dev.Client(args.server)
-  client.connect()
+  client.connect(args.connect_timeout)
+
+  def progress(k):
+    if k == 0:
+      print("stream started", flush=True)
+
   out = deploy.run(
     dep,
     client,
@@ -94,6 +100,7 @@ def main(argv=None) -> int:
     stream=stream,
     link=args.link,
     shaper=shaper,
+    progress=progress,
   )
   if shaper is not None:
     out["tc_rate_changes"] = shaper.changes
