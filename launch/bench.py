@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-TECHNIQUES = ("agile", "offload", "coinfer", "subnets", "branching")
+TECHNIQUES = ("agile", "offload", "coinfer", "subnets", "branching", "deploy")
 
 
 def measure(fn: Callable[[], Any], *, repeats: int = 5, warmup: int = 1) -> dict[str, float]:

@@ -91,6 +91,7 @@ def main(argv=None) -> int:
   p.add_argument("technique", choices=TECHNIQUES)
   p.add_argument("--link", choices=("pacer", "tc"), default="pacer")
   p.add_argument("--delay-ms", type=float, default=0.0, help="with --link tc: netem delay on the uplink")
+  p.add_argument("--out", default=None, help="report folder (default RUN/deploy)")
   add_stream_args(p)
   args = p.parse_args(argv)
   trace = load_trace(args)  # a malformed trace fails here, before anything starts
@@ -98,7 +99,7 @@ def main(argv=None) -> int:
   repo = workdir / "exports" / "repository"
   repository.load_repository(repo)  # missing or partial: one line, before any process starts
   dep = deploy.load(workdir)
-  out_dir = workdir / "deploy"
+  out_dir = Path(args.out) if args.out else workdir / "deploy"
   out_dir.mkdir(parents=True, exist_ok=True)
   stats, device_json = out_dir / "server_stats.json", out_dir / "device.json"
   for f in (stats, device_json):
@@ -149,7 +150,9 @@ def main(argv=None) -> int:
   out = json.loads(device_json.read_text())
   pred = deploy.predict(dep, out, trace)
   server_stats = json.loads(stats.read_text()) if stats.exists() else None
-  (out_dir / "prediction.json").write_text(json.dumps(pred["summary"], indent=2))
+  (out_dir / "summary.json").write_text(
+    json.dumps({"measured": out["summary"], "simulator": pred["summary"]}, indent=2, default=str)
+  )
   path = deploy.write_report(out_dir, out, pred, trace, server_stats)
   m, s = out["summary"], pred["summary"]
   print(

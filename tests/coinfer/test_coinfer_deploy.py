@@ -1,7 +1,7 @@
 """coinfer on the serving runtime, with real processes and sockets: predictions through server
 and device equal the JAX model's (float) and agree with the int8 parity figures; a server killed
-mid-stream costs lost frames, the device reconnects and finishes; `launch.deploy` writes its
-report beside the simulator's prediction; bad input ends a command with one line, exit 2."""
+mid-stream costs lost frames, the device reconnects and finishes; the quickstart's deploy stage
+writes its report beside the simulator's prediction; bad input ends a command with one line, exit 2."""
 
 import json
 import socket
@@ -131,16 +131,19 @@ def test_server_killed_mid_stream_device_reconnects_and_finishes(deploy_run, tmp
   assert rec["summary"]["deadline_miss_rate"] > 0
 
 
-def test_deploy_pacer_writes_report_beside_simulator(deploy_run):
-  r = _cli("launch.deploy", "coinfer", "--workdir", str(deploy_run), "--frames", "60", "--fps", "20")
-  assert r.returncode == 0, r.stderr[-2000:]
-  assert "simulator" in r.stdout
-  d = deploy_run / "deploy"
+def test_quickstart_deploy_stage_writes_report_beside_simulator(deploy_run, tmp_path):
+  """The quickstart's deploy stage (launch.deploy with the pacer) on the coinfer stage's exports."""
+  from launch.stages import deploy as stage
+
+  (tmp_path / "coinfer").symlink_to(deploy_run)
+  out = stage.run(tmp_path / "deploy", fast=True)
+  assert out["frames"] == 60 and 0.0 <= out["miss_rate"] <= 1.0 and out["bytes_per_frame"] > 0
+  d = tmp_path / "deploy"
   report = (d / "report.md").read_text()
-  assert "| deadline-miss rate |" in report and "| bytes per frame |" in report
+  assert "| deadline-miss rate |" in report and "| bytes per frame |" in report and "simulator" in report
   assert (d / "latency_cdf.png").exists() and (d / "setup_vs_bandwidth.png").exists()
   rec = json.loads((d / "device.json").read_text())
-  assert len(rec["frames"]["setup"]) == 60 and rec["controller"] == "mpc"
+  assert len(rec["frames"]["setup"]) == 60 and rec["controller"] == "mpc" and rec["link"] == "pacer"
   assert json.loads((d / "server_stats.json").read_text())["requests"] >= 60
 
 
