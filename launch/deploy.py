@@ -75,49 +75,26 @@ def stop_server(proc, timeout_s: float = 10.0) -> None:
       proc.wait()
 
 
-def run_device(argv: list[str], prefix=()) -> None:
-  r = subprocess.run([*prefix, *PY, "-m", "launch.device", *argv], capture_output=True, text=True, env=_env())
+def run_device(argv: list[str], prefix=(), timeout_s: float = 3600.0) -> None:
+  try:
+    r = subprocess.run(
+      [*prefix, *PY, "-m", "launch.device", *argv],
+      capture_output=True,
+      text=True,
+      env=_env(),
+      timeout=timeout_s,
+    )
+  except subprocess.TimeoutExpired:
+    raise ServingError(f"the device did not finish within {timeout_s:.0f} s") from None
   if r.returncode != 0:
     err = [x for x in r.stderr.strip().splitlines() if x.strip()]
     raise ServingError(f"the device failed: {err[-1] if err else f'exit status {r.returncode}'}")
 
 
-def main(argv=None) -> int:
-  from coinfer import deploy
-  from common.serving import link, repository
-  from launch.device import TECHNIQUES, add_stream_args, load_trace
+def _run_pair(args, repo: Path, trace, dev_args: list[str], stats: Path) -> None:
+  """The server and the device processes, over loopback (pacer) or two namespaces (tc)."""
+  from common.serving import link
 
-  p = argparse.ArgumentParser(prog="python -m launch.deploy", description=__doc__.splitlines()[0])
-  p.add_argument("technique", choices=TECHNIQUES)
-  p.add_argument("--link", choices=("pacer", "tc"), default="pacer")
-  p.add_argument("--delay-ms", type=float, default=0.0, help="with --link tc: netem delay on the uplink")
-  p.add_argument("--out", default=None, help="report folder (default RUN/deploy)")
-  add_stream_args(p)
-  args = p.parse_args(argv)
-  trace = load_trace(args)  # a malformed trace fails here, before anything starts
-  workdir = Path(args.workdir)
-  repo = workdir / "exports" / "repository"
-  repository.load_repository(repo)  # missing or partial: one line, before any process starts
-  dep = deploy.load(workdir)
-  out_dir = Path(args.out) if args.out else workdir / "deploy"
-  out_dir.mkdir(parents=True, exist_ok=True)
-  stats, device_json = out_dir / "server_stats.json", out_dir / "device.json"
-  for f in (stats, device_json):
-    f.unlink(missing_ok=True)
-  dev_args = ["coinfer", "--workdir", str(workdir), "--out", str(device_json), "--link", args.link]
-  dev_args += [
-    "--trace",
-    args.trace,
-    "--trace-seed",
-    str(args.trace_seed),
-    "--trace-scale",
-    str(args.trace_scale),
-  ]
-  dev_args += ["--frames", str(args.frames), "--controller", args.controller]
-  dev_args += [f"--fps={args.fps}"] if args.fps else []
-  dev_args += [f"--deadline={args.deadline}"] if args.deadline else []
-  dev_args += ["--float"] if args.float else []
-  signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so the finally blocks tear down
   if args.link == "pacer":
     server, port = start_server(repo, stats=stats)
     try:
@@ -147,6 +124,52 @@ def main(argv=None) -> int:
         )
       finally:
         stop_server(server)
+
+
+def main(argv=None) -> int:
+  from coinfer import deploy
+  from common.serving import repository
+  from launch.device import TECHNIQUES, add_stream_args, load_trace
+
+  p = argparse.ArgumentParser(prog="python -m launch.deploy", description=__doc__.splitlines()[0])
+  p.add_argument("technique", choices=TECHNIQUES)
+  p.add_argument("--link", choices=("pacer", "tc"), default="pacer")
+  p.add_argument("--delay-ms", type=float, default=0.0, help="with --link tc: netem delay on the uplink")
+  p.add_argument("--out", default=None, help="report folder (default RUN/deploy)")
+  add_stream_args(p)
+  args = p.parse_args(argv)
+  if args.link == "tc":
+    from common.serving import link
+
+    link.require_tc()
+  trace = load_trace(args)  # a malformed trace fails here, before anything starts
+  workdir = Path(args.workdir)
+  repo = workdir / "exports" / "repository"
+  repository.load_repository(repo)  # missing or partial: one line, before any process starts
+  dep = deploy.load(workdir)
+  out_dir = Path(args.out) if args.out else workdir / "deploy"
+  out_dir.mkdir(parents=True, exist_ok=True)
+  stats, device_json = out_dir / "server_stats.json", out_dir / "device.json"
+  for f in (stats, device_json):
+    f.unlink(missing_ok=True)
+  dev_args = ["coinfer", "--workdir", str(workdir), "--out", str(device_json), "--link", args.link]
+  dev_args += [
+    "--trace",
+    args.trace,
+    "--trace-seed",
+    str(args.trace_seed),
+    "--trace-scale",
+    str(args.trace_scale),
+  ]
+  dev_args += ["--frames", str(args.frames), "--controller", args.controller]
+  dev_args += [f"--fps={args.fps}"] if args.fps else []
+  dev_args += [f"--deadline={args.deadline}"] if args.deadline else []
+  dev_args += ["--float"] if args.float else []
+  previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so the finally blocks tear down
+  try:
+    _run_pair(args, repo, trace, dev_args, stats)
+  finally:
+    signal.signal(signal.SIGTERM, previous)
   out = json.loads(device_json.read_text())
   pred = deploy.predict(dep, out, trace)
   server_stats = json.loads(stats.read_text()) if stats.exists() else None
