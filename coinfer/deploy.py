@@ -7,8 +7,9 @@ packs the kept channels at b bits plus the per-channel ranges (`common.serving.w
 them to the setup's model `coinfer_<setup>` of the exports' model repository.
 
 Before the stream the device calibrates a `controller.Profile` on the real system: the bytes
-each setup puts on the wire, the median device time, and the median server answer time (the
-model's compute plus one loopback round trip). The controller plans with it, and `predict`
+each setup puts on the wire, the median device time (the controller's decision plus the
+device part and packing), and the median server answer time (the model's compute plus one
+round trip). The controller plans with it, and `predict`
 runs `coinfer.simulate` on the same trace with the same profile, which is the simulator's
 prediction the deploy report sets beside every measured figure.
 """
@@ -202,6 +203,15 @@ def run(
     raise ConfigError(f"--frames {frames}: must be >= 1")
   prof = calibrate(dep, client)
   rtt = client.base_rtt_s()
+  # the controller's own decision time runs before the device part: plan with both
+  probe = make_controller(controller, prof, stream)
+  state = C.ControlState(0, 0.0, 0.0, (float(np.median(prof.bits)) * stream["fps"],))
+  t_ctl = []
+  for _ in range(5):
+    t = time.perf_counter()
+    probe(state)
+    t_ctl.append(time.perf_counter() - t)
+  prof = dataclasses.replace(prof, t_dev=prof.t_dev + float(np.median(t_ctl)))
   decide = make_controller(controller, prof, stream)
   pacer = link_lib.Pacer(trace) if link == "pacer" else None
   results = dev.run_stream(
@@ -394,7 +404,7 @@ def write_report(out_dir: Path, out: dict, pred: dict, trace, server_stats: dict
   pr = out["profile"]
   rep.heading("Profile calibrated on this system (what the controller and the simulator plan with)")
   rep.table(
-    ["setup", "bytes on the wire", "SW-CNN accuracy", "device ms", "server answer ms"],
+    ["setup", "bytes on the wire", "SW-CNN accuracy", "controller + device ms", "server answer ms"],
     [
       [n, b / 8, a, d * 1e3, v * 1e3]
       for n, b, a, d, v in zip(pr["names"], pr["bits"], pr["accuracy"], pr["t_dev"], pr["t_srv"], strict=True)
