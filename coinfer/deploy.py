@@ -323,6 +323,19 @@ def _cdf(ax, xs, label):
     ax.step(fin, np.arange(1, fin.size + 1) / xs.size, where="post", label=label)
 
 
+def _save(rep, fig, axes, filename: str, caption: str) -> None:
+  import matplotlib.pyplot as plt
+
+  for a in axes:
+    a.grid(alpha=0.3)
+    if a.get_legend_handles_labels()[0]:
+      a.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(rep.workdir / filename)
+  plt.close(fig)
+  rep.image(filename, caption)
+
+
 def write_report(out_dir: Path, out: dict, pred: dict, trace, server_stats: dict | None) -> Path:
   """out_dir/report.md: measured figures beside the simulator's, latency CDF, setup vs bandwidth."""
   import matplotlib
@@ -377,13 +390,8 @@ def write_report(out_dir: Path, out: dict, pred: dict, trace, server_stats: dict
   ax.axvline(s["deadline_s"] * 1e3, color="k", ls="--", lw=1, label="deadline")
   ax.set_xlabel("end-to-end latency (ms)")
   ax.set_ylabel("fraction of frames")
-  ax.grid(alpha=0.3)
-  ax.legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(out_dir / "latency_cdf.png")
-  plt.close(fig)
   rep.heading("End-to-end latency (frames on time; the curves top out at 1 - miss rate)")
-  rep.image("latency_cdf.png", "latency CDF")
+  _save(rep, fig, [ax], "latency_cdf.png", "latency CDF")
   t = np.asarray(out["frames"]["arrival_s"])
   fig, (a1, a2) = plt.subplots(2, 1, figsize=(7, 5), dpi=110, sharex=True)
   a1.plot(t, [trace.rate_at(x) / 1e6 for x in t], drawstyle="steps-post")
@@ -393,14 +401,8 @@ def write_report(out_dir: Path, out: dict, pred: dict, trace, server_stats: dict
   a2.plot(t, kb[np.asarray(pred["setup"])], drawstyle="steps-post", ls="--", label="simulator")
   a2.set_ylabel("chosen setup (kB on the wire)")
   a2.set_xlabel("time (s)")
-  a2.legend(fontsize=8)
-  for a in (a1, a2):
-    a.grid(alpha=0.3)
-  fig.tight_layout()
-  fig.savefig(out_dir / "setup_vs_bandwidth.png")
-  plt.close(fig)
   rep.heading("Chosen setup against the bandwidth")
-  rep.image("setup_vs_bandwidth.png", "setup vs bandwidth")
+  _save(rep, fig, [a1, a2], "setup_vs_bandwidth.png", "setup vs bandwidth")
   pr = out["profile"]
   rep.heading("Profile calibrated on this system (what the controller and the simulator plan with)")
   rep.table(
