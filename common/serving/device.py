@@ -261,7 +261,8 @@ def run_stream(
       if left <= 0:
         finish(k, "late", "deadline passed before sending")
         continue
-      if not client.available():
+      grpc_client = client.client if client.available() else None
+      if grpc_client is None:
         finish(k, "lost", "server unavailable")
         continue
       with lock:
@@ -269,7 +270,7 @@ def run_stream(
         state["unanswered_bits"] += bits
       sent = now()
       try:
-        client.client.async_infer(
+        grpc_client.async_infer(
           req.model,
           _infer_inputs(req.inputs),
           lambda result, error, k=k, sent=sent, bits=bits, o=req.output: callback(
@@ -279,7 +280,7 @@ def run_stream(
           request_id=str(k),
           client_timeout=left,
         )
-      except InferenceServerException as e:
+      except (InferenceServerException, ValueError, RuntimeError) as e:  # a channel closed under us
         with lock:
           state["outstanding"] -= 1
           state["unanswered_bits"] -= bits
