@@ -33,7 +33,7 @@ def fast_config():
   c.stream.frames = 60
   c.stream.trace_seconds = 10.0
   c.export.setups = [[1, 1], [2, 2], [4, 8]]
-  c.export.int8 = False
+  c.export.int8 = True  # the deploy tests run the int8 device parts
   c.export.parity_images = 40
   return c
 

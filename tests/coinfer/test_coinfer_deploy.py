@@ -27,6 +27,11 @@ def _cli(module, *args, timeout=300):
 
 
 @pytest.fixture(scope="module")
+def deploy_run(coinfer_fast_run):
+  return coinfer_fast_run[0]
+
+
+@pytest.fixture(scope="module")
 def served(deploy_run):
   proc, port = start_server(deploy_run / "exports" / "repository")
   yield f"127.0.0.1:{port}"
@@ -39,9 +44,9 @@ def jax_top1(deploy_run):
   from coinfer import export as export_lib
   from coinfer import train as T
   from common.checkpoint import load_pytree
-  from tests.coinfer.conftest import tiny_deploy_config
+  from launch.stages.coinfer import fast_config
 
-  ctx = T.build(tiny_deploy_config())
+  ctx = T.build(fast_config())
   variables = load_pytree(deploy_run / "distill_I-D-C_final")
   names = [s.name for s in ctx.setups]
   return {
