@@ -326,12 +326,14 @@ def _cdf(ax, xs, label):
 def _save(rep, fig, axes, filename: str, caption: str) -> None:
   import matplotlib.pyplot as plt
 
+  from common.report import save_figure
+
   for a in axes:
     a.grid(alpha=0.3)
     if a.get_legend_handles_labels()[0]:
       a.legend(fontsize=8)
   fig.tight_layout()
-  fig.savefig(rep.workdir / filename)
+  save_figure(fig, rep.workdir / filename)
   plt.close(fig)
   rep.image(filename, caption)
 

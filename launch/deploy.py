@@ -173,9 +173,9 @@ def main(argv=None) -> int:
   out = json.loads(device_json.read_text())
   pred = deploy.predict(dep, out, trace)
   server_stats = json.loads(stats.read_text()) if stats.exists() else None
-  (out_dir / "summary.json").write_text(
-    json.dumps({"measured": out["summary"], "simulator": pred["summary"]}, indent=2, default=str)
-  )
+  from common.report import write_json
+
+  write_json(out_dir / "summary.json", {"measured": out["summary"], "simulator": pred["summary"]})
   path = deploy.write_report(out_dir, out, pred, trace, server_stats)
   m, s = out["summary"], pred["summary"]
   print(

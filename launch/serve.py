@@ -15,7 +15,6 @@ import logging
 import signal
 import sys
 import threading
-from pathlib import Path
 
 from common.cli import run_main
 from common.errors import ConfigError
@@ -53,8 +52,9 @@ def main(argv=None) -> int:
   summary = servicer.stats.summary()
   logging.getLogger("edgeinfer.serve").info("stopped: %s", json.dumps(summary))
   if args.stats:
-    Path(args.stats).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.stats).write_text(json.dumps(summary, indent=2))
+    from common.report import write_json
+
+    write_json(args.stats, summary)
   return 0
 
 
