@@ -105,3 +105,16 @@ def test_tc_without_iproute2_is_one_line_naming_pacer(tmp_path):
   )
   assert r.returncode == 2 and "Traceback" not in r.stderr
   assert "--link pacer" in r.stderr.strip().splitlines()[-1], r.stderr
+
+
+@pytest.mark.skipif(bool(_WHY), reason=_WHY or "tc available")
+def test_namespaces_are_removed_when_the_run_fails():
+  def names():
+    return subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+
+  with pytest.raises(RuntimeError, match="the run failed"):
+    with link.TcNetwork(2e6, tag=f"eif{os.getpid() % 10000}") as net:
+      link.set_rate(net.device_ns, net.device_iface, 3e6)
+      assert net.device_ns in names() and net.server_ns in names()
+      raise RuntimeError("the run failed")
+  assert net.device_ns not in names() and net.server_ns not in names()
