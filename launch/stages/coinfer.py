@@ -42,6 +42,9 @@ def run(workdir: pathlib.Path, *, fast: bool = False) -> dict:
   config = fast_config() if fast else quick.get_config()
   validate(config)
   workdir = pathlib.Path(workdir)
+  from common.cli import save_config
+
+  save_config(config, workdir)  # what the deploy stage reads back
   out = {}
   for step in STEPS:
     out[step] = run_step(step, config, workdir)
