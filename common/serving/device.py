@@ -222,6 +222,11 @@ def run_stream(
         code = error.status() or ""
         if "DEADLINE_EXCEEDED" in code:
           finish(k, "late", "deadline exceeded")
+          if pacer is None:  # tc: the transfer took at least this long, a bound the controller needs
+            start = max(sent, state["tx_end"])
+            if answered - rtt_s > start:
+              samples.append((answered, bits / (answered - rtt_s - start)))
+            state["tx_end"] = max(answered - rtt_s, state["tx_end"])
         else:
           if "UNAVAILABLE" in code:
             client.mark_down()

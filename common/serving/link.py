@@ -23,7 +23,7 @@ import time
 from common.errors import ServingError
 
 SERVER_ADDR, DEVICE_ADDR = "10.77.0.2", "10.77.0.1"
-TBF_BURST_BYTES = 3000  # two MTU-sized packets: small enough that frames cannot skip the rate
+TBF_BURST_BYTES = 1600  # one MTU-sized packet: a frame cannot ride a full bucket past the rate
 TBF_LATENCY_MS = 500
 
 
