@@ -4,7 +4,8 @@
 
 Prints `serving N models on HOST:PORT` once ready (with --port 0, the port picked). SIGTERM
 or Ctrl-C stops it gracefully: no new requests, in-flight ones finish (up to --grace seconds);
-the request counts and latency percentiles are logged and, with --stats, written as JSON.
+the request counts and latency percentiles are logged and, with --stats, written as JSON
+(also every --stats-every seconds while serving).
 """
 
 from __future__ import annotations
@@ -30,12 +31,13 @@ def main(argv=None) -> int:
   p.add_argument("--max-message-bytes", type=int, default=server.DEFAULT_MAX_MESSAGE_BYTES)
   p.add_argument("--workers", type=int, default=16)
   p.add_argument("--grace", type=float, default=5.0, help="seconds in-flight requests get on shutdown")
-  p.add_argument("--stats", default=None, help="write request counts and latency percentiles here on exit")
+  p.add_argument("--stats", default=None, help="write request counts and latency percentiles here (JSON)")
+  p.add_argument("--stats-every", type=float, default=10.0, help="seconds between --stats updates")
   args = p.parse_args(argv)
   if not 0 <= args.port < 65536:
     raise ConfigError(f"--port {args.port}: must be in [0, 65535]")
-  if args.max_message_bytes < 1024 or args.workers < 1:
-    raise ConfigError("--max-message-bytes must be >= 1024 and --workers >= 1")
+  if args.max_message_bytes < 1024 or args.workers < 1 or not args.stats_every > 0:
+    raise ConfigError("--max-message-bytes must be >= 1024, --workers >= 1 and --stats-every > 0")
   logging.basicConfig(
     level=logging.INFO, format="%(asctime)s serve %(levelname)s %(message)s", stream=sys.stderr
   )
@@ -47,13 +49,15 @@ def main(argv=None) -> int:
   for sig in (signal.SIGTERM, signal.SIGINT):
     signal.signal(sig, lambda *_: stop.set())
   print(f"serving {len(models)} models on {args.host}:{port}", flush=True)
-  stop.wait()
+  from common.report import write_json
+
+  while not stop.wait(args.stats_every):  # live counts and percentiles for whoever watches
+    if args.stats:
+      write_json(args.stats, servicer.stats.summary())
   srv.stop(args.grace).wait()
   summary = servicer.stats.summary()
   logging.getLogger("edgeinfer.serve").info("stopped: %s", json.dumps(summary))
   if args.stats:
-    from common.report import write_json
-
     write_json(args.stats, summary)
   return 0
 

@@ -19,6 +19,8 @@ def tiny_repo(tmp_path_factory):
 def server(tiny_repo, tmp_path_factory):
   """A `python -m launch.serve` process on 127.0.0.1 (free port) with a 64 KiB message limit."""
   stats = tmp_path_factory.mktemp("stats") / "stats.json"
-  proc, port = start_server(tiny_repo, stats=stats, extra=["--max-message-bytes", str(64 << 10)])
+  proc, port = start_server(
+    tiny_repo, stats=stats, extra=["--max-message-bytes", str(64 << 10), "--stats-every", "0.2"]
+  )
   yield {"proc": proc, "port": port, "url": f"127.0.0.1:{port}", "stats": stats}
   stop_server(proc)
