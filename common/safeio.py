@@ -38,7 +38,10 @@ def quote(value: Any, limit: int = 120) -> str:
     text = repr(value)
   except RecursionError:
     text = f"<{type(value).__name__} nested too deep>"
-  return text if len(text) <= limit else text[: limit - 15] + f"... ({len(text)} chars)"
+  if len(text) <= limit:
+    return text
+  tail = f"... ({len(text)} chars)"
+  return text[: max(limit - len(tail), 0)] + tail
 
 
 def _regular_file(path: str | os.PathLike, what: str, max_bytes: int, error: type[Exception]) -> Path:
@@ -203,7 +206,8 @@ def check_array(
   ):
     want = "(" + ", ".join("any" if s is None else str(s) for s in shape) + ")"
     raise DataError(f"{what} {path} has shape {arr.shape}, expected {want}; delete it to recompute")
-  if dtype is not None and not np.issubdtype(arr.dtype, np.dtype(dtype)):
+  kinds = {"floating": np.floating, "integer": np.integer, "bool": np.bool_, "number": np.number}
+  if dtype is not None and not np.issubdtype(arr.dtype, kinds.get(dtype) or np.dtype(dtype)):
     raise DataError(f"{what} {path} has dtype {arr.dtype}, expected {dtype}; delete it to recompute")
   if finite and np.issubdtype(arr.dtype, np.floating) and not np.all(np.isfinite(arr)):
     raise DataError(f"{what} {path} holds NaN or infinite values; delete it to recompute")
