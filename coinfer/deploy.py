@@ -17,7 +17,6 @@ prediction the deploy report sets beside every measured figure.
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from pathlib import Path
 
@@ -25,6 +24,7 @@ import numpy as np
 
 from coinfer import controller as C
 from coinfer import simulate
+from common import safeio
 from common.errors import CheckpointError, ConfigError
 from common.serving import device as dev
 from common.serving import wire
@@ -66,8 +66,8 @@ def load(workdir: str | Path, *, int8: bool = True) -> Deployment:
       raise CheckpointError(
         f"{p} is missing; run `python -m coinfer.main {'export' if n == 'export' else 'all'} --workdir {workdir}`"
       )
-  config = json.loads(paths["config"].read_text())
-  rows = json.loads(paths["export"].read_text())["setups"]
+  config = safeio.load_json(paths["config"], what="run config", keys=("data", "setups", "stream"))
+  rows = safeio.load_json(paths["export"], what="export result", keys=("setups",))["setups"]
   if not rows or "model" not in rows[0]:
     raise CheckpointError(
       f"{paths['export']} has no model repository; rerun `python -m coinfer.main export --workdir {workdir}`"
@@ -94,7 +94,8 @@ def load(workdir: str | Path, *, int8: bool = True) -> Deployment:
 
   grid = compress.make_setups(config["setups"]["channels"], config["setups"]["bits"])
   index = {s.name: i for i, s in enumerate(grid)}
-  correct = np.load(cpath)[[index[n] for n in names]].astype(bool)
+  every = safeio.load_array(cpath, what="per-image results", shape=(len(grid), len(test)))
+  correct = every[[index[n] for n in names]].astype(bool)
   return Deployment(
     workdir,
     config,

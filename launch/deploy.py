@@ -15,7 +15,6 @@ are removed when the run ends, fails or is stopped.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import subprocess
@@ -170,9 +169,11 @@ def main(argv=None) -> int:
     _run_pair(args, repo, trace, dev_args, stats)
   finally:
     signal.signal(signal.SIGTERM, previous)
-  out = json.loads(device_json.read_text())
+  from common import safeio
+
+  out = safeio.load_json(device_json, what="device record", keys=("summary", "frames", "profile"))
   pred = deploy.predict(dep, out, trace)
-  server_stats = json.loads(stats.read_text()) if stats.exists() else None
+  server_stats = safeio.load_json_if_present(stats, what="server statistics")
   from common.report import write_json
 
   write_json(out_dir / "summary.json", {"measured": out["summary"], "simulator": pred["summary"]})
