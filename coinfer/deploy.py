@@ -28,6 +28,9 @@ from common import safeio
 from common.errors import CheckpointError, ConfigError
 from common.serving import device as dev
 from common.serving import wire
+from common.serving.report import cdf as _cdf
+from common.serving.report import on_time as _on_time
+from common.serving.report import save as _save
 
 CONTROLLERS = ("mpc", "rate", "buffer", "fixed:<setup>")
 
@@ -308,35 +311,6 @@ def predict(dep: Deployment, out: dict, trace) -> dict:
   summ = dict(sim["summary"])
   summ["bytes_per_frame"] = float(np.mean(prof.bits[sim["setup"].astype(int)]) / 8)
   return {"summary": summ, "setup": sim["setup"].astype(int).tolist(), "latency_s": sim["latency_s"].tolist()}
-
-
-def _on_time(latencies, deadline_s: float) -> np.ndarray:
-  """Latencies with every frame past the deadline (late, or never answered) set to +inf."""
-  x = np.asarray(latencies, float)
-  return np.where(np.isfinite(x) & (x <= deadline_s), x, np.inf)
-
-
-def _cdf(ax, xs, label):
-  """CDF over all frames: frames at +inf are missing from the curve, so it tops out at 1 - miss rate."""
-  xs = np.asarray(xs, float)
-  fin = np.sort(xs[np.isfinite(xs)]) * 1e3
-  if fin.size:
-    ax.step(fin, np.arange(1, fin.size + 1) / xs.size, where="post", label=label)
-
-
-def _save(rep, fig, axes, filename: str, caption: str) -> None:
-  import matplotlib.pyplot as plt
-
-  from common.report import save_figure
-
-  for a in axes:
-    a.grid(alpha=0.3)
-    if a.get_legend_handles_labels()[0]:
-      a.legend(fontsize=8)
-  fig.tight_layout()
-  save_figure(fig, rep.workdir / filename)
-  plt.close(fig)
-  rep.image(filename, caption)
 
 
 def write_report(out_dir: Path, out: dict, pred: dict, trace, server_stats: dict | None) -> Path:

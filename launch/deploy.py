@@ -1,5 +1,6 @@
 """Deploy a technique's exports on this machine: a server process, a device process, a shaped link.
 
+  python -m launch.deploy agile --workdir RUN --trace SPEC [--frames 300 --fps 10 --deadline 0.5 --float]
   python -m launch.deploy coinfer --workdir RUN --trace SPEC --link pacer|tc \
       [--frames 300 --fps 10 --deadline 0.2 --controller mpc --trace-scale 1.0 --delay-ms 0]
 
@@ -143,15 +144,21 @@ def main(argv=None) -> int:
     link.require_tc()
   trace = load_trace(args)  # a malformed trace fails here, before anything starts
   workdir = Path(args.workdir)
+  if args.technique == "agile":
+    from agile import deploy as agile_deploy
+
+    dep = agile_deploy.load(workdir, int8=not args.float)
+    agile_deploy.write_repository(workdir, dep.meta, dep.codec)
   repo = workdir / "exports" / "repository"
   repository.load_repository(repo)  # missing or partial: one line, before any process starts
-  dep = deploy.load(workdir)
+  if args.technique == "coinfer":
+    dep = deploy.load(workdir)
   out_dir = Path(args.out) if args.out else workdir / "deploy"
   out_dir.mkdir(parents=True, exist_ok=True)
   stats, device_json = out_dir / "server_stats.json", out_dir / "device.json"
   for f in (stats, device_json):
     f.unlink(missing_ok=True)
-  dev_args = ["coinfer", "--workdir", str(workdir), "--out", str(device_json), "--link", args.link]
+  dev_args = [args.technique, "--workdir", str(workdir), "--out", str(device_json), "--link", args.link]
   dev_args += [
     "--trace",
     args.trace,
@@ -160,7 +167,8 @@ def main(argv=None) -> int:
     "--trace-scale",
     str(args.trace_scale),
   ]
-  dev_args += ["--frames", str(args.frames), "--controller", args.controller]
+  dev_args += ["--frames", str(args.frames)]
+  dev_args += ["--controller", args.controller] if args.technique == "coinfer" else []
   dev_args += [f"--fps={args.fps}"] if args.fps else []
   dev_args += [f"--deadline={args.deadline}"] if args.deadline else []
   dev_args += ["--float"] if args.float else []
@@ -170,12 +178,22 @@ def main(argv=None) -> int:
   finally:
     signal.signal(signal.SIGTERM, previous)
   from common import safeio
-
-  out = safeio.load_json(device_json, what="device record", keys=("summary", "frames", "profile"))
-  pred = deploy.predict(dep, out, trace)
-  server_stats = safeio.load_json_if_present(stats, what="server statistics")
   from common.report import write_json
 
+  server_stats = safeio.load_json_if_present(stats, what="server statistics")
+  if args.technique == "agile":
+    out = safeio.load_json(device_json, what="device record", keys=("summary", "frames"))
+    pred = agile_deploy.predict(dep, out, trace)
+    write_json(out_dir / "summary.json", {"measured": out["summary"], "predicted": pred})
+    path = agile_deploy.write_report(out_dir, out, pred, server_stats)
+    m = out["summary"]
+    print(
+      f"wrote {path}: accuracy {m['accuracy']:.4f} (split parity {pred['accuracy']:.4f}), "
+      f"{m['fallbacks']} fallbacks, {m['bytes_per_frame']:.0f} bytes/frame"
+    )
+    return 0
+  out = safeio.load_json(device_json, what="device record", keys=("summary", "frames", "profile"))
+  pred = deploy.predict(dep, out, trace)
   write_json(out_dir / "summary.json", {"measured": out["summary"], "simulator": pred["summary"]})
   path = deploy.write_report(out_dir, out, pred, trace, server_stats)
   m, s = out["summary"], pred["summary"]

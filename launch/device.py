@@ -1,5 +1,6 @@
 """The device side of a deployment: stream frames of a technique's exports to a server.
 
+  python -m launch.device agile --workdir RUN --server HOST:PORT --trace SPEC --frames N [--fps 10 --deadline 0.5 ...]
   python -m launch.device coinfer --workdir RUN --server HOST:PORT --trace SPEC --frames N --fps F \
       [--deadline 0.2 --controller mpc|rate|buffer|fixed:N4Q8 --link pacer|tc --trace-scale 1.0 --out FILE]
 
@@ -19,7 +20,8 @@ from pathlib import Path
 from common.cli import run_main
 from common.errors import ConfigError
 
-TECHNIQUES = ("coinfer",)
+TECHNIQUES = ("coinfer", "agile")
+AGILE_DEFAULTS = {"fps": 10.0, "deadline_s": 0.5}  # an agile run has no stream settings of its own
 
 
 def add_stream_args(p: argparse.ArgumentParser) -> None:
@@ -82,26 +84,43 @@ def main(argv=None) -> int:
       args.tc_iface,
       tuple(args.tc_parent.split()) if args.tc_parent == "root" else ("parent", args.tc_parent),
     )
-  dep = deploy.load(args.workdir, int8=not args.float)
-  stream = deploy.stream_settings(dep, fps=args.fps, deadline_s=args.deadline)
   client = dev.Client(args.server)
-  client.connect(args.connect_timeout)
 
   def progress(k):
     if k == 0:
       print("stream started", flush=True)
 
-  out = deploy.run(
-    dep,
-    client,
-    tr,
-    frames=args.frames,
-    controller=args.controller,
-    stream=stream,
-    link=args.link,
-    shaper=shaper,
-    progress=progress,
-  )
+  if args.technique == "agile":
+    from agile import deploy as agile_deploy
+
+    dep = agile_deploy.load(args.workdir, int8=not args.float)
+    client.connect(args.connect_timeout)
+    out = agile_deploy.run(
+      dep,
+      client,
+      tr,
+      frames=args.frames,
+      fps=float(args.fps or AGILE_DEFAULTS["fps"]),
+      deadline_s=float(args.deadline or AGILE_DEFAULTS["deadline_s"]),
+      link=args.link,
+      shaper=shaper,
+      progress=progress,
+    )
+  else:
+    dep = deploy.load(args.workdir, int8=not args.float)
+    stream = deploy.stream_settings(dep, fps=args.fps, deadline_s=args.deadline)
+    client.connect(args.connect_timeout)
+    out = deploy.run(
+      dep,
+      client,
+      tr,
+      frames=args.frames,
+      controller=args.controller,
+      stream=stream,
+      link=args.link,
+      shaper=shaper,
+      progress=progress,
+    )
   if shaper is not None:
     out["tc_rate_changes"] = shaper.changes
   client.close()

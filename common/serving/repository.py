@@ -60,6 +60,7 @@ class Model:
   inputs: tuple[TensorSpec, ...]
   outputs: tuple[TensorSpec, ...]
   session: object  # onnxruntime.InferenceSession
+  codec: tuple[str, str] | None = None  # (codec, input name): that input arrives compressed (codecs.py)
 
   def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
     return self.session.run([o.name for o in self.outputs], feeds)
@@ -123,6 +124,22 @@ def session(model_or_path):
   return ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
 
 
+def _codec(path: Path, cfg, inputs) -> tuple[str, str] | None:
+  from common.serving import codecs
+
+  par = {k: v.string_value for k, v in cfg.parameters.items()}
+  if codecs.CODEC_KEY not in par and codecs.INPUT_KEY not in par:
+    return None
+  name, inp = par.get(codecs.CODEC_KEY, ""), par.get(codecs.INPUT_KEY, "")
+  spec = next((s for s in inputs if s.name == inp), None)
+  if name not in codecs.NAMES or spec is None or spec.datatype != "UINT8":
+    raise ServingError(
+      f"{path}: parameters {codecs.CODEC_KEY} {name!r} / {codecs.INPUT_KEY} {inp!r} must name a codec in "
+      f"{list(codecs.NAMES)} and a UINT8 input"
+    )
+  return name, inp
+
+
 def load_model(model_dir: Path) -> list[Model]:
   """Every version of one model directory (raises ServingError naming what is missing or wrong)."""
   model_dir = Path(model_dir)
@@ -141,6 +158,7 @@ def load_model(model_dir: Path) -> list[Model]:
       f"{cfg_path}: max_batch_size {cfg.max_batch_size}: this server serves max_batch_size 0 (full dims)"
     )
   inputs, outputs = _specs(cfg_path, cfg.input, "inputs"), _specs(cfg_path, cfg.output, "outputs")
+  codec = _codec(cfg_path, cfg, inputs)
   versions = sorted(
     (p for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name)
   )
@@ -159,7 +177,7 @@ def load_model(model_dir: Path) -> list[Model]:
       ) from None
     _check_onnx(onnx_path, sess, inputs, sess.get_inputs(), "inputs")
     _check_onnx(onnx_path, sess, outputs, sess.get_outputs(), "outputs")
-    out.append(Model(model_dir.name, v.name, inputs, outputs, sess))
+    out.append(Model(model_dir.name, v.name, inputs, outputs, sess, codec))
   return out
 
 
@@ -181,14 +199,23 @@ def _pbtxt_tensor(spec: TensorSpec) -> str:
   return f'  {{\n    name: "{spec.name}"\n    data_type: {t}\n    dims: [ {", ".join(map(str, spec.shape))} ]\n  }}'
 
 
-def config_text(name: str, inputs, outputs) -> str:
-  """config.pbtxt of an ONNX model with fixed shapes (max_batch_size 0: dims are full shapes)."""
+def config_text(name: str, inputs, outputs, codec: tuple[str, str] | None = None) -> str:
+  """config.pbtxt of an ONNX model with fixed shapes (max_batch_size 0: dims are full shapes);
+  `codec` (codec, input name) adds the parameters of common.serving.codecs."""
+  from common.serving import codecs
+
   ins = ",\n".join(_pbtxt_tensor(s) for s in inputs)
   outs = ",\n".join(_pbtxt_tensor(s) for s in outputs)
-  return f'name: "{name}"\nplatform: "onnxruntime_onnx"\nmax_batch_size: 0\ninput [\n{ins}\n]\noutput [\n{outs}\n]\n'
+  extra = codecs.config_parameters(*codec) if codec else ""
+  return (
+    f'name: "{name}"\nplatform: "onnxruntime_onnx"\nmax_batch_size: 0\ninput [\n{ins}\n]\n'
+    f"output [\n{outs}\n]\n{extra}"
+  )
 
 
-def write_model(repo: str | os.PathLike, name: str, onnx_model, *, version: int = 1) -> Path:
+def write_model(
+  repo: str | os.PathLike, name: str, onnx_model, *, version: int = 1, codec: tuple[str, str] | None = None
+) -> Path:
   """Writes `<repo>/<name>/<version>/model.onnx` and `<repo>/<name>/config.pbtxt` (atomically),
   the tensors taken from the ONNX graph, which must have fixed shapes."""
   from onnx import helper
@@ -209,5 +236,5 @@ def write_model(repo: str | os.PathLike, name: str, onnx_model, *, version: int 
   from common.export import write_atomic
 
   write_atomic(d / str(version) / "model.onnx", onnx_model.SerializeToString())
-  write_atomic(d / "config.pbtxt", config_text(name, inputs, outputs).encode())
+  write_atomic(d / "config.pbtxt", config_text(name, inputs, outputs, codec).encode())
   return d

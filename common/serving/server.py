@@ -23,7 +23,7 @@ import numpy as np
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from common.errors import ServingError
-from common.serving import repository
+from common.serving import codecs, repository
 
 log = logging.getLogger("edgeinfer.serve")
 DEFAULT_MAX_MESSAGE_BYTES = 4 << 20
@@ -125,9 +125,18 @@ class Servicer(service_pb2_grpc.GRPCInferenceServiceServicer):
       s = specs[t.name]
       if t.datatype != s.datatype:
         raise _bad(f"inputs[{i}].datatype {t.datatype!r} of {t.name!r}: must be {s.datatype!r}")
+      raw = req.raw_input_contents[i]
+      if model.codec and model.codec[1] == t.name:  # sent compressed: UINT8 [its length]
+        if tuple(t.shape) != (len(raw),):
+          raise _bad(f"inputs[{i}].shape {list(t.shape)} of {t.name!r}: must be [{len(raw)}] (its bytes)")
+        try:
+          raw = codecs.decompress(model.codec[0], raw, s.nbytes)
+        except ServingError as e:
+          raise _bad(f"inputs[{i}] {t.name!r}: {e}") from None
+        feeds[t.name] = np.frombuffer(raw, np.uint8).reshape(s.shape)
+        continue
       if tuple(t.shape) != s.shape:
         raise _bad(f"inputs[{i}].shape {list(t.shape)} of {t.name!r}: must be {list(s.shape)}")
-      raw = req.raw_input_contents[i]
       if len(raw) != s.nbytes:
         raise _bad(f"raw_input_contents[{i}] of {t.name!r}: {len(raw)} bytes, must be {s.nbytes}")
       feeds[t.name] = np.frombuffer(raw, repository.NUMPY[s.datatype]).reshape(s.shape)

@@ -147,9 +147,47 @@ def onnx_decoder(shape: tuple, bits: int, *, out_name: str = "z", opset: int = 1
   return model
 
 
+def codebook_decoder(
+  shape: tuple, centroids, *, in_name: str = "SYMBOLS", out_name: str = "z", opset: int = 17
+):
+  """An ONNX graph (`in_name` uint8 [H W c], codebook indices in C order) -> `out_name` float
+  [1, H, W, c], each index replaced by its centroid (scalar quantisation, as AgileNN's)."""
+  import onnx
+  from onnx import TensorProto, helper, numpy_helper
+
+  h, w, c = (int(v) for v in shape)
+  inits = [
+    numpy_helper.from_array(np.asarray(centroids, np.float32).reshape(-1), "centroids"),
+    numpy_helper.from_array(np.asarray([1, h, w, c], np.int64), "out_shape"),
+  ]
+  nodes = [
+    helper.make_node("Cast", [in_name], ["idx"], to=TensorProto.INT64),
+    helper.make_node("Gather", ["centroids", "idx"], ["values"], axis=0),
+    helper.make_node("Reshape", ["values", "out_shape"], [out_name]),
+  ]
+  graph = helper.make_graph(
+    nodes,
+    "codebook_decoder",
+    [helper.make_tensor_value_info(in_name, TensorProto.UINT8, [h * w * c])],
+    [helper.make_tensor_value_info(out_name, TensorProto.FLOAT, [1, h, w, c])],
+    initializer=inits,
+  )
+  model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
+  onnx.checker.check_model(model)
+  return model
+
+
 def with_decoder(server_model, shape: tuple, bits: int, *, output_name: str = "LOGITS"):
   """Prepends `onnx_decoder` to a server ONNX model of one float input [1, H, W, c]; the
   result takes (PAYLOAD, RANGES) and its one output is renamed `output_name`."""
+  return prepend(
+    lambda opset: onnx_decoder(shape, bits, out_name="dec/z", opset=opset), server_model, output_name
+  )
+
+
+def prepend(make_decoder, server_model, output_name: str = "LOGITS"):
+  """`make_decoder(opset)` (a graph whose one output is `dec/z`) in front of a server ONNX model
+  of one float input; the merged model's one output is renamed `output_name`."""
   import onnx
   from onnx import compose
 
@@ -162,7 +200,7 @@ def with_decoder(server_model, shape: tuple, bits: int, *, output_name: str = "L
       f"the server model must have one input and one output, has {inputs} and {len(server_model.graph.output)}"
     )
   server = compose.add_prefix(server_model, "srv/")
-  dec = onnx_decoder(shape, bits, out_name="dec/z", opset=opset)
+  dec = make_decoder(opset)
   dec.ir_version = server.ir_version
   merged = compose.merge_models(dec, server, io_map=[("dec/z", "srv/" + inputs[0])])
   old = merged.graph.output[0].name

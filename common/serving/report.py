@@ -1,0 +1,34 @@
+"""Pieces of the deploy reports every technique writes: on-time latencies, their CDF, figures."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def on_time(latencies, deadline_s: float) -> np.ndarray:
+  """Latencies with every frame past the deadline (late, or never answered) set to +inf."""
+  x = np.asarray(latencies, float)
+  return np.where(np.isfinite(x) & (x <= deadline_s), x, np.inf)
+
+
+def cdf(ax, xs, label):
+  """CDF over all frames: frames at +inf are missing from the curve, so it tops out at 1 - miss rate."""
+  xs = np.asarray(xs, float)
+  fin = np.sort(xs[np.isfinite(xs)]) * 1e3
+  if fin.size:
+    ax.step(fin, np.arange(1, fin.size + 1) / xs.size, where="post", label=label)
+
+
+def save(rep, fig, axes, filename: str, caption: str) -> None:
+  import matplotlib.pyplot as plt
+
+  from common.report import save_figure
+
+  for a in axes:
+    a.grid(alpha=0.3)
+    if a.get_legend_handles_labels()[0]:
+      a.legend(fontsize=8)
+  fig.tight_layout()
+  save_figure(fig, rep.workdir / filename)
+  plt.close(fig)
+  rep.image(filename, caption)
