@@ -1,0 +1,99 @@
+"""AgileNN on the serving runtime, with real processes and sockets: the accuracy through server
+and device equals the run's split parity figure on the same images (float and int8), every
+prediction equals the in-process split inference's; a missed deadline falls back to the local
+prediction and is counted; `launch.deploy agile` writes its report over a 1 Mbit/s link."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from agile import deploy
+from agile import export as agile_export
+from coinfer.traces import Trace
+from common.serving import device as dev
+from launch.deploy import _env, start_server, stop_server
+
+FAST_LINK = Trace("fast", np.asarray([0.0]), np.asarray([1e9]), 10.0)
+
+
+@pytest.fixture(scope="module")
+def served(agile_fast_run):
+  workdir = agile_fast_run[0]
+  dep = deploy.load(workdir)
+  proc, port = start_server(deploy.write_repository(workdir, dep.meta, dep.codec))
+  yield f"127.0.0.1:{port}"
+  stop_server(proc)
+
+
+def _stream(dep, url, *, deadline_s=5.0, fps=100.0):
+  client = dev.Client(url)
+  client.connect()
+  out = deploy.run(dep, client, FAST_LINK, frames=len(dep.images), fps=fps, deadline_s=deadline_s)
+  client.close()
+  return out
+
+
+@pytest.mark.parametrize("int8", [False, True], ids=["float", "int8"])
+def test_accuracy_through_runtime_equals_split_parity(agile_fast_run, served, int8):
+  workdir = agile_fast_run[0]
+  dep = deploy.load(workdir, int8=int8)
+  m = json.loads((workdir / "final_metrics.json").read_text())["export"]
+  assert len(dep.images) == m["parity_images"] == 64
+  out = _stream(dep, served)
+  s = out["summary"]
+  assert s["status"]["ok"] == len(dep.images) and s["fallbacks"] == 0, s
+  assert s["accuracy"] == m["int8_split_accuracy" if int8 else "float_split_accuracy"]
+  meta = json.loads((workdir / "exports" / "agile_meta.json").read_text())
+  kind = "int8" if int8 else "float"
+  ref = agile_export.split_inference(
+    (workdir / "exports" / f"agile_device_{kind}.tflite").read_bytes(),
+    (workdir / "exports" / "agile_remote.onnx").read_bytes(),
+    meta,
+    dep.images,
+  )
+  np.testing.assert_array_equal(out["frames"]["prediction"], ref["combined"].argmax(-1))
+  assert out["codec"] == json.loads((workdir / "final_metrics.json").read_text())["payload"]["best_codec"]
+
+
+def test_missed_deadline_answers_with_local_prediction(agile_fast_run, served):
+  dep = deploy.load(agile_fast_run[0])
+  out = _stream(dep, served, deadline_s=1e-4)
+  s = out["summary"]
+  assert s["fallbacks"] == len(dep.images) and s["status"]["ok"] == 0, s
+  local = np.asarray([dep.device_part(x)[0].argmax() for x in dep.images])
+  np.testing.assert_array_equal(out["frames"]["prediction"], local)
+  assert s["accuracy"] == float((local == dep.labels).mean())
+
+
+def test_launch_deploy_agile_on_a_1mbit_link(agile_fast_run, tmp_path):
+  csv = tmp_path / "one_mbit.csv"
+  csv.write_text("time_s,mbps\n0,1\n60,1\n")
+  r = subprocess.run(
+    [sys.executable, "-m", "launch.deploy", "agile", "--workdir", str(agile_fast_run[0]), "--trace", str(csv)]
+    + ["--frames", "32", "--fps", "20", "--out", str(tmp_path / "rep")],
+    capture_output=True,
+    text=True,
+    env=_env(),
+    timeout=300,
+  )
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert "split parity" in r.stdout
+  text = (tmp_path / "rep" / "report.md").read_text()
+  for needle in ("fallbacks to the local prediction", "latency model", "latency_cdf.png", "1.000 Mbit/s"):
+    assert needle in text, needle
+  summ = json.loads((tmp_path / "rep" / "summary.json").read_text())
+  assert summ["measured"]["frames"] == 32 and summ["predicted"]["link_s"] > 0
+
+
+def test_missing_exports_is_one_line_exit_2(tmp_path):
+  r = subprocess.run(
+    [sys.executable, "-m", "launch.deploy", "agile", "--workdir", str(tmp_path)],
+    capture_output=True,
+    text=True,
+    env=_env(),
+    timeout=120,
+  )
+  assert r.returncode == 2 and "config.json is missing" in r.stderr and "Traceback" not in r.stderr
