@@ -97,3 +97,44 @@ def test_missing_exports_is_one_line_exit_2(tmp_path):
     timeout=120,
   )
   assert r.returncode == 2 and "config.json is missing" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_garbage_device_beside_a_healthy_one(agile_fast_run, served):
+  """A device sending corrupt, oversized and misdeclared SYMBOLS on the same server: each gets
+  INVALID_ARGUMENT, the healthy stream beside it answers every frame and keeps parity."""
+  import threading
+  import zlib
+
+  import tritonclient.grpc as tg
+  from tritonclient.utils import InferenceServerException
+
+  workdir = agile_fast_run[0]
+  dep = deploy.load(workdir)
+  n = int(np.prod(dep.meta["remote_input_shape"][1:]))
+  bad = [b"\x78\x9c garbage", zlib.compress(bytes(50 * n)), zlib.compress(bytes(n - 1))]
+  stop, errors = threading.Event(), []
+
+  def garbage():
+    c = tg.InferenceServerClient(served)
+    while not stop.is_set():
+      for blob in bad:
+        x = tg.InferInput("SYMBOLS", [len(blob)], "UINT8")
+        x.set_data_from_numpy(np.frombuffer(blob, np.uint8))
+        try:
+          c.infer(deploy.MODEL, [x])
+          errors.append("answered")
+        except InferenceServerException as e:
+          errors.append(e.status())
+    c.close()
+
+  t = threading.Thread(target=garbage)
+  t.start()
+  try:
+    out = _stream(dep, served, fps=50.0)
+  finally:
+    stop.set()
+    t.join()
+  m = json.loads((workdir / "final_metrics.json").read_text())["export"]
+  assert out["summary"]["status"]["ok"] == len(dep.images), out["summary"]
+  assert out["summary"]["accuracy"] == m["int8_split_accuracy"]
+  assert errors and set(errors) == {"StatusCode.INVALID_ARGUMENT"}, set(errors)
