@@ -68,4 +68,6 @@ def get_config() -> ml_collections.ConfigDict:
   c.export.enabled = True
   c.export.calibration_images = 64
   c.export.parity_images = 0  # 0 = the whole test set
+  # RAM of the target MCU, the most tensor arena TFLite Micro gets: STM32F746 (320 KB SRAM)
+  c.export.target_ram_bytes = 320 * 1024
   return c
