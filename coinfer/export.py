@@ -20,6 +20,7 @@ from coinfer import compress
 from coinfer import models as models_lib
 from coinfer import train as T
 from common import export as export_lib
+from common import micro
 from common.errors import ExportError
 
 
@@ -56,7 +57,14 @@ def split_fns(ctx: T.Context, variables: dict, index: int):
 
 
 def export_setup(
-  ctx: T.Context, variables: dict, index: int, out_dir: Path, *, int8: bool, parity_images: int
+  ctx: T.Context,
+  variables: dict,
+  index: int,
+  out_dir: Path,
+  *,
+  int8: bool,
+  parity_images: int,
+  ram_bytes: int = micro.DEFAULT_TARGET_RAM_BYTES,
 ) -> dict:
   """Writes exports/<setup>/{device_int8.tflite, device_int8 C array, device.tflite, server.onnx}; returns parity."""
   setup = ctx.setups[index]
@@ -80,12 +88,21 @@ def export_setup(
       dev8 = export_lib.to_tflite(
         features, x1, int8=True, representative_data=rep, name=f"device8_{setup.name}"
       )
+      # TFLite Micro must run it in the device's RAM, else it is refused (int8_error, nothing written).
+      mcu = micro.check_int8(
+        dev8,
+        ctx.test_ds.images[:parity_images],
+        ram_bytes=ram_bytes,
+        name=f"coinfer device part {setup.name} (int8)",
+        ram_key="export.target_ram_bytes",
+      )
     except ExportError as e:
       result["int8_error"] = str(e)[:300]
     else:
       export_lib.write_atomic(out / "device_int8.tflite", dev8)
       c_arr = export_lib.to_c_array(dev8, f"coinfer_device_{setup.name.lower()}", out)
       result["device_int8_bytes"] = c_arr["model_bytes"]
+      result |= mcu.as_dict("device_int8_micro_")
   x = ctx.test_ds.images[:parity_images]
   ref = np.asarray(full_fn(x)).argmax(-1)
   z = export_lib.run_tflite(dev, x)[0]
@@ -114,6 +131,7 @@ def export_all(ctx: T.Context, variables: dict, workdir: Path) -> dict:
         Path(workdir) / "exports",
         int8=cfg.export.int8,
         parity_images=cfg.export.parity_images,
+        ram_bytes=micro.target_ram_bytes(cfg, "export.target_ram_bytes"),
       )
     )
   out = {"setups": results}
