@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import faulthandler
 import os
 import re
 import tempfile
@@ -24,7 +25,10 @@ import numpy as np
 from common.errors import ExportError
 
 ARENA_STEP = 16  # TFLM aligns arena buffers to 16 bytes; the bisection resolves the arena to this step
-DEFAULT_TARGET_RAM_BYTES = 320 * 1024  # STM32F746 (Cortex-M7): 320 KB SRAM, 1 MB flash
+DEFAULT_TARGET_RAM_BYTES = 320 * 1024
+# TFLM places its own allocator in the arena and crashes (instead of failing) on arenas below about
+# 496 bytes; no model fits in that, so smaller ones count as failing without a try.
+MIN_ARENA_BYTES = 512  # STM32F746 (Cortex-M7): 320 KB SRAM, 1 MB flash
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,6 +109,9 @@ def _load(tflite_bytes: bytes, arena_size: int):
   """A TFLM interpreter with the given arena (recording allocator); _LoadFailed carries TFLM's log."""
   from tflite_micro.python.tflite_micro import runtime
 
+  ok, log = probe(tflite_bytes, arena_size)
+  if not ok:
+    raise _LoadFailed(log)
   with _captured_stderr() as log:
     try:
       interp = runtime.Interpreter.from_bytes(bytes(tflite_bytes), arena_size=int(arena_size))
@@ -115,6 +122,14 @@ def _load(tflite_bytes: bytes, arena_size: int):
   if err is not None:
     raise _LoadFailed(f"{log[0]}\n{err}")
   return interp
+
+
+def interpreter(tflite_bytes: bytes, arena_size: int):
+  """A TFLM interpreter (recording allocator) over an arena of `arena_size` bytes; ExportError if it fails."""
+  try:
+    return _load(tflite_bytes, arena_size)
+  except _LoadFailed as e:
+    raise _refuse("model", e.log, tflite_bytes, arena_size, "arena_size") from None
 
 
 def _missing_op(log: str) -> str | None:
@@ -138,13 +153,42 @@ def recorded_arena_bytes(interp) -> int:
   return int(m.group(1))
 
 
+def probe(tflite_bytes: bytes, arena_size: int) -> tuple[bool, str]:
+  """Whether TFLM allocates the model in an arena of `arena_size` bytes, and TFLM's log.
+
+  Runs in a forked child: on some too-small arenas TFLM's host build reads an underflowed size
+  after an allocation failed and crashes rather than failing, and a crash then only means "no".
+  """
+  import warnings
+
+  from tflite_micro.python.tflite_micro import runtime
+
+  if arena_size < MIN_ARENA_BYTES:
+    return False, f"Failed to allocate: a {arena_size}-byte arena is below {MIN_ARENA_BYTES} bytes"
+  with tempfile.TemporaryFile(mode="w+b") as tmp:
+    with warnings.catch_warnings():
+      warnings.simplefilter("ignore", RuntimeWarning)  # JAX warns about fork(); the child runs only TFLM
+      pid = os.fork()
+    if pid == 0:  # the child: load, report by exit status, never return into the caller
+      code = 1
+      try:
+        faulthandler.disable()  # a crash here is an answer, not a report
+        os.dup2(tmp.fileno(), 2)
+        runtime.Interpreter.from_bytes(bytes(tflite_bytes), arena_size=int(arena_size))
+        code = 0
+      finally:
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    tmp.seek(0)
+    log = tmp.read().decode(errors="replace")
+  if os.WIFSIGNALED(status):
+    log += f"\nFailed to allocate: TFLM crashed (signal {os.WTERMSIG(status)}) in a {arena_size}-byte arena"
+  return os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, log
+
+
 def loads(tflite_bytes: bytes, arena_size: int) -> bool:
-  """Whether TFLM allocates the model in an arena of `arena_size` bytes."""
-  try:
-    _load(tflite_bytes, arena_size)
-  except _LoadFailed:
-    return False
-  return True
+  """Whether TFLM allocates the model in an arena of `arena_size` bytes (see `probe`)."""
+  return probe(tflite_bytes, arena_size)[0]
 
 
 def smallest_arena_bytes(tflite_bytes: bytes, guess: int, limit: int) -> int:
@@ -351,11 +395,11 @@ def check_int8(
     np.asarray(a) for a in (parity_inputs if isinstance(parity_inputs, list | tuple) else [parity_inputs])
   ]
   try:
-    probe = _load(tflite_bytes, ram_bytes)
+    first = _load(tflite_bytes, ram_bytes)
   except _LoadFailed as e:
     raise _refuse(name, e.log, tflite_bytes, ram_bytes, ram_key) from None
-  recorded = recorded_arena_bytes(probe)
-  del probe
+  recorded = recorded_arena_bytes(first)
+  del first
   arena = smallest_arena_bytes(tflite_bytes, recorded, ram_bytes)
   interp = _load(tflite_bytes, arena)
   with _captured_stderr() as log:

@@ -21,7 +21,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from common import checkpoint, cli
+from common import checkpoint, cli, micro
 from common import config as cfg_lib
 from common import data as data_lib
 from common import report as report_lib
@@ -252,7 +252,7 @@ def reds_variables(run: Run) -> dict:
 
 
 def step_export(run: Run) -> dict:
-  from subnets.export import export_subnets
+  from subnets.export import export_subnets, tflm_switching
 
   ft = step_finetune(run)
   widths = ft["methods"]["reds"]["widths"]
@@ -261,9 +261,12 @@ def step_export(run: Run) -> dict:
   rows = export_subnets(
     run.mcfg, reds_variables(run), widths, labels, run.train_ds, run.test_ds, mean=run.mean, std=run.std,
     out_dir=run.path("exports"), int8=c.export.int8, representative_examples=c.export.representative_examples,
-    latency_repeats=c.export.latency_repeats,
+    latency_repeats=c.export.latency_repeats, ram_bytes=micro.target_ram_bytes(c, "export.target_ram_bytes"),
   )  # fmt: skip
   res = {"rows": rows}
+  fbs = [run.path("exports") / r["int8_file"] for r in rows if "int8_file" in r]
+  if len(fbs) > 1:
+    res["tflm_switching"] = tflm_switching([p.read_bytes() for p in fbs], run.test_ds.images[:1])
   report_lib.write_json(run.path("export.json"), res)
   return res
 

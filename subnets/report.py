@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+from common import micro
 from common import report as report_lib
 
 # Digest section 4.3 (DS-CNN S, appendix Tables 7-8, BU): 100/75/50/25 % MACs.
@@ -65,4 +66,21 @@ def write_report(run) -> None:
     rep.text(
       "Files: `exports/*_float.tflite`, `exports/*_int8.tflite`, TFLite Micro arrays `exports/micro/*.{h,cc}`."
     )
+    if any("micro_ram_bytes" in r for r in exp["rows"]):
+      rep.heading("Int8 subnetworks under TensorFlow Lite Micro", level=3)
+      rep.text(
+        "TFLite Micro's own interpreter (reference kernels) against LiteRT on the same test images; "
+        "the arena is the smallest that allocates (bisection), the RAM `config.export.target_ram_bytes`."
+      )
+      rep.table(["subnet", *micro.MICRO_COLUMNS], [[r["subnet"], *micro.micro_cells(r)] for r in exp["rows"]])
+    sw = exp.get("tflm_switching")
+    if sw:
+      rep.text(
+        f"Switching between the {sw['subnetworks']} int8 subnetworks in one TFLite Micro process "
+        f"(host CPU, median of {sw['repeats']}): all resident ({sw['resident_ram_bytes']} B of arenas), "
+        f"switch + first inference {sw['resident_switch_plus_first_inference_us']:.1f} us vs a steady "
+        f"inference {sw['resident_steady_inference_us']:.1f} us (overhead "
+        f"{sw['resident_switch_overhead_us']:.1f} us); one shared {sw['shared_arena_bytes']} B arena, "
+        f"rebuilding the target's interpreter in it: {sw['shared_arena_switch_us']:.1f} us."
+      )
   rep.write()

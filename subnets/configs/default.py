@@ -31,5 +31,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.knapsack = dict(budgets=(0.25, 0.5, 0.75), min_width=1, granularity=1, time_limit=60.0, peak_bytes=0.0)
   c.finetune = dict(epochs=20, lr=1e-3, batch_size=64, augment=True, bn_epochs=3, bn_lr=5e-4, max_steps=0)
   c.baselines = dict(methods=("uniform", "magnitude", "random", "scratch"), scratch_epochs=40)
-  c.export = dict(int8=True, representative_examples=128, latency_repeats=300)
+  # target_ram_bytes: RAM of the target MCU, the most tensor arena TFLite Micro gets per int8
+  # subnetwork: an Arduino Nano 33 BLE Sense (nRF52840, 256 KB SRAM), a board REDS ran on
+  c.export = dict(int8=True, representative_examples=128, latency_repeats=300, target_ram_bytes=256 * 1024)
   return c
