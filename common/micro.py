@@ -220,10 +220,10 @@ def _refuse(name: str, log: str, tflite_bytes: bytes, ram_bytes: int, ram_key: s
       f"{name}: TensorFlow Lite Micro has no kernel for op {op} (the model uses "
       f"{', '.join(model_ops(tflite_bytes))}); change the model so that its int8 graph avoids {op}"
     )
-  if _is_allocation_failure(log):
-    need = None
-    with contextlib.suppress(_LoadFailed):
-      need = recorded_arena_bytes(_load(tflite_bytes, max(64 * ram_bytes, 64 << 20)))
+  need, huge = None, max(64 * ram_bytes, 64 << 20)  # what a huge arena cures is the arena not fitting
+  with contextlib.suppress(_LoadFailed):
+    need = smallest_arena_bytes(tflite_bytes, recorded_arena_bytes(_load(tflite_bytes, huge)), huge)
+  if need is not None or _is_allocation_failure(log):
     needs = f"a {need}-byte tensor arena" if need else "a tensor arena larger than 64 times that"
     return ExportError(
       f"{name}: TensorFlow Lite Micro needs {needs}, which does not fit the target's "
