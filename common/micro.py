@@ -485,3 +485,34 @@ def agreement_text(d: dict, prefix: str = "micro_") -> str:
   by = f"<= {lsb} steps" if lsb is not None else f"<= {d[f'{prefix}max_abs_diff']:.3g}"
   where = ", ".join(d[f"{prefix}divergent_ops"]) or "?"
   return f"{by} on {100 * d[f'{prefix}mismatch_fraction']:.2g}% of outputs (from {where})"
+
+
+def main(argv: list[str] | None = None) -> int:
+  """`python -m common.micro FILE.tflite ... [--ram BYTES]`: ops, arena, flash and fit of int8 exports."""
+  import argparse
+
+  parser = argparse.ArgumentParser(prog="python -m common.micro", description=main.__doc__)
+  parser.add_argument("files", nargs="+")
+  parser.add_argument("--ram", type=int, default=DEFAULT_TARGET_RAM_BYTES, help="target RAM in bytes")
+  args = parser.parse_args(argv)
+  print(
+    "| file | flash B | TFLM arena B | recorded B | target RAM B | fits | ops |\n|---|---|---|---|---|---|---|"
+  )
+  for path in args.files:
+    with open(path, "rb") as f:
+      fb = f.read()
+    try:
+      first = _load(fb, args.ram)
+    except _LoadFailed as e:
+      raise _refuse(path, e.log, fb, args.ram, "--ram") from None
+    recorded = recorded_arena_bytes(first)
+    arena = smallest_arena_bytes(fb, recorded, args.ram)
+    fits = "yes" if arena <= args.ram else "no"
+    print(f"| {path} | {len(fb)} | {arena} | {recorded} | {args.ram} | {fits} | {', '.join(model_ops(fb))} |")
+  return 0
+
+
+if __name__ == "__main__":
+  from common.cli import run_main
+
+  run_main(main)

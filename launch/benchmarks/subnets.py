@@ -5,7 +5,9 @@
   Scores are synthetic heavy-tailed importances (seeded): the solve time depends on the
   instance size and cost structure, not on a trained model.
 * switching: median time of `SubnetRuntime.switch(i)` and of switch + first inference
-  minus a steady inference, against the paper's 40 us MCU figure.
+  minus a steady inference, against the paper's 40 us MCU figure; beside it the same
+  subnetworks as int8 flatbuffers in one TensorFlow Lite Micro process
+  (`subnets.export.tflm_switching`: all resident, or one shared arena rebuilt per switch).
 * LiteRT: float latency of the 25 % DS-CNN-S subnetwork / the dense model (target <= 0.5),
   with exact widths (granularity 1) and with widths in multiples of 8 (XNNPACK's SIMD lanes),
   and for the vision DS-CNN-S at 32x32.
@@ -100,7 +102,26 @@ def _switching(repeats: int) -> dict:
     "steady_inference_median_us": statistics.median(steady) * 1e6,
     "switch_overhead_us": (statistics.median(first) - statistics.median(steady)) * 1e6,
     "widths": widths,
+    "tflm": _tflm_switching(cfg, v, widths, x, min(repeats, 300)),
   }
+
+
+def _tflm_switching(cfg, v, widths, x, repeats: int) -> dict:
+  import jax
+
+  from common import export as ex
+  from subnets import runtime, surgery
+  from subnets.export import tflm_switching
+
+  rep = [np.random.default_rng(i).normal(size=x.shape).astype(np.float32) for i in range(32)]
+  fbs = []
+  for ws in widths:
+    sub = surgery.slice_variables(v, cfg, ws)
+    f = runtime.predict_fn(cfg.with_widths(ws), mean=0.0, std=1.0)
+    fbs.append(
+      ex.to_tflite(jax.jit(lambda a, sub=sub, f=f: f(sub, a)), x, int8=True, representative_data=rep)
+    )
+  return tflm_switching(fbs, x, repeats=repeats)
 
 
 def _litert(repeats: int, preset: str, shape: tuple[int, int, int], granularity: int = 1) -> dict:
