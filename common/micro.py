@@ -239,22 +239,18 @@ def run_micro(interp, num_outputs: int, *inputs: np.ndarray) -> list[np.ndarray]
   Inputs are quantised with the model's own input parameters; the `num_outputs` outputs come back
   dequantised (float32), like `common.export.run_tflite`.
   """
-  from common.export import dequantize_output, quantize_input
+  from common.export import dequantize_output, quantize_input, run_in_batches
 
   ins = [_info(interp.get_input_details(i)) for i in range(len(inputs))]
   outs = [_info(interp.get_output_details(k)) for k in range(num_outputs)]
-  b, n = ins[0].shape[0], inputs[0].shape[0]
-  chunks: list[list[np.ndarray]] = []
-  for start in range(0, n, b):
-    part = [np.asarray(x[start : start + b]) for x in inputs]
-    m = part[0].shape[0]
-    if m < b:
-      part = [np.concatenate([p, np.repeat(p[:1], b - m, axis=0)]) for p in part]
+
+  def run(*part: np.ndarray) -> list[np.ndarray]:
     for i, (x, info) in enumerate(zip(part, ins, strict=True)):
       interp.set_input(quantize_input(x, info), i)
     interp.invoke()
-    chunks.append([dequantize_output(interp.get_output(k), o)[:m] for k, o in enumerate(outs)])
-  return [np.concatenate([c[k] for c in chunks]) for k in range(num_outputs)]
+    return [dequantize_output(interp.get_output(k), o) for k, o in enumerate(outs)]
+
+  return run_in_batches(run, ins[0].shape[0], inputs)
 
 
 def _flatbuffer(tflite_bytes: bytes):
