@@ -105,11 +105,14 @@ class _LoadFailed(Exception):
     self.log = log
 
 
-def _load(tflite_bytes: bytes, arena_size: int):
-  """A TFLM interpreter with the given arena (recording allocator); _LoadFailed carries TFLM's log."""
+def _load(tflite_bytes: bytes, arena_size: int, *, probed: bool = False):
+  """A TFLM interpreter with the given arena (recording allocator); _LoadFailed carries TFLM's log.
+
+  probed: the arena is known to load (skips the crash-safe `probe` in a child first).
+  """
   from tflite_micro.python.tflite_micro import runtime
 
-  ok, log = probe(tflite_bytes, arena_size)
+  ok, log = (True, "") if probed else probe(tflite_bytes, arena_size)
   if not ok:
     raise _LoadFailed(log)
   with _captured_stderr() as log:
@@ -124,10 +127,14 @@ def _load(tflite_bytes: bytes, arena_size: int):
   return interp
 
 
-def interpreter(tflite_bytes: bytes, arena_size: int):
-  """A TFLM interpreter (recording allocator) over an arena of `arena_size` bytes; ExportError if it fails."""
+def interpreter(tflite_bytes: bytes, arena_size: int, *, probed: bool = False):
+  """A TFLM interpreter (recording allocator) over an arena of `arena_size` bytes; ExportError if it fails.
+
+  probed: `arena_size` is known to load (e.g. measured by `smallest_arena_bytes`), so it is built
+  here directly, without first trying it in a forked child.
+  """
   try:
-    return _load(tflite_bytes, arena_size)
+    return _load(tflite_bytes, arena_size, probed=probed)
   except _LoadFailed as e:
     raise _refuse("model", e.log, tflite_bytes, arena_size, "arena_size") from None
 

@@ -123,7 +123,7 @@ def tflm_switching(flatbuffers: Sequence[bytes], example: np.ndarray, *, repeats
   """
   arenas = [micro.smallest_arena_bytes(fb, 1024, 64 << 20) for fb in flatbuffers]
   shared = max(arenas)
-  resident = [micro.interpreter(fb, a) for fb, a in zip(flatbuffers, arenas, strict=True)]
+  resident = [micro.interpreter(fb, a, probed=True) for fb, a in zip(flatbuffers, arenas, strict=True)]
   n = len(flatbuffers)
   for it in resident:
     micro.run_micro(it, 1, example)
@@ -141,7 +141,7 @@ def tflm_switching(flatbuffers: Sequence[bytes], example: np.ndarray, *, repeats
   for r in range(repeats):
     fb = flatbuffers[r % n]
     t0 = time.perf_counter()
-    micro.interpreter(fb, shared)
+    micro.interpreter(fb, shared, probed=True)
     reload.append(time.perf_counter() - t0)
   med = statistics.median
   return {
