@@ -18,7 +18,7 @@ import faulthandler
 import os
 import re
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
@@ -137,6 +137,21 @@ def interpreter(tflite_bytes: bytes, arena_size: int, *, probed: bool = False):
     return _load(tflite_bytes, arena_size, probed=probed)
   except _LoadFailed as e:
     raise _refuse("model", e.log, tflite_bytes, arena_size, "arena_size") from None
+
+
+def native_builder(tflite_bytes: bytes, arena_size: int) -> Callable[[], object]:
+  """A function building TFLM's C++ interpreter over a fresh `arena_size`-byte arena, as a device
+  does on a model switch: parse, kernel init/prepare, memory planning.
+
+  The Python `Interpreter` wrapper first turns the whole flatbuffer into Python objects to count
+  resource variables (tens of ms, nothing a device does); that count is taken once here, so a
+  call times TFLM's own work. The arena must be known to load (`smallest_arena_bytes`).
+  """
+  from tflite_micro.python.tflite_micro import _runtime, runtime
+
+  data, variables = bytes(tflite_bytes), runtime.count_resource_variables(bytearray(tflite_bytes))
+  config = _runtime.PythonInterpreterConfig.kAllocationRecording
+  return lambda: _runtime.InterpreterWrapper(data, [], int(arena_size), variables, config, 0)
 
 
 def _missing_op(log: str) -> str | None:
