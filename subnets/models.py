@@ -107,8 +107,11 @@ def _act(cfg: ModelConfig, x):
   return nn.leaky_relu(x, 0.1) if cfg.activation == "leaky_relu" else nn.relu(x)
 
 
+BN_MOMENTUM = 0.9
+
+
 def _bn(train: bool, name: str):
-  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name=name)
+  return nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=1e-5, name=name)
 
 
 class RedsNet(nn.Module):

@@ -22,7 +22,6 @@ def get_config():
   c.finetune.epochs = 5
   c.finetune.lr = 3e-3
   c.finetune.bn_epochs = 1
-  c.baselines.scratch_epochs = 12
   c.export.representative_examples = 64
   c.export.latency_repeats = 200
   return c
