@@ -38,6 +38,10 @@ from branching import flops
 from branching.config import NetConfig, published, published_latencies
 from common.errors import ConfigError
 
+# The host's fork/join term (n_xfer ms per branched stage, xfer_elems ms per element of the stage input
+# and output), fitted to per-stage measurements of R-50-CD at 224 px on this shared 2-core machine
+# (`python -m launch.bench branching_parallel`, load average 13-22; docs/branching.md).
+HOST_FORK_JOIN = (0.0, 1.03e-4)
 FEATURES = ("macs_conv", "macs_dw", "macs_group", "elems", "n_ops", "n_xfer", "xfer_elems", "conv_pixels")
 # Priors (units: ms per feature unit) the fit shrinks towards: a 4-core int8 phone CPU at ~150 GMAC/s.
 _PRIOR = np.array([4e-9, 1e-8, 2e-9, 2e-7, 3e-2, 2e-1, 2e-7, 1e-5])
