@@ -20,6 +20,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from common.export import write_atomic
+
 TECHNIQUES = ("agile", "offload", "coinfer", "subnets", "branching")
 # Further benchmarks inside a technique's module: name -> (module, its add_args, its run).
 EXTRA = {"branching_parallel": ("branching", "add_parallel_args", "run_parallel")}
@@ -74,8 +76,7 @@ def main(argv: list[str] | None = None) -> int:
   result = {"technique": args.technique, "machine": machine_info(), **getattr(mod, run_name)(sub_args)}
   result["wall_s"] = time.time() - t0
   out = Path(args.out or f"runs/bench/{args.technique}.json")
-  out.parent.mkdir(parents=True, exist_ok=True)
-  out.write_text(json.dumps(result, indent=2, default=str))
+  write_atomic(out, json.dumps(result, indent=2, default=str).encode())
   print(json.dumps(result, indent=2, default=str))
   print(f"wrote {out}", file=sys.stderr)
   return 0
