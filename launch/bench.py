@@ -22,7 +22,7 @@ from typing import Any
 
 from common.export import write_atomic
 
-TECHNIQUES = ("agile", "offload", "coinfer", "subnets", "branching")
+TECHNIQUES = ("agile", "offload", "coinfer", "subnets", "branching", "deploy")
 # Further benchmarks inside a technique's module: name -> (module, its add_args, its run).
 EXTRA = {"branching_parallel": ("branching", "add_parallel_args", "run_parallel")}
 

@@ -22,7 +22,7 @@ from ml_collections import config_flags
 
 from common import cli, report
 
-STAGES = ("common", "agile", "offload", "coinfer", "subnets", "branching")
+STAGES = ("common", "agile", "offload", "coinfer", "subnets", "branching", "deploy")
 
 _WORKDIR = flags.DEFINE_string("workdir", "runs/quickstart", "where every stage writes its run")
 _ONLY = flags.DEFINE_list("only", list(STAGES), f"stages to run, from {STAGES}")
