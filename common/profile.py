@@ -82,57 +82,91 @@ def parse_hlo(text: str) -> tuple[dict[str, list[Instr]], str]:
   return comps, entry
 
 
-def _operand_shapes(ins: Instr) -> list[list[int]]:
-  return [[int(d) for d in m.group(1).split(",") if d] for m in _SHAPE.finditer(ins.rest.split("),")[0])]
+def _operand_shapes(ins: Instr, shapes: dict[str, str]) -> list[list[int]]:
+  """Dimensions of the operands, from inline shapes or else from the computation's instructions."""
+  args = ins.rest.split("),")[0]
+  inline = [[int(d) for d in m.group(1).split(",") if d] for m in _SHAPE.finditer(args)]
+  if inline:
+    return inline
+  return [_dims(shapes.get(n, "")) for n in re.findall(r"%([\w.\-]+)", args)]
 
 
-def instr_flops(ins: Instr) -> float:
-  """FLOPs of a convolution or dot (multiply-adds x 2); 0 for anything else."""
+def instr_flops(ins: Instr, shapes: dict[str, str] | None = None) -> float:
+  """FLOPs of a convolution or dot (multiply-adds x 2); 0 for anything else.
+
+  `shapes` maps the names of the computation's instructions to their shapes
+  (operand shapes are not printed inline inside fused computations).
+  """
+  shapes = shapes or {}
   if ins.opcode == "convolution":
-    ops = _operand_shapes(ins)
+    ops = _operand_shapes(ins, shapes)
     labels = ins.attr("dim_labels") or ""
     rhs_labels = labels.split("_")[1].split("->")[0] if "_" in labels else ""
-    if len(ops) < 2 or "o" not in rhs_labels:
+    if len(ops) < 2 or "o" not in rhs_labels or len(ops[1]) != len(rhs_labels):
       return 0.0
     rhs = ops[1]
     return 2.0 * math.prod(_dims(ins.shape)) * math.prod(rhs) / rhs[rhs_labels.index("o")]
   if ins.opcode == "dot":
-    ops = _operand_shapes(ins)
+    ops = _operand_shapes(ins, shapes)
     cdims = ins.attr("lhs_contracting_dims") or "{}"
     contracted = [int(d) for d in cdims.strip("{}").split(",") if d]
-    return 2.0 * math.prod(_dims(ins.shape)) * math.prod(ops[0][d] for d in contracted) if ops else 0.0
+    if not ops or any(d >= len(ops[0]) for d in contracted):
+      return 0.0
+    return 2.0 * math.prod(_dims(ins.shape)) * math.prod(ops[0][d] for d in contracted)
   return 0.0
 
 
-def _kind(ins: Instr, comps: dict[str, list[Instr]]) -> tuple[str, float]:
-  """(kind, FLOPs) of one entry instruction, looking inside fusions."""
+def _op_name(ins: Instr) -> str:
+  m = re.search(r'op_name="([^"]*)"', ins.rest)
+  return m.group(1) if m else ""
+
+
+def _kind(ins: Instr, comps: dict[str, list[Instr]], shapes: dict[str, str]) -> tuple[str, float, str]:
+  """(kind, FLOPs, JAX op_name) of one instruction, looking inside fusions."""
   if ins.opcode == "convolution":
     window = re.search(r"size=([\dx]+)", ins.rest)
     grouped = (ins.attr("feature_group_count") or "1") != "1" or (ins.attr("batch_group_count") or "1") != "1"
-    return f"conv {window.group(1) if window else '?'}{' grouped' if grouped else ''}", instr_flops(ins)
+    kind = f"conv {window.group(1) if window else '?'}{' grouped' if grouped else ''}"
+    return kind, instr_flops(ins, shapes), _op_name(ins)
   if ins.opcode == "dot":
-    return "dot", instr_flops(ins)
+    return "dot", instr_flops(ins, shapes), _op_name(ins)
   if ins.opcode == "fusion":
-    called = (ins.attr("calls") or "").lstrip("%")
-    inner = comps.get(called, [])
-    ynn = "ynn" if "__ynn_fusion" in ins.rest or "ynn" in called else ""
-    heavy = [i for i in inner if i.opcode in ("convolution", "dot")]
+    inner = comps.get((ins.attr("calls") or "").lstrip("%"), [])
+    inner_shapes = {i.name: i.shape for i in inner}
+    ynn = "ynn " if "__ynn_fusion" in ins.rest else ""
+    heavy = [_kind(i, comps, inner_shapes) for i in inner if i.opcode in ("convolution", "dot")]
     if heavy:
-      sub = [_kind(i, comps) for i in heavy]
-      return f"{ynn + ' ' if ynn else ''}fused {sub[0][0]}", sum(f for _, f in sub)
+      return f"{ynn}fused {heavy[0][0]}", sum(f for _, f, _ in heavy), heavy[0][2]
+    names = [n for n in (_op_name(i) for i in reversed(inner)) if n]
+    op_name = _op_name(ins) or (names[0] if names else "")
     ops = {i.opcode for i in inner}
     if ops <= {"parameter", "transpose", "copy", "bitcast", "broadcast", "constant", "reshape", "slice"}:
-      return "copy/transpose fusion", 0.0
+      return "copy/transpose fusion", 0.0, op_name
     if "reduce" in ops or "reduce-window" in ops:
-      return f"{ynn + ' ' if ynn else ''}reduce fusion", 0.0
-    return f"{ynn + ' ' if ynn else ''}elementwise fusion", 0.0
-  return ins.opcode, 0.0
+      return f"{ynn}reduce fusion", 0.0, op_name
+    return f"{ynn}elementwise fusion", 0.0, op_name
+  return ins.opcode, 0.0, _op_name(ins)
+
+
+_PASSES = {
+  "jvp": "forward",
+  "transpose/jvp": "backward",
+  "jvp/jvp": "IG forward",
+  "jvp/transpose/jvp": "IG gradient",
+  "transpose/jvp/jvp": "outer backward of IG forward",
+  "transpose/jvp/transpose/jvp": "outer backward of IG gradient",
+}
 
 
 def direction(op_name: str) -> str:
-  """forward / backward / grad-of-grad, from a JAX op_name like jit(f)/transpose(jvp(transpose(jvp())))."""
-  n = op_name.count("transpose(")
-  return {0: "forward", 1: "backward"}.get(n, "grad-of-grad")
+  """Module and pass of an op from its JAX op_name, e.g. jit(f)/transpose(jvp(transpose(jvp(Body))))/...:
+  "Body: outer backward of IG gradient" (the grad-of-grad). Passes are named for AgileNN's step."""
+  parts = op_name.split("/")
+  head = parts[1] if len(parts) > 1 else ""
+  chain = re.findall(r"(transpose|jvp)\(", head)
+  module = re.sub(r"^(?:(?:transpose|jvp)\()+", "", head).rstrip(")")
+  module = "-" if not module or module.startswith("jit(") else module
+  return f"{module}: {_PASSES.get('/'.join(chain), '/'.join(chain) or 'other')}"
 
 
 def trace_thunk_times(run: Callable[[], object], repeats: int = 1) -> dict[str, float]:
@@ -163,21 +197,18 @@ def op_breakdown(compiled, run: Callable[[], object], repeats: int = 1) -> list[
   """One row per entry op that ran: name, kind, direction, seconds, FLOPs, FLOP/s."""
   comps, entry = parse_hlo(compiled.as_text())
   times = trace_thunk_times(run, repeats)
+  instrs = comps.get(entry, [])
+  shapes = {i.name: i.shape for i in instrs}
   rows = []
-  for ins in comps.get(entry, []):
+  for ins in instrs:
     if ins.name not in times:
       continue
-    kind, flops = _kind(ins, comps)
-    op_name = re.search(r'op_name="([^"]*)"', ins.rest)
-    if not op_name and ins.opcode == "fusion":
-      inner = comps.get((ins.attr("calls") or "").lstrip("%"), [])
-      names = [re.search(r'op_name="([^"]*)"', i.rest) for i in inner]
-      op_name = next((m for m in names if m), None)
+    kind, flops, op_name = _kind(ins, comps, shapes)
     t = times[ins.name]
     rows.append({
       "name": ins.name,
       "kind": kind,
-      "direction": direction(op_name.group(1) if op_name else ""),
+      "direction": direction(op_name),
       "seconds": t,
       "flops": flops,
       "flops_per_s": flops / t if t > 0 else 0.0,
