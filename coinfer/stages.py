@@ -21,7 +21,7 @@ from sklearn.cluster import DBSCAN
 
 from coinfer import models as models_lib
 from coinfer import train as T
-from common import stats
+from common import report, stats
 from common import train as train_lib
 from common.errors import CheckpointError, ConfigError, InfeasibleError
 
@@ -187,7 +187,7 @@ def distillation(ctx: T.Context, workdir: Path, ablation: str = "I-D-C") -> dict
   all_ids = np.arange(len(ctx.setups))
   stats = T.calibrate_bn(ctx, state.params, state.batch_stats, all_ids, batches=cfg.distill.calibrate_batches)
   correct = T.make_eval_fn(ctx)(state.params, stats, all_ids)
-  np.save(Path(workdir) / f"{stage}_correct.npy", correct)
+  report.save_npy(Path(workdir) / f"{stage}_correct.npy", correct)
   from common.checkpoint import save_pytree
 
   save_pytree(Path(workdir) / f"{stage}_final", {"params": state.params, "batch_stats": stats})
@@ -247,7 +247,8 @@ def individual(ctx: T.Context, workdir: Path) -> dict:
     )
     correct.append(np.asarray(evaluate(state.params, state.batch_stats, [int(i)]))[0])
     rows.append({"id": int(i), "name": name, "accuracy": float(correct[-1].mean())})
-  np.save(Path(workdir) / "individual_correct.npy", np.stack(correct))  # [model, image], rows as `setups`
+  # [model, image], rows as `setups`
+  report.save_npy(Path(workdir) / "individual_correct.npy", np.stack(correct))
   out = {"setups": rows, "all_setups": len(ids) == len(ctx.setups)}
   T.save_json(workdir, "individual", out)
   return out
