@@ -57,6 +57,42 @@ def _matmul_peak(n: int, repeats: int, options: dict) -> dict:
   return {"n": n, "median_s": t["median_s"], "flops_per_s": 2 * n**3 / t["min_s"]}
 
 
+def conv_ops(repeats: int) -> dict:
+  """Single ops of the evaluator's shapes (batch 64) with XLA:CPU's defaults and with CPU_OPTIONS:
+  a 3x3 conv 24 -> 96 at 32x32 (forward, filter and input gradients), a 1x1 conv 256 -> 1024 at
+  16x16 (forward, filter gradient), the same 1x1 conv as an einsum, and a 2048^2 matmul."""
+  import jax
+  import jax.numpy as jnp
+
+  from launch.bench import measure
+  from launch.xla_cpu import CPU_OPTIONS
+
+  conv = lambda x, k: jax.lax.conv_general_dilated(
+    x, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+  )
+  dot = lambda x, k: jnp.einsum("bhwc,cd->bhwd", x, k[0, 0])
+  wgrad = lambda f: lambda x, k: jax.grad(lambda k: f(x, k).sum())(k)
+  igrad = lambda f: lambda x, k: jax.grad(lambda x: f(x, k).sum())(x)
+  r = lambda i, s: jax.random.normal(jax.random.key(i), s, jnp.float32)
+  a3, a1 = (r(0, (64, 32, 32, 24)), r(1, (3, 3, 24, 96))), (r(2, (64, 16, 16, 256)), r(3, (1, 1, 256, 1024)))
+  mm = (r(4, (2048, 2048)), r(5, (2048, 2048)))
+  ops = {
+    "conv3x3_forward": (conv, a3), "conv3x3_filter_grad": (wgrad(conv), a3), "conv3x3_input_grad": (igrad(conv), a3),
+    "conv1x1_forward": (conv, a1), "conv1x1_filter_grad": (wgrad(conv), a1),
+    "einsum1x1_forward": (dot, a1), "einsum1x1_filter_grad": (wgrad(dot), a1), "matmul2048": (jnp.matmul, mm),
+  }  # fmt: skip
+  out = {}
+  for name, (f, args) in ops.items():
+    row = {}
+    for label, options in (("default", {}), ("cpu_options", CPU_OPTIONS)):
+      c = jax.jit(f).lower(*args).compile(options)
+      t = measure(lambda c=c, args=args: jax.block_until_ready(c(*args)), repeats=max(repeats, 5), warmup=1)
+      row[f"{label}_gflops_per_s"] = _flops(c) / t["min_s"] / 1e9
+    row["ratio"] = row["cpu_options_gflops_per_s"] / row["default_gflops_per_s"]
+    out[name] = row
+  return out
+
+
 def _flops(compiled) -> float:
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, list | tuple) else cost
@@ -176,6 +212,8 @@ def run(args) -> dict:
   from launch.bench import measure
   from launch.xla_cpu import CPU_OPTIONS
 
+  if args.ops_only:
+    return {"config": vars(args), "ops": conv_ops(args.repeats)}
   names = [v for v in args.variants.split(",") if v]
   bad = [v for v in names if v not in VARIANTS]
   if bad:
