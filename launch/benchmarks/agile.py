@@ -42,6 +42,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
   parser.add_argument(
     "--profile", action="store_true", help="per-op breakdown of the reference and fast steps"
   )
+  parser.add_argument("--ops_only", action="store_true", help="only the single-op timings (seconds)")
 
 
 def _matmul_peak(n: int, repeats: int, options: dict) -> dict:
