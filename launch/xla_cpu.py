@@ -2,10 +2,11 @@
 
 `--xla_cpu_experimental_ynn_fusion_type=` (an empty list) turns the YNNPACK
 fusions of convolutions and dots off, so XLA:CPU's own (Eigen) kernels run
-them. On this 2-core machine that made a 3x3 conv of the evaluator's shape
-1.9x faster forward and 4.3x faster in its filter gradient, a 1x1 conv's filter
-gradient 6.7x faster, and a 2048^2 f32 matmul 1.8x faster (docs/agile.md has
-the step-level figures). The launchers (`launch.train`, `launch.quickstart`)
+them. `python -m launch.bench agile --ops_only` times single ops of the
+evaluator's shapes both ways: on this 2-core machine under load the filter
+gradients of a 3x3 and a 1x1 conv ran 4.6x and 6.3x faster without YNN fusion
+and a 3x3 conv's input gradient 1.8x (docs/agile.md has the step-level figures).
+The launchers (`launch.train`, `launch.quickstart`)
 call `set_cpu_flags()` before JAX starts its backend; tests do not, so they run
 XLA's defaults. The benchmarks compare both in one process by passing
 `CPU_OPTIONS` as per-executable compiler options (`jit(f).lower(...).compile(CPU_OPTIONS)`).
