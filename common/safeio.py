@@ -153,6 +153,11 @@ def load_json(
   return obj
 
 
+def load_json_if_present(path: str | os.PathLike, *, what: str = "result file") -> dict | None:
+  """A step's JSON result (a dict), or None when the step has not run."""
+  return load_json(path, what=what) if Path(path).exists() else None
+
+
 def load_array(
   path: str | os.PathLike,
   *,
