@@ -16,6 +16,7 @@ per-channel ranges the device sends, and a stock Triton server can serve the dir
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import jax.numpy as jnp
@@ -33,7 +34,7 @@ def split_fns(ctx: T.Context, variables: dict, index: int):
   """(device_fn, server_fn, full_fn) of setup `index` on raw [0, 1] images."""
   setup = ctx.setups[index]
   v = {"params": variables["params"], "batch_stats": models_lib.select_stats(variables["batch_stats"], index)}
-  model = ctx.model
+  model = type(ctx.model)(dataclasses.replace(ctx.model.config, shifted_depthwise=False))  # grouped depthwise
   stem = model.config.stem_channels
   c, b = jnp.int32(setup.channels), jnp.int32(setup.bits)
 

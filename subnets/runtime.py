@@ -8,6 +8,7 @@ list lookup, no tracing, no compilation, no weight copy.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import jax
@@ -19,8 +20,11 @@ from subnets import bnstats, models
 
 
 def predict_fn(mcfg: models.ModelConfig, *, mean, std):
-  """(variables, raw images) -> logits for the model of `mcfg` (normalisation inside)."""
-  net = models.RedsNet(mcfg)
+  """(variables, raw images) -> logits for the model of `mcfg` (normalisation inside).
+
+  Inference and export use the grouped depthwise form (TFLite DEPTHWISE_CONV_2D).
+  """
+  net = models.RedsNet(dataclasses.replace(mcfg, shifted_depthwise=False))
 
   def predict(variables, x_BHWC):
     return net.apply(variables, data_lib.normalize(x_BHWC, mean, std), train=False)[0]

@@ -21,6 +21,40 @@ def add_args(parser) -> None:
   parser.add_argument("--search_repeats", type=int, default=3)
   parser.add_argument("--calibration_models", type=int, default=4)
   parser.add_argument("--skip_lomo", action="store_true")
+  parser.add_argument("--step_repeats", type=int, default=3, help="training step timings (0: skip)")
+
+
+def train_step_speed(repeats: int) -> dict:
+  """The training step of the quick config's stretched net (tiny/R-tiny-CD, 32x32, batch 64), timed
+  with XLA's default options and with the launchers' (its grouped convs are not depthwise: unchanged)."""
+  from pathlib import Path
+
+  import jax
+  import jax.numpy as jnp
+
+  from branching import config as bcfg
+  from branching import train as btrain
+  from branching.configs import quick
+  from branching.models import AnyNet
+  from launch.benchmarks import steps
+
+  c = quick.get_config()
+  net = bcfg.load(Path(bcfg.__file__).parent / "configs" / c.stretched).replace(num_classes=10)
+  model = AnyNet(net)
+  rng = np.random.default_rng(0)
+  batch = {"image": rng.uniform(size=(64, 32, 32, 3)).astype(np.float32), "label": rng.integers(0, 10, 64)}
+  batch["label"] = batch["label"].astype(np.int32)
+
+  def make(_shifted: bool):
+    tx = btrain.make_optimizer(c.train, 1000, 100)
+    v = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3), jnp.float32), train=False)
+    p, bs = v["params"], v.get("batch_stats", {})
+    cp = lambda t: jax.tree.map(jnp.copy, t)
+    state = btrain.EmaState(jnp.zeros((), jnp.int32), p, bs, tx.init(p), cp(p), cp(bs))
+    step, _, _ = btrain.make_steps(model, tx, mean=0.5, std=0.25, ema_decay=0.98)
+    return step, (state, batch, jax.random.key(1))
+
+  return {"net": c.stretched, "batch": 64, **steps.before_after(make, repeats)}
 
 
 def run(args) -> dict:
@@ -85,6 +119,8 @@ def run(args) -> dict:
     "2 shared cores, small models"
   )
   out["parallel_measured"] = par
+  if args.step_repeats:
+    out["train_step"] = train_step_speed(args.step_repeats)
   return out
 
 
