@@ -22,7 +22,12 @@ from common.report import write_json
 
 
 def _fns(model, variables):
+  """(device, remote) functions of the model with grouped depthwise convs (TFLite DEPTHWISE_CONV_2D)."""
+  import dataclasses
+
   from agile.models import AgileNN
+
+  model = AgileNN(dataclasses.replace(model.config, shifted_depthwise=False))
 
   def device(x):
     return model.apply(variables, x, method=AgileNN.device)

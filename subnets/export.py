@@ -16,7 +16,7 @@ import numpy as np
 from common import data as data_lib
 from common import errors, micro
 from common import export as ex
-from subnets import models, runtime, surgery
+from subnets import bnstats, models, runtime
 
 
 def litert_latency_us(tflite_bytes: bytes, example: np.ndarray, *, repeats: int, warmup: int = 20) -> float:
@@ -48,6 +48,7 @@ def export_subnets(
   *,
   mean,
   std,
+  stats_list: Sequence[dict] | None = None,
   out_dir: Path,
   int8: bool = True,
   representative_examples: int = 128,
@@ -60,14 +61,16 @@ def export_subnets(
   Each int8 subnetwork first runs under TFLite Micro on the parity images (`common.micro`); one
   that TFLM cannot run (an op it lacks, an arena over `ram_bytes`) is refused: its int8 files are
   not written and its row says why (`micro_refused`), while the other subnetworks go on.
+
+  stats_list: each subnetwork's own BN statistics (`subnets.bnstats`), folded into its export.
   """
   costs = models.chain_costs(mcfg, train_ds.image_shape)
   example = test_ds.images[:1]
   rep = [train_ds.images[i : i + 1] for i in range(min(representative_examples, len(train_ds)))]
   rows = []
-  for ws, label in zip(widths_list, labels, strict=True):
+  for k, (ws, label) in enumerate(zip(widths_list, labels, strict=True)):
     sub_cfg = mcfg.with_widths(ws)
-    v = surgery.slice_variables(variables, mcfg, ws)
+    v = bnstats.with_stats(variables, mcfg, ws, None if stats_list is None else stats_list[k])
     fn = jax.jit(lambda x, v=v, f=runtime.predict_fn(sub_cfg, mean=mean, std=std): f(v, x))
     tag = f"{name}_{label}".replace("%", "").replace(".", "_")
     row = {

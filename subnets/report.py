@@ -44,11 +44,15 @@ def write_report(run) -> None:
       series[NAMES.get(method, method)] = (macs, r["accuracy"])
       for i, (w, mc, a) in enumerate(zip(r["widths"], macs, r["accuracy"], strict=True)):
         label = f"{ks['budgets'][i]:.0%}" if i < len(ks["budgets"]) else "dense"
-        rows.append([method, label, str(w), f"{mc:.0f}", a, r.get("accuracy_before", [None] * 9)[i]])
+        shared = r.get("accuracy_stored_bn", [""] * 9)[i]
+        rows.append([method, label, str(w), f"{mc:.0f}", a, shared, r.get("accuracy_before", [None] * 9)[i]])
     rep.line_plot(
       "accuracy_vs_macs.png", series, xlabel="MACs", ylabel="test accuracy", title="accuracy vs MACs"
     )
-    rep.table(["method", "budget", "widths", "MACs", "test accuracy", "before fine-tuning"], rows)
+    rep.table(["method", "budget", "widths", "MACs", "test accuracy", "with the shared dense BN statistics",
+               "before fine-tuning"], rows)  # fmt: skip
+    rep.text(f"BN statistics: `finetune.bn_stats = {c.finetune.bn_stats!r}` "
+             f"(loss weights `{c.finetune.loss_weights}`).")  # fmt: skip
     rep.text(f"Dense model before REDS: test accuracy {ft['dense_accuracy']:.4f}.")
     pub = PUBLISHED.get(c.data.name)
     if pub:

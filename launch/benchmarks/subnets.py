@@ -33,6 +33,7 @@ def add_args(parser) -> None:
   parser.add_argument("--latency-repeats", type=int, default=300)
   parser.add_argument("--skip-accuracy", action="store_true")
   parser.add_argument("--workdir", default="runs/bench/subnets_quick")
+  parser.add_argument("--step_repeats", type=int, default=3, help="joint fine-tuning step timings (0: skip)")
 
 
 def _knapsack(preset: str, granularity: int, time_limit: float, seed: int = 0) -> dict:
@@ -170,6 +171,44 @@ def _accuracy(workdir: str) -> dict:
   }
 
 
+def train_step_speed(repeats: int) -> dict:
+  """The joint fine-tuning step of DS-CNN-S (49x10x1 MFCCs, 12 classes, batch 64) over its 25/50/75/100 %
+  subnetworks, timed before (grouped depthwise convs, XLA's default options) and after (shifted, the
+  launchers' options)."""
+  import dataclasses
+
+  import jax
+  import jax.numpy as jnp
+  import optax
+
+  from common import train as train_lib
+  from launch.benchmarks import steps
+  from subnets import models
+  from subnets import train as subnets_train
+
+  base = models.preset("ds_cnn_s", 12)
+  widths_list = [[max(1, int(w * f)) for w in base.widths] for f in (0.25, 0.5, 0.75, 1.0)]
+  rng = np.random.default_rng(0)
+  batch = {"image": rng.normal(size=(64, 49, 10, 1)).astype(np.float32), "label": rng.integers(0, 12, 64)}
+  batch["label"] = batch["label"].astype(np.int32)
+
+  def make(shifted: bool):
+    mcfg = dataclasses.replace(base, shifted_depthwise=shifted)
+    variables = models.init_variables(mcfg, jax.random.key(0), (49, 10, 1))
+    tx = optax.adam(1e-3)
+    pis = subnets_train.loss_weights(mcfg, widths_list, (49, 10, 1))
+    step, _ = subnets_train.make_joint_steps(mcfg, widths_list, tx, mean=0.0, std=1.0, pis=pis, augment=True)
+    state = train_lib.create_train_state(jax.tree.map(jnp.array, variables), tx)
+    return step, (state, batch, jax.random.key(1))
+
+  return {
+    "model": "ds_cnn_s",
+    "subnetworks": len(widths_list),
+    "batch": 64,
+    **steps.before_after(make, repeats),
+  }
+
+
 def run(args) -> dict:
   s = _knapsack("ds_cnn_s", 1, args.time_limit)
   lk = _knapsack("ds_cnn_l", args.l_granularity, args.time_limit)
@@ -195,6 +234,8 @@ def run(args) -> dict:
       "litert_vision_25pct_at_most_half_dense": lite_vision["latency_ratio_25pct_over_dense"] <= 0.5,
     },
   }
+  if args.step_repeats:
+    res["train_step"] = train_step_speed(args.step_repeats)
   if not args.skip_accuracy:
     acc = _accuracy(args.workdir)
     res["digits_accuracy"] = acc

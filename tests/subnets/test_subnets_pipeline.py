@@ -91,6 +91,8 @@ def test_pipeline_smoke_end_to_end(tmp_path):
     assert costs.chain_macs(w) <= b * dense + 1e-6
   ft = json.loads((tmp_path / "finetune.json").read_text())
   assert set(ft["methods"]) == {"reds"}
+  # default finetune.bn_stats = "per_subnet": own statistics saved, both accuracies reported
+  assert (tmp_path / "reds_bn_stats").exists() and len(ft["methods"]["reds"]["accuracy_stored_bn"]) == len(ws)
   uni = ks["methods"]["uniform"]["widths"]
   for b, w in zip(ks["budgets"], uni, strict=False):
     assert costs.chain_macs(w) <= b * dense + 1e-6
@@ -138,6 +140,16 @@ def test_export_round_trip(tmp_path):
                          int8=True, representative_examples=16, latency_repeats=3, ram_bytes=1024)  # fmt: skip
   assert "does not fit the target's 1024 bytes of RAM" in short[0]["micro_refused"]
   assert not (out / "reds_small_int8.tflite").exists() and not (out / "micro").exists()
+  # with each subnetwork's own BN statistics, the export folds them in (its accuracy is the model's)
+  from subnets import bnstats
+
+  ws = [(2, 3, 4)]
+  stats = bnstats.recalibrate(
+    cfg, v, ws, ds, mean=0.5, std=0.3, batch_size=20, num_batches=2, key=jax.random.key(0)
+  )
+  rows = export_subnets(cfg, v, ws, ["own"], ds, ds, mean=0.5, std=0.3, stats_list=stats, out_dir=tmp_path,
+                        int8=False, latency_repeats=2)  # fmt: skip
+  assert rows[0]["float_accuracy"] == bnstats.evaluate(cfg, v, ws, stats, ds, mean=0.5, std=0.3)[0]
 
 
 def test_bad_config_names_key():
