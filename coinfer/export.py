@@ -16,6 +16,7 @@ per-channel ranges the device sends, and a stock Triton server can serve the dir
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import jax.numpy as jnp
@@ -25,6 +26,7 @@ from coinfer import compress
 from coinfer import models as models_lib
 from coinfer import train as T
 from common import export as export_lib
+from common import micro
 from common.errors import ExportError
 from common.serving import repository, wire
 
@@ -33,7 +35,7 @@ def split_fns(ctx: T.Context, variables: dict, index: int):
   """(device_fn, server_fn, full_fn) of setup `index` on raw [0, 1] images."""
   setup = ctx.setups[index]
   v = {"params": variables["params"], "batch_stats": models_lib.select_stats(variables["batch_stats"], index)}
-  model = ctx.model
+  model = type(ctx.model)(dataclasses.replace(ctx.model.config, shifted_depthwise=False))  # grouped depthwise
   stem = model.config.stem_channels
   c, b = jnp.int32(setup.channels), jnp.int32(setup.bits)
 
@@ -62,7 +64,14 @@ def split_fns(ctx: T.Context, variables: dict, index: int):
 
 
 def export_setup(
-  ctx: T.Context, variables: dict, index: int, out_dir: Path, *, int8: bool, parity_images: int
+  ctx: T.Context,
+  variables: dict,
+  index: int,
+  out_dir: Path,
+  *,
+  int8: bool,
+  parity_images: int,
+  ram_bytes: int = micro.DEFAULT_TARGET_RAM_BYTES,
 ) -> dict:
   """Writes exports/<setup>/{device_int8.tflite, device_int8 C array, device.tflite, server.onnx}; returns parity."""
   setup = ctx.setups[index]
@@ -97,12 +106,21 @@ def export_setup(
       dev8 = export_lib.to_tflite(
         features, x1, int8=True, representative_data=rep, name=f"device8_{setup.name}"
       )
+      # TFLite Micro must run it in the device's RAM, else it is refused (int8_error, nothing written).
+      mcu = micro.check_int8(
+        dev8,
+        ctx.test_ds.images[:parity_images],
+        ram_bytes=ram_bytes,
+        name=f"coinfer device part {setup.name} (int8)",
+        ram_key="export.target_ram_bytes",
+      )
     except ExportError as e:
       result["int8_error"] = str(e)[:300]
     else:
       export_lib.write_atomic(out / "device_int8.tflite", dev8)
       c_arr = export_lib.to_c_array(dev8, f"coinfer_device_{setup.name.lower()}", out)
       result["device_int8_bytes"] = c_arr["model_bytes"]
+      result |= mcu.as_dict("device_int8_micro_")
   x = ctx.test_ds.images[:parity_images]
   ref = np.asarray(full_fn(x)).argmax(-1)
   z = export_lib.run_tflite(dev, x)[0]
@@ -140,6 +158,7 @@ def export_all(ctx: T.Context, variables: dict, workdir: Path) -> dict:
         Path(workdir) / "exports",
         int8=cfg.export.int8,
         parity_images=cfg.export.parity_images,
+        ram_bytes=micro.target_ram_bytes(cfg, "export.target_ram_bytes"),
       )
     )
   out = {"setups": results}

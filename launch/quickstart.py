@@ -67,6 +67,9 @@ def _run() -> int:
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  from launch.xla_cpu import set_cpu_flags
+
+  set_cpu_flags()  # before JAX starts its backend
   cli.run_main(_run)
 
 

@@ -47,6 +47,9 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
 
 def main(argv: list[str] | None = None) -> None:
   args, rest = parse(sys.argv[1:] if argv is None else argv)
+  from launch.xla_cpu import set_cpu_flags
+
+  set_cpu_flags()  # before JAX starts its backend
   if args.platform:
     os.environ["JAX_PLATFORMS"] = args.platform
   if args.multihost:
