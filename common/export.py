@@ -301,8 +301,15 @@ def to_c_array(tflite_bytes: bytes, name: str, out_dir: str | os.PathLike | None
 
 
 def write_atomic(path: str | os.PathLike, data: bytes) -> Path:
-  """Writes bytes to a temporary name beside `path`, then renames it into place."""
+  """Writes bytes to a temporary name beside `path`, then renames it into place.
+
+  In a multi-host run only the primary process writes (the others return `path`).
+  """
+  from common.sharding import is_primary
+
   path = Path(path)
+  if not is_primary():
+    return path
   path.parent.mkdir(parents=True, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
   try:

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from common.export import write_atomic
+from common.sharding import is_primary
 
 
 def _fmt(v: Any) -> str:
@@ -41,7 +42,7 @@ class Report:
 
   def __init__(self, title: str, workdir: str | os.PathLike):
     self.workdir = Path(workdir)
-    self.workdir.mkdir(parents=True, exist_ok=True)
+    self.workdir.mkdir(parents=True, exist_ok=True)  # files: on the primary process only
     self.parts: list[str] = [f"# {title}\n"]
 
   def heading(self, text: str, level: int = 2) -> None:
@@ -90,7 +91,8 @@ class Report:
       ax.legend(fontsize=8)
     fig.tight_layout()
     path = self.workdir / filename
-    fig.savefig(path)
+    if is_primary():
+      fig.savefig(path)
     plt.close(fig)
     self.image(filename, title or ylabel)
     return path
@@ -110,7 +112,8 @@ class Report:
     ax.tick_params(axis="x", rotation=30)
     fig.tight_layout()
     path = self.workdir / filename
-    fig.savefig(path)
+    if is_primary():
+      fig.savefig(path)
     plt.close(fig)
     self.image(filename, title or ylabel)
     return path
