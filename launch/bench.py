@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 TECHNIQUES = ("agile", "offload", "coinfer", "subnets", "branching")
+BENCHMARKS = (*TECHNIQUES, "scaling")  # scaling: data parallelism over 1-8 devices
 
 
 def measure(fn: Callable[[], Any], *, repeats: int = 5, warmup: int = 1) -> dict[str, float]:
@@ -60,7 +61,7 @@ def machine_info() -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(prog="python -m launch.bench", description=__doc__.splitlines()[0])
-  parser.add_argument("technique", choices=TECHNIQUES)
+  parser.add_argument("technique", choices=BENCHMARKS)
   parser.add_argument("--out", default=None, help="JSON output path")
   args, rest = parser.parse_known_args(argv)
   mod = importlib.import_module(f"launch.benchmarks.{args.technique}")
