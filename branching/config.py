@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from common import safeio
 from common.errors import ConfigError
 
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -90,7 +91,7 @@ class NetConfig:
 
 
 def _err(name: str, key: str, value: Any, allowed: str) -> ConfigError:
-  return ConfigError(f"{name}: ANYNET.{key} = {value!r}: {allowed}")
+  return ConfigError(f"{name}: ANYNET.{key} = {safeio.quote(value)}: {allowed}")
 
 
 def _pos_int(name, key, v, lo=1) -> int:
@@ -222,10 +223,7 @@ def load(path: str | os.PathLike) -> NetConfig:
     if not alts:
       raise ConfigError(f"config file {path} not found (shipped ones are under {CONFIG_DIR})")
     path = alts[0]
-  try:
-    doc = yaml.safe_load(path.read_text())
-  except yaml.YAMLError as e:
-    raise ConfigError(f"{path}: not valid YAML: {e}") from None
+  doc = safeio.load_yaml(path, what="network config", error=ConfigError)
   return from_dict(doc, name=path.stem)
 
 

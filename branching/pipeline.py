@@ -112,6 +112,7 @@ def run(
 ) -> dict:
   """Trains, searches, calibrates, exports and measures; writes report.md; returns headline numbers."""
   workdir = Path(workdir)
+  btrain.validate(config)  # before anything is written: a rejected config leaves the workdir as it was
   cli.save_config(config, workdir)
   rep = report.Report("NN-Stretch (branching): stretched vs single-branch", workdir)
   t0 = time.time()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -10,14 +9,13 @@ import numpy as np
 from coinfer import compress, simulate, traces
 from coinfer import controller as C
 from coinfer import train as T
-from common import stats
+from common import safeio, stats
 from common.errors import CheckpointError
 from common.report import Report
 
 
 def _read(workdir: Path, name: str) -> dict | None:
-  p = Path(workdir) / f"{name}.json"
-  return json.loads(p.read_text()) if p.exists() else None
+  return safeio.load_json_if_present(Path(workdir) / f"{name}.json", what=f"{name} result")
 
 
 def stream_profile(ctx: T.Context, workdir: Path):
@@ -25,7 +23,7 @@ def stream_profile(ctx: T.Context, workdir: Path):
   path = Path(workdir) / "distill_I-D-C_correct.npy"
   if not path.exists():
     raise CheckpointError(f"no {path}; run `python -m coinfer.main distill` first")
-  correct = np.load(path)
+  correct = safeio.load_array(path, what="per-image results", shape=(len(ctx.setups), None))
   s = ctx.config.stream
   prof = C.make_profile(
     ctx.setups,
@@ -135,10 +133,10 @@ def write_report(ctx: T.Context, workdir: Path) -> Path:
   ref_path = workdir / "distill_I-D-C_correct.npy"
   others = [ab for ab in T.ABLATIONS if ab != "I-D-C" and (workdir / f"distill_{ab}_correct.npy").exists()]
   if ref_path.exists() and others:
-    ref = np.load(ref_path)
+    ref = safeio.load_array(ref_path, what="per-image results", shape=(len(ctx.setups), None))
     rows = []
     for ab in others:
-      cur = np.load(workdir / f"distill_{ab}_correct.npy")
+      cur = safeio.load_array(workdir / f"distill_{ab}_correct.npy", what="per-image results")
       if cur.shape == ref.shape:
         ci = stats.paired_bootstrap(cur, ref)
         rows.append([ab, ci["mean"], _interval(ci)])

@@ -21,7 +21,7 @@ from sklearn.cluster import DBSCAN
 
 from coinfer import models as models_lib
 from coinfer import train as T
-from common import stats
+from common import report, safeio, stats
 from common import train as train_lib
 from common.errors import CheckpointError, ConfigError, InfeasibleError
 
@@ -130,12 +130,15 @@ def clustering(ctx: T.Context, workdir: Path) -> dict:
 
 
 def _load_clusters(ctx: T.Context, workdir: Path) -> list[list[int]]:
-  import json
 
   path = Path(workdir) / "cluster.json"
   if not path.exists():
     raise CheckpointError(f"no {path}; run `python -m coinfer.main cluster` first (or use the noC ablation)")
-  clusters = json.loads(path.read_text())["clusters"]
+  clusters = safeio.load_json(path, what="clusters", keys=("clusters",))["clusters"]
+  if not isinstance(clusters, list) or not all(
+    isinstance(c, list) and all(isinstance(i, int) and i >= 0 for i in c) for c in clusters
+  ):
+    raise CheckpointError(f"{path}: 'clusters' must be lists of setup indices; rerun the cluster step")
   if any(i >= len(ctx.setups) for c in clusters for i in c):
     raise CheckpointError(f"{path} does not match the configured setups; rerun the cluster step")
   return clusters
@@ -187,7 +190,7 @@ def distillation(ctx: T.Context, workdir: Path, ablation: str = "I-D-C") -> dict
   all_ids = np.arange(len(ctx.setups))
   stats = T.calibrate_bn(ctx, state.params, state.batch_stats, all_ids, batches=cfg.distill.calibrate_batches)
   correct = T.make_eval_fn(ctx)(state.params, stats, all_ids)
-  np.save(Path(workdir) / f"{stage}_correct.npy", correct)
+  report.save_npy(Path(workdir) / f"{stage}_correct.npy", correct)
   from common.checkpoint import save_pytree
 
   save_pytree(Path(workdir) / f"{stage}_final", {"params": state.params, "batch_stats": stats})
@@ -247,7 +250,8 @@ def individual(ctx: T.Context, workdir: Path) -> dict:
     )
     correct.append(np.asarray(evaluate(state.params, state.batch_stats, [int(i)]))[0])
     rows.append({"id": int(i), "name": name, "accuracy": float(correct[-1].mean())})
-  np.save(Path(workdir) / "individual_correct.npy", np.stack(correct))  # [model, image], rows as `setups`
+  # [model, image], rows as `setups`
+  report.save_npy(Path(workdir) / "individual_correct.npy", np.stack(correct))
   out = {"setups": rows, "all_setups": len(ids) == len(ctx.setups)}
   T.save_json(workdir, "individual", out)
   return out
@@ -262,7 +266,8 @@ def loss_interval(workdir: Path, ablation: str, ind: dict, *, seed: int = 0) -> 
   )
   if not (sw_path.exists() and ind_path.exists()):
     return None
-  sw, own = np.load(sw_path), np.load(ind_path)
+  sw = safeio.load_array(sw_path, what="per-image results", shape=(None, None))
+  own = safeio.load_array(ind_path, what="per-image results", shape=(None, None))
   ids = [r["id"] for r in ind["setups"]]
   if own.shape[0] != len(ids) or sw.shape[-1] != own.shape[-1]:
     return None  # from another run or config

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from common import safeio
 from common.errors import ConfigError, DataError
 
 MTU_BITS = 1500 * 8
@@ -136,13 +137,15 @@ def load_mahimahi(path: str | Path, *, bin_ms: int = 100) -> Trace:
   if not path.exists():
     raise DataError(f"trace file {path} does not exist")
   stamps = []
-  for n, line in enumerate(path.read_text().splitlines(), 1):
+  for n, line in enumerate(safeio.read_text(path, what="trace file").splitlines(), 1):
     s = line.strip()
     if not s:
       continue
-    if not s.isdigit():
-      raise DataError(f"{path}:{n}: {s!r} is not a non-negative integer millisecond (Mahimahi format)")
-    v = int(s)
+    v = safeio.parse_decimal_int(s)
+    if v is None or v < 0:
+      raise DataError(
+        f"{path}:{n}: {safeio.quote(s, 60)} is not a non-negative integer millisecond (Mahimahi format)"
+      )
     if stamps and v < stamps[-1]:
       raise DataError(f"{path}:{n}: timestamp {v} ms goes back in time (previous {stamps[-1]} ms)")
     stamps.append(v)
@@ -164,21 +167,25 @@ def load_csv(path: str | Path) -> Trace:
   if not path.exists():
     raise DataError(f"trace file {path} does not exist")
   times, rates = [], []
-  for n, line in enumerate(path.read_text().splitlines(), 1):
+  for n, line in enumerate(safeio.read_text(path, what="trace file").splitlines(), 1):
     s = line.strip()
     if not s or s.startswith("#"):
       continue
     parts = [p.strip() for p in s.replace(";", ",").split(",")]
     if len(parts) != 2:
-      raise DataError(f"{path}:{n}: expected 2 columns (time_s, mbps), got {len(parts)}: {s!r}")
+      raise DataError(
+        f"{path}:{n}: expected 2 columns (time_s, mbps), got {len(parts)}: {safeio.quote(s, 80)}"
+      )
     try:
       t, r = float(parts[0]), float(parts[1])
     except ValueError:
       if n == 1 and not times:
         continue  # header
-      raise DataError(f"{path}:{n}: not numbers: {s!r}") from None
+      raise DataError(f"{path}:{n}: not numbers: {safeio.quote(s, 80)}") from None
     if not (math.isfinite(t) and math.isfinite(r)) or r < 0:
-      raise DataError(f"{path}:{n}: time and bandwidth must be finite and bandwidth >= 0: {s!r}")
+      raise DataError(
+        f"{path}:{n}: time and bandwidth must be finite and bandwidth >= 0: {safeio.quote(s, 80)}"
+      )
     if times and t <= times[-1]:
       raise DataError(f"{path}:{n}: time {t} does not increase (previous {times[-1]})")
     times.append(t)

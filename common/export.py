@@ -300,8 +300,22 @@ def to_c_array(tflite_bytes: bytes, name: str, out_dir: str | os.PathLike | None
   return {"header": header, "source": source, "model_bytes": n, "paths": paths}
 
 
+def _umask_mode() -> int:
+  """The mode `open()` would give a new file under the process's umask (0o666 & ~umask)."""
+  try:  # Linux reports the umask without changing it (os.umask would, for every thread).
+    with open("/proc/self/status") as f:
+      mask = next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
+  except (OSError, StopIteration, ValueError):
+    mask = os.umask(0)
+    os.umask(mask)
+  return 0o666 & ~mask
+
+
 def write_atomic(path: str | os.PathLike, data: bytes) -> Path:
   """Writes bytes to a temporary name beside `path`, then renames it into place.
+
+  The file gets the mode a plain `open(path, "w")` would give it (0o666 less the umask), not
+  the 0o600 of `tempfile.mkstemp`, so reports and exports stay readable on a shared machine.
 
   In a multi-host run only the primary process writes (the others return `path`).
   """
@@ -313,6 +327,7 @@ def write_atomic(path: str | os.PathLike, data: bytes) -> Path:
   path.parent.mkdir(parents=True, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
   try:
+    os.fchmod(fd, _umask_mode())
     with os.fdopen(fd, "wb") as f:
       f.write(data)
     os.replace(tmp, path)

@@ -9,6 +9,7 @@ rep.write(workdir)            # workdir/report.md (+ the PNGs already there)
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -18,7 +19,6 @@ from typing import Any
 import numpy as np
 
 from common.export import write_atomic
-from common.sharding import is_primary
 
 
 def _fmt(v: Any) -> str:
@@ -90,9 +90,7 @@ class Report:
     if len(series) > 1:
       ax.legend(fontsize=8)
     fig.tight_layout()
-    path = self.workdir / filename
-    if is_primary():
-      fig.savefig(path)
+    path = save_figure(fig, self.workdir / filename)
     plt.close(fig)
     self.image(filename, title or ylabel)
     return path
@@ -111,9 +109,7 @@ class Report:
       ax.set_title(title)
     ax.tick_params(axis="x", rotation=30)
     fig.tight_layout()
-    path = self.workdir / filename
-    if is_primary():
-      fig.savefig(path)
+    path = save_figure(fig, self.workdir / filename)
     plt.close(fig)
     self.image(filename, title or ylabel)
     return path
@@ -123,6 +119,20 @@ class Report:
 
   def write(self, filename: str = "report.md") -> Path:
     return write_atomic(self.workdir / filename, self.render().encode())
+
+
+def save_figure(fig, path: str | os.PathLike) -> Path:
+  """Saves a matplotlib figure as PNG atomically (rendered in memory, then `write_atomic`)."""
+  buf = io.BytesIO()
+  fig.savefig(buf, format="png")
+  return write_atomic(path, buf.getvalue())
+
+
+def save_npy(path: str | os.PathLike, array: np.ndarray) -> Path:
+  """Saves one array in .npy format atomically."""
+  buf = io.BytesIO()
+  np.save(buf, np.asarray(array), allow_pickle=False)
+  return write_atomic(path, buf.getvalue())
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> Path:

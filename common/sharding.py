@@ -60,8 +60,11 @@ def initialize_multihost(
 
 
 def is_primary() -> bool:
-  """True on the process that writes reports, plots, metrics and exports (process 0)."""
-  return jax.process_index() == 0
+  """True on the process that writes reports, plots, metrics and exports (process 0).
+
+  Without `initialize_multihost` every process is primary (and no JAX backend is started here).
+  """
+  return not jax.distributed.is_initialized() or jax.process_index() == 0
 
 
 def peer_failure_message(e: BaseException) -> str | None:

@@ -19,6 +19,7 @@ import json
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,7 @@ from tqdm.auto import tqdm
 from common import checkpoint as ckpt
 from common import data as data_lib
 from common import sharding
-from common.errors import TrainingDivergedError
+from common.errors import DataError, TrainingDivergedError
 
 
 @flax.struct.dataclass
@@ -103,11 +104,40 @@ def evaluate_batches(
 
 
 class MetricsWriter:
-  """Appends one JSON object per line to `workdir/metrics.jsonl` (on the primary process only)."""
+  """Appends one JSON object per line to `workdir/metrics.jsonl` (on the primary process only).
+
+  A run killed in the middle of a write can leave a torn last line (no newline, or not valid
+  JSON). `read` drops it with a warning, and the next `write` cuts it off before appending, so
+  one torn line never breaks a later rerun. A bad line anywhere but the end is a damaged file:
+  `read` raises `DataError` naming the file and the line.
+  """
 
   def __init__(self, workdir: str | os.PathLike):
     self.path = Path(workdir) / "metrics.jsonl"
     self.path.parent.mkdir(parents=True, exist_ok=True)
+    self._tail_checked = False
+
+  def _repair_tail(self) -> None:
+    """Cuts off a torn last line (or ends a whole one with its newline) before appending."""
+    if not self.path.exists():
+      return
+    data = self.path.read_bytes()
+    start = data.rstrip(b"\n").rfind(b"\n") + 1
+    last = data[start:].strip()
+    if not last:
+      return
+    try:
+      whole = isinstance(json.loads(last), dict)
+    except ValueError:
+      whole = False
+    if whole and data.endswith(b"\n"):
+      return
+    with open(self.path, "r+b") as f:
+      if whole:
+        f.seek(0, os.SEEK_END)
+        f.write(b"\n")
+      else:
+        f.truncate(start)
 
   def write(self, step: int, metrics: Mapping[str, Any], **extra) -> None:
     if not sharding.is_primary():
@@ -116,6 +146,9 @@ class MetricsWriter:
     for k, v in metrics.items():
       v = np.asarray(v)
       row[k] = v.item() if v.size == 1 else v.tolist()
+    if not self._tail_checked:  # only a file left by an earlier process can end torn
+      self._repair_tail()
+      self._tail_checked = True
     with open(self.path, "a") as f:
       f.write(json.dumps(row) + "\n")
       f.flush()
@@ -123,8 +156,24 @@ class MetricsWriter:
   def read(self) -> list[dict[str, Any]]:
     if not self.path.exists():
       return []
-    with open(self.path) as f:
-      return [json.loads(line) for line in f if line.strip()]
+    with open(self.path, "rb") as f:
+      lines = [line for line in f.read().split(b"\n") if line.strip()]
+    rows = []
+    for i, line in enumerate(lines):
+      try:
+        row = json.loads(line)
+        if not isinstance(row, dict):
+          raise ValueError("not a JSON object")
+      except ValueError as e:
+        if i == len(lines) - 1:
+          warnings.warn(f"{self.path}: dropped a torn last line (a run stopped mid-write)", stacklevel=2)
+          break
+        raise DataError(
+          f"{self.path} line {i + 1} is not a JSON object ({e}); the file is damaged: "
+          "remove the line or the file (the checkpoints are kept), then rerun"
+        ) from None
+      rows.append(row)
+    return rows
 
 
 @dataclasses.dataclass(frozen=True)

@@ -20,6 +20,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from common.export import write_atomic
+
 TECHNIQUES = ("agile", "offload", "coinfer", "subnets", "branching")
 BENCHMARKS = (*TECHNIQUES, "scaling")  # scaling: data parallelism over 1-8 devices
 
@@ -72,8 +74,7 @@ def main(argv: list[str] | None = None) -> int:
   result = {"technique": args.technique, "machine": machine_info(), **mod.run(sub_args)}
   result["wall_s"] = time.time() - t0
   out = Path(args.out or f"runs/bench/{args.technique}.json")
-  out.parent.mkdir(parents=True, exist_ok=True)
-  out.write_text(json.dumps(result, indent=2, default=str))
+  write_atomic(out, json.dumps(result, indent=2, default=str).encode())
   print(json.dumps(result, indent=2, default=str))
   print(f"wrote {out}", file=sys.stderr)
   return 0

@@ -14,23 +14,33 @@ step rewrites report.md from what exists.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import jax
 import ml_collections
 import numpy as np
 
-from common import checkpoint, cli
+from common import checkpoint, cli, provenance, safeio
 from common import config as cfg_lib
 from common import data as data_lib
 from common import report as report_lib
+from common.errors import DataError
 from subnets import knapsack, models, surgery
 from subnets import train as train_lib
 from subnets.report import write_report
 
 METHODS = ("reds", "uniform", "magnitude", "random")
 BASELINES = ("uniform", "magnitude", "random", "scratch")
+
+# The config sections each output is made from; a reused output must have been made from the same.
+_BASE = ("seed", "data", "model", "pretrain", "importance")
+DEPS = {
+  "importance.npz": _BASE,
+  "knapsack.json": (*_BASE, "knapsack"),
+  "finetune.json": (*_BASE, "knapsack", "finetune", "baselines"),
+  "reds_variables": (*_BASE, "knapsack", "finetune", "baselines"),
+  "export.json": (*_BASE, "knapsack", "finetune", "baselines", "export"),
+}
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -100,6 +110,7 @@ class Run:
 
   def __init__(self, config, workdir: Path, *, show_progress: bool = True):
     validate(config)
+    provenance.check(workdir, config, DEPS)  # before anything is written
     self.config, self.workdir, self.show = config, Path(workdir), show_progress
     cli.save_config(config, self.workdir)
     self.train_ds, self.test_ds = load_data(config)
@@ -112,6 +123,10 @@ class Run:
 
   def path(self, name: str) -> Path:
     return self.workdir / name
+
+  def record(self, name: str) -> None:
+    """Stamps output `name` with the config sections it was made from."""
+    provenance.record(self.path(name), self.config, DEPS[name])
 
   def dense(self) -> tuple[dict, float]:
     c = self.config
@@ -126,8 +141,7 @@ def step_importance(run: Run) -> dict:
   out = run.path("importance.npz")
   variables, dense_acc = run.dense()
   if out.exists():
-    z = np.load(out)
-    scores = {k: _unpack(z, k) for k in ("reds", "magnitude", "random")}
+    scores = _load_importance(out, run.mcfg)
     return {"variables": variables, "dense_accuracy": dense_acc, **scores}
   c = run.config
   g = train_lib.accumulate_grads(
@@ -143,12 +157,25 @@ def step_importance(run: Run) -> dict:
   tmp = run.path(".importance.tmp.npz")
   np.savez(tmp, **flat)
   tmp.replace(out)
+  run.record("importance.npz")
   return {"variables": variables, "dense_accuracy": dense_acc, **scores}
 
 
-def _unpack(z, key: str) -> list[np.ndarray]:
-  n = len([k for k in z.files if k.startswith(key + "_")])
-  return [z[f"{key}_{i}"] for i in range(n)]
+def _load_importance(path: Path, mcfg: models.ModelConfig) -> dict[str, list[np.ndarray]]:
+  """The per-layer scores of importance.npz, checked against the model's widths."""
+  flat = safeio.load_npz(path, what="importance file")
+  out = {}
+  for key in ("reds", "magnitude", "random"):
+    scores = []
+    for i, width in enumerate(mcfg.widths):
+      name = f"{key}_{i}"
+      if name not in flat:
+        raise DataError(f"importance file {path} lacks {name!r}; delete it to recompute")
+      scores.append(
+        safeio.check_array(flat[name], path=path, what=f"importance file ({name})", shape=(width,))
+      )
+    out[key] = scores
+  return out
 
 
 def uniform_widths(costs: models.ChainCosts, units, budget: float, min_width: int) -> list[int]:
@@ -165,7 +192,7 @@ def uniform_widths(costs: models.ChainCosts, units, budget: float, min_width: in
 def step_knapsack(run: Run, imp: dict | None = None) -> dict:
   out = run.path("knapsack.json")
   if out.exists():
-    return json.loads(out.read_text())
+    return safeio.load_json(out, what="knapsack result", keys=("units", "budgets", "methods"))
   imp = imp or step_importance(run)
   k = run.config.knapsack
   units = list(run.mcfg.widths)
@@ -189,6 +216,7 @@ def step_knapsack(run: Run, imp: dict | None = None) -> dict:
   for m in res["methods"].values():
     m["macs"] = [run.costs.macs(w) for w in m["widths"]]
   report_lib.write_json(out, res)
+  run.record("knapsack.json")
   return res
 
 
@@ -201,7 +229,7 @@ def _perm_for(method: str, imp: dict, units) -> list[np.ndarray]:
 def step_finetune(run: Run) -> dict:
   out = run.path("finetune.json")
   if out.exists() and run.path("reds_variables").exists():
-    return json.loads(out.read_text())
+    return safeio.load_json(out, what="fine-tuning result", keys=("dense_accuracy", "methods"))
   imp = step_importance(run)
   ks = step_knapsack(run, imp)
   c = run.config
@@ -230,6 +258,7 @@ def step_finetune(run: Run) -> dict:
     }  # fmt: skip
     if method == "reds":
       checkpoint.save_pytree(run.path("reds_variables").absolute(), v)
+      run.record("reds_variables")
   if "scratch" in c.baselines.methods:
     widths = ks["methods"]["reds"]["widths"]
     accs = []
@@ -243,6 +272,7 @@ def step_finetune(run: Run) -> dict:
     res["methods"]["scratch"] = {"widths": widths, "macs": ks["methods"]["reds"]["macs"],
                                  "accuracy": accs + [imp["dense_accuracy"]]}  # fmt: skip
   report_lib.write_json(out, res)
+  run.record("finetune.json")
   return res
 
 
@@ -265,6 +295,7 @@ def step_export(run: Run) -> dict:
   )  # fmt: skip
   res = {"rows": rows}
   report_lib.write_json(run.path("export.json"), res)
+  run.record("export.json")
   return res
 
 

@@ -3,9 +3,8 @@ every baseline (plot and table), the per-subnetwork export table, published numb
 
 from __future__ import annotations
 
-import json
-
 from common import report as report_lib
+from common import safeio
 
 # Digest section 4.3 (DS-CNN S, appendix Tables 7-8, BU): 100/75/50/25 % MACs.
 PUBLISHED = {
@@ -18,8 +17,7 @@ NAMES = {"reds": "REDS (|W*G| + knapsack)", "uniform": "uniform width (slimmable
 
 
 def _load(run, name):
-  p = run.path(name)
-  return json.loads(p.read_text()) if p.exists() else None
+  return safeio.load_json_if_present(run.path(name))
 
 
 def write_report(run) -> None:

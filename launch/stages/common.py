@@ -81,6 +81,7 @@ def run(workdir: Path, *, fast: bool = False, config: ml_collections.ConfigDict 
   if fast:
     config.train.num_epochs = 2
   workdir = Path(workdir)
+  validate(config)  # before anything is written: a rejected config leaves the workdir as it was
   cli.save_config(config, workdir)
   t0 = time.time()
   model, state, train_ds, test_ds, (mean, std), history = train(config, workdir)

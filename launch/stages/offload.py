@@ -30,6 +30,7 @@ def run(workdir: Path, *, fast: bool = False) -> dict:
     c.tnum, c.tlen, c.snum, c.slen = 4, 2_000, 4, 2_000
     c.export_int8 = False
   workdir = Path(workdir)
+  otrain.validate(c)  # before anything is written
   cli.save_config(c, workdir)
   t0 = time.time()
   tr = otrain.train_and_evaluate(c, workdir, show_progress=not fast)

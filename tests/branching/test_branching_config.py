@@ -93,3 +93,32 @@ def test_cli_reports_malformed_yaml_without_traceback(tmp_path):
   )
   assert r.returncode == 2
   assert "ANYNET.DEVICES" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize(
+  "content, needle",
+  [
+    (b"\x00\x01binary\xff", "binary data"),
+    (
+      "a0: &a0 [x, x, x, x, x, x, x, x, x]\n"
+      + "".join(f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]\n" for i in range(1, 7)),
+      "expands to more than",
+    ),
+    ("[" * 3000 + "]" * 3000, "nested deeper"),
+  ],
+  ids=["binary", "billion laughs", "deep"],
+)
+def test_cli_hostile_yaml_is_one_short_line(tmp_path, content, needle):
+  import subprocess
+  import sys
+
+  bad = tmp_path / "bad.yaml"
+  bad.write_bytes(content if isinstance(content, bytes) else content.encode())
+  r = subprocess.run(
+    [sys.executable, "-m", "branching.main", "count", "--config", str(bad)],
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
+  assert r.returncode == 2 and needle in r.stderr and "Traceback" not in r.stderr
+  assert len(r.stderr) < 1000

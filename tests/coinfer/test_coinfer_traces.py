@@ -61,3 +61,26 @@ def test_csv_rejects_malformed(tmp_path, text):
 def test_missing_file():
   with pytest.raises(DataError, match="does not exist"):
     traces.load("/nonexistent/trace.csv")
+
+
+@pytest.mark.parametrize(
+  "name, content, needle",
+  [
+    ("t.csv", b"0,1\n1,\x00\x00\xff\n", "binary data"),
+    ("t.log", b"\xff\xfe10\n20\n", "not UTF-8"),
+    ("t.log", "10\n²\n30\n".encode(), "not a non-negative integer"),
+    ("t.log", "10\n١٢\n".encode(), "not a non-negative integer"),
+  ],
+  ids=["csv binary", "mahimahi not utf-8", "superscript digit", "arabic-indic digits"],
+)
+def test_text_that_is_not_a_trace_is_named(tmp_path, name, content, needle):
+  p = tmp_path / name
+  p.write_bytes(content)
+  with pytest.raises(DataError, match=needle) as e:
+    traces.load(str(p))
+  assert str(p) in str(e.value)
+
+
+def test_a_directory_is_not_a_trace(tmp_path):
+  with pytest.raises(DataError, match="not a regular file"):
+    traces.load(str(tmp_path))
