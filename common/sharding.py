@@ -71,7 +71,7 @@ def peer_failure_message(e: BaseException) -> str | None:
   """A one-line explanation when `e` means another process of the run is gone, else None."""
   text = str(e)
   marks = ("Gloo", "heartbeat", "coordination service", "Connection reset", "UNAVAILABLE", "DEADLINE")
-  if jax.process_count() <= 1 or not any(m in text for m in marks):
+  if not jax.distributed.is_initialized() or not any(m in text for m in marks):
     return None
   first = next((ln for ln in text.splitlines() if ln.strip()), text)[:300]
   return (

@@ -26,3 +26,22 @@ def test_step_on_8_devices_equals_one_device(name):
   )
   assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
   assert f"RESULT {name}" in res.stdout and "ALL OK" in res.stdout
+
+
+@pytest.mark.parametrize(
+  ("flags", "message"),
+  [
+    (["--coordinator", "127.0.0.1:1"], "--coordinator: only with --multihost"),
+    (["--multihost", "--coordinator", "127.0.0.1:1"], "go together"),
+    (
+      ["--multihost", "--coordinator", "127.0.0.1:1", "--num_processes", "2", "--process_id", "2"],
+      "--process_id 2",
+    ),
+  ],
+)
+def test_multihost_flags_are_checked(flags, message):
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(REPO_ROOT)}
+  cmd = [sys.executable, "-m", "launch.train", "agile", *flags, "--", "--help"]
+  res = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120)
+  assert res.returncode == 2, res.stderr[-2000:]
+  assert message in res.stderr and "Traceback" not in res.stderr, res.stderr[-2000:]
