@@ -13,6 +13,7 @@ import numpy as np
 from agile import payload as pl
 from agile.models import AgileNN
 from common import data as data_lib
+from common import micro
 from common.report import Report, write_json
 
 
@@ -63,10 +64,18 @@ def _export(config, workdir: Path, model, variables, test_ds, prep, jax_logits) 
   rng = np.random.default_rng(config.seed)
   cal_idx = rng.choice(len(test_ds), n_cal, replace=False)
   calibration = np.asarray(prep(test_ds.images[cal_idx]))
-  out = agile_export.export_all(model, variables, x_all[:1], calibration, workdir / "exports")
+  out = agile_export.export_all(
+    model,
+    variables,
+    x_all[:1],
+    calibration,
+    workdir / "exports",
+    parity_x=x_all,
+    ram_bytes=micro.target_ram_bytes(config, "export.target_ram_bytes"),
+  )
   labels = test_ds.labels[:n_par]
   ref_top1 = jax_logits[:n_par].argmax(-1)
-  res = {k: v for k, v in out.items() if isinstance(v, int | float)}
+  res = {k: v for k, v in out.items() if v is None or isinstance(v, int | float | list)}
   for kind in ("float", "int8"):
     split = agile_export.split_inference(out[f"device_{kind}"], out["remote_onnx"], out["meta"], x_all)
     res[f"{kind}_split_top1_agreement_with_jax"] = float(np.mean(split["combined"].argmax(-1) == ref_top1))
@@ -162,6 +171,13 @@ def write_report(config, workdir: Path, m: dict, train_metrics: list[dict]) -> P
         e["remote_onnx_bytes"], e["float_split_top1_agreement_with_jax"], e["int8_split_top1_agreement_with_jax"],
         e["int8_split_accuracy"]]],
     )  # fmt: skip
+    if "device_micro_arena_bytes" in e:
+      rep.text(
+        "The int8 device part under TensorFlow Lite Micro's own interpreter (reference kernels), "
+        "against LiteRT on the same parity images; the arena is the smallest that allocates "
+        f"(bisection in {micro.ARENA_STEP}-byte steps). Ops: {', '.join(e['device_micro_ops'])}."
+      )
+      rep.table(micro.MICRO_COLUMNS, [micro.micro_cells(e, "device_micro_")])
   rep.heading("Training curves")
   _plots(rep, train_metrics)
   return rep.write()

@@ -17,11 +17,17 @@ from typing import Any
 import numpy as np
 
 from common import export as ex
+from common import micro
 from common.report import write_json
 
 
 def _fns(model, variables):
+  """(device, remote) functions of the model with grouped depthwise convs (TFLite DEPTHWISE_CONV_2D)."""
+  import dataclasses
+
   from agile.models import AgileNN
+
+  model = AgileNN(dataclasses.replace(model.config, shifted_depthwise=False))
 
   def device(x):
     return model.apply(variables, x, method=AgileNN.device)
@@ -57,15 +63,27 @@ def largest_activation_bytes(tflite_bytes: bytes) -> dict[str, int]:
 
 
 def export_all(
-  model, variables, example_x: np.ndarray, calibration: np.ndarray, out_dir: Path
+  model,
+  variables,
+  example_x: np.ndarray,
+  calibration: np.ndarray,
+  out_dir: Path,
+  *,
+  parity_x: np.ndarray | None = None,
+  ram_bytes: int = micro.DEFAULT_TARGET_RAM_BYTES,
 ) -> dict[str, Any]:
   """Writes device (float + int8 TFLite, C array) and remote (ONNX) exports; returns sizes.
+
+  The int8 device part is first run under TFLite Micro (`common.micro.check_int8`): nothing is
+  written when TFLM lacks one of its ops or its arena does not fit `ram_bytes`.
 
   Args:
     model, variables: the trained AgileNN.
     example_x: one preprocessed image [1, S, S, 3].
     calibration: preprocessed images [N, S, S, 3] for int8 calibration.
     out_dir: the run's exports/ directory.
+    parity_x: preprocessed images TFLM and LiteRT both run (default: `calibration`).
+    ram_bytes: the device's RAM (config.export.target_ram_bytes), the most arena TFLM gets.
   """
   from agile.models import AgileNN
 
@@ -81,6 +99,13 @@ def export_all(
     representative_data=[c[None] for c in calibration],
     int8_io=False,
     name="agile_device",
+  )
+  mcu = micro.check_int8(
+    device_int8,
+    calibration if parity_x is None else parity_x,
+    ram_bytes=ram_bytes,
+    name="agile device part (int8)",
+    ram_key="export.target_ram_bytes",
   )
   remote_float = ex.to_tflite(remote, q_example, name="agile_remote")
   remote_onnx = ex.tflite_to_onnx(remote_float)
@@ -102,6 +127,7 @@ def export_all(
     "device_int8_tflite_bytes": len(device_int8),
     "device_flash_bytes": c_array["model_bytes"],
     **{f"device_int8_{k}": v for k, v in act.items()},
+    **mcu.as_dict("device_micro_"),
     "remote_onnx_bytes": len(remote_onnx.SerializeToString()),
     "device_float": device_float,
     "device_int8": device_int8,

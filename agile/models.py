@@ -57,6 +57,8 @@ class AgileConfig:
     quantizer_backward: "soft" (the original: gradients through the soft assignment) or
       "identity" (plain straight-through).
     bn_momentum: BatchNorm momentum (Keras: 0.99).
+    shifted_depthwise: depthwise convs as shifted multiply-adds (training on XLA:CPU) or
+      as grouped convolutions (export: TFLite DEPTHWISE_CONV_2D); same parameters.
   """
 
   num_classes: int = 10
@@ -70,6 +72,7 @@ class AgileConfig:
   temperature: float = 1.0
   quantizer_backward: str = "soft"
   bn_momentum: float = 0.99
+  shifted_depthwise: bool = True
 
   @property
   def k(self) -> int:
@@ -81,10 +84,11 @@ class SeparableConv(nn.Module):
 
   features: int
   stride: int = 1
+  shifted: bool = True
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    x = DepthwiseConv(3, self.stride, kernel_init=GLOROT, name="dw")(x)
+    x = DepthwiseConv(3, self.stride, kernel_init=GLOROT, shifted=self.shifted, name="dw")(x)
     return nn.Conv(self.features, (1, 1), use_bias=False, kernel_init=GLOROT, name="pw")(x)
 
 
@@ -94,13 +98,14 @@ class FeatureExtractor(nn.Module):
   channels: int = 24
   stride: int = 3
   bn_momentum: float = 0.99
+  shifted_depthwise: bool = True
 
   @nn.compact
   def __call__(self, x_BHWC: jax.Array, *, train: bool) -> jax.Array:
     bn = lambda name: nn.BatchNorm(not train, momentum=self.bn_momentum, epsilon=BN_EPS, name=name)
-    x = SeparableConv(4, self.stride, name="sep1")(x_BHWC)
+    x = SeparableConv(4, self.stride, self.shifted_depthwise, name="sep1")(x_BHWC)
     x = nn.relu6(bn("bn1")(x))
-    x = SeparableConv(self.channels, 1, name="sep2")(x)
+    x = SeparableConv(self.channels, 1, self.shifted_depthwise, name="sep2")(x)
     return nn.relu6(bn("bn2")(x))
 
 
@@ -124,15 +129,16 @@ class RemotePredictor(nn.Module):
   last_channels: int = 1280
   stem_channels: int = 16
   bn_momentum: float = 0.99
+  shifted_depthwise: bool = True
 
   @nn.compact
   def __call__(self, q_BHWR: jax.Array, *, train: bool) -> jax.Array:
-    x = SeparableConv(self.stem_channels, 1, name="stem")(q_BHWR)
+    x = SeparableConv(self.stem_channels, 1, self.shifted_depthwise, name="stem")(q_BHWR)
     x = MobileNetV2Body(
       settings=tuple(self.settings),
       last_channels=self.last_channels,
       bn_momentum=self.bn_momentum,
-      shifted_depthwise=True,
+      shifted_depthwise=self.shifted_depthwise,
       name="body",
     )(x, train=train)
     x = nn.Dense(self.num_classes, kernel_init=GLOROT, name="dense")(x.mean(axis=(1, 2)))
@@ -214,11 +220,16 @@ class AgileNN(nn.Module):
 
   def setup(self):
     c = self.config
-    self.fe = FeatureExtractor(c.feature_channels, c.fe_stride, c.bn_momentum)
+    self.fe = FeatureExtractor(c.feature_channels, c.fe_stride, c.bn_momentum, c.shifted_depthwise)
     self.local = LocalPredictor(c.num_classes, c.bn_momentum)
     self.quantizer = Quantizer(c.num_centroids, c.quantizer_backward)
     self.remote_predictor = RemotePredictor(
-      c.num_classes, c.remote_settings, c.remote_last_channels, c.remote_stem_channels, c.bn_momentum
+      c.num_classes,
+      c.remote_settings,
+      c.remote_last_channels,
+      c.remote_stem_channels,
+      c.bn_momentum,
+      c.shifted_depthwise,
     )
     self.combiner = Combiner(c.temperature)
 

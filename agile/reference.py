@@ -214,10 +214,44 @@ def make_evaluator(config: ReferenceConfig):
   body = body_module(config)
 
   def logits_fn(body_vars: dict, f_BHWC: jax.Array) -> jax.Array:
-    return body.apply(jax.lax.stop_gradient(body_vars), f_BHWC, train=False)
+    v = {col: body_vars[col] for col in ("params", "batch_stats") if col in body_vars}
+    return body.apply(jax.lax.stop_gradient(v), f_BHWC, train=False)
 
   def loss_fn(body_vars: dict, f_BHWC: jax.Array, labels_B: jax.Array) -> jax.Array:
     logp = jax.nn.log_softmax(logits_fn(body_vars, f_BHWC))
     return -jnp.take_along_axis(logp, labels_B[:, None], axis=-1).mean()
 
   return logits_fn, loss_fn
+
+
+BASELINE_KEY = "ig_baseline_grad"
+
+
+def with_baseline_gradients(config: ReferenceConfig, body_vars: dict, feature_shape_HWC) -> dict:
+  """`body_vars` plus the table of IG baseline gradients, [num_classes, h, w, C], under BASELINE_KEY.
+
+  Row c is the gradient, at the all-zero feature map, of one example's CE of
+  class c under the frozen evaluator. In inference mode the examples of a batch
+  do not interact, so for labels y_B the gradient of the batch's mean CE at the
+  zero baseline is table[y_b] / B: the same numbers integrated gradients would
+  compute at alpha = 0 every step, computed once per class for the whole
+  training (exact while the evaluator is frozen and the baseline is zero).
+  """
+  logits_fn, _ = make_evaluator(config)
+  n = config.num_classes
+
+  def total(f):
+    logp = jax.nn.log_softmax(logits_fn(body_vars, f))
+    return -jnp.take_along_axis(logp, jnp.arange(n)[:, None], axis=-1).sum()
+
+  dtype = jax.tree.leaves(body_vars["params"])[0].dtype
+  table = jax.jit(jax.grad(total))(jnp.zeros((n, *feature_shape_HWC), dtype))
+  return {**body_vars, BASELINE_KEY: table}
+
+
+def baseline_gradient(body_vars: dict, labels_B: jax.Array) -> jax.Array | None:
+  """grad_f mean_b CE(f = 0, y_b) from the table of `with_baseline_gradients`; None without one."""
+  table = body_vars.get(BASELINE_KEY)
+  if table is None:
+    return None
+  return table[labels_B] / labels_B.shape[0]

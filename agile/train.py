@@ -125,7 +125,10 @@ def make_loss_fn(model: AgileNN, eval_loss: Callable, *, ig_steps: int):
     )
     ce = train_lib.cross_entropy(logits, labels)
     importance = xai.integrated_gradients(
-      lambda f: eval_loss(eval_vars, f, labels), aux["features"], ig_steps
+      lambda f: eval_loss(eval_vars, f, labels),
+      aux["features"],
+      ig_steps,
+      reference.baseline_gradient(eval_vars, labels),
     )
     loss, parts = losses.total_loss(ce, importance, k=k, rho=hp["rho"], lam=hp["lam"])
     parts["accuracy"] = train_lib.accuracy(logits, labels)
@@ -168,7 +171,10 @@ def make_eval_step(
     labels, m = batch["label"], batch["mask"]
     logits, aux = model.apply({"params": state.params, "batch_stats": state.batch_stats}, x, train=False)
     importance = xai.integrated_gradients(
-      lambda f: eval_loss(eval_vars, f, labels), aux["features"], ig_steps
+      lambda f: eval_loss(eval_vars, f, labels),
+      aux["features"],
+      ig_steps,
+      reference.baseline_gradient(eval_vars, labels),
     )
     s = losses.skewness_per_example(importance, k)
     hit = lambda z: (jnp.argmax(z, -1) == labels) * m
@@ -210,7 +216,10 @@ def compute_channel_mapping(
     x = prep(batch["image"], rng)
     _, aux = model.apply(variables, x, train=False)
     imp = xai.integrated_gradients(
-      lambda f: eval_loss(eval_vars, f, batch["label"]), aux["features"], ig_steps
+      lambda f: eval_loss(eval_vars, f, batch["label"]),
+      aux["features"],
+      ig_steps,
+      reference.baseline_gradient(eval_vars, batch["label"]),
     )
     return xai.channel_scores(imp, k, method)
 
@@ -242,6 +251,13 @@ def reference_config(config: ml_collections.ConfigDict, num_classes: int) -> ref
     dropout=r.dropout,
     bn_momentum=r.bn_momentum,
   )
+
+
+def feature_shape(model: AgileNN, variables: dict, config: ml_collections.ConfigDict) -> tuple[int, ...]:
+  """(h, w, C) of the feature map for config.input_size images."""
+  x = jax.ShapeDtypeStruct((1, config.input_size, config.input_size, 3), jnp.float32)
+  _, aux = jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, x)
+  return tuple(aux["features"].shape[1:])
 
 
 def hyperparams(config: ml_collections.ConfigDict) -> dict[str, jax.Array]:
@@ -282,6 +298,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   cfg.check_range(config, "train.rho", 0.0, 1.0)
   cfg.check_range(config, "train.lam", 0.0, 1.0)
   cfg.check_range(config, "train.ig_steps", 2, 256, integer=True)
+  cfg.check_choice(config, "train.ig_baseline_table", (True, False))
   cfg.check_range(config, "train.eval_every_epochs", 0, None, integer=True)
   cfg.check_range(config, "train.max_steps", 0, None, integer=True)
   cfg.check_choice(config, "train.channel_remapping", ("none", "global_importance", "topk_appearance"))
@@ -321,6 +338,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
   model = AgileNN(mcfg)
   variables = init_variables(model, init_key, (config.input_size, config.input_size, 3))
   t = config.train
+  if t.ig_baseline_table:
+    eval_vars = reference.with_baseline_gradients(rcfg, eval_vars, feature_shape(model, variables, config))
   mapping = None
   if t.channel_remapping != "none":
     mapping = compute_channel_mapping(

@@ -27,7 +27,10 @@ def trapezoid_weights(steps: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def integrated_gradients(
-  loss_fn: Callable[[jax.Array], jax.Array], features: jax.Array, steps: int = 2
+  loss_fn: Callable[[jax.Array], jax.Array],
+  features: jax.Array,
+  steps: int = 2,
+  baseline_grad: jax.Array | None = None,
 ) -> jax.Array:
   """|(f - 0) * sum_i w_i grad loss(alpha_i f)|, element-wise, the shape of `features`.
 
@@ -36,14 +39,17 @@ def integrated_gradients(
       the true labels, labels closed over).
     features: f, e.g. (B, H, W, C).
     steps: trapezoid points on alpha in [0, 1] (2 = the original's two endpoints).
+    baseline_grad: grad loss(0), when the caller has it (`reference.BaselineGradients`
+      looks it up by label); computed here otherwise.
 
   The baseline point (alpha = 0) does not depend on f, so its gradient is taken
   under `stop_gradient`: the same value, without a useless second-order pass.
   """
   alphas, weights = trapezoid_weights(steps)
   grad_fn = jax.grad(loss_fn)
-  zero = jax.lax.stop_gradient(jnp.zeros_like(features))
-  total = weights[0] * jax.lax.stop_gradient(grad_fn(zero))
+  if baseline_grad is None:
+    baseline_grad = grad_fn(jnp.zeros_like(features))
+  total = weights[0] * jax.lax.stop_gradient(baseline_grad)
   for a, w in zip(alphas[1:], weights[1:], strict=True):
     total = total + w * grad_fn(a * features)
   return jnp.abs(total * features)

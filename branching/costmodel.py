@@ -11,7 +11,10 @@ the artifact's `op_patch.group_conv` does). Entering or leaving a processor
 (a fork to or a join from a branch, or any device change) costs
 `s_d + e_d * elements moved` on the non-merge side. A branched stage takes its
 slowest branch including its transfers, plus the concat on the merge
-device; a model is stem + stages + merges + head (NN-Stretch §2.3):
+device; when several of its branches run on the merge processor itself (the
+cores of one CPU, `host`), the stage also pays one fork/join there,
+`s_d + e_d * (stage input + output elements)`, calibrated from measurements
+(`branching.forkjoin`). A model is stem + stages + merges + head (NN-Stretch §2.3):
 
     L = L_stem + sum_i [ max_j (L_ij + x_ij) + L_concat_i ] + L_head.
 
@@ -35,6 +38,10 @@ from branching import flops
 from branching.config import NetConfig, published, published_latencies
 from common.errors import ConfigError
 
+# The host's fork/join term (n_xfer ms per branched stage, xfer_elems ms per element of the stage input
+# and output), fitted to per-stage measurements of R-50-CD at 224 px on this shared 2-core machine
+# (`python -m launch.bench branching_parallel`, load average 13-22; docs/branching.md).
+HOST_FORK_JOIN = (0.0, 1.03e-4)
 FEATURES = ("macs_conv", "macs_dw", "macs_group", "elems", "n_ops", "n_xfer", "xfer_elems", "conv_pixels")
 # Priors (units: ms per feature unit) the fit shrinks towards: a 4-core int8 phone CPU at ~150 GMAC/s.
 _PRIOR = np.array([4e-9, 1e-8, 2e-9, 2e-7, 3e-2, 2e-1, 2e-7, 1e-5])
@@ -122,7 +129,12 @@ def segments(
           f = f + xfer_features(in_elems + b_ops[-1].act_out) + xfer_features(0)
         parts.append((d, f))
       concat = [o for o in st_ops if o.branch == -1]
-      out.append(Segment(tuple(parts), merge=(md, sum(op_features(o) for o in concat))))
+      merge_f = sum(op_features(o) for o in concat)
+      if sum(d == md for d, _ in parts) > 1:
+        # Several branches on the merge processor run on its other cores (the host): the stage pays one
+        # fork/join, handing the input out and the outputs back, on the merge side.
+        merge_f = merge_f + xfer_features(in_elems + concat[-1].act_out)
+      out.append(Segment(tuple(parts), merge=(md, merge_f)))
       prev_dev, prev_elems = md, concat[-1].act_out
     else:
       seq(st_ops)

@@ -7,10 +7,20 @@ concats cost nothing; the FC head costs w_in*classes (+ classes bias).
 
 `ops(config, image_size)` walks the network once and returns one `Op` per
 (TFLite-fused) layer with its tagged name, kind, MACs, parameters, activation
-bytes and device; `count` sums it. With MB_VER 1, the 1x1 projection that brings
-each branch to o // n channels before the concat runs in the model but pycls's
-`AnyNet.complexity` leaves it out: `count` reports both (`macs`, `params` = what
-the model runs; `pycls_macs`, `pycls_params` = what pycls prints).
+bytes and device; `count` sums it. Two places where pycls's `AnyNet.complexity`
+prints something other than what the model runs, so `count` reports both (`macs`,
+`params` = what the model runs; `pycls_macs`, `pycls_params` = what pycls prints):
+
+- With MB_VER 1, the 1x1 projection that brings each branch to o // n channels
+  before the concat runs in the model but pycls leaves it out.
+- pycls takes the next stage's input width (and the head's) from ORIGINAL_WIDTHS
+  (`prev_w = o`), not from the concat. Three published configs state an o_i that
+  is not the sum of their MB_VER-2 branch widths: RX-1.6-CDG (stages 3 and 4:
+  624 vs 696, 1872 vs 1896), RX-4-CDG (stage 4) and the EN-B5 baselines (stage 5).
+  The graph the artifact deploys (its Keras constructor infers input channels)
+  reads the concat, as this model does; the PyTorch constructor declares o_i
+  input channels and cannot run those configs. `ops(..., pycls_widths=True)`
+  walks the network with pycls's widths.
 """
 
 from __future__ import annotations
@@ -152,8 +162,12 @@ def _skip(wk, p, w_in, w_out, stride, h, w, tag, mp="") -> None:
   wk.elem(f"{p}{mp}_add", w_out, w_out, **tag)
 
 
-def ops(c: NetConfig, image_size: int = 224) -> list[Op]:
-  """Every layer of the network in execution order, with tags, MACs and sizes."""
+def ops(c: NetConfig, image_size: int = 224, *, pycls_widths: bool = False) -> list[Op]:
+  """Every layer of the network in execution order, with tags, MACs and sizes.
+
+  pycls_widths: take each stage's output width from ORIGINAL_WIDTHS, as pycls's
+  complexity count does, instead of the width the concat produces.
+  """
   wk = _Walker(image_size)
   n = len(c.stages)
   sd = c.stem_device
@@ -192,7 +206,10 @@ def ops(c: NetConfig, image_size: int = 224) -> list[Op]:
       md = c.merge_device
       name = f"s{i + 1}_{md}{'_mp_start' if fork_next else ''}_mp_end_concat"
       wk.elem(name, sum(outs), sum(outs), device=md, stage=i, branch=-1)
-    prev_w = sum(outs) if (c.mb_ver == 2 or st.branched) else c.stage_out_width(i)
+    if pycls_widths:
+      prev_w = st.original_width
+    else:
+      prev_w = sum(outs) if (c.mb_ver == 2 or st.branched) else c.stage_out_width(i)
   hd = c.head_device
   head_tag = {"device": hd, "stage": n, "branch": -1}
   if c.head_w:
@@ -207,11 +224,12 @@ def ops(c: NetConfig, image_size: int = 224) -> list[Op]:
 def count(c: NetConfig, image_size: int = 224) -> dict[str, int]:
   """{"macs", "params"} the model runs, and {"pycls_macs", "pycls_params"} as pycls reports."""
   all_ops = ops(c, image_size)
+  pycls_ops = ops(c, image_size, pycls_widths=True)
   return {
     "macs": sum(o.macs for o in all_ops),
     "params": sum(o.params for o in all_ops),
-    "pycls_macs": sum(o.macs for o in all_ops if o.pycls),
-    "pycls_params": sum(o.params for o in all_ops if o.pycls),
+    "pycls_macs": sum(o.macs for o in pycls_ops if o.pycls),
+    "pycls_params": sum(o.params for o in pycls_ops if o.pycls),
   }
 
 

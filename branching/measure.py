@@ -80,6 +80,10 @@ def calibrate_host(
     scale = float(np.median([ms / p for (_, ms), p in zip(data, prior_ms, strict=True)]))
     t = costmodel.calibrate(data, ("cpu",), image_size=image_size, prior=costmodel._PRIOR * scale)
     coef[dev] = t.coef["cpu"]
+  # Single-branch variants carry no fork/join: the host's term comes from the branch-parallel measurement.
+  v = list(coef["host"])
+  v[costmodel.FEATURES.index("n_xfer")], v[costmodel.FEATURES.index("xfer_elems")] = costmodel.HOST_FORK_JOIN
+  coef["host"] = tuple(v)
   rows = [
     {"config": s["config"].name, "ms_1thread": s["ms_1"], f"ms_{threads}threads": s["ms_n"]} for s in samples
   ]

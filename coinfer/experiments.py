@@ -9,7 +9,7 @@ import numpy as np
 from coinfer import compress, simulate, traces
 from coinfer import controller as C
 from coinfer import train as T
-from common import safeio, stats
+from common import micro, safeio, stats
 from common.errors import CheckpointError
 from common.report import Report
 
@@ -243,4 +243,19 @@ def write_report(ctx: T.Context, workdir: Path) -> Path:
         for r in exp["setups"]
       ],
     )
+    rep.text(
+      "The int8 device parts under TensorFlow Lite Micro's own interpreter, against LiteRT on the "
+      "parity images; the arena is the smallest that allocates (bisection), the target RAM "
+      "`config.export.target_ram_bytes`."
+    )
+    rep.table(
+      ["setup", *micro.MICRO_COLUMNS],
+      [[r["setup"], *_micro_cells(r)] for r in exp["setups"]],
+    )
   return rep.write()
+
+
+def _micro_cells(r: dict) -> list:
+  if "int8_error" in r:
+    return ["-", "-", "-", "-", f"not exported: {r['int8_error']}"]
+  return micro.micro_cells(r, "device_int8_micro_")

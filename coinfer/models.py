@@ -41,6 +41,8 @@ class ModelConfig:
     stem_channels: stem output channels (the largest c of the setups).
     stride_cap: stride clip of the body (1 keeps small inputs from vanishing).
     per_sample_quant: quantiser min/max per image (deployment) or over the batch (reference).
+    shifted_depthwise: the body's depthwise convs as shifted multiply-adds (training on
+      XLA:CPU) or grouped (export: TFLite DEPTHWISE_CONV_2D); same parameters.
   """
 
   num_classes: int = 10
@@ -50,6 +52,7 @@ class ModelConfig:
   stem_channels: int = 32
   stride_cap: int = 2
   per_sample_quant: bool = True
+  shifted_depthwise: bool = True
 
 
 def _bn(train: bool, name: str) -> nn.BatchNorm:
@@ -97,6 +100,7 @@ class ServerPart(nn.Module):
       last_channels=cfg.last_channels,
       stride_cap=cfg.stride_cap,
       bn_momentum=BN_MOMENTUM,
+      shifted_depthwise=cfg.shifted_depthwise,
       name="body",
     )(h, train=train)
     features = h.mean(axis=(1, 2))

@@ -35,3 +35,7 @@ class InfeasibleError(EdgeInferError):
 
 class ExportError(EdgeInferError):
   """A model could not be exported or the exported model disagrees with JAX."""
+
+
+class ServingError(EdgeInferError):
+  """A model repository, a server address, a link or a request of the serving runtime is unusable."""

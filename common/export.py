@@ -167,15 +167,20 @@ def run_tflite(tflite_bytes: bytes, *inputs: np.ndarray, num_threads: int = 1) -
   Returns float32 outputs (dequantised when the model is int8).
   """
   ins, _ = tflite_io(tflite_bytes)
-  b = ins[0].shape[0]
+  return run_in_batches(make_tflite_runner(tflite_bytes, num_threads=num_threads), ins[0].shape[0], inputs)
+
+
+def run_in_batches(
+  runner: Callable[..., list[np.ndarray]], batch: int, inputs: Sequence[np.ndarray]
+) -> list[np.ndarray]:
+  """Runs a fixed-batch `runner` over inputs of any batch size (the last chunk padded, then cut)."""
   n = inputs[0].shape[0]
-  runner = make_tflite_runner(tflite_bytes, num_threads=num_threads)
   chunks: list[list[np.ndarray]] = []
-  for start in range(0, n, b):
-    part = [np.asarray(x[start : start + b]) for x in inputs]
+  for start in range(0, n, batch):
+    part = [np.asarray(x[start : start + batch]) for x in inputs]
     m = part[0].shape[0]
-    if m < b:
-      part = [np.concatenate([p, np.repeat(p[:1], b - m, axis=0)]) for p in part]
+    if m < batch:
+      part = [np.concatenate([p, np.repeat(p[:1], batch - m, axis=0)]) for p in part]
     chunks.append([o[:m] for o in runner(*part)])
   return [np.concatenate([c[j] for c in chunks]) for j in range(len(chunks[0]))]
 

@@ -6,14 +6,15 @@ stack of blocks given by (expansion t, channels c, repeats n, stride s) rows,
 scaled by a width multiplier, then the 1x1 conv to `last_channels`.
 
 `DepthwiseConv` computes exactly what `nn.Conv(C, (k, k), feature_group_count=C,
-padding="SAME", use_bias=False)` computes, with the same parameter ("kernel",
-shape (k, k, 1, C)), as k*k shifted multiply-adds. XLA's CPU backend runs the
-backward pass of grouped convolutions about an order of magnitude slower than
-this elementwise form, which matters where a step differentiates through
-depthwise layers (twice, for AgileNN's grad-of-grad). The blocks take
-`shifted_depthwise=True` to use it; parameters are the same either way, so a
-model trained with one form can be exported with the other (the grouped form
-maps to TFLite's DEPTHWISE_CONV_2D).
+padding=..., use_bias=False)` computes, with the same parameter ("kernel",
+shape (k, k, 1, C)). With `shifted=True` it is k*k shifted multiply-adds: XLA's
+CPU backend (jaxlib 0.10.2) lowers a grouped convolution's filter gradient to a
+dense C x C convolution, an order of magnitude slower than this elementwise
+form, which matters wherever a step differentiates through depthwise layers
+(twice, for AgileNN's grad-of-grad). With `shifted=False` it is XLA's grouped
+convolution, which the TFLite converter maps to DEPTHWISE_CONV_2D: train with
+the shifted form, export with the grouped one; the parameters are the same.
+The blocks pass their `shifted_depthwise` flag through.
 """
 
 from __future__ import annotations
@@ -53,13 +54,30 @@ def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
   return total // 2, total - total // 2
 
 
-def depthwise_conv(x_BHWC: jax.Array, kernel_KK1C: jax.Array, stride: int = 1) -> jax.Array:
-  """Depthwise 'SAME' convolution as a sum over taps of shifted slices times the tap's weights."""
+Padding = str | Sequence[tuple[int, int]]
+
+
+def _pads(padding: Padding, h: int, w: int, kh: int, kw: int, stride: int) -> tuple[tuple[int, int], ...]:
+  if padding == "SAME":
+    return same_padding(h, kh, stride), same_padding(w, kw, stride)
+  if padding == "VALID":
+    return (0, 0), (0, 0)
+  return tuple((int(a), int(b)) for a, b in padding)
+
+
+def depthwise_conv(
+  x_BHWC: jax.Array, kernel_KK1C: jax.Array, stride: int = 1, padding: Padding = "SAME"
+) -> jax.Array:
+  """Depthwise convolution as a sum over taps of shifted slices times the tap's weights.
+
+  `padding` is "SAME", "VALID" or ((top, bottom), (left, right)), as in `lax.conv_general_dilated`.
+  """
   kh, kw = kernel_KK1C.shape[:2]
   _, h, w, _ = x_BHWC.shape
-  ph, pw = same_padding(h, kh, stride), same_padding(w, kw, stride)
+  ph, pw = _pads(padding, h, w, kh, kw, stride)
   xp = jnp.pad(x_BHWC, ((0, 0), ph, pw, (0, 0)))
-  oh, ow = math.ceil(h / stride), math.ceil(w / stride)
+  oh = (h + sum(ph) - kh) // stride + 1
+  ow = (w + sum(pw) - kw) // stride + 1
   out = None
   for i in range(kh):
     for j in range(kw):
@@ -69,18 +87,56 @@ def depthwise_conv(x_BHWC: jax.Array, kernel_KK1C: jax.Array, stride: int = 1) -
   return out
 
 
+def grouped_depthwise_conv(
+  x_BHWC: jax.Array, kernel_KK1C: jax.Array, stride: int = 1, padding: Padding = "SAME"
+) -> jax.Array:
+  """The same convolution as XLA's grouped convolution (feature_group_count = channels)."""
+  pad = padding if isinstance(padding, str) else tuple(tuple(p) for p in padding)
+  return jax.lax.conv_general_dilated(
+    x_BHWC,
+    kernel_KK1C,
+    (stride, stride),
+    pad,
+    dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    feature_group_count=x_BHWC.shape[-1],
+  )
+
+
+def count_grouped_convs(fn, *args) -> int:
+  """How many convolutions with feature_group_count > 1 the jaxpr of fn(*args) holds (nested too)."""
+  import jax.extend
+
+  def count(jaxpr) -> int:
+    n = 0
+    for eqn in jaxpr.eqns:
+      if eqn.primitive.name == "conv_general_dilated" and eqn.params["feature_group_count"] > 1:
+        n += 1
+      n += sum(count(sub) for sub in jax.extend.core.jaxprs_in_params(eqn.params))
+    return n
+
+  return count(jax.make_jaxpr(fn)(*args).jaxpr)
+
+
 class DepthwiseConv(nn.Module):
-  """Drop-in for nn.Conv(C, (k, k), strides, "SAME", feature_group_count=C, use_bias=False)."""
+  """Drop-in for nn.Conv(C, (k, k), strides, padding, feature_group_count=C, use_bias=False).
+
+  Attributes:
+    shifted: True: k*k shifted multiply-adds (fast gradients on XLA:CPU); False:
+      XLA's grouped convolution (what export wants: TFLite DEPTHWISE_CONV_2D).
+  """
 
   kernel_size: int = 3
   stride: int = 1
   kernel_init: nn.initializers.Initializer = nn.initializers.lecun_normal()
+  padding: Padding = "SAME"
+  shifted: bool = True
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     c = x.shape[-1]
     kernel = self.param("kernel", self.kernel_init, (self.kernel_size, self.kernel_size, 1, c))
-    return depthwise_conv(x, kernel.astype(x.dtype), self.stride)
+    conv = depthwise_conv if self.shifted else grouped_depthwise_conv
+    return conv(x, kernel.astype(x.dtype), self.stride, self.padding)
 
 
 class InvertedResidual(nn.Module):
@@ -90,7 +146,7 @@ class InvertedResidual(nn.Module):
   stride: int
   expansion: int
   bn_momentum: float = 0.9
-  shifted_depthwise: bool = False
+  shifted_depthwise: bool = True
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
@@ -100,16 +156,7 @@ class InvertedResidual(nn.Module):
     if self.expansion != 1:
       h = nn.Conv(in_channels * self.expansion, (1, 1), use_bias=False, name="expand")(h)
       h = nn.relu6(bn("expand_bn")(h))
-    hidden = h.shape[-1]
-    h = nn.Conv(
-      hidden,
-      (3, 3),
-      strides=self.stride,
-      padding="SAME",
-      feature_group_count=hidden,
-      use_bias=False,
-      name="depthwise",
-    )(h)
+    h = DepthwiseConv(3, self.stride, shifted=self.shifted_depthwise, name="depthwise")(h)
     h = nn.relu6(bn("depthwise_bn")(h))
     h = nn.Conv(self.out_channels, (1, 1), use_bias=False, name="project")(h)
     h = bn("project_bn")(h)
@@ -126,7 +173,7 @@ class MobileNetV2Body(nn.Module):
     settings: (t, c, n, s) rows.
     last_channels: channels of the final 1x1 conv (scaled up when width_mult > 1).
     stride_cap: strides are clipped to this (1 keeps small inputs from vanishing).
-    shifted_depthwise: use `DepthwiseConv` (fast gradients on CPU; same parameters).
+    shifted_depthwise: the depthwise convs' form (`DepthwiseConv.shifted`; same parameters).
   """
 
   width_mult: float = 1.0
@@ -134,7 +181,7 @@ class MobileNetV2Body(nn.Module):
   last_channels: int = 1280
   stride_cap: int = 2
   bn_momentum: float = 0.9
-  shifted_depthwise: bool = False
+  shifted_depthwise: bool = True
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:

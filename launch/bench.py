@@ -22,8 +22,12 @@ from typing import Any
 
 from common.export import write_atomic
 
-TECHNIQUES = ("agile", "offload", "coinfer", "subnets", "branching")
-BENCHMARKS = (*TECHNIQUES, "scaling")  # scaling: data parallelism over 1-8 devices
+TECHNIQUES = ("agile", "offload", "coinfer", "subnets", "branching", "deploy")
+# Further benchmarks inside a technique's module: name -> (module, its add_args, its run).
+EXTRA = {
+  "branching_parallel": ("branching", "add_parallel_args", "run_parallel"),
+  "scaling": ("scaling", "add_args", "run"),  # data parallelism over 1-8 devices
+}
 
 
 def measure(fn: Callable[[], Any], *, repeats: int = 5, warmup: int = 1) -> dict[str, float]:
@@ -63,15 +67,16 @@ def machine_info() -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(prog="python -m launch.bench", description=__doc__.splitlines()[0])
-  parser.add_argument("technique", choices=BENCHMARKS)
+  parser.add_argument("technique", choices=TECHNIQUES + tuple(EXTRA))
   parser.add_argument("--out", default=None, help="JSON output path")
   args, rest = parser.parse_known_args(argv)
-  mod = importlib.import_module(f"launch.benchmarks.{args.technique}")
+  mod_name, add_name, run_name = EXTRA.get(args.technique, (args.technique, "add_args", "run"))
+  mod = importlib.import_module(f"launch.benchmarks.{mod_name}")
   sub = argparse.ArgumentParser(prog=f"python -m launch.bench {args.technique}")
-  mod.add_args(sub)
+  getattr(mod, add_name)(sub)
   sub_args = sub.parse_args(rest)
   t0 = time.time()
-  result = {"technique": args.technique, "machine": machine_info(), **mod.run(sub_args)}
+  result = {"technique": args.technique, "machine": machine_info(), **getattr(mod, run_name)(sub_args)}
   result["wall_s"] = time.time() - t0
   out = Path(args.out or f"runs/bench/{args.technique}.json")
   write_atomic(out, json.dumps(result, indent=2, default=str).encode())

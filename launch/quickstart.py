@@ -23,7 +23,7 @@ from ml_collections import config_flags
 
 from common import cli, report
 
-STAGES = ("common", "agile", "offload", "coinfer", "subnets", "branching")
+STAGES = ("common", "agile", "offload", "coinfer", "subnets", "branching", "deploy")
 
 _WORKDIR = flags.DEFINE_string("workdir", "runs/quickstart", "where every stage writes its run")
 _ONLY = flags.DEFINE_list("only", list(STAGES), f"stages to run, from {STAGES}")
@@ -72,6 +72,10 @@ def _run() -> int:
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  from launch.xla_cpu import set_cpu_flags
+
+  set_cpu_flags()  # before JAX starts its backend
+
   from launch.train import start_multihost
 
   start_multihost(_MULTIHOST.value, _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)

@@ -10,7 +10,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from common import report
+from common import micro, report
 from common.export import write_atomic
 from offload import train as otrain
 
@@ -29,7 +29,8 @@ def _export(c, d, setts, net, state, res, seq, iv, workdir: Path, rep: report.Re
   x = np.asarray(
     dqn_lib.features(ms, jax.numpy.asarray(iv[:1]), np.zeros(n, np.int32), np.arange(1, n + 1), net.config)
   )
-  par = oexport.export_dqn(net, params, x, setts[0][2].p, out, int8=c.export_int8)
+  ram = micro.target_ram_bytes(c, "export_target_ram_bytes")
+  par = oexport.export_dqn(net, params, x, setts[0][2].p, out, int8=c.export_int8, ram_bytes=ram)
   rep.heading("Exports")
   rows = [
     ["DQN TFLite float32", par["tflite_bytes"], par["tflite_max_abs_err"], par["tflite_decision_agreement"]]
@@ -45,6 +46,12 @@ def _export(c, d, setts, net, state, res, seq, iv, workdir: Path, rep: report.Re
     f"Inputs: {net.config.in_size} features; outputs: Q(n, keep) and Q(n, send) for n = 0..{net.num_states - 1}. "
     "MDP thresholds per token state (raw metric units) in `exports/mdp_r*_b*.json`."
   )
+  if "int8_micro_arena_bytes" in par:
+    rep.text(
+      f"The int8 DQN under TensorFlow Lite Micro's own interpreter, against LiteRT on the {len(x)} "
+      f"parity inputs; the arena is the smallest that allocates ({micro.ARENA_STEP}-byte bisection)."
+    )
+    rep.table(micro.MICRO_COLUMNS, [micro.micro_cells(par, "int8_micro_")])
   return par
 
 

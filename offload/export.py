@@ -14,6 +14,7 @@ import jax
 import numpy as np
 
 from common import export as cexport
+from common import micro
 from offload.models import QNetwork, send_table
 
 
@@ -26,6 +27,7 @@ def export_dqn(
   *,
   int8: bool = False,
   onnx: bool = True,
+  ram_bytes: int = micro.DEFAULT_TARGET_RAM_BYTES,
 ) -> dict:
   """Exports the DQN; checks Q values and send decisions of TFLite (and ONNX) against JAX.
 
@@ -34,7 +36,10 @@ def export_dqn(
     features: real inputs [N, D] (parity set; the first also fixes the input shape [1, D]).
     p: units per offload of the setting (for the decision agreement).
     out_dir: where dqn_float.tflite, dqn.onnx (and dqn_int8.tflite, micro/ C array) go.
-    int8: also a full-int8 model (float32 I/O) for microcontrollers.
+    int8: also a full-int8 model (float32 I/O) for microcontrollers, run under TFLite Micro on
+      `features` first (`common.micro.check_int8`): refused, with nothing of it written, when
+      TFLM lacks one of its ops or its arena does not fit `ram_bytes`.
+    ram_bytes: the device's RAM (config.export_target_ram_bytes).
 
   Returns:
     {"tflite_bytes", "tflite_max_abs_err", "tflite_decision_agreement", ...}.
@@ -64,11 +69,14 @@ def export_dqn(
   if int8:
     rep = [x[i : i + 1] for i in range(min(256, len(x)))]
     t8 = cexport.to_tflite(fn, x[:1], int8=True, representative_data=rep, int8_io=False)
+    mcu = micro.check_int8(
+      t8, x, ram_bytes=ram_bytes, name="offload DQN (int8)", ram_key="export_target_ram_bytes"
+    )
     cexport.write_atomic(out_dir / "dqn_int8.tflite", t8)
     cexport.to_c_array(t8, "offload_dqn", out_dir / "micro")
     run8 = cexport.make_tflite_runner(t8)
     q8 = np.concatenate([run8(x[i : i + 1])[0] for i in range(len(x))])
-    res.update(int8_bytes=len(t8), int8_decision_agreement=agree(q8))
+    res.update(int8_bytes=len(t8), int8_decision_agreement=agree(q8), **mcu.as_dict("int8_micro_"))
   return res
 
 

@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from common.errors import ConfigError
+from common.mobilenet import DepthwiseConv
 
 KINDS = ("dnn", "cnn", "ds_cnn")
 
@@ -41,6 +42,8 @@ class ModelConfig:
     second_kernel, second_stride: the second convolution (cnn).
     bottleneck, hidden: the linear bottleneck and hidden FC sizes (cnn).
     activation: "relu" or "leaky_relu".
+    shifted_depthwise: ds_cnn's depthwise convs as shifted multiply-adds (training on
+      XLA:CPU) or grouped (export: TFLite DEPTHWISE_CONV_2D); same parameters.
   """
 
   kind: str = "ds_cnn"
@@ -54,6 +57,7 @@ class ModelConfig:
   bottleneck: int = 16
   hidden: int = 128
   activation: str = "relu"
+  shifted_depthwise: bool = True
 
   def __post_init__(self):
     if self.kind not in KINDS:
@@ -107,8 +111,11 @@ def _act(cfg: ModelConfig, x):
   return nn.leaky_relu(x, 0.1) if cfg.activation == "leaky_relu" else nn.relu(x)
 
 
+BN_MOMENTUM = 0.9
+
+
 def _bn(train: bool, name: str):
-  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name=name)
+  return nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=1e-5, name=name)
 
 
 class RedsNet(nn.Module):
@@ -137,10 +144,7 @@ class RedsNet(nn.Module):
       h = _act(c, _bn(train, "bn0")(h))
       for i in range(1, len(ws)):
         s = c.dw_strides[i - 1]
-        cin = h.shape[-1]
-        h = nn.Conv(
-          cin, (3, 3), (s, s), padding="SAME", feature_group_count=cin, use_bias=False, name=f"dw{i}"
-        )(h)
+        h = DepthwiseConv(3, s, nn.initializers.lecun_normal(), "SAME", c.shifted_depthwise, name=f"dw{i}")(h)
         h = _act(c, _bn(train, f"dwbn{i}")(h))
         h = nn.Conv(ws[i], (1, 1), use_bias=False, name=f"pw{i}")(h)
         h = _act(c, _bn(train, f"pwbn{i}")(h))

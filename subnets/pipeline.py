@@ -20,12 +20,12 @@ import jax
 import ml_collections
 import numpy as np
 
-from common import checkpoint, cli, provenance, safeio
+from common import checkpoint, cli, micro, provenance, safeio
 from common import config as cfg_lib
 from common import data as data_lib
 from common import report as report_lib
 from common.errors import DataError
-from subnets import knapsack, models, surgery
+from subnets import bnstats, knapsack, models, surgery
 from subnets import train as train_lib
 from subnets.report import write_report
 
@@ -39,6 +39,7 @@ DEPS = {
   "knapsack.json": (*_BASE, "knapsack"),
   "finetune.json": (*_BASE, "knapsack", "finetune", "baselines"),
   "reds_variables": (*_BASE, "knapsack", "finetune", "baselines"),
+  "reds_bn_stats": (*_BASE, "knapsack", "finetune", "baselines"),
   "export.json": (*_BASE, "knapsack", "finetune", "baselines", "export"),
 }
 
@@ -55,6 +56,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     cfg_lib.check_range(config, f"{sec}.batch_size", 1, 65_536, integer=True)
   cfg_lib.check_range(config, "finetune.bn_epochs", 0, 10_000, integer=True)
   cfg_lib.check_range(config, "finetune.bn_lr", 0.0, 10.0, lo_open=True)
+  cfg_lib.check_choice(config, "finetune.bn_stats", bnstats.BN_STATS)
+  cfg_lib.check_range(config, "finetune.bn_batches", 1, 1_000_000, integer=True)
+  cfg_lib.check_choice(config, "finetune.loss_weights", train_lib.LOSS_WEIGHTS)
   cfg_lib.check_range(config, "importance.num_batches", 1, 1_000_000, integer=True)
   budgets = list(config.knapsack.budgets)
   if not budgets or any(not 0 < b < 1 for b in budgets) or budgets != sorted(budgets):
@@ -234,6 +238,11 @@ def step_finetune(run: Run) -> dict:
   ks = step_knapsack(run, imp)
   c = run.config
   dense_v = imp["variables"]
+  # "per_subnet": BN normalises with batch statistics while fine-tuning and every subnetwork gets its own
+  # statistics afterwards (`subnets.bnstats`); "shared": the original's frozen, shared dense statistics.
+  per_subnet = c.finetune.bn_stats == "per_subnet"
+  ft_kw = dict(mean=run.mean, std=run.std, show_progress=run.show, weighting=c.finetune.loss_weights,
+               bn_batch=per_subnet)  # fmt: skip
   res = {"dense_accuracy": imp["dense_accuracy"], "methods": {}}
   methods = ["reds"] + [m for m in c.baselines.methods if m in METHODS]
   for method in methods:
@@ -244,32 +253,45 @@ def step_finetune(run: Run) -> dict:
     v, acc1 = train_lib.finetune(
       run.mcfg, v, widths, run.train_ds, run.test_ds, _tc(c.finetune), part="weights",
       key=jax.random.fold_in(run.k_ft, len(res["methods"])), workdir=run.path(f"finetune/{method}"),
-      mean=run.mean, std=run.std, desc=f"subnets: finetune {method}", show_progress=run.show,
+      desc=f"subnets: finetune {method}", **ft_kw,
     )  # fmt: skip
     v, acc2 = train_lib.finetune(
       run.mcfg, v, widths, run.train_ds, run.test_ds, _tc(c.finetune, c.finetune.bn_epochs, c.finetune.bn_lr),
       part="bn", key=jax.random.fold_in(run.k_bn, len(res["methods"])), workdir=run.path(f"finetune/{method}_bn"),
-      mean=run.mean, std=run.std, desc=f"subnets: BN stage {method}", show_progress=run.show,
+      desc=f"subnets: BN stage {method}", **ft_kw,
     )  # fmt: skip
-    res["methods"][method] = {
+    row = {
       "widths": widths, "macs": ks["methods"][method]["macs"], "accuracy_before": before,
       "accuracy_stage1": acc1, "accuracy": acc2,
-      "loss_weights": train_lib.loss_weights(run.mcfg, widths, run.shape).tolist(),
+      "loss_weights": train_lib.loss_weights(run.mcfg, widths, run.shape, c.finetune.loss_weights).tolist(),
     }  # fmt: skip
+    if per_subnet:
+      stats = bnstats.recalibrate(
+        run.mcfg, v, widths, run.train_ds, mean=run.mean, std=run.std, batch_size=c.finetune.batch_size,
+        num_batches=c.finetune.bn_batches, key=jax.random.fold_in(run.k_bn, 1000 + len(res["methods"])),
+      )  # fmt: skip
+      row["accuracy_stored_bn"] = acc2
+      row["accuracy"] = bnstats.evaluate(run.mcfg, v, widths, stats, run.test_ds, mean=run.mean, std=run.std)
+    res["methods"][method] = row
     if method == "reds":
       checkpoint.save_pytree(run.path("reds_variables").absolute(), v)
       run.record("reds_variables")
+      if per_subnet:
+        checkpoint.save_pytree(run.path("reds_bn_stats").absolute(), {str(k): s for k, s in enumerate(stats)})
+        run.record("reds_bn_stats")
   if "scratch" in c.baselines.methods:
     widths = ks["methods"]["reds"]["widths"]
+    total = c.pretrain.epochs + c.finetune.epochs + c.finetune.bn_epochs
+    scratch_epochs = c.baselines.scratch_epochs or total
     accs = []
     for i, ws in enumerate(widths[:-1]):
       _, a = train_lib.train_dense(
-        run.mcfg.with_widths(ws), run.train_ds, run.test_ds, _tc(c.pretrain, c.baselines.scratch_epochs or None),
+        run.mcfg.with_widths(ws), run.train_ds, run.test_ds, _tc(c.pretrain, scratch_epochs),
         key=jax.random.fold_in(run.k_scratch, i), workdir=run.path(f"scratch/{i}"), mean=run.mean, std=run.std,
         desc=f"subnets: scratch {ws}", show_progress=run.show,
       )  # fmt: skip
       accs.append(a)
-    res["methods"]["scratch"] = {"widths": widths, "macs": ks["methods"]["reds"]["macs"],
+    res["methods"]["scratch"] = {"widths": widths, "macs": ks["methods"]["reds"]["macs"], "epochs": scratch_epochs,
                                  "accuracy": accs + [imp["dense_accuracy"]]}  # fmt: skip
   report_lib.write_json(out, res)
   run.record("finetune.json")
@@ -281,8 +303,18 @@ def reds_variables(run: Run) -> dict:
   return checkpoint.load_pytree(run.path("reds_variables").absolute(), like)
 
 
+def reds_bn_stats(run: Run, widths) -> list[dict] | None:
+  """The per-subnetwork BN statistics (None with `finetune.bn_stats = "shared"`)."""
+  if run.config.finetune.bn_stats != "per_subnet":
+    return None
+  like = models.init_variables(run.mcfg, jax.random.key(0), run.shape)
+  like = {str(k): surgery.slice_variables(like, run.mcfg, w)["batch_stats"] for k, w in enumerate(widths)}
+  got = checkpoint.load_pytree(run.path("reds_bn_stats").absolute(), like)
+  return [got[str(k)] for k in range(len(widths))]
+
+
 def step_export(run: Run) -> dict:
-  from subnets.export import export_subnets
+  from subnets.export import export_subnets, tflm_switching
 
   ft = step_finetune(run)
   widths = ft["methods"]["reds"]["widths"]
@@ -290,10 +322,13 @@ def step_export(run: Run) -> dict:
   labels = [f"{int(round(b * 100))}pct" for b in c.knapsack.budgets] + ["dense"]
   rows = export_subnets(
     run.mcfg, reds_variables(run), widths, labels, run.train_ds, run.test_ds, mean=run.mean, std=run.std,
-    out_dir=run.path("exports"), int8=c.export.int8, representative_examples=c.export.representative_examples,
-    latency_repeats=c.export.latency_repeats,
+    stats_list=reds_bn_stats(run, widths), out_dir=run.path("exports"), int8=c.export.int8, representative_examples=c.export.representative_examples,
+    latency_repeats=c.export.latency_repeats, ram_bytes=micro.target_ram_bytes(c, "export.target_ram_bytes"),
   )  # fmt: skip
   res = {"rows": rows}
+  fbs = [run.path("exports") / r["int8_file"] for r in rows if "int8_file" in r]
+  if len(fbs) > 1:
+    res["tflm_switching"] = tflm_switching([p.read_bytes() for p in fbs], run.test_ds.images[:1])
   report_lib.write_json(run.path("export.json"), res)
   run.record("export.json")
   return res

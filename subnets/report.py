@@ -3,8 +3,8 @@ every baseline (plot and table), the per-subnetwork export table, published numb
 
 from __future__ import annotations
 
+from common import micro, safeio
 from common import report as report_lib
-from common import safeio
 
 # Digest section 4.3 (DS-CNN S, appendix Tables 7-8, BU): 100/75/50/25 % MACs.
 PUBLISHED = {
@@ -44,11 +44,15 @@ def write_report(run) -> None:
       series[NAMES.get(method, method)] = (macs, r["accuracy"])
       for i, (w, mc, a) in enumerate(zip(r["widths"], macs, r["accuracy"], strict=True)):
         label = f"{ks['budgets'][i]:.0%}" if i < len(ks["budgets"]) else "dense"
-        rows.append([method, label, str(w), f"{mc:.0f}", a, r.get("accuracy_before", [None] * 9)[i]])
+        shared = r.get("accuracy_stored_bn", [""] * 9)[i]
+        rows.append([method, label, str(w), f"{mc:.0f}", a, shared, r.get("accuracy_before", [None] * 9)[i]])
     rep.line_plot(
       "accuracy_vs_macs.png", series, xlabel="MACs", ylabel="test accuracy", title="accuracy vs MACs"
     )
-    rep.table(["method", "budget", "widths", "MACs", "test accuracy", "before fine-tuning"], rows)
+    rep.table(["method", "budget", "widths", "MACs", "test accuracy", "with the shared dense BN statistics",
+               "before fine-tuning"], rows)  # fmt: skip
+    rep.text(f"BN statistics: `finetune.bn_stats = {c.finetune.bn_stats!r}` "
+             f"(loss weights `{c.finetune.loss_weights}`).")  # fmt: skip
     rep.text(f"Dense model before REDS: test accuracy {ft['dense_accuracy']:.4f}.")
     pub = PUBLISHED.get(c.data.name)
     if pub:
@@ -63,4 +67,21 @@ def write_report(run) -> None:
     rep.text(
       "Files: `exports/*_float.tflite`, `exports/*_int8.tflite`, TFLite Micro arrays `exports/micro/*.{h,cc}`."
     )
+    if any("micro_ram_bytes" in r for r in exp["rows"]):
+      rep.heading("Int8 subnetworks under TensorFlow Lite Micro", level=3)
+      rep.text(
+        "TFLite Micro's own interpreter (reference kernels) against LiteRT on the same test images; "
+        "the arena is the smallest that allocates (bisection), the RAM `config.export.target_ram_bytes`."
+      )
+      rep.table(["subnet", *micro.MICRO_COLUMNS], [[r["subnet"], *micro.micro_cells(r)] for r in exp["rows"]])
+    sw = exp.get("tflm_switching")
+    if sw:
+      rep.text(
+        f"Switching between the {sw['subnetworks']} int8 subnetworks in one TFLite Micro process "
+        f"(host CPU, median of {sw['repeats']}): all resident ({sw['resident_ram_bytes']} B of arenas), "
+        f"switch + first inference {sw['resident_switch_plus_first_inference_us']:.1f} us vs a steady "
+        f"inference {sw['resident_steady_inference_us']:.1f} us (overhead "
+        f"{sw['resident_switch_overhead_us']:.1f} us); one shared {sw['shared_arena_bytes']} B arena, "
+        f"rebuilding the target's interpreter in it: {sw['shared_arena_switch_us']:.1f} us."
+      )
   rep.write()

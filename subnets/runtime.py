@@ -8,6 +8,7 @@ list lookup, no tracing, no compilation, no weight copy.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import jax
@@ -15,12 +16,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from common import data as data_lib
-from subnets import models, surgery
+from subnets import bnstats, models
 
 
 def predict_fn(mcfg: models.ModelConfig, *, mean, std):
-  """(variables, raw images) -> logits for the model of `mcfg` (normalisation inside)."""
-  net = models.RedsNet(mcfg)
+  """(variables, raw images) -> logits for the model of `mcfg` (normalisation inside).
+
+  Inference and export use the grouped depthwise form (TFLite DEPTHWISE_CONV_2D).
+  """
+  net = models.RedsNet(dataclasses.replace(mcfg, shifted_depthwise=False))
 
   def predict(variables, x_BHWC):
     return net.apply(variables, data_lib.normalize(x_BHWC, mean, std), train=False)[0]
@@ -32,13 +36,16 @@ class SubnetRuntime:
   """One compiled function per subnetwork; `switch(i)` selects one, `__call__` runs it."""
 
   def __init__(self, mcfg: models.ModelConfig, variables: dict, widths_list: Sequence[Sequence[int]],
-               example: np.ndarray, *, mean, std):  # fmt: skip
+               example: np.ndarray, *, mean, std, stats_list: Sequence[dict] | None = None):  # fmt: skip
+    """stats_list: each subnetwork's own BN statistics (`subnets.bnstats`), if it has them."""
     self.widths = [tuple(int(w) for w in ws) for ws in widths_list]
     self._vars, self._fns = [], []
     x = jnp.asarray(example)
-    for ws in self.widths:
+    for k, ws in enumerate(self.widths):
       sub_cfg = mcfg.with_widths(ws)
-      v = jax.device_put(surgery.slice_variables(variables, mcfg, ws))
+      v = jax.device_put(
+        bnstats.with_stats(variables, mcfg, ws, None if stats_list is None else stats_list[k])
+      )
       self._vars.append(v)
       self._fns.append(jax.jit(predict_fn(sub_cfg, mean=mean, std=std)).lower(v, x).compile())
     self.index = len(self.widths) - 1

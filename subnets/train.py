@@ -127,8 +127,16 @@ def accumulate_grads(
   return total
 
 
-def loss_weights(mcfg: models.ModelConfig, widths_list: Sequence[Sequence[int]], image_shape) -> np.ndarray:
-  """pi_k = sqrt(p_k) / sum_j sqrt(p_j), p_k the non-BN parameter fraction of subnetwork k."""
+LOSS_WEIGHTS = ("sqrt_params", "equal")
+
+
+def loss_weights(
+  mcfg: models.ModelConfig, widths_list: Sequence[Sequence[int]], image_shape, kind: str = "sqrt_params"
+) -> np.ndarray:
+  """pi_k = sqrt(p_k) / sum_j sqrt(p_j), p_k the non-BN parameter fraction of subnetwork k ("sqrt_params",
+  the original's); or 1 / K each ("equal")."""
+  if kind == "equal":
+    return np.full(len(widths_list), 1.0 / len(widths_list))
   dense = models.param_count(mcfg, image_shape, include_bn=False)
   p = np.asarray(
     [models.param_count(mcfg.with_widths(w), image_shape, include_bn=False) / dense for w in widths_list]
@@ -146,16 +154,25 @@ def _labels(params, part: str):
   return jax.tree_util.tree_map_with_path(label, params)
 
 
-def make_joint_steps(mcfg, widths_list, tx, *, mean, std, pis, augment: bool):
-  """Jitted (train_step, eval_step) over all subnetworks at once."""
+def make_joint_steps(mcfg, widths_list, tx, *, mean, std, pis, augment: bool, bn_batch: bool = False):
+  """Jitted (train_step, eval_step) over all subnetworks at once.
+
+  bn_batch: the training forward normalises with each subnetwork's batch statistics (BN in training mode,
+  the running statistics left untouched) instead of the shared pre-trained ones; evaluation always uses
+  the stored statistics.
+  """
   nets = [models.RedsNet(mcfg.with_widths(w)) for w in widths_list]
   widths_list = [tuple(int(x) for x in w) for w in widths_list]
 
-  def all_logits(variables, x):
-    return [
-      net.apply(surgery.slice_variables(variables, mcfg, w), x, train=False)[0]
-      for net, w in zip(nets, widths_list, strict=True)
-    ]
+  def all_logits(variables, x, train: bool = False):
+    out = []
+    for net, w in zip(nets, widths_list, strict=True):
+      sub = surgery.slice_variables(variables, mcfg, w)
+      if train:
+        out.append(net.apply(sub, x, train=True, mutable=["batch_stats"])[0][0])
+      else:
+        out.append(net.apply(sub, x, train=False)[0])
+    return out
 
   @sharding.jit_step
   def train_step(state, batch, rng):
@@ -165,7 +182,7 @@ def make_joint_steps(mcfg, widths_list, tx, *, mean, std, pis, augment: bool):
     y = batch["label"]
 
     def loss_fn(params):
-      logits = all_logits({"params": params, "batch_stats": state.batch_stats}, x)
+      logits = all_logits({"params": params, "batch_stats": state.batch_stats}, x, train=bn_batch)
       losses = jnp.stack([train_lib.cross_entropy(lg, y) for lg in logits])
       return jnp.sum(jnp.asarray(pis, jnp.float32) * losses), losses
 
@@ -200,9 +217,14 @@ def finetune(
   std,
   desc: str,
   show_progress: bool = True,
+  weighting: str = "sqrt_params",
+  bn_batch: bool = False,
 ) -> tuple[dict, list[float]]:
-  """Joint fine-tuning of all subnetworks; returns (variables, test accuracy per subnetwork)."""
-  pis = loss_weights(mcfg, widths_list, train_ds.image_shape)
+  """Joint fine-tuning of all subnetworks; returns (variables, test accuracy per subnetwork).
+
+  weighting: the loss weights (`loss_weights`); bn_batch: see `make_joint_steps`.
+  """
+  pis = loss_weights(mcfg, widths_list, train_ds.image_shape, weighting)
   variables = jax.tree_util.tree_map(jnp.array, variables)  # the step donates its state: copy
   n_steps = max(_steps(tc, len(train_ds)), 1)
   inner = optax.adam(optax.cosine_decay_schedule(tc.lr, n_steps))
@@ -211,7 +233,7 @@ def finetune(
   )
   state = train_lib.create_train_state(variables, tx)
   train_step, eval_step = make_joint_steps(
-    mcfg, widths_list, tx, mean=mean, std=std, pis=pis, augment=tc.augment
+    mcfg, widths_list, tx, mean=mean, std=std, pis=pis, augment=tc.augment, bn_batch=bn_batch
   )
   evaluate = functools.partial(train_lib.evaluate_batches, eval_step, ds=test_ds, batch_size=256)
   if tc.epochs == 0:

@@ -54,5 +54,7 @@ def get_config() -> ml_collections.ConfigDict:
     trace_seconds=120.0,
     trace_files=[],
   )
-  c.export = dict(setups=[[1, 1], [4, 4], [32, 8]], int8=True, parity_images=200)
+  # target_ram_bytes: RAM of the camera-side MCU, the most tensor arena TFLite Micro gets for the
+  # int8 device part (an STM32F746-class Cortex-M7: 320 KB SRAM)
+  c.export = dict(setups=[[1, 1], [4, 4], [32, 8]], int8=True, parity_images=200, target_ram_bytes=320 * 1024)
   return c

@@ -2,18 +2,32 @@
 
 Times one jitted training step of the paper architecture (96x96 input, feature
 extractor stride 3 -> 32x32x24, the full MobileNetV2 remote predictor, the
-EfficientNetV2-S-shaped evaluator, 100 classes, batch 64), the same step
-without the XAI terms (CE only: no evaluator, no grad-of-grad), XLA's FLOP
-count of the full step, and a float32 matmul measured in the same run as the
-machine's peak. The original TF2 step takes a median 2.9-3.7 s on a 2-core
-machine (issue 7); the target is >= 3x faster, i.e. <= 0.97 s.
+EfficientNetV2-S-shaped evaluator, 100 classes, batch 64) in several variants,
+all in this one process:
+
+  reference      the step before the speed work: grouped depthwise convs in the
+                 remote predictor, the IG baseline gradient computed every step,
+                 XLA:CPU's default options
+  shifted        + shifted depthwise convs (`common.mobilenet.DepthwiseConv`)
+  shifted_flags  + the launchers' XLA:CPU options (`launch.xla_cpu.CPU_OPTIONS`)
+  fast           + the IG baseline gradients from the per-class table (what training runs)
+
+and the same step without the XAI terms (CE only: no evaluator, no
+grad-of-grad) as reference and fast. Each variant's XLA FLOP count, its
+achieved FLOP/s and that as a fraction of a float32 matmul measured in the same
+run (with the fast options) are reported, and the reference / fast ratio.
+`--profile` adds the per-op breakdown (`common.profile`) of the reference and
+fast full steps. The original TF2 step takes 3.6-3.9 s with oneDNN on a 2-core
+machine (issue 12; 2.9-3.7 s in issue 7).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
-TF2_STEP_S = (2.9, 3.7)
+TF2_STEP_S = (3.6, 3.9)
+VARIANTS = ("reference", "shifted", "shifted_flags", "fast")
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
@@ -22,11 +36,16 @@ def add_args(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--num_classes", type=int, default=100)
   parser.add_argument("--reference", choices=("effnetv2_s", "small"), default="effnetv2_s")
   parser.add_argument("--ig_steps", type=int, default=2)
-  parser.add_argument("--repeats", type=int, default=5)
+  parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--matmul_n", type=int, default=2048)
+  parser.add_argument("--variants", default="reference,fast", help=f"comma-separated, from {VARIANTS}")
+  parser.add_argument(
+    "--profile", action="store_true", help="per-op breakdown of the reference and fast steps"
+  )
+  parser.add_argument("--ops_only", action="store_true", help="only the single-op timings (seconds)")
 
 
-def _matmul_peak(n: int, repeats: int) -> dict:
+def _matmul_peak(n: int, repeats: int, options: dict) -> dict:
   import jax
   import jax.numpy as jnp
 
@@ -34,14 +53,54 @@ def _matmul_peak(n: int, repeats: int) -> dict:
 
   a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
   b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
-  mm = jax.jit(jnp.matmul)
+  mm = jax.jit(jnp.matmul).lower(a, b).compile(options)
   t = measure(lambda: jax.block_until_ready(mm(a, b)), repeats=max(repeats, 5), warmup=2)
   return {"n": n, "median_s": t["median_s"], "flops_per_s": 2 * n**3 / t["min_s"]}
 
 
-def run(args) -> dict:
-  import time
+def conv_ops(repeats: int) -> dict:
+  """Single ops of the evaluator's shapes (batch 64) with XLA:CPU's defaults and with CPU_OPTIONS:
+  a 3x3 conv 24 -> 96 at 32x32 (forward, filter and input gradients), a 1x1 conv 256 -> 1024 at
+  16x16 (forward, filter gradient), the same 1x1 conv as an einsum, and a 2048^2 matmul."""
+  import jax
+  import jax.numpy as jnp
 
+  from launch.bench import measure
+  from launch.xla_cpu import CPU_OPTIONS
+
+  conv = lambda x, k: jax.lax.conv_general_dilated(
+    x, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+  )
+  dot = lambda x, k: jnp.einsum("bhwc,cd->bhwd", x, k[0, 0])
+  wgrad = lambda f: lambda x, k: jax.grad(lambda k: f(x, k).sum())(k)
+  igrad = lambda f: lambda x, k: jax.grad(lambda x: f(x, k).sum())(x)
+  r = lambda i, s: jax.random.normal(jax.random.key(i), s, jnp.float32)
+  a3, a1 = (r(0, (64, 32, 32, 24)), r(1, (3, 3, 24, 96))), (r(2, (64, 16, 16, 256)), r(3, (1, 1, 256, 1024)))
+  mm = (r(4, (2048, 2048)), r(5, (2048, 2048)))
+  ops = {
+    "conv3x3_forward": (conv, a3), "conv3x3_filter_grad": (wgrad(conv), a3), "conv3x3_input_grad": (igrad(conv), a3),
+    "conv1x1_forward": (conv, a1), "conv1x1_filter_grad": (wgrad(conv), a1),
+    "einsum1x1_forward": (dot, a1), "einsum1x1_filter_grad": (wgrad(dot), a1), "matmul2048": (jnp.matmul, mm),
+  }  # fmt: skip
+  out = {}
+  for name, (f, args) in ops.items():
+    row = {}
+    for label, options in (("default", {}), ("cpu_options", CPU_OPTIONS)):
+      c = jax.jit(f).lower(*args).compile(options)
+      t = measure(lambda c=c, args=args: jax.block_until_ready(c(*args)), repeats=max(repeats, 5), warmup=1)
+      row[f"{label}_gflops_per_s"] = _flops(c) / t["min_s"] / 1e9
+    row["ratio"] = row["cpu_options_gflops_per_s"] / row["default_gflops_per_s"]
+    out[name] = row
+  return out
+
+
+def _flops(compiled) -> float:
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, list | tuple) else cost
+  return float(cost.get("flops", 0.0))
+
+
+def _setup(args):
   import jax
   import jax.numpy as jnp
   import numpy as np
@@ -51,83 +110,172 @@ def run(args) -> dict:
   from agile.configs import paper
   from agile.data import make_preprocess
   from agile.models import AgileNN, init_variables
-  from common import train as train_lib
-  from launch.bench import measure
 
   c = paper.get_config()
   c.input_size = args.input_size
   c.reference.blocks = args.reference
   if args.reference == "small":
     c.reference.top_channels = 128
-  prep = make_preprocess("cifar100", args.input_size)
   rcfg = agile_train.reference_config(c, args.num_classes)
   mcfg = agile_train.model_config(c, args.num_classes)
-  model = AgileNN(mcfg)
   net = reference.ReferenceNet(rcfg)
   ref_vars = net.init(jax.random.key(1), jnp.zeros((1, args.input_size, args.input_size, 3)), train=False)
-  eval_vars = reference.body_variables(ref_vars)
-  _, eval_loss = reference.make_evaluator(rcfg)
+  model = AgileNN(mcfg)
   variables = init_variables(model, jax.random.key(0), (args.input_size, args.input_size, 3))
-  tx = agile_train.sgdw(0.1, 10_000)
+  eval_vars = reference.body_variables(ref_vars)
   rng = np.random.default_rng(0)
   batch = {
     "image": rng.uniform(size=(args.batch, 32, 32, 3)).astype(np.float32),
     "label": rng.integers(0, args.num_classes, args.batch).astype(np.int32),
     "mask": np.ones(args.batch, np.float32),
   }
-  hp = agile_train.hyperparams(c)
+  return {
+    "config": c,
+    "rcfg": rcfg,
+    "mcfg": mcfg,
+    "variables": variables,
+    "eval_vars": eval_vars,
+    "table_vars": reference.with_baseline_gradients(
+      rcfg, eval_vars, agile_train.feature_shape(model, variables, c)
+    ),
+    "eval_loss": reference.make_evaluator(rcfg)[1],
+    "prep": make_preprocess("cifar100", args.input_size),
+    "tx": agile_train.sgdw(0.1, 10_000),
+    "batch": batch,
+    "hp": agile_train.hyperparams(c),
+  }
 
-  # Full step (CE + XAI losses, grad-of-grad through the evaluator).
-  full = agile_train.make_train_step(model, eval_loss, tx, prep, ig_steps=args.ig_steps)
-  state = train_lib.create_train_state(jax.tree.map(jnp.array, variables), tx)
-  t0 = time.perf_counter()
-  compiled = full.lower(state, batch, jax.random.key(0), hp, eval_vars).compile()
-  compile_s = time.perf_counter() - t0
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, list | tuple) else cost
-  flops = float(cost.get("flops", 0.0))
-  holder = {"s": state}
 
-  def one_full():
-    holder["s"], m = full(holder["s"], batch, jax.random.key(1), hp, eval_vars)
-    jax.block_until_ready(m)
+def _variant(name: str) -> tuple[bool, bool, bool]:
+  """(shifted depthwise, XLA CPU options, baseline table) of a variant."""
+  return {
+    "reference": (False, False, False),
+    "shifted": (True, False, False),
+    "shifted_flags": (True, True, False),
+    "fast": (True, True, True),
+  }[name]
 
-  t_full = measure(one_full, repeats=args.repeats, warmup=1)
 
-  # CE-only step: the same model and optimizer without the evaluator.
+def _full_step(s: dict, name: str, args):
+  """(compiled step, its arguments after the state) of variant `name`."""
+  import jax
+  import jax.numpy as jnp
+
+  from agile import train as agile_train
+  from agile.models import AgileNN
+  from common import train as train_lib
+  from launch.xla_cpu import CPU_OPTIONS
+
+  shifted, flags, table = _variant(name)
+  model = AgileNN(dataclasses.replace(s["mcfg"], shifted_depthwise=shifted))
+  step = agile_train.make_train_step(model, s["eval_loss"], s["tx"], s["prep"], ig_steps=args.ig_steps)
+  state = train_lib.create_train_state(jax.tree.map(jnp.array, s["variables"]), s["tx"])
+  ev = s["table_vars"] if table else s["eval_vars"]
+  compiled = step.lower(state, s["batch"], jax.random.key(0), s["hp"], ev).compile(
+    CPU_OPTIONS if flags else {}
+  )
+  return compiled, state, ev
+
+
+def _ce_step(s: dict, shifted: bool, options: dict):
+  import jax
+  import jax.numpy as jnp
+
+  from agile.models import AgileNN
+  from common import train as train_lib
+
+  model = AgileNN(dataclasses.replace(s["mcfg"], shifted_depthwise=shifted))
+  tx, prep = s["tx"], s["prep"]
+
   def ce_loss(params, stats, x, y):
     (logits, _), nv = model.apply(
       {"params": params, "batch_stats": stats}, x, train=True, mutable=["batch_stats"]
     )
     return train_lib.cross_entropy(logits, y), nv["batch_stats"]
 
-  @jax.jit
   def ce_step(st, b, key):
     x = prep(b["image"], key)
     (loss, stats), g = jax.value_and_grad(ce_loss, has_aux=True)(st.params, st.batch_stats, x, b["label"])
     return train_lib.apply_gradients(st, g, tx, batch_stats=stats), loss
 
-  ce_holder = {"s": train_lib.create_train_state(jax.tree.map(jnp.array, variables), tx)}
+  state = train_lib.create_train_state(jax.tree.map(jnp.array, s["variables"]), tx)
+  compiled = jax.jit(ce_step, donate_argnums=0).lower(state, s["batch"], jax.random.key(0)).compile(options)
+  return compiled, state
 
-  def one_ce():
-    ce_holder["s"], loss = ce_step(ce_holder["s"], batch, jax.random.key(1))
-    jax.block_until_ready(loss)
 
-  t_ce = measure(one_ce, repeats=args.repeats, warmup=1)
-  peak = _matmul_peak(args.matmul_n, args.repeats)
-  med = t_full["median_s"]
-  return {
-    "config": vars(args),
-    "step_s": t_full,
-    "compile_s": compile_s,
-    "ce_only_step_s": t_ce,
-    "xai_grad_of_grad_share": max(0.0, 1.0 - t_ce["median_s"] / med),
-    "step_flops": flops,
-    "achieved_flops_per_s": flops / med,
-    "matmul_peak_flops_per_s": peak["flops_per_s"],
-    "fraction_of_matmul_peak": flops / med / peak["flops_per_s"],
-    "tf2_reference_step_s": TF2_STEP_S,
-    "speedup_vs_tf2": [TF2_STEP_S[0] / med, TF2_STEP_S[1] / med],
-    "target_speedup": 3.0,
-    "meets_target": TF2_STEP_S[0] / med >= 3.0,
-  }
+def run(args) -> dict:
+  import os
+  import time
+
+  import jax
+
+  from common import profile
+  from launch.bench import measure
+  from launch.xla_cpu import CPU_OPTIONS
+
+  if args.ops_only:
+    return {"config": vars(args), "ops": conv_ops(args.repeats)}
+  names = [v for v in args.variants.split(",") if v]
+  bad = [v for v in names if v not in VARIANTS]
+  if bad:
+    raise SystemExit(f"--variants {','.join(bad)}: must be from {VARIANTS}")
+  if args.profile:
+    names = list(dict.fromkeys(["reference", *names, "fast"]))
+  s = _setup(args)
+  out: dict = {"config": vars(args), "xla_flags_env": os.environ.get("XLA_FLAGS", ""), "full_step": {}}
+  for name in names:
+    t0 = time.perf_counter()
+    compiled, state, ev = _full_step(s, name, args)
+    compile_s = time.perf_counter() - t0
+    holder = {"s": state}
+
+    def one(compiled=compiled, holder=holder, ev=ev):
+      holder["s"], m = compiled(holder["s"], s["batch"], jax.random.key(1), s["hp"], ev)
+      jax.block_until_ready(m)
+
+    t = measure(one, repeats=args.repeats, warmup=1)
+    flops = _flops(compiled)
+    row = {
+      "step_s": t,
+      "compile_s": compile_s,
+      "step_flops": flops,
+      "achieved_flops_per_s": flops / t["median_s"],
+    }
+    if args.profile and name in ("reference", "fast"):
+      row["profile"] = profile.group_rows(profile.op_breakdown(compiled, one))
+    out["full_step"][name] = row
+    del compiled, holder
+  out["ce_only_step"] = {}
+  for name, shifted, options in (("reference", False, {}), ("fast", True, CPU_OPTIONS)):
+    compiled, state = _ce_step(s, shifted, options)
+    holder = {"s": state}
+
+    def one_ce(compiled=compiled, holder=holder):
+      holder["s"], loss = compiled(holder["s"], s["batch"], jax.random.key(1))
+      jax.block_until_ready(loss)
+
+    t = measure(one_ce, repeats=args.repeats, warmup=1)
+    flops = _flops(compiled)
+    out["ce_only_step"][name] = {
+      "step_s": t,
+      "step_flops": flops,
+      "achieved_flops_per_s": flops / t["median_s"],
+    }
+  peak = _matmul_peak(args.matmul_n, args.repeats, CPU_OPTIONS)
+  out["matmul_peak_flops_per_s"] = peak["flops_per_s"]
+  out["matmul_peak_default_options_flops_per_s"] = _matmul_peak(args.matmul_n, args.repeats, {})[
+    "flops_per_s"
+  ]
+  for part in (out["full_step"], out["ce_only_step"]):
+    for row in part.values():
+      row["fraction_of_matmul_peak"] = row["achieved_flops_per_s"] / peak["flops_per_s"]
+  med = lambda part, name: out[part][name]["step_s"]["median_s"] if name in out[part] else None
+  if med("full_step", "reference") and med("full_step", "fast"):
+    out["full_step_speedup_fast_vs_reference"] = med("full_step", "reference") / med("full_step", "fast")
+  out["ce_only_speedup_fast_vs_reference"] = med("ce_only_step", "reference") / med("ce_only_step", "fast")
+  if med("full_step", "fast"):
+    fast = med("full_step", "fast")
+    out["xai_grad_of_grad_share_fast"] = max(0.0, 1.0 - med("ce_only_step", "fast") / fast)
+    out["tf2_onednn_step_s"] = TF2_STEP_S
+    out["speedup_fast_vs_tf2"] = [TF2_STEP_S[0] / fast, TF2_STEP_S[1] / fast]
+  return out

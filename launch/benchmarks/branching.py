@@ -21,6 +21,40 @@ def add_args(parser) -> None:
   parser.add_argument("--search_repeats", type=int, default=3)
   parser.add_argument("--calibration_models", type=int, default=4)
   parser.add_argument("--skip_lomo", action="store_true")
+  parser.add_argument("--step_repeats", type=int, default=3, help="training step timings (0: skip)")
+
+
+def train_step_speed(repeats: int) -> dict:
+  """The training step of the quick config's stretched net (tiny/R-tiny-CD, 32x32, batch 64), timed
+  with XLA's default options and with the launchers' (its grouped convs are not depthwise: unchanged)."""
+  from pathlib import Path
+
+  import jax
+  import jax.numpy as jnp
+
+  from branching import config as bcfg
+  from branching import train as btrain
+  from branching.configs import quick
+  from branching.models import AnyNet
+  from launch.benchmarks import steps
+
+  c = quick.get_config()
+  net = bcfg.load(Path(bcfg.__file__).parent / "configs" / c.stretched).replace(num_classes=10)
+  model = AnyNet(net)
+  rng = np.random.default_rng(0)
+  batch = {"image": rng.uniform(size=(64, 32, 32, 3)).astype(np.float32), "label": rng.integers(0, 10, 64)}
+  batch["label"] = batch["label"].astype(np.int32)
+
+  def make(_shifted: bool):
+    tx = btrain.make_optimizer(c.train, 1000, 100)
+    v = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3), jnp.float32), train=False)
+    p, bs = v["params"], v.get("batch_stats", {})
+    cp = lambda t: jax.tree.map(jnp.copy, t)
+    state = btrain.EmaState(jnp.zeros((), jnp.int32), p, bs, tx.init(p), cp(p), cp(bs))
+    step, _, _ = btrain.make_steps(model, tx, mean=0.5, std=0.25, ema_decay=0.98)
+    return step, (state, batch, jax.random.key(1))
+
+  return {"net": c.stretched, "batch": 64, **steps.before_after(make, repeats)}
 
 
 def run(args) -> dict:
@@ -85,4 +119,97 @@ def run(args) -> dict:
     "2 shared cores, small models"
   )
   out["parallel_measured"] = par
+  if args.step_repeats:
+    out["train_step"] = train_step_speed(args.step_repeats)
   return out
+
+
+# ---------------------------------------------------------------- branch parallelism at full size
+# `python -m launch.bench branching_parallel`: a published stretched config (R-50-CD) against its
+# original (R-50-C) at 224 px on this CPU's cores, the branches on pinned per-branch interpreters.
+
+
+def add_parallel_args(parser) -> None:
+  parser.add_argument("--original", default="R-50-C", help="a published name or a YAML path")
+  parser.add_argument("--stretched", default="R-50-CD", help="a published name or a YAML path")
+  parser.add_argument("--image_size", type=int, default=224)
+  parser.add_argument("--repeats", type=int, default=10, help="timed runs per measurement (medians)")
+  parser.add_argument("--calibration_models", type=int, default=3, help="variants fitted for `host`")
+  parser.add_argument("--cores", default="0,1", help="one core per branch; branch 0 on the calling thread")
+
+
+def run_parallel(args) -> dict:
+  import os
+
+  from branching import config as bcfg
+  from branching import costmodel, flops, forkjoin
+  from branching import export as bexport
+  from branching import measure as bmeasure
+
+  load_before = os.getloadavg()
+  size, reps = args.image_size, args.repeats
+  cores = tuple(int(c) for c in args.cores.split(","))
+  zero, one = np.zeros(3, np.float32), np.ones(3, np.float32)
+  orig_c, str_c = (
+    bcfg.load(n) if n.endswith(".yaml") else bcfg.published(n) for n in (args.original, args.stretched)
+  )
+  (m_o, v_o), (m_s, v_s) = bmeasure.random_variables(orig_c, size), bmeasure.random_variables(str_c, size)
+  x = np.random.default_rng(0).random((1, size, size, 3), np.float32)
+  t0 = time.time()
+  tfl_o = bexport.export_model(m_o, v_o, size, mean=zero, std=one)
+  segs = bexport.export_segments(m_s, v_s, size, mean=zero, std=one)
+  export_s = time.time() - t0
+  ref = np.asarray(m_s.apply(v_s, x, train=False)[0])
+  pinned = forkjoin.PinnedRunner(segs, cores)
+  unpinned = forkjoin.PinnedRunner(segs, (None,) * len(cores))
+  seq = bexport.ParallelRunner(segs, threads=1, parallel=False)
+  ms = {
+    "original_1thread": bexport.time_fn(bexport.tflite_runner(tfl_o, 1), x, repeats=reps),
+    "original_2threads": bexport.time_fn(bexport.tflite_runner(tfl_o, 2), x, repeats=reps),
+    "stretched_sequential_1thread": bexport.time_fn(seq, x, repeats=reps),
+    "stretched_parallel_pinned": bexport.time_fn(pinned, x, repeats=reps),
+    "stretched_parallel_unpinned": bexport.time_fn(unpinned, x, repeats=reps),
+  }
+  err = float(np.abs(pinned(x) - ref).max())
+  stages = forkjoin.stage_timings(pinned, x, repeats=reps)
+  pinned.close()
+  unpinned.close()
+  s, e = forkjoin.fit_fork_join(stages)
+  host, cal = bmeasure.calibrate_host(orig_c, size, n_models=args.calibration_models, repeats=3, threads=2)
+  before = forkjoin.with_fork_join(host, "host", 0.0, 0.0)  # the term the model lacked
+  after = forkjoin.with_fork_join(host, "host", s, e)
+  hall, h2 = bmeasure.HOST_ALL, bmeasure.HOST2_ALL
+
+  def pred(table, c, dm, hw=size):
+    return costmodel.predict(c, table, image_size=hw, device_map=dm)
+
+  sizes = (64, 96, 128, 160, 224, 320, 448)
+  pays = {hw: pred(after, orig_c, h2, hw) / pred(after, str_c, hall, hw) for hw in sizes}
+  load_after = os.getloadavg()
+  return {
+    "configs": [args.original, args.stretched],
+    "image_size": size,
+    "gmacs": {
+      n: flops.count(c, size)["macs"] / 1e9 for n, c in ((args.original, orig_c), (args.stretched, str_c))
+    },
+    "loadavg_1_5_15_before": load_before,
+    "loadavg_1_5_15_after": load_after,
+    "export_s": export_s,
+    "measured_ms": ms,
+    "branch_parallel_max_abs_err": err,
+    "measured_speedup_vs_original_2threads": ms["original_2threads"] / ms["stretched_parallel_pinned"],
+    "measured_speedup_vs_original_1thread": ms["original_1thread"] / ms["stretched_parallel_pinned"],
+    "per_stage": stages,
+    "fork_join_fit_ms": {"per_stage_s": s, "per_element_e": e},
+    "host_calibration": cal,
+    "predicted_ms": {
+      "original_1thread": pred(after, orig_c, hall),
+      "original_2threads": pred(after, orig_c, h2),
+      "stretched_parallel_without_fork_join": pred(before, str_c, hall),
+      "stretched_parallel_with_fork_join": pred(after, str_c, hall),
+    },
+    "predicted_speedup_vs_original_2threads_without_fork_join": pred(before, orig_c, h2)
+    / pred(before, str_c, hall),
+    "predicted_speedup_vs_original_2threads": pred(after, orig_c, h2) / pred(after, str_c, hall),
+    "predicted_speedup_by_image_size": pays,
+  }

@@ -33,6 +33,9 @@ def add_args(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--seeds", type=int, default=3, help="seeds per synthetic trace kind")
   parser.add_argument("--horizon", type=int, default=5)
   parser.add_argument("--workdir", default=None, help="use this run's SW-CNN accuracies")
+  parser.add_argument(
+    "--step_repeats", type=int, default=3, help="multi-setup training step timings (0: skip)"
+  )
 
 
 def _profile(workdir):
@@ -63,6 +66,40 @@ def _timed(decide, states):
     "p99_ms": float(np.percentile(t, 99)),
     "mean_ms": float(t.mean()),
   }, picks
+
+
+def train_step_speed(repeats: int) -> dict:
+  """The SW-CNN's multi-setup distillation step (small config, digits, 4 setups per step), timed
+  before (grouped depthwise convs, XLA's default options) and after (shifted, the launchers' options)."""
+  import dataclasses
+
+  import jax
+
+  from coinfer import models as models_lib
+  from coinfer import train as T
+  from coinfer.configs import small
+  from launch.benchmarks import steps
+
+  config = small.get_config()
+  base = T.build(config)
+  bs = config.train.batch_size
+  batch = {"image": base.train_ds.images[:bs], "label": base.train_ds.labels[:bs].astype("int32")}
+  ids = jax.numpy.asarray([base.largest, base.smallest, 3, 7], jax.numpy.int32)
+
+  def make(shifted: bool):
+    model = models_lib.SplitNet(dataclasses.replace(base.model.config, shifted_depthwise=shifted))
+    ctx = dataclasses.replace(base, model=model)
+    tx = T.make_tx(config, 1000, 0.05)
+    state = T.init_state(ctx, tx, jax.random.key(0))
+    teacher = {
+      "params": state.params,
+      "batch_stats": models_lib.select_stats(state.batch_stats, base.teacher_id),
+    }
+    teacher = jax.tree.map(jax.numpy.array, teacher)
+    step = T.make_train_step(ctx, tx, lambda rng: ids, teacher=teacher)
+    return step, (state, batch, jax.random.key(1))
+
+  return {"batch": bs, "setups_per_step": int(ids.shape[0]), **steps.before_after(make, repeats)}
 
 
 def run(args) -> dict:
@@ -161,5 +198,7 @@ def run(args) -> dict:
     "decision_median_under_5ms": out["pareto_dp"]["median_ms"] < 5.0,
     "decision_p99_under_20ms": out["pareto_dp"]["p99_ms"] < 20.0,
   }
+  if args.step_repeats:
+    out["train_step"] = train_step_speed(args.step_repeats)
   json.dumps(out)
   return out

@@ -5,7 +5,9 @@
   Scores are synthetic heavy-tailed importances (seeded): the solve time depends on the
   instance size and cost structure, not on a trained model.
 * switching: median time of `SubnetRuntime.switch(i)` and of switch + first inference
-  minus a steady inference, against the paper's 40 us MCU figure.
+  minus a steady inference, against the paper's 40 us MCU figure; beside it the same
+  subnetworks as int8 flatbuffers in one TensorFlow Lite Micro process
+  (`subnets.export.tflm_switching`: all resident, or one shared arena rebuilt per switch).
 * LiteRT: float latency of the 25 % DS-CNN-S subnetwork / the dense model (target <= 0.5),
   with exact widths (granularity 1) and with widths in multiples of 8 (XNNPACK's SIMD lanes),
   and for the vision DS-CNN-S at 32x32.
@@ -31,6 +33,7 @@ def add_args(parser) -> None:
   parser.add_argument("--latency-repeats", type=int, default=300)
   parser.add_argument("--skip-accuracy", action="store_true")
   parser.add_argument("--workdir", default="runs/bench/subnets_quick")
+  parser.add_argument("--step_repeats", type=int, default=3, help="joint fine-tuning step timings (0: skip)")
 
 
 def _knapsack(preset: str, granularity: int, time_limit: float, seed: int = 0) -> dict:
@@ -100,7 +103,26 @@ def _switching(repeats: int) -> dict:
     "steady_inference_median_us": statistics.median(steady) * 1e6,
     "switch_overhead_us": (statistics.median(first) - statistics.median(steady)) * 1e6,
     "widths": widths,
+    "tflm": _tflm_switching(cfg, v, widths, x, min(repeats, 300)),
   }
+
+
+def _tflm_switching(cfg, v, widths, x, repeats: int) -> dict:
+  import jax
+
+  from common import export as ex
+  from subnets import runtime, surgery
+  from subnets.export import tflm_switching
+
+  rep = [np.random.default_rng(i).normal(size=x.shape).astype(np.float32) for i in range(32)]
+  fbs = []
+  for ws in widths:
+    sub = surgery.slice_variables(v, cfg, ws)
+    f = runtime.predict_fn(cfg.with_widths(ws), mean=0.0, std=1.0)
+    fbs.append(
+      ex.to_tflite(jax.jit(lambda a, sub=sub, f=f: f(sub, a)), x, int8=True, representative_data=rep)
+    )
+  return tflm_switching(fbs, x, repeats=repeats)
 
 
 def _litert(repeats: int, preset: str, shape: tuple[int, int, int], granularity: int = 1) -> dict:
@@ -149,6 +171,44 @@ def _accuracy(workdir: str) -> dict:
   }
 
 
+def train_step_speed(repeats: int) -> dict:
+  """The joint fine-tuning step of DS-CNN-S (49x10x1 MFCCs, 12 classes, batch 64) over its 25/50/75/100 %
+  subnetworks, timed before (grouped depthwise convs, XLA's default options) and after (shifted, the
+  launchers' options)."""
+  import dataclasses
+
+  import jax
+  import jax.numpy as jnp
+  import optax
+
+  from common import train as train_lib
+  from launch.benchmarks import steps
+  from subnets import models
+  from subnets import train as subnets_train
+
+  base = models.preset("ds_cnn_s", 12)
+  widths_list = [[max(1, int(w * f)) for w in base.widths] for f in (0.25, 0.5, 0.75, 1.0)]
+  rng = np.random.default_rng(0)
+  batch = {"image": rng.normal(size=(64, 49, 10, 1)).astype(np.float32), "label": rng.integers(0, 12, 64)}
+  batch["label"] = batch["label"].astype(np.int32)
+
+  def make(shifted: bool):
+    mcfg = dataclasses.replace(base, shifted_depthwise=shifted)
+    variables = models.init_variables(mcfg, jax.random.key(0), (49, 10, 1))
+    tx = optax.adam(1e-3)
+    pis = subnets_train.loss_weights(mcfg, widths_list, (49, 10, 1))
+    step, _ = subnets_train.make_joint_steps(mcfg, widths_list, tx, mean=0.0, std=1.0, pis=pis, augment=True)
+    state = train_lib.create_train_state(jax.tree.map(jnp.array, variables), tx)
+    return step, (state, batch, jax.random.key(1))
+
+  return {
+    "model": "ds_cnn_s",
+    "subnetworks": len(widths_list),
+    "batch": 64,
+    **steps.before_after(make, repeats),
+  }
+
+
 def run(args) -> dict:
   s = _knapsack("ds_cnn_s", 1, args.time_limit)
   lk = _knapsack("ds_cnn_l", args.l_granularity, args.time_limit)
@@ -174,6 +234,8 @@ def run(args) -> dict:
       "litert_vision_25pct_at_most_half_dense": lite_vision["latency_ratio_25pct_over_dense"] <= 0.5,
     },
   }
+  if args.step_repeats:
+    res["train_step"] = train_step_speed(args.step_repeats)
   if not args.skip_accuracy:
     acc = _accuracy(args.workdir)
     res["digits_accuracy"] = acc

@@ -23,5 +23,9 @@ def get_config() -> ml_collections.ConfigDict:
       "keep": 2,
     }
   )
-  c.export = ml_collections.ConfigDict({"enabled": True, "int8": True, "representative_examples": 256})
+  # target_ram_bytes: RAM of the target MCU, the most tensor arena TFLite Micro gets for the int8
+  # model (an STM32F746-class Cortex-M7: 320 KB SRAM)
+  c.export = ml_collections.ConfigDict(
+    {"enabled": True, "int8": True, "representative_examples": 256, "target_ram_bytes": 320 * 1024}
+  )
   return c

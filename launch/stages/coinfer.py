@@ -33,7 +33,7 @@ def fast_config():
   c.stream.frames = 60
   c.stream.trace_seconds = 10.0
   c.export.setups = [[1, 1], [2, 2], [4, 8]]
-  c.export.int8 = False
+  c.export.int8 = True  # the deploy tests run the int8 device parts
   c.export.parity_images = 40
   return c
 
@@ -42,6 +42,9 @@ def run(workdir: pathlib.Path, *, fast: bool = False) -> dict:
   config = fast_config() if fast else quick.get_config()
   validate(config)
   workdir = pathlib.Path(workdir)
+  from common.cli import save_config
+
+  save_config(config, workdir)  # what the deploy stage reads back
   out = {}
   for step in STEPS:
     out[step] = run_step(step, config, workdir)

@@ -16,7 +16,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from common import classifier, cli, data, export, models, report
+from common import classifier, cli, data, export, micro, models, report
 from common import config as cfg
 from common import train as train_lib
 
@@ -35,6 +35,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   cfg.check_range(config, "train.checkpoint_every", 0, integer=True)
   cfg.check_range(config, "train.keep", 1, integer=True)
   cfg.check_range(config, "export.representative_examples", 1, 100_000, integer=True)
+  micro.target_ram_bytes(config, "export.target_ram_bytes")
 
 
 def train(config: ml_collections.ConfigDict, workdir: Path, *, show_progress: bool = True):
@@ -139,12 +140,26 @@ def export_all(model, state, train_ds, test_ds, mean, std, config, workdir: Path
     n = config.export.representative_examples
     rep_data = [train_ds.images[i : i + 1] for i in range(min(n, len(train_ds)))]
     t8 = export.to_tflite(predict, example, int8=True, representative_data=rep_data)
+    mcu = micro.check_int8(  # refused (nothing int8 written) when TFLite Micro cannot run it
+      t8,
+      test_ds.images,
+      ram_bytes=micro.target_ram_bytes(config, "export.target_ram_bytes"),
+      name="quickstart model (int8)",
+      ram_key="export.target_ram_bytes",
+    )
     export.write_atomic(out / "model_int8.tflite", t8)
     carr = export.to_c_array(t8, "quickstart_model", out / "micro")
     p8 = export.check_parity(predict, t8, test_ds.images)
     rows.append(["TFLite int8 (int8 I/O)", len(t8), p8.tflite_max_abs_err, p8.tflite_top1_agreement])
     result.update({"int8_top1_agreement": p8.tflite_top1_agreement, "int8_bytes": len(t8)})
+    result.update(mcu.as_dict("int8_micro_"))
     rep.text(f"TFLite Micro C array: `exports/micro/quickstart_model.{{h,cc}}`, {carr['model_bytes']} bytes.")
+    rep.text(
+      "The int8 model under TensorFlow Lite Micro's own interpreter, against LiteRT on the "
+      f"{len(test_ds)} test images; the arena is the smallest that allocates ({micro.ARENA_STEP}-byte "
+      f"bisection). Ops: {', '.join(mcu.ops)}."
+    )
+    rep.table(micro.MICRO_COLUMNS, [micro.micro_cells(result, "int8_micro_")])
   rep.heading("Exports")
   rep.table(["format", "bytes", "max abs error vs JAX", "top-1 agreement"], rows)
   acc_lite = float(np.mean(np.argmax(export.run_tflite(tfl, test_ds.images)[0], -1) == test_ds.labels))

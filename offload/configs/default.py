@@ -70,4 +70,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # simulate: export the first setting's DQN (TFLite, ONNX; int8 + C array) and the MDP thresholds
   c.export = True
   c.export_int8 = True
+  # RAM of the target MCU, the most tensor arena TFLite Micro gets for the int8 DQN
+  # (an STM32F746-class Cortex-M7: 320 KB SRAM)
+  c.export_target_ram_bytes = 320 * 1024
   return c

@@ -6,6 +6,7 @@ import json
 import numpy as np
 
 from agile import payload as pl
+from common import micro
 from launch.stages.agile import stage_config
 
 
@@ -46,10 +47,16 @@ def test_short_digits_run_raises_skewness_exports_and_reports(tmp_path):
     assert (workdir / "exports" / name).stat().st_size > 0
   assert e["device_flash_bytes"] == (workdir / "exports" / "agile_device_int8.tflite").stat().st_size
   assert 0 < e["device_int8_largest_activation_bytes"] <= e["device_int8_largest_op_working_set_bytes"]
+  # TFLite Micro ran the written int8 device part in the measured arena, and not in less.
+  t8 = (workdir / "exports" / "agile_device_int8.tflite").read_bytes()
+  arena = e["device_micro_arena_bytes"]
+  assert e["device_micro_fits"] and arena <= e["device_micro_ram_bytes"] == 320 * 1024
+  assert micro.loads(t8, arena) and not micro.loads(t8, arena - micro.ARENA_STEP)
+  assert e["device_micro_images"] == e["parity_images"] and e["device_micro_max_lsb_diff"] is not None
 
   # Report, metrics, payload.
   text = (workdir / "report.md").read_text()
-  for needle in ("combined", "entropy bound", "Latency model", "skewness_accuracy.png"):
+  for needle in ("combined", "entropy bound", "Latency model", "skewness_accuracy.png", "TFLM arena B"):
     assert needle in text
   assert (workdir / "skewness_accuracy.png").exists()
   assert json.loads((workdir / "final_metrics.json").read_text())["k"] == 5

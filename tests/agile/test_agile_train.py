@@ -1,5 +1,7 @@
 """The grad-of-grad step: XAI gradients reach the extractor, match finite differences, trace once."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,6 +11,7 @@ from agile import data as agile_data
 from agile import reference
 from agile import train as agile_train
 from agile.models import AgileConfig, AgileNN, init_variables
+from common import mobilenet
 from common import train as train_lib
 
 CFG = AgileConfig(
@@ -77,6 +80,52 @@ def test_jitted_step_traces_once_across_batches_and_hyperparameters():
     assert np.isfinite(float(metrics["loss"]))
   assert step._cache_size() == 1
   assert int(state.step) == 3
+
+
+def test_baseline_table_gives_the_gradient_at_zero():
+  """table[y_b] / B equals the gradient of the batch's mean CE at the zero feature map, per example."""
+  _, eval_vars = _setup()[1:3]
+  _, eval_loss = reference.make_evaluator(RCFG)
+  y = jnp.array([2, 0, 2, 1, 1])
+  zero = jnp.zeros((5, 6, 6, CFG.feature_channels))
+  want = jax.jit(jax.grad(lambda f: eval_loss(eval_vars, f, y)))(zero)
+  table_vars = reference.with_baseline_gradients(RCFG, eval_vars, zero.shape[1:])
+  assert table_vars[reference.BASELINE_KEY].shape == (3, *zero.shape[1:])
+  np.testing.assert_allclose(reference.baseline_gradient(table_vars, y), want, rtol=1e-5, atol=1e-8)
+  assert reference.baseline_gradient(eval_vars, y) is None
+
+
+def test_fast_step_equals_the_reference_step():
+  """The step as trained (shifted depthwise convs, IG baseline gradients from the per-class table)
+  gives the loss, metrics and gradients of the reference step (grouped depthwise convs, the baseline
+  gradient computed every step), and its jaxpr holds no grouped convolution (float64: differences
+  are the implementation's, not float32 rounding)."""
+  with jax.enable_x64(True):
+    _compare_fast_and_reference_steps()
+
+
+def _compare_fast_and_reference_steps():
+  model, v, eval_vars, x, y = _setup(jnp.float64)
+  _, eval_loss = reference.make_evaluator(RCFG)
+  slow_model = AgileNN(dataclasses.replace(CFG, shifted_depthwise=False))
+  table_vars = reference.with_baseline_gradients(RCFG, eval_vars, (6, 6, CFG.feature_channels))
+  hp = {"lam": jnp.float64(0.5), "rho": jnp.float64(0.9)}
+
+  def value_and_grad(model, ev):
+    loss_fn = agile_train.make_loss_fn(model, eval_loss, ig_steps=2)
+    return jax.value_and_grad(lambda p: loss_fn(p, v["batch_stats"], ev, x, y, hp), has_aux=True)
+
+  fast, slow = value_and_grad(model, table_vars), value_and_grad(slow_model, eval_vars)
+  assert mobilenet.count_grouped_convs(fast, v["params"]) == 0
+  assert mobilenet.count_grouped_convs(slow, v["params"]) > 0
+  (lf, (parts_f, stats_f)), gf = jax.jit(fast)(v["params"])
+  (ls, (parts_s, stats_s)), gs = jax.jit(slow)(v["params"])
+  close = lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+  close(lf, ls)
+  jax.tree.map(close, parts_f, parts_s)
+  jax.tree.map(close, stats_f, stats_s)
+  jax.tree.map(close, gf, gs)
+  assert float(parts_f["skew_loss"] + parts_f["disorder_loss"]) > 0  # the XAI terms take part
 
 
 def test_sgdw_is_decoupled_weight_decay():

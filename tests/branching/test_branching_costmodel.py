@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from branching import config as bcfg
-from branching import costmodel, flops
+from branching import costmodel, flops, forkjoin
 
 
 def _table(scale=1.0):
@@ -58,7 +58,35 @@ def test_transfer_cost_only_off_the_merge_device():
     ),
   )
   t2 = costmodel.CostTable({"cpu": t.coef["cpu"], "dsp": t.coef["cpu"]})
-  assert costmodel.predict(c, t2) > costmodel.predict(same, t2)
+  # (with the fork/join term of two branches on one processor set to zero)
+  assert costmodel.predict(c, t2) > costmodel.predict(same, forkjoin.with_fork_join(t2, "cpu", 0.0, 0.0))
+
+
+def test_fork_join_paid_once_per_stage_when_branches_share_the_merge_processor():
+  c = bcfg.published("R-50-CD")
+  dm = {"cpu": "host", "dsp": "host"}
+  base = costmodel.CostTable({"host": _table().coef["cpu"]})
+  t0, t1 = (forkjoin.with_fork_join(base, "host", s, e) for s, e in ((0.0, 0.0), (0.5, 1e-6)))
+  ops = flops.ops(c)
+  want = 0.0
+  for i in range(len(c.stages)):
+    st = [o for o in ops if o.stage == i]
+    concat = [o for o in st if o.branch == -1][-1]
+    want += 0.5 + 1e-6 * (st[0].act_in + concat.act_out)
+  got = costmodel.predict(c, t1, device_map=dm) - costmodel.predict(c, t0, device_map=dm)
+  assert got == pytest.approx(want, rel=1e-9)
+  # one branch per processor (the phone): the merge processor's fork/join coefficients are never used
+  t = _table()
+  a, b = (costmodel.predict(c, forkjoin.with_fork_join(t, "cpu", s, e)) for s, e in ((0.0, 0.0), (9.0, 1e-3)))
+  assert a == b
+
+
+def test_fit_fork_join_recovers_overhead_line():
+  rows = [{"branches": 2, "in_elems": n, "out_elems": 2 * n, "fork_join_ms": 0.2 + 1e-6 * 3 * n}
+          for n in (1000, 50000, 200000)]  # fmt: skip
+  rows.append({"branches": 1, "in_elems": 10, "out_elems": 10, "sequential_ms": 5.0})
+  s, e = forkjoin.fit_fork_join(rows)
+  assert s == pytest.approx(0.2, rel=1e-6) and e == pytest.approx(1e-6, rel=1e-6)
 
 
 def test_calibration_recovers_known_latencies():

@@ -61,3 +61,23 @@ def test_per_branch_segments(exported):
     it = Interpreter(model_content=b)
     widths.append(int(it.get_output_details()[0]["shape"][-1]))
   assert widths == [b.width for b in exported["net"].stages[1].branches]
+
+
+def test_pinned_runner_matches_jax_and_times_each_stage(exported):
+  import os
+
+  from branching import forkjoin
+
+  cores = (0, min(1, os.cpu_count() - 1))
+  run = forkjoin.PinnedRunner(exported["segs"], cores)
+  before = os.sched_getaffinity(0)
+  np.testing.assert_allclose(run(exported["x"]), exported["ref"], atol=1e-4, rtol=1e-4)
+  assert os.sched_getaffinity(0) == before  # the caller's affinity is restored
+  rows = forkjoin.stage_timings(run, exported["x"], repeats=2)
+  run.close()
+  assert [r["branches"] for r in rows] == [1, 2, 2, 1]
+  for r in rows[1:3]:
+    assert len(r["branch_alone_ms"]) == 2 and r["fork_join_ms"] == r["parallel_ms"] - max(
+      r["branch_alone_ms"]
+    )
+  assert rows[1]["out_elems"] == rows[2]["in_elems"]

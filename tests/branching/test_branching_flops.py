@@ -71,6 +71,33 @@ def test_en_b5_cd_matches_pycls_log_and_counts_output_projections():
   assert round(r["macs"] / 1e9, 2) == 10.89 and r["params"] > r["pycls_params"]
 
 
+def test_rx16_cdg_counts_as_pycls_with_original_widths():
+  # RX-1.6-CDG (three processors, stage 1 with two branches) states ORIGINAL_WIDTHS 696 and 1896 for stages
+  # 3 and 4, whose branches concatenate 312+168+144 = 624 and 696+672+504 = 1872 channels. pycls's
+  # complexity feeds stage 4 (and the head) o_i channels; the deployed graph feeds the concat.
+  c = bcfg.published("RX-1.6-CDG")
+  assert [len(st.branches) for st in c.stages] == [2, 3, 3, 3]
+  assert [st.out_width for st in c.stages] == [72, 264, 624, 1872]
+  r = flops.count(c, 224)
+  # By hand: 72 more input channels into the three first blocks of stage 4 (a_conv 1x1 at 14x14, proj_conv
+  # 1x1 stride 2 at 7x7, bottleneck = output width since BOT_MUL 1), 24 more into the FC.
+  extra_macs = 72 * (696 + 672 + 504) * (14 * 14 + 7 * 7) + 24 * 1000
+  extra_params = 72 * (696 + 672 + 504) * 2 + 24 * 1000
+  assert r["pycls_macs"] - r["macs"] == extra_macs
+  assert r["pycls_params"] - r["params"] == extra_params
+  assert round(r["pycls_macs"] / 1e9, 2) == 1.54  # the digest's pycls count (1.51 before)
+  # the model runs the concat: its parameter tree is `params`, and stage 4 reads 624 channels
+  v = jax.eval_shape(lambda: models.AnyNet(c).init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)), train=False))
+  assert models.param_count(v["params"]) == r["params"]
+  assert v["params"]["s4_cpu_b1"]["s4_cpu_b1_a_conv"]["conv"]["kernel"].shape[-2] == 312 + 168 + 144
+
+
+@pytest.mark.parametrize("name, gmacs", [("EN-B5-C", 2.35), ("RX-4-CDG", 3.62), ("R-50-CD", 3.62)])
+def test_pycls_counts_of_configs_whose_widths_disagree(name, gmacs):
+  r = flops.count(bcfg.published(name), 224)
+  assert round(r["pycls_macs"] / 1e9, 2) == gmacs
+
+
 @pytest.mark.parametrize("name", ["R-50-CD", "EN-B5-CD", "RX-1.6-CDG", "R-34-CD"])
 def test_flax_param_count_matches(name):
   c = bcfg.published(name)

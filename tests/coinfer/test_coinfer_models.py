@@ -130,3 +130,20 @@ def test_clio_starts_from_the_init_model_except_its_new_first_conv(ctx):
   for path, leaf in op.items():  # every other server weight is the teacher's
     if path[0].startswith("servers_") and path[1] != "decoder":
       np.testing.assert_array_equal(leaf, tp[("server", *path[1:])])
+
+
+def test_int8_device_part_runs_under_tflite_micro(ctx, tmp_path):
+  from coinfer import export as ex
+  from common import micro
+
+  tx = T.make_tx(ctx.config, 10, 1e-3)
+  state = T.init_state(ctx, tx, jax.random.key(0))
+  variables = {"params": state.params, "batch_stats": state.batch_stats}
+  idx = 4
+  r = ex.export_setup(ctx, variables, idx, tmp_path, int8=True, parity_images=16, ram_bytes=32 * 1024)
+  assert "int8_error" not in r, r
+  t8 = (tmp_path / ctx.setups[idx].name / "device_int8.tflite").read_bytes()
+  arena = r["device_int8_micro_arena_bytes"]
+  assert r["device_int8_micro_fits"] and r["device_int8_micro_images"] == 16
+  assert micro.loads(t8, arena) and not micro.loads(t8, arena - micro.ARENA_STEP)
+  assert "CONV_2D" in r["device_int8_micro_ops"]

@@ -5,13 +5,10 @@ import json
 
 import pytest
 
-from launch.stages import coinfer as stage
-
 
 @pytest.fixture(scope="module")
-def result(tmp_path_factory):
-  workdir = tmp_path_factory.mktemp("coinfer")
-  return workdir, stage.run(workdir, fast=True)
+def result(coinfer_fast_run):
+  return coinfer_fast_run
 
 
 def test_pipeline_writes_report_and_numbers(result):
@@ -38,3 +35,7 @@ def test_export_parity_three_setups(result):
     assert r["top1_agreement"] >= 0.99, r
     assert (workdir / "exports" / r["setup"] / "server.onnx").exists()
     assert (workdir / "exports" / r["setup"] / "device.tflite").exists()
+    assert (workdir / "exports" / r["setup"] / "device_int8.tflite").exists()
+    # the model-repository copy, fed the packed wire tensors, agrees with JAX as well
+    assert (workdir / "exports" / "repository" / r["model"] / "config.pbtxt").exists()
+    assert r["wire_top1_agreement"] >= 0.99, r

@@ -99,3 +99,54 @@ def test_train_state_roundtrip_helpers():
   assert float(train_lib.accuracy(logits, labels, mask)) == pytest.approx(0.5)
   ref = np.mean([np.log1p(np.exp(-2.0)), np.log1p(np.exp(2.0))])
   assert float(train_lib.cross_entropy(logits, labels, mask)) == pytest.approx(ref, rel=1e-5)
+
+
+@pytest.fixture(scope="module")
+def int8_tflite(trained):
+  predict, train_ds, test_ds = trained
+  rep = [train_ds.images[i : i + 1] for i in range(100)]
+  return export.to_tflite(predict, test_ds.images[:1], int8=True, representative_data=rep)
+
+
+def test_int8_runs_under_tflite_micro_in_the_measured_arena(trained, int8_tflite):
+  from common import micro
+
+  _, _, test_ds = trained
+  m = micro.check_int8(int8_tflite, test_ds.images[:200], ram_bytes=320 * 1024)
+  assert m.fits and m.images == 200 and m.flash_bytes == len(int8_tflite)
+  assert {"CONV_2D", "FULLY_CONNECTED"} <= set(m.ops)
+  # A real measurement: the arena loads, 16 bytes less does not, and the recording allocator agrees.
+  assert micro.loads(int8_tflite, m.arena_bytes) and not micro.loads(int8_tflite, m.arena_bytes - 16)
+  assert m.recorded_arena_bytes <= m.arena_bytes
+  # TFLM's outputs, run here again at that arena, are LiteRT's within the reported steps.
+  got = micro.run_micro(micro.interpreter(int8_tflite, m.arena_bytes), 1, test_ds.images[:50])[0]
+  lite = export.run_tflite(int8_tflite, test_ds.images[:50])[0]
+  step = micro.output_steps(int8_tflite)[0]
+  assert np.abs(got - lite).max() <= m.max_lsb_diff * step + 1e-6
+  assert np.mean(got.argmax(-1) == lite.argmax(-1)) >= 0.95
+  if not m.bit_exact:
+    assert m.divergent_ops  # where the difference starts is named
+
+
+def test_arena_over_the_target_ram_is_refused(trained, int8_tflite):
+  from common import micro
+  from common.errors import ExportError
+
+  _, _, test_ds = trained
+  with pytest.raises(ExportError, match=r"needs a \d+-byte tensor arena.*4096 bytes of RAM \(ram\)"):
+    micro.check_int8(int8_tflite, test_ds.images[:4], ram_bytes=4096, ram_key="ram")
+
+
+def test_op_tflite_micro_lacks_is_refused_naming_it():
+  from common import micro
+  from common.errors import ExportError
+
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(1, 8)).astype(np.float32)
+  rep = [rng.normal(size=(1, 8)).astype(np.float32) for _ in range(16)]
+  t8 = export.to_tflite(
+    lambda v: jax.nn.gelu(2.0 * v, approximate=False), x, int8=True, representative_data=rep
+  )
+  assert "SELECT" in micro.model_ops(t8)  # TFLite's int8 erf path; TFLM has SELECT_V2 only
+  with pytest.raises(ExportError, match="TensorFlow Lite Micro has no kernel for op SELECT "):
+    micro.check_int8(t8, x, name="gelu")

@@ -1,6 +1,7 @@
-"""common.mobilenet: the shifted depthwise form equals the grouped convolution, block for block."""
+"""common.mobilenet: the shifted depthwise form equals the grouped convolution, and the flag selects it."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -17,19 +18,58 @@ def test_depthwise_equals_grouped_conv(size, stride, c):
   np.testing.assert_allclose(mobilenet.depthwise_conv(x, k, stride), want, rtol=1e-5, atol=1e-5)
 
 
-def test_shifted_depthwise_body_equals_grouped_conv_body():
-  settings_ = ((1, 8, 1, 1), (6, 12, 2, 2))
-  x = jax.random.normal(jax.random.key(0), (2, 8, 8, 5))
+@pytest.mark.parametrize("padding", ["VALID", ((1, 1), (1, 1)), ((0, 2), (1, 0))])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_depthwise_explicit_padding_equals_grouped_conv(padding, stride):
+  x = jax.random.normal(jax.random.key(0), (2, 8, 7, 3))
+  k = jax.random.normal(jax.random.key(1), (3, 3, 1, 3))
+  want = mobilenet.grouped_depthwise_conv(x, k, stride, padding)
+  np.testing.assert_allclose(mobilenet.depthwise_conv(x, k, stride, padding), want, rtol=1e-5, atol=1e-5)
+
+
+def _body_pair():
+  settings_ = ((1, 8, 1, 1), (6, 12, 1, 2))
   ours = mobilenet.MobileNetV2Body(settings=settings_, last_channels=16, shifted_depthwise=True)
-  theirs = mobilenet.MobileNetV2Body(settings=settings_, last_channels=16)
+  theirs = mobilenet.MobileNetV2Body(settings=settings_, last_channels=16, shifted_depthwise=False)
+  return ours, theirs
+
+
+def test_shifted_flag_selects_the_elementwise_form():
+  """The flagged body (and its gradient) holds no grouped convolution; the unflagged one does."""
+  ours, theirs = _body_pair()
+  x = jax.random.normal(jax.random.key(0), (2, 8, 8, 5))
+  v = ours.init(jax.random.key(1), x, train=False)
+
+  def grad_of(model):
+    def loss(p, x):
+      out, _ = model.apply({**v, "params": p}, x, train=True, mutable=["batch_stats"])
+      return jnp.sum(out**2)
+
+    return jax.grad(loss, argnums=(0, 1))
+
+  assert mobilenet.count_grouped_convs(grad_of(ours), v["params"], x) == 0
+  assert mobilenet.count_grouped_convs(lambda x: theirs.apply(v, x, train=False), x) == 2
+
+
+def test_shifted_depthwise_body_equals_grouped_conv_body():
+  """Same parameter tree, same outputs and same gradients (parameters and input) in both modes."""
+  ours, theirs = _body_pair()
+  x = jax.random.normal(jax.random.key(0), (2, 8, 8, 5))
   v = jax.jit(lambda k: ours.init(k, x, train=False))(jax.random.key(1))
-  assert jax.tree.structure(v) == jax.tree.structure(
-    jax.eval_shape(lambda: theirs.init(jax.random.key(1), x, train=False))
-  )
-  for train in (False, True):
-    a = jax.jit(lambda v, x: ours.apply(v, x, train=train, mutable=["batch_stats"])[0])(v, x)
-    b = jax.jit(lambda v, x: theirs.apply(v, x, train=train, mutable=["batch_stats"])[0])(v, x)
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+  v_theirs = theirs.init(jax.random.key(1), x, train=False)
+  assert jax.tree.structure(v) == jax.tree.structure(v_theirs)
+  jax.tree.map(np.testing.assert_array_equal, v, v_theirs)  # same init, same names and shapes
+
+  def loss(model, p, x):
+    out, _ = model.apply({**v, "params": p}, x, train=True, mutable=["batch_stats"])
+    return jnp.sum(jnp.sin(out)), out
+
+  grad = lambda model: jax.jit(jax.value_and_grad(lambda p, x: loss(model, p, x), (0, 1), has_aux=True))
+  (la, a), ga = grad(ours)(v["params"], x)
+  (lb, b), gb = grad(theirs)(v["params"], x)
+  np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(la, lb, rtol=1e-4, atol=1e-5)
+  jax.tree.map(lambda p, q: np.testing.assert_allclose(p, q, rtol=1e-3, atol=1e-4), ga, gb)
 
 
 def test_make_divisible():

@@ -147,3 +147,30 @@ def test_simulation_matches_per_image_reference():
   assert res["reward"] == pytest.approx(total / 1200, rel=1e-5)
   assert res["offload_fraction"] == pytest.approx(sent / 1200)
   assert res["occupancy"] == pytest.approx(occ / 1200 / m)
+
+
+def test_int8_dqn_runs_under_tflite_micro_and_is_refused_when_ram_is_short(trained, tmp_path):
+  from common import micro
+  from common.errors import ExportError
+  from offload import export as oexport
+
+  net, d = trained["net"], trained["d"]
+  params = jax.tree.map(lambda a: a[0], trained["state"].params)
+  n = 96
+  x = np.asarray(
+    dqn.features(
+      jnp.asarray(d.test.metrics[None, : n + 1]), jnp.ones((1, n + 1), jnp.int32),
+      np.zeros(n, np.int32), np.arange(1, n + 1), net.config,
+    )
+  )  # fmt: skip
+  res = oexport.export_dqn(net, params, x, 1, tmp_path, int8=True, onnx=False, ram_bytes=64 * 1024)
+  t8 = (tmp_path / "dqn_int8.tflite").read_bytes()
+  assert res["int8_micro_images"] == n and res["int8_micro_fits"]
+  assert micro.loads(t8, res["int8_micro_arena_bytes"])
+  assert not micro.loads(t8, res["int8_micro_arena_bytes"] - micro.ARENA_STEP)
+  assert "FULLY_CONNECTED" in res["int8_micro_ops"] and res["int8_micro_max_lsb_diff"] is not None
+  # An arena that does not fit the target's RAM: refused, and no int8 file is written.
+  short = tmp_path / "short"
+  with pytest.raises(ExportError, match=r"needs a \d+-byte tensor arena.*export_target_ram_bytes"):
+    oexport.export_dqn(net, params, x, 1, short, int8=True, onnx=False, ram_bytes=2048)
+  assert not (short / "dqn_int8.tflite").exists() and not (short / "micro").exists()

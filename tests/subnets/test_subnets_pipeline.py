@@ -91,6 +91,8 @@ def test_pipeline_smoke_end_to_end(tmp_path):
     assert costs.chain_macs(w) <= b * dense + 1e-6
   ft = json.loads((tmp_path / "finetune.json").read_text())
   assert set(ft["methods"]) == {"reds"}
+  # default finetune.bn_stats = "per_subnet": own statistics saved, both accuracies reported
+  assert (tmp_path / "reds_bn_stats").exists() and len(ft["methods"]["reds"]["accuracy_stored_bn"]) == len(ws)
   uni = ks["methods"]["uniform"]["widths"]
   for b, w in zip(ks["budgets"], uni, strict=False):
     assert costs.chain_macs(w) <= b * dense + 1e-6
@@ -105,7 +107,8 @@ def test_pipeline_smoke_end_to_end(tmp_path):
 
 def test_export_round_trip(tmp_path):
   from common import data as data_lib
-  from subnets.export import export_subnets
+  from common import micro
+  from subnets.export import export_subnets, tflm_switching
 
   cfg = models.ModelConfig(widths=(6, 8, 8), dw_strides=(2, 1), num_classes=10)
   rng = np.random.default_rng(0)
@@ -121,6 +124,32 @@ def test_export_round_trip(tmp_path):
     assert r["float_max_abs_err"] < 1e-4 and r["float_latency_us"] > 0 and r["int8_bytes"] > 0
   assert rows[0]["float_bytes"] < rows[1]["float_bytes"]
   assert (tmp_path / "micro" / "reds_small.cc").exists() and (tmp_path / "reds_small_int8.tflite").exists()
+  # Every int8 subnetwork ran under TFLite Micro in its measured arena, and not in less.
+  fbs = [(tmp_path / r["int8_file"]).read_bytes() for r in rows]
+  for r, fb in zip(rows, fbs, strict=True):
+    assert r["micro_fits"] and r["micro_images"] == 40 and r["micro_flash_bytes"] == len(fb)
+    assert micro.loads(fb, r["micro_arena_bytes"]) and not micro.loads(
+      fb, r["micro_arena_bytes"] - micro.ARENA_STEP
+    )
+  assert rows[0]["micro_arena_bytes"] < rows[1]["micro_arena_bytes"]
+  sw = tflm_switching(fbs, ds.images[:1], repeats=5)
+  assert sw["arena_bytes"] == [r["micro_arena_bytes"] for r in rows] and sw["shared_arena_switch_us"] > 0
+  # A subnetwork whose arena does not fit the RAM is refused: its row says so, no int8 file is written.
+  out = tmp_path / "short"
+  short = export_subnets(cfg, v, [(2, 3, 4)], ["small"], ds, ds, mean=0.5, std=0.3, out_dir=out,
+                         int8=True, representative_examples=16, latency_repeats=3, ram_bytes=1024)  # fmt: skip
+  assert "does not fit the target's 1024 bytes of RAM" in short[0]["micro_refused"]
+  assert not (out / "reds_small_int8.tflite").exists() and not (out / "micro").exists()
+  # with each subnetwork's own BN statistics, the export folds them in (its accuracy is the model's)
+  from subnets import bnstats
+
+  ws = [(2, 3, 4)]
+  stats = bnstats.recalibrate(
+    cfg, v, ws, ds, mean=0.5, std=0.3, batch_size=20, num_batches=2, key=jax.random.key(0)
+  )
+  rows = export_subnets(cfg, v, ws, ["own"], ds, ds, mean=0.5, std=0.3, stats_list=stats, out_dir=tmp_path,
+                        int8=False, latency_repeats=2)  # fmt: skip
+  assert rows[0]["float_accuracy"] == bnstats.evaluate(cfg, v, ws, stats, ds, mean=0.5, std=0.3)[0]
 
 
 def test_bad_config_names_key():

@@ -1,0 +1,191 @@
+"""Branch parallelism on this CPU's cores: pinned per-branch LiteRT interpreters and fork/join costs.
+
+`PinnedRunner` runs the exported segments of a stretched model (`export.export_segments`)
+the way the artifact's runtime does on a phone: the calling thread runs branch 0 of
+every stage, one worker thread per further branch runs that branch, each thread pinned
+to its own core with `os.sched_setaffinity` (on Linux the affinity of pid 0 is the
+calling thread's), every interpreter on one LiteRT thread. LiteRT releases the GIL
+while it invokes, so the branches overlap; what remains serial per stage is the
+hand-off of the stage input to the workers, the wait for them and the concat.
+
+`stage_timings` times every stage three ways (each branch alone on its core, the
+branches in parallel, and an empty hand-off), so the fork/join overhead of a stage is
+`parallel - max(branch alone)`. `fit_fork_join` fits the cost model's fork/join term
+(`s + e * elements`, per branched stage, paid on the merge side) to those overheads,
+and `with_fork_join` puts it into a host cost table.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import time
+
+import numpy as np
+
+from branching import costmodel
+from branching.export import Segment
+
+
+def _pin(core: int | None) -> None:
+  if core is not None and hasattr(os, "sched_setaffinity"):
+    os.sched_setaffinity(0, {core})
+
+
+class _Worker:
+  """A thread pinned to `core` that runs submitted calls in order."""
+
+  def __init__(self, core: int | None):
+    self.inbox: queue.SimpleQueue = queue.SimpleQueue()
+    self.outbox: queue.SimpleQueue = queue.SimpleQueue()
+    self.thread = threading.Thread(target=self._loop, args=(core,), daemon=True)
+    self.thread.start()
+
+  def _loop(self, core) -> None:
+    _pin(core)
+    while True:
+      job = self.inbox.get()
+      if job is None:
+        return
+      fn, arg = job
+      self.outbox.put(fn(arg))
+
+  def submit(self, fn, arg) -> None:
+    self.inbox.put((fn, arg))
+
+  def result(self):
+    return self.outbox.get()
+
+  def close(self) -> None:
+    self.inbox.put(None)
+    self.thread.join()
+
+
+def _interp(tfl: bytes):
+  from ai_edge_litert.interpreter import Interpreter
+
+  it = Interpreter(model_content=tfl, num_threads=1)
+  it.allocate_tensors()
+  i, o = it.get_input_details()[0]["index"], it.get_output_details()[0]["index"]
+
+  def run(x):
+    it.set_tensor(i, x)
+    it.invoke()
+    return it.get_tensor(o)
+
+  return run
+
+
+class PinnedRunner:
+  """Runs segments with branch j of every stage on core `cores[j]` (the caller's thread for j = 0).
+
+  cores: one core per branch; None entries leave a thread unpinned.
+  """
+
+  def __init__(self, segments: list[Segment], cores: tuple[int | None, ...] = (0, 1)):
+    self.cores = tuple(cores)
+    self.stages = [[_interp(t) for t in seg.branches] for seg in segments]
+    n = max(len(s) for s in self.stages)
+    if n > len(self.cores):
+      raise ValueError(f"{n} branches in a stage but only {len(self.cores)} cores given")
+    self.workers = [_Worker(c) for c in self.cores[1:n]]
+
+  def run_stage(self, k: int, x: np.ndarray) -> np.ndarray:
+    runs = self.stages[k]
+    if len(runs) == 1:
+      return runs[0](x)
+    for w, r in zip(self.workers, runs[1:], strict=False):
+      w.submit(r, x)
+    outs = [runs[0](x)] + [w.result() for w in self.workers[: len(runs) - 1]]
+    return np.concatenate(outs, axis=-1)
+
+  def __call__(self, x: np.ndarray) -> np.ndarray:
+    before = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    _pin(self.cores[0])
+    try:
+      x = np.ascontiguousarray(x, np.float32)
+      for k in range(len(self.stages)):
+        x = self.run_stage(k, x)
+      return x
+    finally:
+      if before is not None:
+        os.sched_setaffinity(0, before)
+
+  def close(self) -> None:
+    for w in self.workers:
+      w.close()
+
+
+def _median_ms(fn, repeats: int, warmup: int = 3) -> float:
+  for _ in range(warmup):
+    fn()
+  ts = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    fn()
+    ts.append(time.perf_counter() - t0)
+  return float(np.median(ts) * 1e3)
+
+
+def stage_timings(runner: PinnedRunner, x: np.ndarray, *, repeats: int = 10) -> list[dict]:
+  """Per segment: each branch alone on its core, the parallel stage, the empty hand-off (ms, medians)."""
+  before = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+  _pin(runner.cores[0])
+  rows = []
+  try:
+    h = np.ascontiguousarray(x, np.float32)
+    for k, runs in enumerate(runner.stages):
+      row: dict = {"segment": k, "branches": len(runs), "in_elems": int(h.size)}
+      if len(runs) > 1:
+        alone = [_median_ms(lambda r=runs[0]: r(h), repeats)]
+        for w, r in zip(runner.workers, runs[1:], strict=False):
+
+          def on_worker(w=w, r=r):
+            w.submit(r, h)
+            w.result()
+
+          alone.append(_median_ms(on_worker, repeats))
+
+        def empty():
+          for w in runner.workers[: len(runs) - 1]:
+            w.submit(lambda a: a, h)
+          for w in runner.workers[: len(runs) - 1]:
+            w.result()
+
+        row["branch_alone_ms"] = alone
+        row["parallel_ms"] = _median_ms(lambda k=k: runner.run_stage(k, h), repeats)
+        row["empty_handoff_ms"] = _median_ms(empty, repeats)
+        row["fork_join_ms"] = row["parallel_ms"] - max(alone)
+      else:
+        row["sequential_ms"] = _median_ms(lambda r=runs[0]: r(h), repeats)
+      h = runner.run_stage(k, h)
+      row["out_elems"] = int(h.size)
+      rows.append(row)
+  finally:
+    if before is not None:
+      os.sched_setaffinity(0, before)
+  return rows
+
+
+def fit_fork_join(rows: list[dict]) -> tuple[float, float]:
+  """(s ms, e ms per element) of overhead = s + e * (stage input + output elements), non-negative LS."""
+  from scipy.optimize import nnls
+
+  pts = [(r["in_elems"] + r["out_elems"], r["fork_join_ms"]) for r in rows if r["branches"] > 1]
+  if not pts:
+    return 0.0, 0.0
+  a = np.asarray([[1.0, e] for e, _ in pts])
+  y = np.maximum(np.asarray([t for _, t in pts]), 0.0)
+  (s, e), _ = nnls(a, y)
+  return float(s), float(e)
+
+
+def with_fork_join(table: costmodel.CostTable, device: str, s: float, e: float) -> costmodel.CostTable:
+  """`table` with `device`'s fork/join coefficients (n_xfer, xfer_elems) set to (s, e)."""
+  coef = dict(table.coef)
+  v = list(coef[device])
+  v[costmodel.FEATURES.index("n_xfer")] = s
+  v[costmodel.FEATURES.index("xfer_elems")] = e
+  coef[device] = tuple(v)
+  return costmodel.CostTable(coef)

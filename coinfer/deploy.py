@@ -1,0 +1,423 @@
+"""RTCoInfer on the serving runtime: the device loop of a coinfer run's exports against a server.
+
+Each frame the device takes the next test image, asks the controller (the same
+`coinfer.controller` code the simulator runs, fed with the throughputs measured on the link)
+for a setup, runs that setup's device TFLite (int8 where exported) in the LiteRT interpreter,
+packs the kept channels at b bits plus the per-channel ranges (`common.serving.wire`) and sends
+them to the setup's model `coinfer_<setup>` of the exports' model repository.
+
+Before the stream the device calibrates a `controller.Profile` on the real system: the bytes
+each setup puts on the wire, the median device time (the controller's decision plus the
+device part and packing), and the median server answer time (the model's compute plus one
+round trip). The controller plans with it, and `predict`
+runs `coinfer.simulate` on the same trace with the same profile, which is the simulator's
+prediction the deploy report sets beside every measured figure.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+import numpy as np
+
+from coinfer import controller as C
+from coinfer import simulate
+from common import safeio
+from common.errors import CheckpointError, ConfigError
+from common.serving import device as dev
+from common.serving import wire
+
+CONTROLLERS = ("mpc", "rate", "buffer", "fixed:<setup>")
+
+
+@dataclasses.dataclass
+class Deployment:
+  """What the device holds: per exported setup its name, (c, b), model and device runner."""
+
+  workdir: Path
+  config: dict
+  names: list[str]
+  channels: list[int]
+  bits: list[int]
+  models: list[str]
+  runners: list
+  int8: list[bool]
+  images: np.ndarray  # test images [N, H, W, 3] in [0, 1]
+  labels: np.ndarray
+  correct: np.ndarray  # [S, N] the SW-CNN's per-image correctness (the simulator's matrix)
+
+  def encode(self, i: int, image: np.ndarray) -> dict:
+    z = self.runners[i](image[None])[0]
+    payload, ranges = wire.encode(z, self.bits[i])
+    return {"PAYLOAD": np.frombuffer(payload, np.uint8), "RANGES": ranges}
+
+
+def load(workdir: str | Path, *, int8: bool = True) -> Deployment:
+  """The exports of a coinfer run (raises CheckpointError saying which step to run)."""
+  from common import data as data_lib
+  from common import export as export_lib
+
+  workdir = Path(workdir)
+  paths = {n: workdir / f for n, f in (("config", "config.json"), ("export", "export.json"))}
+  for n, p in paths.items():
+    if not p.exists():
+      raise CheckpointError(
+        f"{p} is missing; run `python -m coinfer.main {'export' if n == 'export' else 'all'} --workdir {workdir}`"
+      )
+  config = safeio.load_json(paths["config"], what="run config", keys=("data", "setups", "stream"))
+  rows = safeio.load_json(paths["export"], what="export result", keys=("setups",))["setups"]
+  if not rows or "model" not in rows[0]:
+    raise CheckpointError(
+      f"{paths['export']} has no model repository; rerun `python -m coinfer.main export --workdir {workdir}`"
+    )
+  names, runners, is8 = [], [], []
+  for r in rows:
+    d = workdir / "exports" / r["setup"]
+    f8, f = d / "device_int8.tflite", d / "device.tflite"
+    use8 = int8 and f8.exists()
+    path = f8 if use8 else f
+    if not path.exists():
+      raise CheckpointError(f"{path} is missing; rerun `python -m coinfer.main export --workdir {workdir}`")
+    runners.append(export_lib.make_tflite_runner(path.read_bytes()))
+    names.append(r["setup"])
+    is8.append(use8)
+  d = config["data"]
+  _, test = data_lib.load(
+    d["name"], data_dir=d["data_dir"] or None, image_size=d["image_size"], limit=d["limit"]
+  )
+  cpath = workdir / "distill_I-D-C_correct.npy"
+  if not cpath.exists():
+    raise CheckpointError(f"{cpath} is missing; run `python -m coinfer.main distill --workdir {workdir}`")
+  from coinfer import compress
+
+  grid = compress.make_setups(config["setups"]["channels"], config["setups"]["bits"])
+  index = {s.name: i for i, s in enumerate(grid)}
+  every = safeio.load_array(cpath, what="per-image results", shape=(len(grid), len(test)))
+  correct = every[[index[n] for n in names]].astype(bool)
+  return Deployment(
+    workdir,
+    config,
+    names,
+    [r["channels"] for r in rows],
+    [r["bits"] for r in rows],
+    [r["model"] for r in rows],
+    runners,
+    is8,
+    test.images.astype(np.float32),
+    test.labels,
+    correct,
+  )
+
+
+def calibrate(dep: Deployment, client: dev.Client, *, repeats: int = 15) -> C.Profile:
+  """Bytes on the wire, median device seconds and median server answer seconds per setup."""
+  import tritonclient.grpc as tg
+
+  bits, t_dev, t_srv = [], [], []
+  for i in range(len(dep.names)):
+    td, ts = [], []
+    for k in range(repeats):
+      image = dep.images[k % len(dep.images)]
+      t = time.perf_counter()
+      feeds = dep.encode(i, image)
+      td.append(time.perf_counter() - t)
+      t = time.perf_counter()
+      client.client.infer(
+        dep.models[i],
+        dev._infer_inputs(feeds),
+        outputs=[tg.InferRequestedOutput("LOGITS")],
+        client_timeout=5.0,
+      )
+      ts.append(time.perf_counter() - t)
+    bits.append(8.0 * dev.request_bytes(dev.Request(dep.models[i], feeds, "LOGITS")))
+    t_dev.append(float(np.median(td)))
+    t_srv.append(float(np.median(ts[2:])))
+  return C.Profile(
+    tuple(dep.names), np.asarray(bits), dep.correct.mean(axis=1), np.asarray(t_dev), np.asarray(t_srv)
+  )
+
+
+def make_controller(spec: str, prof: C.Profile, stream: dict):
+  """`mpc` (the config's stream.* settings), `rate`, `buffer` or `fixed:<setup name>`."""
+  s = stream
+  if spec == "mpc":
+    return C.make_mpc(
+      prof,
+      s["horizon"],
+      fps=s["fps"],
+      deadline_s=s["deadline_s"],
+      history=s["history"],
+      margin=s["margin"],
+      method=s["method"],
+    )
+  if spec == "rate":
+    return C.make_rate_based(prof, fps=s["fps"], history=s["history"])
+  if spec == "buffer":
+    return C.make_buffer_based(prof, deadline_s=s["deadline_s"], history=s["history"])
+  if spec.startswith("fixed:") and spec[6:] in prof.names:
+    return C.make_fixed(prof.names.index(spec[6:]))
+  raise ConfigError(
+    f"--controller {spec!r}: must be one of {list(CONTROLLERS)} with a setup among {list(prof.names)}"
+  )
+
+
+def make_step(dep: Deployment, decide):
+  def step(k: int, obs: dev.Observation) -> dev.Request:
+    t = time.perf_counter()
+    i = int(decide(C.ControlState(k, obs.time_s, obs.backlog_bits, obs.throughputs_bps)))
+    t1 = time.perf_counter()
+    feeds = dep.encode(i, dep.images[k % len(dep.images)])
+    return dev.Request(
+      dep.models[i], feeds, "LOGITS", setup=i, device_s=time.perf_counter() - t1, control_s=t1 - t
+    )
+
+  return step
+
+
+def stream_settings(dep: Deployment, *, fps: float | None, deadline_s: float | None) -> dict:
+  s = dict(dep.config["stream"])
+  s["fps"] = float(fps or s["fps"])
+  s["deadline_s"] = float(deadline_s or s["deadline_s"])
+  if s["fps"] <= 0 or s["deadline_s"] <= 0:
+    raise ConfigError(f"fps {s['fps']} and deadline {s['deadline_s']} s must be > 0")
+  return s
+
+
+def run(
+  dep: Deployment,
+  client: dev.Client,
+  trace,
+  *,
+  frames: int,
+  controller: str,
+  stream: dict,
+  link: str = "pacer",
+  shaper=None,
+  progress=None,
+) -> dict:
+  """Calibrates, streams `frames` frames, and returns per-frame records, summary and profile."""
+  from common.serving import link as link_lib
+
+  if frames < 1:
+    raise ConfigError(f"--frames {frames}: must be >= 1")
+  prof = calibrate(dep, client)
+  rtt = client.base_rtt_s()
+  # the controller's own decision time runs before the device part: plan with both
+  probe = make_controller(controller, prof, stream)
+  state = C.ControlState(0, 0.0, 0.0, (float(np.median(prof.bits)) * stream["fps"],))
+  t_ctl = []
+  for _ in range(5):
+    t = time.perf_counter()
+    probe(state)
+    t_ctl.append(time.perf_counter() - t)
+  prof = dataclasses.replace(prof, t_dev=prof.t_dev + float(np.median(t_ctl)))
+  decide = make_controller(controller, prof, stream)
+  pacer = link_lib.Pacer(trace) if link == "pacer" else None
+  results = dev.run_stream(
+    client,
+    make_step(dep, decide),
+    frames=frames,
+    fps=stream["fps"],
+    deadline_s=stream["deadline_s"],
+    pacer=pacer,
+    shaper=shaper,
+    rtt_s=rtt,
+    history=11,
+    progress=progress,
+  )
+  n = len(dep.images)
+  pred = np.asarray([int(np.argmax(r.output)) if r.output is not None else -1 for r in results])
+  labels = dep.labels[np.arange(frames) % n]
+  answered = pred >= 0
+  ok = np.asarray([r.status == "ok" for r in results])
+  summ = dev.summary(results, stream["deadline_s"])
+  summ.update(
+    accuracy=float((pred[answered] == labels[answered]).mean()) if answered.any() else 0.0,
+    timely_accuracy=float(((pred == labels) & ok).mean()),
+    expected_accuracy=float(prof.accuracy[[r.setup for r in results]].mean()),
+    reconnects=client.reconnects,
+    fallbacks=int(getattr(decide, "stats", {}).get("fallbacks", 0)),
+  )
+  overhead = [
+    r.latency_s - r.wait_s - r.control_s - r.device_s - r.link_s - r.server_s
+    for r in results
+    if r.status == "ok"
+  ]
+  if overhead:
+    summ["overhead_p50_ms"] = float(np.percentile(overhead, 50) * 1e3)
+    summ["overhead_p99_ms"] = float(np.percentile(overhead, 99) * 1e3)
+  frames_out = {
+    f: [getattr(r, f) for r in results]
+    for f in (
+      "setup",
+      "status",
+      "arrival_s",
+      "latency_s",
+      "wait_s",
+      "control_s",
+      "device_s",
+      "link_s",
+      "server_s",
+      "wire_bytes",
+    )
+  }
+  frames_out["prediction"], frames_out["label"] = pred.tolist(), labels.tolist()
+  return {
+    "summary": summ,
+    "frames": frames_out,
+    "profile": {
+      "names": list(prof.names),
+      "bits": prof.bits.tolist(),
+      "accuracy": prof.accuracy.tolist(),
+      "t_dev": prof.t_dev.tolist(),
+      "t_srv": prof.t_srv.tolist(),
+    },
+    "rtt_s": rtt,
+    "int8": dep.int8,
+    "trace": {"name": trace.name, "mean_bps": trace.mean_bps()},
+    "link": link,
+    "controller": controller,
+    "stream": stream,
+  }
+
+
+def predict(dep: Deployment, out: dict, trace) -> dict:
+  """The simulator on the same trace, profile, controller and images as the measured run."""
+  p = out["profile"]
+  prof = C.Profile(
+    tuple(p["names"]),
+    np.asarray(p["bits"]),
+    np.asarray(p["accuracy"]),
+    np.asarray(p["t_dev"]),
+    np.asarray(p["t_srv"]),
+  )
+  s = out["stream"]
+  decide = make_controller(out["controller"], prof, s)
+  sim = simulate.run(
+    decide,
+    trace,
+    profile=prof,
+    fps=s["fps"],
+    deadline_s=s["deadline_s"],
+    frames=len(out["frames"]["setup"]),
+    correct=dep.correct,
+    history=11,
+  )
+  summ = dict(sim["summary"])
+  summ["bytes_per_frame"] = float(np.mean(prof.bits[sim["setup"].astype(int)]) / 8)
+  return {"summary": summ, "setup": sim["setup"].astype(int).tolist(), "latency_s": sim["latency_s"].tolist()}
+
+
+def _on_time(latencies, deadline_s: float) -> np.ndarray:
+  """Latencies with every frame past the deadline (late, or never answered) set to +inf."""
+  x = np.asarray(latencies, float)
+  return np.where(np.isfinite(x) & (x <= deadline_s), x, np.inf)
+
+
+def _cdf(ax, xs, label):
+  """CDF over all frames: frames at +inf are missing from the curve, so it tops out at 1 - miss rate."""
+  xs = np.asarray(xs, float)
+  fin = np.sort(xs[np.isfinite(xs)]) * 1e3
+  if fin.size:
+    ax.step(fin, np.arange(1, fin.size + 1) / xs.size, where="post", label=label)
+
+
+def _save(rep, fig, axes, filename: str, caption: str) -> None:
+  import matplotlib.pyplot as plt
+
+  from common.report import save_figure
+
+  for a in axes:
+    a.grid(alpha=0.3)
+    if a.get_legend_handles_labels()[0]:
+      a.legend(fontsize=8)
+  fig.tight_layout()
+  save_figure(fig, rep.workdir / filename)
+  plt.close(fig)
+  rep.image(filename, caption)
+
+
+def write_report(out_dir: Path, out: dict, pred: dict, trace, server_stats: dict | None) -> Path:
+  """out_dir/report.md: measured figures beside the simulator's, latency CDF, setup vs bandwidth."""
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  from common.report import Report
+
+  out_dir = Path(out_dir)
+  s, m, p = out["stream"], out["summary"], pred["summary"]
+  rep = Report("coinfer on the serving runtime", out_dir)
+  kind = "int8" if all(out["int8"]) else ("float" if not any(out["int8"]) else "int8 where exported")
+  rep.text(
+    f"{m['frames']} frames at {s['fps']:g} fps, deadline {s['deadline_s'] * 1e3:.0f} ms, controller `{out['controller']}`, "
+    f"link `{out['link']}` on trace `{trace.name}` (mean {trace.mean_bps() / 1e6:.3f} Mbit/s), device parts {kind}. "
+    "Server and device ran as separate processes; the simulator ran `coinfer.simulate` on the same trace with the "
+    "profile calibrated on this system (below) and the same controller and images."
+  )
+  rows = [
+    ["deadline-miss rate", m["deadline_miss_rate"], p["deadline_miss_rate"]],
+    ["accuracy of the returned predictions", m["accuracy"], p["accuracy"]],
+    ["timely accuracy (correct and on time)", m["timely_accuracy"], p["timely_accuracy"]],
+    ["expected accuracy of the chosen setups", m["expected_accuracy"], p["expected_accuracy"]],
+    ["bytes per frame", m["bytes_per_frame"], p["bytes_per_frame"]],
+  ]
+  lat_m, lat_p = (
+    _on_time(out["frames"]["latency_s"], s["deadline_s"]),
+    _on_time(pred["latency_s"], s["deadline_s"]),
+  )
+  for q in (50, 90):
+    vm, vp = lat_m[np.isfinite(lat_m)], lat_p[np.isfinite(lat_p)]
+    rows.append(
+      [f"p{q} latency of on-time frames (ms)"]
+      + [float(np.percentile(v, q) * 1e3) if v.size else "-" for v in (vm, vp)]
+    )
+  rep.heading("Measured against the simulator")
+  rep.table(["figure", "measured", "simulator"], rows)
+  rep.text(
+    f"Frames: {m['status']['ok']} answered in time, {m['status']['late']} late, {m['status']['lost']} lost "
+    f"(reconnects {m['reconnects']}). A frame the server never answers has no latency and counts as a miss; "
+    "the measured accuracy is over the answered frames, the simulator's over all frames."
+  )
+  if "overhead_p50_ms" in m:
+    rep.text(
+      f"Runtime overhead per answered frame (end-to-end minus controller, device TFLite, link and server ONNX "
+      f"time): p50 {m['overhead_p50_ms']:.3f} ms, p99 {m['overhead_p99_ms']:.3f} ms."
+    )
+  fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
+  _cdf(ax, lat_m, "measured")
+  _cdf(ax, lat_p, "simulator")
+  ax.axvline(s["deadline_s"] * 1e3, color="k", ls="--", lw=1, label="deadline")
+  ax.set_xlabel("end-to-end latency (ms)")
+  ax.set_ylabel("fraction of frames")
+  rep.heading("End-to-end latency (frames on time; the curves top out at 1 - miss rate)")
+  _save(rep, fig, [ax], "latency_cdf.png", "latency CDF")
+  t = np.asarray(out["frames"]["arrival_s"])
+  fig, (a1, a2) = plt.subplots(2, 1, figsize=(7, 5), dpi=110, sharex=True)
+  a1.plot(t, [trace.rate_at(x) / 1e6 for x in t], drawstyle="steps-post")
+  a1.set_ylabel("bandwidth (Mbit/s)")
+  kb = np.asarray(out["profile"]["bits"]) / 8e3
+  a2.plot(t, kb[np.asarray(out["frames"]["setup"])], drawstyle="steps-post", label="measured run")
+  a2.plot(t, kb[np.asarray(pred["setup"])], drawstyle="steps-post", ls="--", label="simulator")
+  a2.set_ylabel("chosen setup (kB on the wire)")
+  a2.set_xlabel("time (s)")
+  rep.heading("Chosen setup against the bandwidth")
+  _save(rep, fig, [a1, a2], "setup_vs_bandwidth.png", "setup vs bandwidth")
+  pr = out["profile"]
+  rep.heading("Profile calibrated on this system (what the controller and the simulator plan with)")
+  rep.table(
+    ["setup", "bytes on the wire", "SW-CNN accuracy", "controller + device ms", "server answer ms"],
+    [
+      [n, b / 8, a, d * 1e3, v * 1e3]
+      for n, b, a, d, v in zip(pr["names"], pr["bits"], pr["accuracy"], pr["t_dev"], pr["t_srv"], strict=True)
+    ],
+  )
+  if server_stats:
+    rep.text(
+      f"Server: {server_stats.get('requests', 0)} requests, {server_stats.get('failed', 0)} failed; "
+      f"server-side latency p50 {server_stats.get('p50_ms', float('nan')):.3f} ms, p99 {server_stats.get('p99_ms', float('nan')):.3f} ms."
+    )
+  return rep.write()

@@ -1,0 +1,127 @@
+"""deploy benchmark: the serving runtime on a coinfer run's exports.
+
+  python -m launch.bench deploy [--workdir runs/quickstart/coinfer --seconds 5 --frames 300]
+
+1. Server throughput and latency: requests per second and p50 / p99 client-side latency of
+   the largest exported setup at 1, 4 and 16 concurrent streams over loopback (each stream a
+   thread with its own gRPC channel issuing requests back to back; client and server share
+   the machine's cores).
+2. A deployment (`launch.deploy`, pacer link, MPC) on a Markov trace: the runtime's own
+   overhead per frame (end-to-end minus controller, device TFLite, link and server ONNX
+   time, all measured in the same run; target <= 1 ms at p50) and the reality-versus-
+   simulation gap in deadline-miss rate and accuracy (target <= 0.02).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def add_args(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument("--workdir", default="runs/quickstart/coinfer", help="a coinfer run with exports")
+  parser.add_argument("--seconds", type=float, default=5.0, help="per concurrency level")
+  parser.add_argument("--streams", default="1,4,16")
+  parser.add_argument("--frames", type=int, default=300)
+  parser.add_argument("--fps", type=float, default=10.0)
+  parser.add_argument("--trace", default="markov")
+  parser.add_argument("--trace-scale", type=float, default=0.05)
+  parser.add_argument("--out", default="runs/bench/deploy_run")
+
+
+def _load(url: str, model: str, feeds: dict, streams: int, seconds: float) -> dict:
+  import tritonclient.grpc as tg
+
+  from common.serving import device as dev
+
+  lat: list[list[float]] = [[] for _ in range(streams)]
+  errors = [0] * streams
+  start = threading.Barrier(streams + 1)
+  stop_at = [0.0]
+
+  def worker(i):
+    c = tg.InferenceServerClient(url)
+    inputs = dev._infer_inputs(feeds)
+    out = [tg.InferRequestedOutput("LOGITS")]
+    c.infer(model, inputs, outputs=out)  # connect and warm up
+    start.wait()
+    while time.perf_counter() < stop_at[0]:
+      t = time.perf_counter()
+      try:
+        c.infer(model, inputs, outputs=out, client_timeout=10.0)
+      except Exception:  # noqa: BLE001 - counted, the load goes on
+        errors[i] += 1
+        continue
+      lat[i].append(time.perf_counter() - t)
+    c.close()
+
+  threads = [threading.Thread(target=worker, args=(i,)) for i in range(streams)]
+  for t in threads:
+    t.start()
+  stop_at[0] = time.perf_counter() + 1e9
+  start.wait()
+  t0 = time.perf_counter()
+  stop_at[0] = t0 + seconds
+  for t in threads:
+    t.join()
+  wall = time.perf_counter() - t0
+  every = np.concatenate([np.asarray(x) for x in lat]) * 1e3
+  return {
+    "streams": streams,
+    "requests": int(every.size),
+    "errors": int(sum(errors)),
+    "requests_per_s": float(every.size / wall),
+    "p50_ms": float(np.percentile(every, 50)),
+    "p99_ms": float(np.percentile(every, 99)),
+  }
+
+
+def run(args) -> dict:
+  from coinfer import deploy as coinfer_deploy
+  from launch import deploy
+
+  workdir = Path(args.workdir)
+  dep = coinfer_deploy.load(workdir)
+  big = int(np.argmax([c * b for c, b in zip(dep.channels, dep.bits, strict=True)]))
+  feeds = dep.encode(big, dep.images[0])
+  proc, port = deploy.start_server(workdir / "exports" / "repository")
+  try:
+    load = [
+      _load(f"127.0.0.1:{port}", dep.models[big], feeds, int(n), args.seconds)
+      for n in args.streams.split(",")
+    ]
+  finally:
+    deploy.stop_server(proc)
+  argv = ["coinfer", "--workdir", str(workdir), "--out", args.out, "--link", "pacer", "--trace", args.trace]
+  argv += ["--trace-scale", str(args.trace_scale), "--frames", str(args.frames), f"--fps={args.fps}"]
+  deploy.main(argv)
+  summary = json.loads((Path(args.out) / "summary.json").read_text())
+  m, s = summary["measured"], summary["simulator"]
+  import os
+
+  return {
+    "model": dep.models[big],
+    "request_bytes": int(sum(np.asarray(v).nbytes for v in feeds.values())),
+    "server_load": load,
+    "deployment": {
+      "frames": m["frames"],
+      "trace": args.trace,
+      "trace_scale": args.trace_scale,
+      "overhead_p50_ms": m.get("overhead_p50_ms"),
+      "overhead_p99_ms": m.get("overhead_p99_ms"),
+      "miss_rate": m["deadline_miss_rate"],
+      "sim_miss_rate": s["deadline_miss_rate"],
+      "miss_rate_gap": abs(m["deadline_miss_rate"] - s["deadline_miss_rate"]),
+      "accuracy": m["accuracy"],
+      "sim_accuracy": s["accuracy"],
+      "accuracy_gap": abs(m["accuracy"] - s["accuracy"]),
+      "timely_accuracy_gap": abs(m["timely_accuracy"] - s["timely_accuracy"]),
+      "report": str(Path(args.out) / "report.md"),
+    },
+    "load_average": os.getloadavg(),
+  }

@@ -1,0 +1,54 @@
+"""Training-step timing for the benchmarks: one step before and after the speed work, in one process.
+
+"reference" is the step with XLA's grouped depthwise convolutions and XLA:CPU's
+default options; "fast" is the step as the launchers train it: shifted
+depthwise convolutions (`common.mobilenet.DepthwiseConv`) and
+`launch.xla_cpu.CPU_OPTIONS`. The options are per-executable compiler options,
+so both run in the same process (the benchmark harness does not set XLA_FLAGS).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+
+def time_step(step, args: tuple, options: dict, repeats: int) -> dict[str, Any]:
+  """Compiles the jitted `step(state, *rest) -> (state, metrics)` with `options` and times it.
+
+  The state (args[0]) is donated by the step: each call feeds the previous call's state back.
+  """
+  import jax
+
+  from launch.bench import measure
+
+  t0 = time.perf_counter()
+  compiled = step.lower(*args).compile(options)
+  compile_s = time.perf_counter() - t0
+  holder = [args[0]]
+
+  def one():
+    out = compiled(holder[0], *args[1:])
+    holder[0] = out[0]
+    jax.block_until_ready(out[1])
+
+  t = measure(one, repeats=repeats, warmup=1)
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, list | tuple) else cost
+  flops = float(cost.get("flops", 0.0))
+  return {"step_s": t, "compile_s": compile_s, "step_flops": flops, "flops_per_s": flops / t["median_s"]}
+
+
+def before_after(make: Callable[[bool], tuple[Any, tuple]], repeats: int) -> dict[str, Any]:
+  """`make(shifted_depthwise) -> (jitted step, args)`; the reference and fast steps and their ratio."""
+  from launch.xla_cpu import CPU_OPTIONS
+
+  ref = time_step(*make(False), {}, repeats)
+  fast = time_step(*make(True), CPU_OPTIONS, repeats)
+  return {
+    "reference": ref,
+    "fast": fast,
+    "speedup": ref["step_s"]["median_s"] / fast["step_s"]["median_s"],
+    "fast_options": CPU_OPTIONS,
+  }

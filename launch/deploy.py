@@ -1,0 +1,190 @@
+"""Deploy a technique's exports on this machine: a server process, a device process, a shaped link.
+
+  python -m launch.deploy coinfer --workdir RUN --trace SPEC --link pacer|tc \
+      [--frames 300 --fps 10 --deadline 0.2 --controller mpc --trace-scale 1.0 --delay-ms 0]
+
+Starts `python -m launch.serve` on the run's model repository (RUN/exports/repository) and
+`python -m launch.device` against it, then writes RUN/deploy/report.md: the measured latency
+CDF, deadline-miss rate, accuracy and bytes per frame, the chosen setup against the trace's
+bandwidth, each beside the simulator's prediction on the same trace. With `--link tc` the
+server runs in a network namespace and the device in another, joined by a veth pair whose
+device side a tbf qdisc shapes along the trace (root and iproute2 needed); the namespaces
+are removed when the run ends, fails or is stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+from common.cli import run_main
+from common.errors import ServingError
+
+PY = [sys.executable]
+
+
+def _env() -> dict:
+  env = dict(os.environ)
+  root = str(Path(__file__).resolve().parents[1])
+  env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+  env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  return env
+
+
+def start_server(
+  repo: Path,
+  *,
+  host: str = "127.0.0.1",
+  port: int = 0,
+  prefix=(),
+  stats: Path | None = None,
+  timeout_s: float = 60.0,
+  extra=(),
+):
+  """Starts `launch.serve` and waits for its `serving ... on HOST:PORT` line; returns (proc, port)."""
+  cmd = [*prefix, *PY, "-m", "launch.serve", "--repository", str(repo), "--host", host, "--port", str(port)]
+  if stats:
+    cmd += ["--stats", str(stats)]
+  cmd += list(extra)
+  proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+  line: list[str] = []
+  reader = threading.Thread(target=lambda: line.append(proc.stdout.readline()), daemon=True)
+  reader.start()
+  reader.join(timeout_s)
+  if not line or not line[0].startswith("serving"):
+    proc.kill()
+    err = proc.stderr.read().strip().splitlines()
+    raise ServingError(f"the server did not start: {err[-1] if err else 'no output'}")
+  threading.Thread(target=proc.stderr.read, daemon=True).start()  # drain the log
+  return proc, int(line[0].rsplit(":", 1)[1])
+
+
+def stop_server(proc, timeout_s: float = 10.0) -> None:
+  if proc.poll() is None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+      proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+      proc.kill()
+      proc.wait()
+
+
+def run_device(argv: list[str], prefix=(), timeout_s: float = 3600.0) -> None:
+  try:
+    r = subprocess.run(
+      [*prefix, *PY, "-m", "launch.device", *argv],
+      capture_output=True,
+      text=True,
+      env=_env(),
+      timeout=timeout_s,
+    )
+  except subprocess.TimeoutExpired:
+    raise ServingError(f"the device did not finish within {timeout_s:.0f} s") from None
+  if r.returncode != 0:
+    err = [x for x in r.stderr.strip().splitlines() if x.strip()]
+    raise ServingError(f"the device failed: {err[-1] if err else f'exit status {r.returncode}'}")
+
+
+def _run_pair(args, repo: Path, trace, dev_args: list[str], stats: Path) -> None:
+  """The server and the device processes, over loopback (pacer) or two namespaces (tc)."""
+  from common.serving import link
+
+  if args.link == "pacer":
+    server, port = start_server(repo, stats=stats)
+    try:
+      run_device([*dev_args, "--server", f"127.0.0.1:{port}"])
+    finally:
+      stop_server(server)
+  else:
+    with link.TcNetwork(trace.rate_at(0.0), delay_ms=args.delay_ms) as net:
+      server, port = start_server(
+        repo, host=link.SERVER_ADDR, port=8001, prefix=net.exec_prefix(net.server_ns), stats=stats
+      )
+      try:
+        parent = "root" if args.delay_ms <= 0 else "1:1"
+        run_device(
+          [
+            *dev_args,
+            "--server",
+            f"{link.SERVER_ADDR}:{port}",
+            "--tc-netns",
+            net.device_ns,
+            "--tc-iface",
+            net.device_iface,
+            "--tc-parent",
+            parent,
+          ],
+          prefix=net.exec_prefix(net.device_ns),
+        )
+      finally:
+        stop_server(server)
+
+
+def main(argv=None) -> int:
+  from coinfer import deploy
+  from common.serving import repository
+  from launch.device import TECHNIQUES, add_stream_args, load_trace
+
+  p = argparse.ArgumentParser(prog="python -m launch.deploy", description=__doc__.splitlines()[0])
+  p.add_argument("technique", choices=TECHNIQUES)
+  p.add_argument("--link", choices=("pacer", "tc"), default="pacer")
+  p.add_argument("--delay-ms", type=float, default=0.0, help="with --link tc: netem delay on the uplink")
+  p.add_argument("--out", default=None, help="report folder (default RUN/deploy)")
+  add_stream_args(p)
+  args = p.parse_args(argv)
+  if args.link == "tc":
+    from common.serving import link
+
+    link.require_tc()
+  trace = load_trace(args)  # a malformed trace fails here, before anything starts
+  workdir = Path(args.workdir)
+  repo = workdir / "exports" / "repository"
+  repository.load_repository(repo)  # missing or partial: one line, before any process starts
+  dep = deploy.load(workdir)
+  out_dir = Path(args.out) if args.out else workdir / "deploy"
+  out_dir.mkdir(parents=True, exist_ok=True)
+  stats, device_json = out_dir / "server_stats.json", out_dir / "device.json"
+  for f in (stats, device_json):
+    f.unlink(missing_ok=True)
+  dev_args = ["coinfer", "--workdir", str(workdir), "--out", str(device_json), "--link", args.link]
+  dev_args += [
+    "--trace",
+    args.trace,
+    "--trace-seed",
+    str(args.trace_seed),
+    "--trace-scale",
+    str(args.trace_scale),
+  ]
+  dev_args += ["--frames", str(args.frames), "--controller", args.controller]
+  dev_args += [f"--fps={args.fps}"] if args.fps else []
+  dev_args += [f"--deadline={args.deadline}"] if args.deadline else []
+  dev_args += ["--float"] if args.float else []
+  previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so the finally blocks tear down
+  try:
+    _run_pair(args, repo, trace, dev_args, stats)
+  finally:
+    signal.signal(signal.SIGTERM, previous)
+  from common import safeio
+
+  out = safeio.load_json(device_json, what="device record", keys=("summary", "frames", "profile"))
+  pred = deploy.predict(dep, out, trace)
+  server_stats = safeio.load_json_if_present(stats, what="server statistics")
+  from common.report import write_json
+
+  write_json(out_dir / "summary.json", {"measured": out["summary"], "simulator": pred["summary"]})
+  path = deploy.write_report(out_dir, out, pred, trace, server_stats)
+  m, s = out["summary"], pred["summary"]
+  print(
+    f"wrote {path}: miss rate {m['deadline_miss_rate']:.3f} (simulator {s['deadline_miss_rate']:.3f}), "
+    f"accuracy {m['accuracy']:.3f} (simulator {s['accuracy']:.3f}), {m['bytes_per_frame']:.0f} bytes/frame"
+  )
+  return 0
+
+
+if __name__ == "__main__":
+  run_main(main)

@@ -1,0 +1,38 @@
+"""launch.xla_cpu: the launchers' XLA:CPU options are added once, respect the user's, and keep results."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from launch import xla_cpu
+
+
+def test_set_cpu_flags_adds_once_and_keeps_the_users_value():
+  env = {}
+  xla_cpu.set_cpu_flags(env)
+  assert env["XLA_FLAGS"] == "--xla_cpu_experimental_ynn_fusion_type="
+  xla_cpu.set_cpu_flags(env)
+  assert env["XLA_FLAGS"] == "--xla_cpu_experimental_ynn_fusion_type="
+  mine = "--xla_force_host_platform_device_count=8 --xla_cpu_experimental_ynn_fusion_type=dot"
+  env = {"XLA_FLAGS": mine}
+  xla_cpu.set_cpu_flags(env)
+  assert env["XLA_FLAGS"] == mine
+  env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+  xla_cpu.set_cpu_flags(env)
+  assert env["XLA_FLAGS"] == "--xla_force_host_platform_device_count=8 " + xla_cpu.flags_text()
+
+
+def test_cpu_options_give_the_default_results():
+  """A conv, its filter gradient and a matmul compiled with CPU_OPTIONS equal XLA's defaults."""
+
+  def f(x, k, w):
+    y = jax.lax.conv_general_dilated(x, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return jnp.sum(jnp.tanh(y @ w))
+
+  args = [
+    jax.random.normal(jax.random.key(i), s) for i, s in enumerate([(4, 8, 8, 6), (3, 3, 6, 16), (16, 32)])
+  ]
+  g = jax.jit(jax.value_and_grad(f, argnums=(1, 2)))
+  default = g.lower(*args).compile()(*args)
+  ours = g.lower(*args).compile(xla_cpu.CPU_OPTIONS)(*args)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4), ours, default)
