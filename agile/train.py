@@ -11,7 +11,6 @@ recompile.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from agile import losses, reference, xai
 from agile.models import AgileConfig, AgileNN, init_variables
 from common import checkpoint as ckpt_lib
 from common import data as data_lib
+from common import sharding
 from common import train as train_lib
 
 
@@ -44,7 +44,7 @@ def sgdw(learning_rate: float, total_steps: int, *, momentum: float = 0.9, weigh
 def make_reference_steps(net: reference.ReferenceNet, tx, prep: agile_data.Preprocess):
   """Jitted (train_step, eval_step) of the reference network (dropout rng from the step key)."""
 
-  @functools.partial(jax.jit, donate_argnums=0)
+  @sharding.jit_step
   def train_step(state, batch, rng):
     aug_rng, drop_rng = jax.random.split(rng)
     x = prep(batch["image"], aug_rng)
@@ -145,7 +145,7 @@ def make_train_step(model: AgileNN, eval_loss: Callable, tx, prep: agile_data.Pr
   """
   loss_fn = make_loss_fn(model, eval_loss, ig_steps=ig_steps)
 
-  @functools.partial(jax.jit, donate_argnums=0)
+  @sharding.jit_step
   def train_step(state: train_lib.TrainState, batch: dict, rng: jax.Array, hp: dict, eval_vars: dict):
     x = prep(batch["image"], rng)
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)

@@ -24,6 +24,7 @@ from branching import flops
 from branching.models import AnyNet, param_count
 from common import config as ccfg
 from common import data as data_lib
+from common import sharding
 from common import train as train_lib
 
 
@@ -73,7 +74,7 @@ def make_steps(model: AnyNet, tx, *, mean, std, ema_decay: float):
   def prep(x):
     return data_lib.normalize(jnp.asarray(x, jnp.float32), mean, std)
 
-  @functools.partial(jax.jit, donate_argnums=0)
+  @sharding.jit_step
   def train_step(state: EmaState, batch: dict, rng: jax.Array):
     x = data_lib.augment(rng, prep(batch["image"]), flip=False, pad=2)
 

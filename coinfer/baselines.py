@@ -20,6 +20,7 @@ from coinfer import compress, stages
 from coinfer import models as models_lib
 from coinfer import train as T
 from common import data as data_lib
+from common import sharding
 from common import train as train_lib
 
 
@@ -63,7 +64,7 @@ def _fit(ctx: T.Context, workdir: Path, model, loss_fn, name: str, key, start=No
     variables = start(variables)
   state = train_lib.create_train_state(variables, tx)
 
-  @functools.partial(jax.jit, donate_argnums=0)
+  @sharding.jit_step
   def step(state, batch, rng):
     x = data_lib.augment(rng, T._prep(ctx, batch["image"]), flip=False, pad=2)
 

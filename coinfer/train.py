@@ -10,7 +10,6 @@ its own row; the ids are drawn inside the jitted step, so one compile serves the
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from coinfer import compress
 from coinfer import models as models_lib
 from common import checkpoint as ckpt
 from common import data as data_lib
+from common import sharding
 from common import train as train_lib
 from common.errors import CheckpointError, ConfigError
 from common.report import write_json
@@ -173,7 +173,7 @@ def make_train_step(
       stats = models_lib.update_stats(stats, ids[k], row)
     return grads, stats, losses.mean(), accs.mean()
 
-  @functools.partial(jax.jit, donate_argnums=0)
+  @sharding.jit_step
   def train_step(state: train_lib.TrainState, batch: dict, rng: jax.Array, ids: jax.Array | None = None):
     k_aug, k_ids = jax.random.split(rng)
     x = _prep(ctx, batch["image"])

@@ -3,7 +3,6 @@ and by any technique that needs an ordinary supervised model)."""
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -13,6 +12,7 @@ import jax.numpy as jnp
 import optax
 
 from common import data as data_lib
+from common import sharding
 from common import train as train_lib
 
 
@@ -24,7 +24,7 @@ def make_steps(
   def prep(x):
     return data_lib.normalize(jnp.asarray(x, jnp.float32), mean, std)
 
-  @functools.partial(jax.jit, donate_argnums=0)
+  @sharding.jit_step
   def train_step(state: train_lib.TrainState, batch: dict, rng: jax.Array):
     x = prep(batch["image"])
     if augment:

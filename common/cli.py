@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -13,12 +14,26 @@ from common.errors import EdgeInferError
 
 
 def run_main(fn: Callable[[], int | None]) -> None:
-  """Runs `fn`; a user error prints its message and exits 2, with no traceback."""
+  """Runs `fn`; a user error prints its message and exits 2, with no traceback.
+
+  In a multi-host run, a collective that fails because another process is gone
+  prints which process saw it and exits 2 at once (skipping the distributed
+  shutdown barrier, which would wait for the dead process and then abort).
+  """
   try:
     code = fn()
   except EdgeInferError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
+  except Exception as e:
+    from common.sharding import peer_failure_message
+
+    message = peer_failure_message(e) if "jax" in sys.modules else None
+    if message is None:
+      raise
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(2)
   except KeyboardInterrupt:
     print("interrupted; rerun the same command to resume from the last checkpoint", file=sys.stderr)
     sys.exit(130)

@@ -179,6 +179,7 @@ def batches(
   *,
   key: jax.Array | None = None,
   drop_last: bool = True,
+  rows: tuple[int, int] | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
   """Yields {"image", "label", "mask"} batches over one epoch.
 
@@ -189,6 +190,8 @@ def batches(
       `fold_in(key, epoch)`); None keeps the stored order.
     drop_last: drop the last partial batch; otherwise pad it by repeating the
       first examples and mark the padding with mask == 0.
+    rows: (process index, process count): yield only this process's equal share
+      of every global batch (its contiguous block of rows), for multi-host runs.
   """
   if batch_size <= 0:
     raise DataError(f"batch_size = {batch_size}: must be positive")
@@ -198,6 +201,8 @@ def batches(
       f"data set {ds.name!r} has {n} examples, fewer than batch_size = {batch_size}; "
       "lower the batch size or pass drop_last=False"
     )
+  if rows is not None and batch_size % rows[1]:
+    raise DataError(f"batch size {batch_size} does not divide over the {rows[1]} processes")
   order = np.arange(n) if key is None else np.asarray(jax.random.permutation(key, n))
   for b in range(num_batches(n, batch_size, drop_last=drop_last)):
     idx = order[b * batch_size : (b + 1) * batch_size]
@@ -206,6 +211,9 @@ def batches(
       pad = batch_size - idx.shape[0]
       mask[idx.shape[0] :] = 0.0
       idx = np.concatenate([idx, np.resize(order, pad)])
+    if rows is not None:
+      per = batch_size // rows[1]
+      idx, mask = idx[rows[0] * per : (rows[0] + 1) * per], mask[rows[0] * per : (rows[0] + 1) * per]
     yield {"image": ds.images[idx], "label": ds.labels[idx], "mask": mask}
 
 

@@ -321,8 +321,14 @@ def write_atomic(path: str | os.PathLike, data: bytes) -> Path:
 
   The file gets the mode a plain `open(path, "w")` would give it (0o666 less the umask), not
   the 0o600 of `tempfile.mkstemp`, so reports and exports stay readable on a shared machine.
+
+  In a multi-host run only the primary process writes (the others return `path`).
   """
+  from common.sharding import is_primary
+
   path = Path(path)
+  if not is_primary():
+    return path
   path.parent.mkdir(parents=True, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
   try:

@@ -42,7 +42,7 @@ class Report:
 
   def __init__(self, title: str, workdir: str | os.PathLike):
     self.workdir = Path(workdir)
-    self.workdir.mkdir(parents=True, exist_ok=True)
+    self.workdir.mkdir(parents=True, exist_ok=True)  # files: on the primary process only
     self.parts: list[str] = [f"# {title}\n"]
 
   def heading(self, text: str, level: int = 2) -> None:

@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 
 from common import checkpoint as ckpt
 from common import data as data_lib
+from common import sharding
 from common.errors import DataError, TrainingDivergedError
 
 
@@ -84,10 +85,18 @@ def evaluate_batches(
   """Runs `eval_step(state, batch) -> {name: sum over batch}` over a data set.
 
   `eval_step` returns sums over the masked batch (not means) so the padded last
-  batch is counted exactly; the result divides by the number of examples.
+  batch is counted exactly; the result divides by the number of examples. When
+  `state` is replicated over several devices, the batch is rounded up to a
+  multiple of the device count (the extra rows are masked padding) and sharded.
   """
   totals: dict[str, float] = {}
-  for batch in data_lib.batches(ds, batch_size, drop_last=False):
+  mesh, rows = None, None
+  if sharding.spans_devices(state):  # evaluation runs where the state lives
+    mesh, rows = sharding.make_mesh(), sharding.process_rows()
+    batch_size = -(-batch_size // jax.device_count()) * jax.device_count()
+  for batch in data_lib.batches(ds, batch_size, drop_last=False, rows=rows):
+    if mesh is not None:
+      batch = sharding.shard_batch(batch, mesh)
     out = jax.device_get(eval_step(state, batch))
     for k, v in out.items():
       totals[k] = totals.get(k, 0.0) + float(v)
@@ -95,7 +104,7 @@ def evaluate_batches(
 
 
 class MetricsWriter:
-  """Appends one JSON object per line to `workdir/metrics.jsonl`.
+  """Appends one JSON object per line to `workdir/metrics.jsonl` (on the primary process only).
 
   A run killed in the middle of a write can leave a torn last line (no newline, or not valid
   JSON). `read` drops it with a warning, and the next `write` cuts it off before appending, so
@@ -131,6 +140,8 @@ class MetricsWriter:
         f.truncate(start)
 
   def write(self, step: int, metrics: Mapping[str, Any], **extra) -> None:
+    if not sharding.is_primary():
+      return
     row = {"step": int(step), "time": time.time(), **extra}
     for k, v in metrics.items():
       v = np.asarray(v)
@@ -225,11 +236,24 @@ def fit(
     checkpoint_subdir: lets one workdir hold several stages.
     show_progress: draw a tqdm bar.
 
+  With several devices the state is replicated over them and `train_step`
+  (built with `common.sharding.jit_step`) shards each batch; with several
+  processes each one reads only its rows of every batch, all write one orbax
+  checkpoint together, and the returned state is a local copy on each. Training
+  rows of metrics.jsonl carry `devices`, `processes` and `examples_per_s`.
+
   Raises:
+    ConfigError: the batch size does not divide over the devices.
     TrainingDivergedError: a loss became NaN or infinite.
   """
   workdir = Path(workdir)
   writer = MetricsWriter(workdir)
+  devices, processes = jax.device_count(), jax.process_count()
+  if devices > 1:
+    sharding.check_batch(loop.batch_size)
+    mesh = sharding.make_mesh()
+    state = sharding.replicate(state, mesh)
+    key = sharding.replicate(key, mesh)  # the step keys below are then replicated arrays too
   manager = ckpt.make_manager(workdir / checkpoint_subdir, max_to_keep=loop.keep)
   state, _ = ckpt.restore_latest(manager, state)
   data_key, step_key = jax.random.split(key)
@@ -239,18 +263,30 @@ def fit(
     total = min(total, loop.max_steps)
   step = int(jax.device_get(state.step))
   history: list[dict[str, Any]] = []
-  bar = tqdm(total=total, initial=step, desc=loop.desc, disable=not show_progress, dynamic_ncols=True)
+  bar = tqdm(
+    total=total,
+    initial=step,
+    desc=loop.desc,
+    disable=not show_progress or not sharding.is_primary(),
+    dynamic_ncols=True,
+  )
   pending: list[dict] = []
+  since = [time.perf_counter()]
 
   def flush(step_now: int) -> None:
     if not pending:
       return
     host = jax.device_get(pending)
+    now = time.perf_counter()
+    rate = len(pending) * loop.batch_size / max(now - since[0], 1e-9)
     means = {k: float(np.mean([np.asarray(m[k]).mean() for m in host])) for k in host[0]}
     _check_finite(step_now, means)
-    writer.write(step_now, means, split="train")
+    writer.write(
+      step_now, means, split="train", devices=devices, processes=processes, examples_per_s=round(rate, 2)
+    )
     bar.set_postfix({k: f"{v:.4g}" for k, v in list(means.items())[:3]})
     pending.clear()
+    since[0] = now
 
   def run_eval(step_now: int) -> None:
     if evaluate is None:
@@ -263,11 +299,15 @@ def fit(
     while step < total:
       epoch, offset = divmod(step, spe)
       for i, batch in enumerate(
-        data_lib.batches(train_ds, loop.batch_size, key=jax.random.fold_in(data_key, epoch))
+        data_lib.batches(
+          train_ds, loop.batch_size, key=jax.random.fold_in(data_key, epoch), rows=sharding.process_rows()
+        )
       ):
         if i < offset:
           continue
         rng = jax.random.fold_in(step_key, step)
+        if devices > 1:
+          batch = sharding.shard_batch(batch, mesh)
         state, metrics = train_step(state, batch, rng)
         step += 1
         bar.update(1)
@@ -277,9 +317,11 @@ def fit(
         if loop.eval_every and step % loop.eval_every == 0 and step < total:
           flush(step)
           run_eval(step)
+          since[0] = time.perf_counter()
         if loop.checkpoint_every and step % loop.checkpoint_every == 0 and step < total:
           flush(step)
           ckpt.save(manager, step, state)
+          since[0] = time.perf_counter()
         if step >= total:
           break
     flush(step)
@@ -289,4 +331,6 @@ def fit(
   finally:
     bar.close()
     manager.close()
+  if processes > 1:  # what follows training (exports, reports) runs on each process alone
+    state = sharding.to_local(state)
   return state, history

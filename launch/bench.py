@@ -24,7 +24,10 @@ from common.export import write_atomic
 
 TECHNIQUES = ("agile", "offload", "coinfer", "subnets", "branching", "deploy")
 # Further benchmarks inside a technique's module: name -> (module, its add_args, its run).
-EXTRA = {"branching_parallel": ("branching", "add_parallel_args", "run_parallel")}
+EXTRA = {
+  "branching_parallel": ("branching", "add_parallel_args", "run_parallel"),
+  "scaling": ("scaling", "add_args", "run"),  # data parallelism over 1-8 devices
+}
 
 
 def measure(fn: Callable[[], Any], *, repeats: int = 5, warmup: int = 1) -> dict[str, float]:

@@ -3,6 +3,7 @@
     python -m launch.quickstart                        # all stages -> runs/quickstart/
     python -m launch.quickstart --only common,agile    # some stages
     python -m launch.quickstart --fast                 # smallest settings (smoke test)
+    python -m launch.quickstart --multihost --coordinator HOST:PORT --num_processes N --process_id K
 
 Each stage trains, decides, exports and writes its own report under
 runs/quickstart/<stage>/; this writes runs/quickstart/report.md linking them,
@@ -27,6 +28,10 @@ STAGES = ("common", "agile", "offload", "coinfer", "subnets", "branching", "depl
 _WORKDIR = flags.DEFINE_string("workdir", "runs/quickstart", "where every stage writes its run")
 _ONLY = flags.DEFINE_list("only", list(STAGES), f"stages to run, from {STAGES}")
 _FAST = flags.DEFINE_bool("fast", False, "shrink every stage to a smoke run")
+_MULTIHOST = flags.DEFINE_bool("multihost", False, "start JAX's distributed runtime first (see launch.train)")
+_COORDINATOR = flags.DEFINE_string("coordinator", None, "host:port of process 0 (multihost)")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "processes in the run (multihost)")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "this process's index (multihost)")
 _CONFIG = config_flags.DEFINE_config_file(
   "config", os.path.join(os.path.dirname(__file__), "configs", "quickstart.py"), "config of the common stage"
 )
@@ -70,6 +75,10 @@ def main(argv: list[str]) -> None:
   from launch.xla_cpu import set_cpu_flags
 
   set_cpu_flags()  # before JAX starts its backend
+
+  from launch.train import start_multihost
+
+  start_multihost(_MULTIHOST.value, _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   cli.run_main(_run)
 
 

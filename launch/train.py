@@ -7,11 +7,15 @@
 Everything after `--` goes to `python -m <technique>.main` unchanged.
 
 --platform picks JAX's backend (cpu, gpu, tpu; default: whatever JAX finds).
+Every trainer runs data parallel over all visible devices (`common.sharding`:
+the batch split on its first axis, parameters replicated); the global batch
+size stays what the config says and must divide over the devices.
 --multihost starts JAX's distributed runtime first (`jax.distributed.initialize()`),
 reading the cluster from the environment (TPU pods, SLURM) or from
 --coordinator / --num_processes / --process_id; run the same command on every
-host. Data parallelism over all devices of all hosts then comes from
-`common.sharding`.
+host (same --workdir, on a file system they share). Each process reads only its
+rows of every batch, the processes write one orbax checkpoint together, and only
+process 0 writes reports, plots, metrics.jsonl and exports. See docs/scaling.md.
 """
 
 from __future__ import annotations
@@ -45,6 +49,28 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
   return p.parse_args(ours), rest
 
 
+def start_multihost(multihost: bool, coordinator: str | None, num_processes, process_id) -> None:
+  """Checks the four multi-host flags and starts the distributed runtime; a bad value exits 2."""
+  from common import sharding
+  from common.errors import ConfigError
+
+  flags = {"--coordinator": coordinator, "--num_processes": num_processes, "--process_id": process_id}
+  given = [name for name, v in flags.items() if v is not None]
+  try:
+    if not multihost:
+      if given:
+        raise ConfigError(f"{', '.join(given)}: only with --multihost")
+      return
+    if given and len(given) < 3:
+      raise ConfigError("--coordinator, --num_processes and --process_id go together (or none of them)")
+    if given and not 0 <= process_id < num_processes:
+      raise ConfigError(f"--process_id {process_id}: must be in [0, --num_processes {num_processes})")
+    sharding.initialize_multihost(coordinator, num_processes, process_id)
+  except ConfigError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+
+
 def main(argv: list[str] | None = None) -> None:
   args, rest = parse(sys.argv[1:] if argv is None else argv)
   from launch.xla_cpu import set_cpu_flags
@@ -52,10 +78,7 @@ def main(argv: list[str] | None = None) -> None:
   set_cpu_flags()  # before JAX starts its backend
   if args.platform:
     os.environ["JAX_PLATFORMS"] = args.platform
-  if args.multihost:
-    from common import sharding
-
-    sharding.initialize_multihost(args.coordinator, args.num_processes, args.process_id)
+  start_multihost(args.multihost, args.coordinator, args.num_processes, args.process_id)
   import jax
 
   print(

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from common import sharding
 from offload import bucket
 from offload.models import DQNConfig, QNetwork, split_q
 
@@ -156,7 +157,11 @@ def make_batched_iteration(net: QNetwork, fqi: FQIConfig):
   def one(state, key, q, p, m, pool, pmf):
     return q_iteration_fn(state, key, q, p, m, pool, pmf, net=net, fqi=fqi)
 
-  return jax.jit(jax.vmap(one, in_axes=(0, 0, 0, 0, 0, None, None)), donate_argnums=0)
+  vmapped = jax.vmap(one, in_axes=(0, 0, 0, 0, 0, None, None))
+  # Data parallel over the rows: state, key, q, p, m and the new state sharded; pool, pmf, metrics replicated.
+  return sharding.jit_step(
+    vmapped, batch_argnums=(0, 1, 2, 3, 4), batch_outnums=(0,), local_batches=False, submesh=True
+  )
 
 
 def init_rows(keys: jax.Array, net: QNetwork, lrs: jax.Array) -> DQNState:

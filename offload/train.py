@@ -165,6 +165,7 @@ def train_and_evaluate(
     total=c.maxiter, initial=it, desc="offload: Q-iteration", disable=not show_progress, dynamic_ncols=True
   )
   t0, done, last = time.time(), 0, {}
+  t_row, it_row = t0, it  # examples/s of the metrics rows: rows x gbsz x ngdup regression examples
   try:
     while it < c.maxiter:
       state, met = step_fn(state, it_keys, qs, ps, ms, pool, pmf)
@@ -179,7 +180,14 @@ def train_and_evaluate(
           raise TrainingDivergedError(
             f"Q-iteration loss became {last['loss']} at iteration {it}; raise --config.lr"
           )
-        writer.write(it, {"loss": last["loss"], "target_span": last["target_span"]}, split="train")
+        rate = len(rows) * c.gbsz * c.ngdup * (it - it_row) / max(time.time() - t_row, 1e-9)
+        dp = {
+          "devices": jax.device_count(),
+          "processes": jax.process_count(),
+          "examples_per_s": round(rate, 2),
+        }
+        writer.write(it, {"loss": last["loss"], "target_span": last["target_span"]}, split="train", **dp)
+        t_row, it_row = time.time(), it
         bar.set_postfix(loss=f"{float(last['loss'].mean()):.4g}")
       if c.ckpt_every and it % c.ckpt_every == 0 and it < c.maxiter:
         ckpt.save(manager, it, state)

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from common import classifier
+from common import classifier, sharding
 from common import data as data_lib
 from common import train as train_lib
 from subnets import models, surgery
@@ -174,7 +174,7 @@ def make_joint_steps(mcfg, widths_list, tx, *, mean, std, pis, augment: bool, bn
         out.append(net.apply(sub, x, train=False)[0])
     return out
 
-  @functools.partial(jax.jit, donate_argnums=0)
+  @sharding.jit_step
   def train_step(state, batch, rng):
     x = data_lib.normalize(jnp.asarray(batch["image"], jnp.float32), mean, std)
     if augment:

@@ -1,5 +1,6 @@
 """End to end: the quickstart stage (fast), resume, exports, config and CLI errors."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -46,6 +47,8 @@ def test_training_resumes_from_checkpoint(stage_run):
   assert out["iterations"] == 12
   rows = [r for r in (workdir / "metrics.jsonl").read_text().splitlines() if r.strip()]
   assert '"step": 11' in rows[-2] and '"step": 12' in rows[-1]  # continued from iteration 10
+  last = json.loads(rows[-1])
+  assert last["devices"] == 1 and last["processes"] == 1 and last["examples_per_s"] > 0
 
 
 def test_config_errors_name_the_key():
