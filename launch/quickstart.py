@@ -7,7 +7,8 @@
 
 Each stage trains, decides, exports and writes its own report under
 runs/quickstart/<stage>/; this writes runs/quickstart/report.md linking them,
-with the time of each stage. Under 10 minutes on 2 CPU cores.
+with the time of each stage. The goal is under 10 minutes on 2 quiet CPU cores; the total with
+the `deploy` stage and the December 2026 changes has not been measured on a quiet machine yet.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Quickstart config: a small CNN on the embedded `digits` data, trained, exported, checked.
 
-Run:  python -m launch.quickstart                       (all stages, < 10 min on 2 CPU cores)
+Run:  python -m launch.quickstart                       (all stages; goal < 10 min on 2 quiet cores)
       python -m launch.quickstart --only common         (this stage alone, ~40 s)
       python -m launch.quickstart --config.train.num_epochs=2
 """
