@@ -13,8 +13,13 @@ import ml_collections
 from common.errors import EdgeInferError
 
 
+def debug() -> bool:
+  """Whether errors show their traceback (`--debug`, or EDGEINFER_DEBUG=1 in the environment)."""
+  return os.environ.get("EDGEINFER_DEBUG", "") not in ("", "0")
+
+
 def run_main(fn: Callable[[], int | None]) -> None:
-  """Runs `fn`; a user error prints its message and exits 2, with no traceback.
+  """Runs `fn`; a user error prints its message and exits 2, with no traceback (unless `debug()`).
 
   In a multi-host run, a collective that fails because another process is gone
   prints which process saw it and exits 2 at once (skipping the distributed
@@ -23,6 +28,8 @@ def run_main(fn: Callable[[], int | None]) -> None:
   try:
     code = fn()
   except EdgeInferError as e:
+    if debug():
+      raise
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
   except Exception as e:

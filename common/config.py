@@ -138,3 +138,11 @@ def to_dataclass(cls: type, section: ml_collections.ConfigDict | dict, key: str 
     return cls(**data)
   except TypeError as e:
     raise ConfigError(f"config.{key}: {e}") from None
+
+
+def variant(arg: str | None, allowed: Iterable[str]) -> str | None:
+  """Checks a config file's variant (`--config=FILE.py:VARIANT`, `get_config(arg)`); None is the default."""
+  allowed = list(allowed)
+  if arg not in (None, "") and arg not in allowed:
+    raise ConfigError(f"config variant {arg!r}: must be one of {allowed} (or none)")
+  return arg or None

@@ -20,7 +20,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from common import checkpoint, cli, micro, provenance, safeio
+from common import app, checkpoint, cli, micro, provenance, safeio
 from common import config as cfg_lib
 from common import data as data_lib
 from common import report as report_lib
@@ -334,17 +334,29 @@ def step_export(run: Run) -> dict:
   return res
 
 
+def _reported(step):
+  def fn(run: Run) -> dict:
+    out = step(run)
+    write_report(run)
+    return out
+
+  return fn
+
+
 STEPS = {
-  "importance": step_importance,
-  "knapsack": step_knapsack,
-  "finetune": step_finetune,
-  "export": step_export,
+  "importance": app.Step(_reported(step_importance), "train (or resume) the dense model; importance.npz"),
+  "knapsack": app.Step(_reported(step_knapsack), "nested widths for every budget; knapsack.json"),
+  "finetune": app.Step(_reported(step_finetune), "joint fine-tuning, BN stage, baselines; finetune.json"),
+  "export": app.Step(_reported(step_export), "TFLite float/int8 + TFLite Micro per subnetwork; export.json"),
 }
+
+
+def preflight(config, workdir: Path) -> None:
+  """Refuses a workdir whose outputs were made from other config values (before anything is written)."""
+  provenance.check(workdir, config, DEPS)
 
 
 def run_step(name: str, config, workdir, *, show_progress: bool = True) -> dict:
   """Runs one step (and what it needs), then rewrites report.md."""
   run = Run(config, Path(workdir), show_progress=show_progress)
-  out = STEPS[name](run)
-  write_report(run)
-  return out
+  return STEPS[name].fn(run)
