@@ -170,6 +170,21 @@ def load_config(argv: Sequence[str]):
   return config
 
 
+def load_config_file(value: str, *, lock: bool = True):
+  """The config of `FILE.py[:VARIANT]` (as `--config` reads it), for the quickstart stages and tests.
+
+  Stages and tests name a variant (`coinfer/configs/quick.py:fast`) instead of editing a config.
+  """
+  path, _, variant = resolve_config_path(value).partition(":")
+  spec = importlib.util.spec_from_file_location(f"edgeinfer_config_{Path(path).stem}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config(variant) if variant else module.get_config()
+  if lock:
+    config.lock()
+  return config
+
+
 def help_text(spec: App) -> str:
   width = max(len(s) for s in spec.step_names())
   lines = [

@@ -50,6 +50,24 @@ def restore_latest(manager: ocp.CheckpointManager, like: Any) -> tuple[Any, int 
   return tree, int(step)
 
 
+def restore_finished(directory: str | os.PathLike, like: Any, *, run_first: str, max_to_keep: int = 3) -> Any:
+  """The newest checkpoint in `directory` (a finished training's), or CheckpointError.
+
+  `run_first` is the command that makes it, named in the error, e.g. `edgeinfer coinfer init`.
+  """
+  directory = Path(directory)
+  if not directory.exists():
+    raise CheckpointError(f"no checkpoints in {directory}; run `{run_first}` first")
+  manager = make_manager(directory, max_to_keep=max_to_keep)
+  try:
+    tree, step = restore_latest(manager, like)
+  finally:
+    manager.close()
+  if step is None:
+    raise CheckpointError(f"no checkpoint in {directory}; run `{run_first}` first")
+  return tree
+
+
 def save(manager: ocp.CheckpointManager, step: int, tree: Any, *, wait: bool = True) -> None:
   """Saves `tree` at `step` (atomically: temporary name, then rename)."""
   manager.save(int(step), args=ocp.args.StandardSave(tree), force=True)
