@@ -14,6 +14,7 @@ from agile import payload as pl
 from agile.models import AgileNN
 from common import data as data_lib
 from common import micro
+from common.models import count_params
 from common.report import Report, write_json
 
 
@@ -44,8 +45,8 @@ def cost_summary(model: AgileNN, variables: dict, input_size: int) -> dict[str, 
   device_macs = pl.count_macs(lambda a: model.apply(variables, a, method=AgileNN.device), x)
   remote_macs = pl.count_macs(lambda a: model.apply(variables, a, method=AgileNN.remote), q)
   p = variables["params"]
-  device_params = pl.count_params([p["fe"], p["local"], p["quantizer"], p["combiner"]])
-  remote_params = pl.count_params(p["remote_predictor"])
+  device_params = count_params([p["fe"], p["local"], p["quantizer"], p["combiner"]])
+  remote_params = count_params(p["remote_predictor"])
   return {
     "device_macs": device_macs,
     "remote_macs": remote_macs,

@@ -72,10 +72,6 @@ def count_macs(fn: Callable, *example_args) -> float:
   return float(cost.get("flops", 0.0)) / 2.0
 
 
-def count_params(tree) -> int:
-  return int(sum(np.size(x) for x in jax.tree.leaves(tree)))
-
-
 @dataclasses.dataclass(frozen=True)
 class LatencyModel:
   """Device, link and server speeds.

@@ -210,7 +210,3 @@ class AnyNet(nn.Module):
     with jax.named_scope(f"head_{hd}_gap"):
       x = jnp.mean(x, axis=(1, 2))
     return nn.Dense(c.num_classes, name=f"head_{hd}_dense")(x)
-
-
-def param_count(params) -> int:
-  return int(sum(p.size for p in jax.tree_util.tree_leaves(params)))

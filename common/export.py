@@ -13,7 +13,9 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import statistics
 import tempfile
+import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
@@ -168,6 +170,22 @@ def run_tflite(tflite_bytes: bytes, *inputs: np.ndarray, num_threads: int = 1) -
   """
   ins, _ = tflite_io(tflite_bytes)
   return run_in_batches(make_tflite_runner(tflite_bytes, num_threads=num_threads), ins[0].shape[0], inputs)
+
+
+def litert_latency_us(tflite_bytes: bytes, example: np.ndarray, *, repeats: int, warmup: int = 20) -> float:
+  """Median single-thread LiteRT invoke time in microseconds (batch of one)."""
+  interp = _interpreter(tflite_bytes, num_threads=1)
+  d = interp.get_input_details()[0]
+  info = tflite_io(tflite_bytes)[0][0]
+  interp.set_tensor(d["index"], quantize_input(example, info))
+  for _ in range(warmup):
+    interp.invoke()
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    interp.invoke()
+    times.append(time.perf_counter() - t0)
+  return statistics.median(times) * 1e6
 
 
 def run_in_batches(

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
+import numpy as np
 
 
 class SmallCNN(nn.Module):
@@ -30,3 +31,8 @@ class SmallCNN(nn.Module):
     features = x.mean(axis=(1, 2))
     logits = nn.Dense(self.num_classes, name="head")(features)
     return logits, {"features": features}
+
+
+def count_params(tree) -> int:
+  """The number of parameters (array elements) in a pytree."""
+  return int(sum(np.size(x) for x in jax.tree.leaves(tree)))

@@ -19,25 +19,6 @@ from common import export as ex
 from subnets import bnstats, models, runtime
 
 
-def litert_latency_us(tflite_bytes: bytes, example: np.ndarray, *, repeats: int, warmup: int = 20) -> float:
-  """Median single-thread LiteRT invoke time in microseconds (batch of one)."""
-  from ai_edge_litert.interpreter import Interpreter
-
-  interp = Interpreter(model_content=tflite_bytes, num_threads=1)
-  interp.allocate_tensors()
-  d = interp.get_input_details()[0]
-  info = ex.tflite_io(tflite_bytes)[0][0]
-  interp.set_tensor(d["index"], ex.quantize_input(example, info))
-  for _ in range(warmup):
-    interp.invoke()
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    interp.invoke()
-    times.append(time.perf_counter() - t0)
-  return statistics.median(times) * 1e6
-
-
 def export_subnets(
   mcfg: models.ModelConfig,
   variables: dict,
@@ -88,7 +69,7 @@ def export_subnets(
       "float_bytes": len(tfl),
       "float_max_abs_err": par.tflite_max_abs_err,
       "float_accuracy": float(np.mean(np.argmax(lite_logits, -1) == test_ds.labels)),
-      "float_latency_us": litert_latency_us(tfl, example, repeats=latency_repeats),
+      "float_latency_us": ex.litert_latency_us(tfl, example, repeats=latency_repeats),
     }
     if int8:
       t8 = ex.to_tflite(fn, example, int8=True, representative_data=rep, name=tag)
@@ -108,7 +89,7 @@ def export_subnets(
         "int8_file": f"{tag}_int8.tflite",
         "int8_bytes": len(t8),
         "int8_accuracy": float(np.mean(np.argmax(q_logits, -1) == test_ds.labels)),
-        "int8_latency_us": litert_latency_us(t8, example, repeats=latency_repeats),
+        "int8_latency_us": ex.litert_latency_us(t8, example, repeats=latency_repeats),
       }
     rows.append(row)
   return rows

@@ -129,8 +129,8 @@ def _litert(repeats: int, preset: str, shape: tuple[int, int, int], granularity:
   import jax
 
   from common import export as ex
+  from common.export import litert_latency_us
   from subnets import knapsack, models, runtime, surgery
-  from subnets.export import litert_latency_us
 
   cfg = models.preset(preset, 12)
   costs = models.chain_costs(cfg, shape)
