@@ -21,6 +21,7 @@ import jax.numpy as jnp
 
 from branching.config import NetConfig
 from branching.flops import make_divisible
+from common.models import count_params as param_count  # noqa: F401 - the package's counter
 
 
 def _relu(x):
