@@ -10,15 +10,16 @@ server malformed bytes of every kind until told to stop.
 
   python -m common.serving.load --url HOST:PORT --repository DIR --model NAME --streams 8 \
       --first-stream 0 --frames 600 --fps 20 --deadline 1.0 --out streams.json
+  python -m common.serving.load --url HOST:PORT --repository DIR --model NAME --garbage 20 --out sent.json
 
-runs that many streams as threads of one process (`launch.bench deploy --load` starts several).
+runs that many streams as threads of one process (`launch.bench deploy --load` starts several),
+or the garbage device for that many seconds.
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
-import json
 import socket
 import threading
 import time
@@ -64,6 +65,7 @@ def record(results: list[dev.FrameResult], picks: list[int], expected, deadline_
     if r.output is not None and not np.array_equal(r.output, expected[i])
   ]
   out = dev.summary(results, deadline_s)
+  out["answered"] = sum(r.output is not None for r in results)  # late answers included
   out["wrong"] = len(wrong)
   out["wrong_frames"] = wrong[:20]
   out["unaccounted"] = sum(r.status not in ("ok", "late", "lost") for r in results)
@@ -85,6 +87,7 @@ def stream(
   fps: float,
   deadline_s: float,
   pacer=None,
+  stop: threading.Event | None = None,
   connect_timeout_s: float = 10.0,
 ) -> dict:
   """One device stream against `url`; returns `record` plus the client's reconnects."""
@@ -97,13 +100,18 @@ def stream(
     return dev.Request(model.name, inputs[picks[k]], output)
 
   try:
-    results = dev.run_stream(client, step, frames=frames, fps=fps, deadline_s=deadline_s, pacer=pacer)
+    results = dev.run_stream(
+      client, step, frames=frames, fps=fps, deadline_s=deadline_s, pacer=pacer, stop=stop
+    )
   finally:
     client.close()
+  picks = picks[: len(results)]
   return {"stream": sid, **record(results, picks, expected, deadline_s), "reconnects": client.reconnects}
 
 
-def run_streams(url: str, repo, model_name: str, *, streams: int, first: int = 0, seed: int = 0, **kw) -> list:
+def run_streams(
+  url: str, repo, model_name: str, *, streams: int, first: int = 0, seed: int = 0, **kw
+) -> list:
   """`streams` concurrent `stream`s (threads of this process), ids first .. first + streams - 1."""
   model = _model(repo, model_name)
   inputs, expected = pool(model, seed=seed)
@@ -142,7 +150,8 @@ def merge(records: list[dict], wall_s: float) -> dict:
     "reasons": dict(reasons),
     "reconnects": sum(r.get("reconnects", 0) for r in records),
     "wall_s": wall_s,
-    "answered_per_s": (tot["ok"] + tot["late"]) / wall_s if wall_s > 0 else 0.0,
+    "answered": sum(r["answered"] for r in records),
+    "answered_per_s": sum(r["answered"] for r in records) / wall_s if wall_s > 0 else 0.0,
     "ok_per_s": tot["ok"] / wall_s if wall_s > 0 else 0.0,
   }
   if lat.size:
@@ -198,7 +207,9 @@ def garbage(url: str, model: repository.Model, feeds: dict, stop: threading.Even
     elif choice == 3:
       req.model_name = req.model_name + "x"
     else:
-      req.raw_input_contents[0] = req.raw_input_contents[0][: int(rng.integers(len(req.raw_input_contents[0])))]
+      req.raw_input_contents[0] = req.raw_input_contents[0][
+        : int(rng.integers(len(req.raw_input_contents[0])))
+      ]
     return req.SerializeToString()
 
   def flipped():
@@ -248,8 +259,17 @@ def main(argv=None) -> int:
   p.add_argument("--fps", type=float, default=20.0)
   p.add_argument("--deadline", type=float, default=1.0)
   p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--garbage", type=float, default=0.0, help="seconds of garbage instead of streams")
   p.add_argument("--out", required=True)
   a = p.parse_args(argv)
+  from common.report import write_json
+
+  if a.garbage > 0:
+    model = _model(a.repository, a.model)
+    stop = threading.Event()
+    threading.Timer(a.garbage, stop.set).start()
+    write_json(a.out, garbage(a.url, model, pool(model, 1, a.seed)[0][0], stop, a.seed))
+    return 0
   out = run_streams(
     a.url,
     a.repository,
@@ -261,8 +281,6 @@ def main(argv=None) -> int:
     fps=a.fps,
     deadline_s=a.deadline,
   )
-  from common.report import write_json
-
   write_json(a.out, out)
   return 0
 

@@ -83,7 +83,9 @@ def run_load(
       if w.poll() is None:
         w.kill()
     stop_server(proc)
-  bad = [(w.returncode, e.strip().splitlines()[-1:]) for w, e in zip(workers, errs, strict=True) if w.returncode]
+  bad = [
+    (w.returncode, e.strip().splitlines()[-1:]) for w, e in zip(workers, errs, strict=True) if w.returncode
+  ]
   if bad:
     raise RuntimeError(f"device processes failed: {bad}")
   records = [r for o in outs for r in json.loads(o.read_text())]
@@ -122,22 +124,42 @@ def _result(t, box):
   return box["out"]
 
 
+def _wait_answered(stats: Path, n: int, proc, timeout_s: float = 60.0) -> None:
+  """Until the server (writing `stats` every 0.2 s) has answered n requests."""
+  t_end = time.monotonic() + timeout_s
+  while time.monotonic() < t_end and proc.poll() is None:
+    s = _server_stats(stats)
+    if s.get("requests", 0) - s.get("failed", 0) >= n:
+      return
+    time.sleep(0.1)
+  raise RuntimeError(f"the server answered fewer than {n} requests within {timeout_s:.0f} s")
+
+
 def run_restarts(
   repo: Path,
   model: str,
   *,
-  seconds: float,
   fps: float,
   deadline_s: float,
   kills: int = 2,
   up_s: float = 1.5,
   down_s: float = 0.5,
+  workdir: Path,
+  max_seconds: float = 300.0,
 ) -> dict:
-  """A stream while the server is SIGKILLed and restarted (same port) `kills` times."""
+  """A stream while the server is SIGKILLed and restarted (same port) `kills` times: each kill
+  `up_s` after the server (re)started answering the stream, each restart `down_s` after the
+  kill; the stream stops `up_s` after the last restart answered."""
   m = load._model(repo, model)
   inputs, expected = load.pool(m)
-  proc, port = start_server(repo)
-  events = []
+  workdir = Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  extra = ["--stats-every", "0.2"]
+  stats = [workdir / f"restart_stats_{i}.json" for i in range(kills + 1)]
+  for f in stats:
+    f.unlink(missing_ok=True)
+  proc, port = start_server(repo, stats=stats[0], extra=extra)
+  events, stop = [], threading.Event()
   try:
     t0 = time.monotonic()
     t, box = _in_thread(
@@ -147,20 +169,26 @@ def run_restarts(
       inputs=inputs,
       expected=expected,
       sid=0,
-      frames=int(round(seconds * fps)),
+      frames=int(round(max_seconds * fps)),
       fps=fps,
       deadline_s=deadline_s,
+      stop=stop,
     )
-    for _ in range(kills):
+    for i in range(kills):
+      _wait_answered(stats[i], 5, proc)
       time.sleep(up_s)
       proc.kill()
       proc.wait()
       events.append(("killed", time.monotonic() - t0))
       time.sleep(down_s)
-      proc, _ = start_server(repo, port=port)
+      proc, _ = start_server(repo, port=port, stats=stats[i + 1], extra=extra)
       events.append(("serving again", time.monotonic() - t0))
+    _wait_answered(stats[kills], 5, proc)
+    time.sleep(up_s)
+    stop.set()
     out = _result(t, box)
   finally:
+    stop.set()
     stop_server(proc)
   out["events"] = events
   # outages the stream came back from: a run of frames with a lost one, then an answered one
@@ -224,34 +252,45 @@ def run_outage(
 def run_garbage(
   repo: Path, model: str, *, streams: int, seconds: float, fps: float, deadline_s: float, workdir: Path
 ) -> dict:
-  """Healthy streams and a garbage device on one server; the server must outlive it all."""
-  stats = Path(workdir) / "garbage_server_stats.json"
-  stats.parent.mkdir(parents=True, exist_ok=True)
-  m = load._model(repo, model)
-  inputs, _ = load.pool(m)
+  """Healthy streams (threads of this process) and a garbage device (its own process) on one
+  server; the server must outlive it all and the healthy streams see no error."""
+  workdir = Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  stats, sent = workdir / "garbage_server_stats.json", workdir / "garbage_sent.json"
+  sent.unlink(missing_ok=True)
   proc, port = start_server(repo, stats=stats, extra=["--stats-every", "0.5"])
   url = f"127.0.0.1:{port}"
-  stop = threading.Event()
+  cmd = [*PY, "-m", "common.serving.load", "--url", url, "--repository", str(repo), "--model", model]
+  cmd += ["--garbage", str(seconds + 1.0), "--out", str(sent)]
+  bad = subprocess.Popen(cmd, env=_env(), stderr=subprocess.PIPE, text=True)
   try:
-    g, gbox = _in_thread(load.garbage, url=url, model=m, feeds=inputs[0], stop=stop)
-    time.sleep(0.2)
+    while not sent.exists() and bad.poll() is None and not _garbage_started(stats):
+      time.sleep(0.1)
     t0 = time.monotonic()
     records = load.run_streams(
       url, repo, model, streams=streams, frames=int(round(seconds * fps)), fps=fps, deadline_s=deadline_s
     )
     wall = time.monotonic() - t0
-    stop.set()
-    sent = _result(g, gbox)
+    err = bad.communicate(timeout=seconds + 60)[1]
     alive = proc.poll() is None
   finally:
-    stop.set()
+    if bad.poll() is None:
+      bad.kill()
     stop_server(proc)
+  if bad.returncode:
+    raise RuntimeError(f"the garbage device failed: {err.strip().splitlines()[-1:]}")
+  got = json.loads(sent.read_text())
   out = load.merge(records, wall)
   out.update(
-    garbage=sent,
-    garbage_requests=sum(sum(v.values()) for v in sent.values()),
+    garbage=got,
+    garbage_requests=sum(sum(v.values()) for v in got.values()),
     server_alive=alive,
     healthy_errors=sum(sum(r["reasons"].values()) for r in records),
     server=_server_stats(stats),
   )
   return out
+
+
+def _garbage_started(stats: Path) -> bool:
+  """True once the server has refused a request (the garbage device is at work)."""
+  return _server_stats(stats).get("failed", 0) > 0

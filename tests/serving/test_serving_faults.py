@@ -32,18 +32,21 @@ def test_load_every_request_gets_its_own_answer(repo, tmp_path):
   )
   assert out["frames"] == 8 * 60 and out["unaccounted"] == 0
   assert out["wrong"] == 0 and out["status"] == {"ok": 480, "late": 0, "lost": 0}, out
+  assert out["answered"] == 480
   assert out["server"]["requests"] == 480 and out["server"]["failed"] == 0
   assert 0 < out["p50_ms"] <= out["p99_ms"]
 
 
-def test_server_killed_and_restarted_twice(repo):
+def test_server_killed_and_restarted_twice(repo, tmp_path):
   d, model = repo
-  out = deploy_load.run_restarts(d, model, seconds=6.0, fps=20.0, deadline_s=1.0, up_s=1.2, down_s=0.5)
-  _complete(out, 120)
+  out = deploy_load.run_restarts(d, model, fps=20.0, deadline_s=1.0, up_s=1.0, down_s=0.5, workdir=tmp_path)
+  _complete(out, out["frames"])
   assert [e for e, _ in out["events"]] == ["killed", "serving again"] * 2
   assert out["status"]["lost"] >= 2 and out["recoveries"] == 2, out["statuses"]
   assert out["reconnects"] >= 2 and out["statuses"].endswith("o")
-  assert set(out["reasons"]) <= {"server unavailable", "StatusCode.UNAVAILABLE", "UNAVAILABLE"}, out["reasons"]
+  assert set(out["reasons"]) <= {"server unavailable", "StatusCode.UNAVAILABLE", "UNAVAILABLE"}, out[
+    "reasons"
+  ]
 
 
 def test_link_at_zero_rate_counts_the_frames_and_goes_on(repo):
