@@ -199,8 +199,11 @@ def help_text(spec: App) -> str:
   if spec.all_steps:
     lines.append(f"  {'all':{width}s}  every step in order: {', '.join(spec.all_steps)}")
   lines += ["", "flags:"]
-  for module in ("common.app", f"{spec.name}.main"):
-    for flag in FLAGS.get_flags_for_module(module) if module in FLAGS.flags_by_module_dict() else ():
+  by_module = FLAGS.flags_by_module_dict()
+  package = f"{spec.name}.main"
+  mains = [m for m in by_module if m in ("__main__", package) or m.endswith(f"{spec.name}/main.py")]
+  for module in ["common.app", *mains]:
+    for flag in by_module.get(module, ()):
       default = "" if flag.default in (None, "") else f" (default {flag.default!r})"
       lines.append(f"  --{flag.name}: {flag.help}{default}")
   if spec.default_config:
