@@ -1,6 +1,8 @@
 """Deploy a technique's exports on this machine: a server process, a device process, a shaped link.
 
   python -m launch.deploy agile --workdir RUN --trace SPEC [--frames 300 --fps 10 --deadline 0.5 --float]
+  python -m launch.deploy offload --workdir RUN [--policy all|mdp|dqn --setting 0 --frames 300 --fps 20 \
+      --stream-seed 0 --stype 0|1 --itype 0|1 --deadline 0.5 --trace markov]
   python -m launch.deploy coinfer --workdir RUN --trace SPEC --link pacer|tc \
       [--frames 300 --fps 10 --deadline 0.2 --controller mpc --trace-scale 1.0 --delay-ms 0]
 
@@ -126,6 +128,26 @@ def _run_pair(args, repo: Path, trace, dev_args: list[str], stats: Path) -> None
         stop_server(server)
 
 
+def _offload_report(workdir: Path, out_dir: Path, device_json: Path, server_stats, export_info) -> int:
+  from common import safeio
+  from common.report import write_json
+  from offload import deploy as odeploy
+  from offload import deploy_report
+
+  runs = safeio.load_json(device_json, what="device record", keys=("policies",))["policies"]
+  dep = odeploy.load(workdir)
+  preds = {p: odeploy.predict(dep, out) for p, out in runs.items()}
+  gaps = deploy_report.gaps(runs, preds)
+  write_json(
+    out_dir / "summary.json",
+    {"measured": {p: r["summary"] for p, r in runs.items()}, "simulator": preds, "gap": gaps, "export": export_info},
+  )
+  path = deploy_report.write_report(out_dir, runs, preds, server_stats, export_info)
+  figs = ", ".join(f"{p} loss {runs[p]['summary']['loss']:.4f} (simulator {preds[p]['loss']:.4f})" for p in runs)
+  print(f"wrote {path}: {figs}")
+  return 0
+
+
 def main(argv=None) -> int:
   from coinfer import deploy
   from common.serving import repository
@@ -149,6 +171,10 @@ def main(argv=None) -> int:
 
     dep = agile_deploy.load(workdir, int8=not args.float)
     agile_deploy.write_repository(workdir, dep.meta, dep.codec)
+  if args.technique == "offload":
+    from offload import deploy as odeploy
+
+    export_info = odeploy.export_classifiers(workdir)
   repo = workdir / "exports" / "repository"
   repository.load_repository(repo)  # missing or partial: one line, before any process starts
   if args.technique == "coinfer":
@@ -169,6 +195,10 @@ def main(argv=None) -> int:
   ]
   dev_args += ["--frames", str(args.frames)]
   dev_args += ["--controller", args.controller] if args.technique == "coinfer" else []
+  if args.technique == "offload":
+    dev_args += ["--policy", args.policy, "--setting", str(args.setting), "--stream-seed", str(args.stream_seed)]
+    dev_args += [f"--stype={args.stype}"] if args.stype is not None else []
+    dev_args += [f"--itype={args.itype}"] if args.itype is not None else []
   dev_args += [f"--fps={args.fps}"] if args.fps else []
   dev_args += [f"--deadline={args.deadline}"] if args.deadline else []
   dev_args += ["--float"] if args.float else []
@@ -181,6 +211,8 @@ def main(argv=None) -> int:
   from common.report import write_json
 
   server_stats = safeio.load_json_if_present(stats, what="server statistics")
+  if args.technique == "offload":
+    return _offload_report(workdir, out_dir, device_json, server_stats, export_info)
   if args.technique == "agile":
     out = safeio.load_json(device_json, what="device record", keys=("summary", "frames"))
     pred = agile_deploy.predict(dep, out, trace)

@@ -20,8 +20,9 @@ from pathlib import Path
 from common.cli import run_main
 from common.errors import ConfigError
 
-TECHNIQUES = ("coinfer", "agile")
+TECHNIQUES = ("coinfer", "agile", "offload")
 AGILE_DEFAULTS = {"fps": 10.0, "deadline_s": 0.5}  # an agile run has no stream settings of its own
+OFFLOAD_DEFAULTS = {"fps": 20.0, "deadline_s": 0.5}  # fps: arrival slots per second
 
 
 def add_stream_args(p: argparse.ArgumentParser) -> None:
@@ -34,6 +35,11 @@ def add_stream_args(p: argparse.ArgumentParser) -> None:
   p.add_argument("--deadline", type=float, default=None, help="seconds; default: config.stream.deadline_s")
   p.add_argument("--controller", default="mpc", help="mpc | rate | buffer | fixed:<setup>")
   p.add_argument("--float", action="store_true", help="run the float device parts even where int8 exists")
+  p.add_argument("--policy", default="all", help="offload: mdp | dqn | all (one stream each, in turn)")
+  p.add_argument("--setting", type=int, default=0, help="offload: index of the (config.tr, config.tb) bucket")
+  p.add_argument("--stream-seed", type=int, default=0, help="offload: seed of the image / interval stream")
+  p.add_argument("--stype", type=int, choices=(0, 1), default=None, help="offload: 0 i.i.d., 1 location reset")
+  p.add_argument("--itype", type=int, choices=(0, 1), default=None, help="offload: 0 periodic, 1 Markov arrivals")
 
 
 def load_trace(args):
@@ -50,6 +56,43 @@ def load_trace(args):
   if args.trace_scale != 1.0:
     tr = dataclasses.replace(tr, rates_bps=np.asarray(tr.rates_bps) * args.trace_scale)
   return tr
+
+
+def offload_policies(args) -> list[str]:
+  from offload import deploy as odeploy
+
+  if args.policy == "all":
+    return list(odeploy.POLICIES) if args.setting == 0 else ["mdp"]
+  if args.policy not in odeploy.POLICIES:
+    raise ConfigError(f"--policy {args.policy!r}: must be one of {list(odeploy.POLICIES)} or 'all'")
+  return [args.policy]
+
+
+def run_offload(args, client, tr, shaper, progress) -> dict:
+  """One stream per policy, in turn, on the same images: {"policies": {policy: record}, "summary"}."""
+  from offload import deploy as odeploy
+
+  dep = odeploy.load(args.workdir)
+  client.connect(args.connect_timeout)
+  runs = {}
+  for pol in offload_policies(args):
+    runs[pol] = odeploy.run(
+      dep,
+      client,
+      tr,
+      policy=pol,
+      setting=args.setting,
+      frames=args.frames,
+      fps=float(args.fps or OFFLOAD_DEFAULTS["fps"]),
+      deadline_s=float(args.deadline or OFFLOAD_DEFAULTS["deadline_s"]),
+      stream_seed=args.stream_seed,
+      stype=args.stype,
+      itype=args.itype,
+      link=args.link,
+      shaper=shaper,
+      progress=progress,
+    )
+  return {"policies": runs, "summary": {p: r["summary"] for p, r in runs.items()}}
 
 
 def main(argv=None) -> int:
@@ -90,7 +133,9 @@ def main(argv=None) -> int:
     if k == 0:
       print("stream started", flush=True)
 
-  if args.technique == "agile":
+  if args.technique == "offload":
+    out = run_offload(args, client, tr, shaper, progress)
+  elif args.technique == "agile":
     from agile import deploy as agile_deploy
 
     dep = agile_deploy.load(args.workdir, int8=not args.float)

@@ -191,14 +191,18 @@ def run_stream(
   history: int = 11,
   progress: Callable[[int], None] | None = None,
   stop: threading.Event | None = None,
+  arrivals_s=None,
 ) -> list[FrameResult]:
   """Runs the stream (see the module docstring); returns one FrameResult per frame. With `stop`,
-  the stream ends early once it is set: no frame arrives after that, the ones sent are awaited."""
+  the stream ends early once it is set: no frame arrives after that, the ones sent are awaited.
+  `arrivals_s` (seconds, non-decreasing, one per frame) replaces the frame clock k / fps; a `step`
+  that returns None answers its frame on the device (no request: status ok, no bytes on the link)."""
   import tritonclient.grpc as tg
   from tritonclient.utils import InferenceServerException
 
   dt = 1.0 / fps
-  results = [FrameResult(k, arrival_s=k * dt) for k in range(frames)]
+  times = [k * dt for k in range(frames)] if arrivals_s is None else [float(a) for a in arrivals_s[:frames]]
+  results = [FrameResult(k, arrival_s=times[k]) for k in range(frames)]
   samples: list[tuple[float, float]] = []  # (visible at, throughput bps)
   lock = threading.Condition()
   state = {"outstanding": 0, "tx_end": 0.0, "unanswered_bits": 0.0}
@@ -314,6 +318,12 @@ def run_stream(
         backlog = pacer.backlog_bits(begin) if pacer is not None else max(state["unanswered_bits"], 0.0)
         seen = tuple(tp for t, tp in samples if t <= begin)[-history:]
       req = step(k, Observation(k, r.arrival_s, backlog, seen))
+      if req is None:  # answered on the device
+        r.latency_s = now() - r.arrival_s
+        r.status = "ok" if r.latency_s <= deadline_s else "late"
+        if progress:
+          progress(k)
+        continue
       r.setup, r.device_s, r.control_s = req.setup, req.device_s, req.control_s
       r.wire_bytes = request_bytes(req)
       bits = 8.0 * r.wire_bytes
