@@ -140,10 +140,17 @@ def _offload_report(workdir: Path, out_dir: Path, device_json: Path, server_stat
   gaps = deploy_report.gaps(runs, preds)
   write_json(
     out_dir / "summary.json",
-    {"measured": {p: r["summary"] for p, r in runs.items()}, "simulator": preds, "gap": gaps, "export": export_info},
+    {
+      "measured": {p: r["summary"] for p, r in runs.items()},
+      "simulator": preds,
+      "gap": gaps,
+      "export": export_info,
+    },
   )
   path = deploy_report.write_report(out_dir, runs, preds, server_stats, export_info)
-  figs = ", ".join(f"{p} loss {runs[p]['summary']['loss']:.4f} (simulator {preds[p]['loss']:.4f})" for p in runs)
+  figs = ", ".join(
+    f"{p} loss {runs[p]['summary']['loss']:.4f} (simulator {preds[p]['loss']:.4f})" for p in runs
+  )
   print(f"wrote {path}: {figs}")
   return 0
 
@@ -196,7 +203,14 @@ def main(argv=None) -> int:
   dev_args += ["--frames", str(args.frames)]
   dev_args += ["--controller", args.controller] if args.technique == "coinfer" else []
   if args.technique == "offload":
-    dev_args += ["--policy", args.policy, "--setting", str(args.setting), "--stream-seed", str(args.stream_seed)]
+    dev_args += [
+      "--policy",
+      args.policy,
+      "--setting",
+      str(args.setting),
+      "--stream-seed",
+      str(args.stream_seed),
+    ]
     dev_args += [f"--stype={args.stype}"] if args.stype is not None else []
     dev_args += [f"--itype={args.itype}"] if args.itype is not None else []
   dev_args += [f"--fps={args.fps}"] if args.fps else []

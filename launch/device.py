@@ -38,8 +38,12 @@ def add_stream_args(p: argparse.ArgumentParser) -> None:
   p.add_argument("--policy", default="all", help="offload: mdp | dqn | all (one stream each, in turn)")
   p.add_argument("--setting", type=int, default=0, help="offload: index of the (config.tr, config.tb) bucket")
   p.add_argument("--stream-seed", type=int, default=0, help="offload: seed of the image / interval stream")
-  p.add_argument("--stype", type=int, choices=(0, 1), default=None, help="offload: 0 i.i.d., 1 location reset")
-  p.add_argument("--itype", type=int, choices=(0, 1), default=None, help="offload: 0 periodic, 1 Markov arrivals")
+  p.add_argument(
+    "--stype", type=int, choices=(0, 1), default=None, help="offload: 0 i.i.d., 1 location reset"
+  )
+  p.add_argument(
+    "--itype", type=int, choices=(0, 1), default=None, help="offload: 0 periodic, 1 Markov arrivals"
+  )
 
 
 def load_trace(args):

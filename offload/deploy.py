@@ -84,9 +84,13 @@ def _restore(name, widths, cls_ds, held, c, key, workdir: Path, mean, std):
 
   ck = workdir / name / "checkpoints"
   if not ck.is_dir() or not any(p.name.isdigit() for p in ck.iterdir()):
-    raise CheckpointError(f"no {name} classifier checkpoint in {ck}; run `python -m offload.main train` first")
+    raise CheckpointError(
+      f"no {name} classifier checkpoint in {ck}; run `python -m offload.main train` first"
+    )
   # the classifier's own training entry: with its checkpoint at the last step it only restores
-  predict, _ = classifiers._train_one(name, widths, cls_ds, held, c.classifiers, key, workdir, mean, std, False)
+  predict, _ = classifiers._train_one(
+    name, widths, cls_ds, held, c.classifiers, key, workdir, mean, std, False
+  )
   return predict
 
 
@@ -165,7 +169,9 @@ def load(workdir: str | Path) -> Deployment:
   mfile = workdir / "metrics" / f"fold{c.fold}_cost{c.classifiers.ctype}.npz"
   with np.load(_need(mfile, "run `python -m offload.main metrics` first")) as f:
     if "mtog" not in f.files or "tinv" not in f.files:
-      raise CheckpointError(f"{mfile} has no metric table (mtog, tinv); rerun `python -m offload.main metrics`")
+      raise CheckpointError(
+        f"{mfile} has no metric table (mtog, tinv); rerun `python -m offload.main metrics`"
+      )
     table, tinv, raw_ts = np.asarray(f["mtog"], np.float64), float(f["tinv"]), np.asarray(f["metric_ts"])
   step = f"run `python -m launch.deploy offload --workdir {workdir}` (it exports the classifiers)"
   weak = cexport.make_tflite_runner(_need(workdir / "exports" / WEAK_FILE, step).read_bytes())
@@ -194,7 +200,9 @@ def make_policy(dep: Deployment, name: str, setting: int):
   ex = dep.workdir / "exports"
   step = "rerun `python -m offload.main simulate` with export on"
   if name == "mdp":
-    obj = safeio.load_json(_need(ex / f"mdp_r{r}_b{b}.json", step), what="MDP thresholds", keys=("threshold",))
+    obj = safeio.load_json(
+      _need(ex / f"mdp_r{r}_b{b}.json", step), what="MDP thresholds", keys=("threshold",)
+    )
     raw = np.asarray([np.inf if v is None else v for v in obj["threshold"]], np.float64)
     if len(raw) != qpm.m + 1:
       raise CheckpointError(f"{ex}/mdp_r{r}_b{b}.json has {len(raw)} states, the bucket {qpm.m + 1}")
@@ -203,7 +211,9 @@ def make_policy(dep: Deployment, name: str, setting: int):
   if name != "dqn":
     raise ConfigError(f"--policy {name!r}: must be one of {list(POLICIES)} or 'all'")
   if setting != 0:
-    raise ConfigError(f"--setting {setting}: the exported DQN is setting 0's; use --policy mdp for the others")
+    raise ConfigError(
+      f"--setting {setting}: the exported DQN is setting 0's; use --policy mdp for the others"
+    )
   from offload import train as otrain
 
   net, state, _ = otrain.restore_dqn(dep.config, dep.workdir)
@@ -237,7 +247,9 @@ def draw_stream(dep: Deployment, frames: int, seed: int, *, stype=None, itype=No
     c.stype = int(stype)
   if itype is not None:
     c.itype = int(itype)
-  _, seq, iv = otrain.make_pool(c, jax.random.fold_in(jax.random.key(c.seed), 1000 + seed), dep.data.test, 1, frames)
+  _, seq, iv = otrain.make_pool(
+    c, jax.random.fold_in(jax.random.key(c.seed), 1000 + seed), dep.data.test, 1, frames
+  )
   return np.asarray(seq[0]), np.asarray(iv[0]), c
 
 
@@ -260,7 +272,9 @@ def run(dep: Deployment, client: dev.Client, trace, *, policy: str, setting: int
   if frames < 2 or not fps > 0 or not deadline_s > 0:
     raise ConfigError(f"--frames {frames}, --fps {fps}, --deadline {deadline_s}: must be >= 2, > 0, > 0")
   if not 0 <= setting < len(dep.settings):
-    raise ConfigError(f"--setting {setting}: the run has settings 0..{len(dep.settings) - 1} (config.tr, config.tb)")
+    raise ConfigError(
+      f"--setting {setting}: the run has settings 0..{len(dep.settings) - 1} (config.tr, config.tb)"
+    )
   r, b, (q, p, m) = dep.settings[setting]
   want_fn, _ = make_policy(dep, policy, setting)
   seq, iv, c = draw_stream(dep, frames, stream_seed, stype=stype, itype=itype)
@@ -318,7 +332,13 @@ def run(dep: Deployment, client: dev.Client, trace, *, policy: str, setting: int
     "frames": frames_out,
     "policy": policy,
     "setting": {"index": setting, "tr": r, "tb": b, "qpm": [q, p, m]},
-    "stream": {"fps": fps, "deadline_s": deadline_s, "seed": stream_seed, "stype": int(c.stype), "itype": int(c.itype)},
+    "stream": {
+      "fps": fps,
+      "deadline_s": deadline_s,
+      "seed": stream_seed,
+      "stype": int(c.stype),
+      "itype": int(c.itype),
+    },
     "rtt_s": rtt,
     "trace": {"name": trace.name, "mean_bps": trace.mean_bps()},
     "link": link,

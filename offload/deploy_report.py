@@ -15,7 +15,9 @@ def gaps(runs: dict, preds: dict) -> dict:
   return {p: abs(runs[p]["summary"]["loss"] - preds[p]["loss"]) for p in runs}
 
 
-def write_report(out_dir: Path, runs: dict, preds: dict, server_stats: dict | None, export_info: dict) -> Path:
+def write_report(
+  out_dir: Path, runs: dict, preds: dict, server_stats: dict | None, export_info: dict
+) -> Path:
   """out_dir/report.md for {policy: device record} and {policy: offload.deploy.predict}."""
   import matplotlib
 
