@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from branching import costmodel, flops
-from branching.config import Branch, NetConfig, Stage
+from branching.network import Branch, NetConfig, Stage
 from common.errors import ConfigError, InfeasibleError
 
 _FRONT = {1: 4096, 2: 256, 3: 40, 4: 16}
@@ -77,9 +77,9 @@ def _block_feats(
   """Features and MACs of the first block and of each further block of branch b."""
   res = []
   for first in (True, False):
-    wk = flops._Walker(hw if first else (hw - 1) // b.stride + 1)
+    wk = flops.Walker(hw if first else (hw - 1) // b.stride + 1)
     tag = {"device": b.device, "stage": 0, "branch": 0}
-    flops._block(wk, c, "x", b, w_in if first else b.width, b.width, b.stride if first else 1, st.kernel, tag)
+    flops.block(wk, c, "x", b, w_in if first else b.width, b.width, b.stride if first else 1, st.kernel, tag)
     feats = sum(costmodel.op_features(o) for o in wk.ops if "_se_" not in o.name)
     res.append((feats, sum(o.macs for o in wk.ops)))
   return res[0][0], res[1][0], res[0][1], res[1][1]
@@ -282,7 +282,7 @@ def _out_hw(image_size: int, c: NetConfig) -> int:
 
 def best_single(config: NetConfig, processors: Sequence[str], table=None, **kw) -> tuple[str, float]:
   """(processor, ms) of the fastest single processor running the original `config`."""
-  from branching.config import single_branch
+  from branching.network import single_branch
 
   lats = {p: costmodel.predict(single_branch(config, p), table, **kw) for p in processors}
   p = min(lats, key=lats.get)

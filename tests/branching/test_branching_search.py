@@ -2,8 +2,8 @@
 
 import pytest
 
-from branching import config as bcfg
 from branching import costmodel, flops, search
+from branching import network as bcfg
 from common.errors import ConfigError
 
 
