@@ -136,10 +136,15 @@ class Run:
     return self.workdir / name
 
   def trained(self) -> dict:
-    """{"original", "stretched"}: each `train.train_one`'s result (resumed from checkpoints)."""
+    """{"original", "stretched"}: each `train.train_one`'s result (resumed from checkpoints); the
+    first call also writes train.json."""
     if self._trained is None:
-      c = self.config
+      c, t0 = self.config, time.time()
       self._trained = btrain.train_and_evaluate(c, self.workdir, show_progress=c.train.show_progress)
+      if not self.path("train.json").exists():
+        keys = ("name", "ema_accuracy", "accuracy", "macs", "params")
+        done = {role: {k: r[k] for k in keys} for role, r in self._trained.items()}
+        report_lib.write_json(self.path("train.json"), {**done, "train_seconds": time.time() - t0})
     return self._trained
 
 
@@ -243,12 +248,8 @@ def _cached(path: Path, *keys: str) -> dict | None:
 def step_train(run: Run) -> dict:
   done = _cached(run.path("train.json"), "original", "stretched")
   if done is None:
-    t0 = time.time()
-    trained = run.trained()
-    keys = ("name", "ema_accuracy", "accuracy", "macs", "params")
-    done = {role: {k: r[k] for k in keys} for role, r in trained.items()}
-    done["train_seconds"] = time.time() - t0
-    report_lib.write_json(run.path("train.json"), done)
+    run.trained()
+    done = _cached(run.path("train.json"), "original", "stretched")
   print(json.dumps({role: done[role] for role in ("original", "stretched")}))
   return {f"{role}_accuracy": done[role]["ema_accuracy"] for role in ("original", "stretched")}
 
@@ -256,7 +257,7 @@ def step_train(run: Run) -> dict:
 def step_export(run: Run) -> dict:
   done = _cached(run.path("export.json"), "original", "stretched")
   if done is not None:
-    return done
+    return _export_summary(done)
   size, out, exports = run.config.data.image_size, {}, run.path("exports")
   for role, r in run.trained().items():
     tfl = bexport.export_model(r["model"], r["variables"], size, mean=r["mean"], std=r["std"])
@@ -270,7 +271,14 @@ def step_export(run: Run) -> dict:
     }  # fmt: skip
     print(f"wrote {path} ({len(tfl)} bytes) and {sum(len(s.branches) for s in segs)} segment flatbuffers")
   report_lib.write_json(run.path("export.json"), out)
-  return out
+  return _export_summary(out)
+
+
+def _export_summary(out: dict) -> dict:
+  """export.json with the scalars the command line prints (`<role>_bytes`, `<role>_segment_files`)."""
+  sizes = {f"{role}_bytes": r["bytes"] for role, r in out.items()}
+  files = {f"{role}_segment_files": sum(len(s["files"]) for s in r["segments"]) for role, r in out.items()}
+  return {**out, **sizes, **files}
 
 
 def step_measure(run: Run) -> dict:
