@@ -38,7 +38,7 @@ POLICIES = oreport.POLICIES
 
 def validate(c: ml_collections.ConfigDict) -> None:
   """Checks every key (ConfigError names key, value and allowed range)."""
-  cfg_lib.check_range(c, "seed", 0, integer=True)
+  cfg_lib.check_seed(c)
   cfg_lib.check_choice(c, "metrics.source", ["digits", "npz", "synthetic"])
   if c.metrics.source == "npz" and not c.metrics.file:
     raise ConfigError("config.metrics.file is empty: source 'npz' needs the path of a metrics npz file")
