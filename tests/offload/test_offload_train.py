@@ -35,6 +35,10 @@ def test_stage_writes_report_arrays_and_exports(stage_run):
   for name in ("dqn_float.tflite", "dqn.onnx", "mdp_r0.1_b4.0.json"):
     assert (workdir / "exports" / name).exists()
   assert len(list((workdir / "metrics").glob("fold*_cost0.npz"))) == 3  # one metrics file per fold
+  # A rerun of every step finds its outputs and skips (simulate: results.json of this checkpoint).
+  again = pipeline.run_steps(pipeline.ALL, app.load_config_file("offload/configs/quick.py:fast"), workdir)
+  assert all(again[name].get("skipped") for name in pipeline.ALL), again
+  assert again["simulate"]["losses"] == json.loads((workdir / "results.json").read_text())["losses"]
 
 
 def test_training_resumes_from_checkpoint(stage_run):
