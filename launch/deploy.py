@@ -2,7 +2,7 @@
 
   python -m launch.deploy agile --workdir RUN --trace SPEC [--frames 300 --fps 10 --deadline 0.5 --float]
   python -m launch.deploy offload --workdir RUN [--policy all|mdp|dqn --setting 0 --frames 300 --fps 20 \
-      --stream-seed 0 --stype 0|1 --itype 0|1 --deadline 0.5 --trace markov]
+      --stream-seed 0 --order iid|location_reset --arrivals periodic|markov --deadline 0.5 --trace markov]
   python -m launch.deploy coinfer --workdir RUN --trace SPEC --link pacer|tc \
       [--frames 300 --fps 10 --deadline 0.2 --controller mpc --trace-scale 1.0 --delay-ms 0]
 
@@ -211,8 +211,8 @@ def main(argv=None) -> int:
       "--stream-seed",
       str(args.stream_seed),
     ]
-    dev_args += [f"--stype={args.stype}"] if args.stype is not None else []
-    dev_args += [f"--itype={args.itype}"] if args.itype is not None else []
+    dev_args += [f"--order={args.order}"] if args.order else []
+    dev_args += [f"--arrivals={args.arrivals}"] if args.arrivals else []
   dev_args += [f"--fps={args.fps}"] if args.fps else []
   dev_args += [f"--deadline={args.deadline}"] if args.deadline else []
   dev_args += ["--float"] if args.float else []

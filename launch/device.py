@@ -36,14 +36,12 @@ def add_stream_args(p: argparse.ArgumentParser) -> None:
   p.add_argument("--controller", default="mpc", help="mpc | rate | buffer | fixed:<setup>")
   p.add_argument("--float", action="store_true", help="run the float device parts even where int8 exists")
   p.add_argument("--policy", default="all", help="offload: mdp | dqn | all (one stream each, in turn)")
-  p.add_argument("--setting", type=int, default=0, help="offload: index of the (config.tr, config.tb) bucket")
+  p.add_argument(
+    "--setting", type=int, default=0, help="offload: index of the (config.bucket.rates, .depths) bucket"
+  )
   p.add_argument("--stream-seed", type=int, default=0, help="offload: seed of the image / interval stream")
-  p.add_argument(
-    "--stype", type=int, choices=(0, 1), default=None, help="offload: 0 i.i.d., 1 location reset"
-  )
-  p.add_argument(
-    "--itype", type=int, choices=(0, 1), default=None, help="offload: 0 periodic, 1 Markov arrivals"
-  )
+  p.add_argument("--order", choices=("iid", "location_reset"), default=None, help="offload: image order")
+  p.add_argument("--arrivals", choices=("periodic", "markov"), default=None, help="offload: arrival process")
 
 
 def load_trace(args):
@@ -90,8 +88,8 @@ def run_offload(args, client, tr, shaper, progress) -> dict:
       fps=float(args.fps or OFFLOAD_DEFAULTS["fps"]),
       deadline_s=float(args.deadline or OFFLOAD_DEFAULTS["deadline_s"]),
       stream_seed=args.stream_seed,
-      stype=args.stype,
-      itype=args.itype,
+      order=args.order,
+      arrivals=args.arrivals,
       link=args.link,
       shaper=shaper,
       progress=progress,

@@ -43,12 +43,13 @@ def load_config(workdir: Path):
   """The run's config (config.json as a ConfigDict); only digits runs have images to deploy."""
   import ml_collections
 
-  rerun = f"run `python -m offload.main train` and `simulate` with --workdir {workdir} first"
-  raw = safeio.load_json(_need(workdir / "config.json", rerun), what="run config", keys=("source", "seed"))
+  rerun = f"run `edgeinfer offload all --workdir {workdir}` first"
+  raw = safeio.load_json(_need(workdir / "config.json", rerun), what="run config", keys=("metrics", "seed"))
   c = ml_collections.ConfigDict(raw)
-  if c.source != "digits":
+  if c.metrics.source != "digits":
     raise ConfigError(
-      f"{workdir}: config.source = {c.source!r} has metrics but no images; deploy a run with source 'digits'"
+      f"{workdir}: config.metrics.source = {c.metrics.source!r} has metrics but no images; "
+      "deploy a run with source 'digits'"
     )
   return c
 
@@ -60,7 +61,7 @@ def metric_images(c):
 
   from common import data
 
-  cc = c.classifiers
+  cc = c.metrics.classifiers
   k_split, k_weak, k_strong, k_fold = jax.random.split(jax.random.key(c.seed), 4)
   train_ds, test_ds = data.load(cc.dataset, data_dir=cc.data_dir or None)
   perm = np.asarray(jax.random.permutation(k_split, len(train_ds)))
@@ -84,12 +85,10 @@ def _restore(name, widths, cls_ds, held, c, key, workdir: Path, mean, std):
 
   ck = workdir / name / "checkpoints"
   if not ck.is_dir() or not any(p.name.isdigit() for p in ck.iterdir()):
-    raise CheckpointError(
-      f"no {name} classifier checkpoint in {ck}; run `python -m offload.main train` first"
-    )
+    raise CheckpointError(f"no {name} classifier checkpoint in {ck}; run `edgeinfer offload train` first")
   # the classifier's own training entry: with its checkpoint at the last step it only restores
   predict, _ = classifiers._train_one(
-    name, widths, cls_ds, held, c.classifiers, key, workdir, mean, std, False
+    name, widths, cls_ds, held, c.metrics.classifiers, key, workdir, mean, std, False
   )
   return predict
 
@@ -114,7 +113,7 @@ def export_classifiers(workdir: str | Path) -> dict:
   workdir = Path(workdir)
   c = load_config(workdir)
   cls_ds, held, _, mean, std, (kw, ks) = metric_images(c)
-  cc = c.classifiers
+  cc = c.metrics.classifiers
   weak = _restore("weak", cc.widths_weak, cls_ds, held, c, kw, workdir, mean, std)
   strong = _restore("strong", cc.widths_strong, cls_ds, held, c, ks, workdir, mean, std)
   x = np.asarray(held.images[:256], np.float32)
@@ -161,22 +160,21 @@ class Deployment:
 def load(workdir: str | Path) -> Deployment:
   """The run's metrics, classifiers and policies (CheckpointError names the step to run)."""
   from common import export as cexport
+  from offload import pipeline
   from offload import train as otrain
 
   workdir = Path(workdir)
   c = load_config(workdir)
-  d = otrain.load_metrics(c, workdir, show_progress=False)
-  mfile = workdir / "metrics" / f"fold{c.fold}_cost{c.classifiers.ctype}.npz"
-  with np.load(_need(mfile, "run `python -m offload.main metrics` first")) as f:
+  d = pipeline.Run(c, workdir, show_progress=False).data()
+  mfile = pipeline.metrics_path(c, workdir)
+  with np.load(_need(mfile, "run `edgeinfer offload metrics` first")) as f:
     if "mtog" not in f.files or "tinv" not in f.files:
-      raise CheckpointError(
-        f"{mfile} has no metric table (mtog, tinv); rerun `python -m offload.main metrics`"
-      )
+      raise CheckpointError(f"{mfile} has no metric table (mtog, tinv); rerun `edgeinfer offload metrics`")
     table, tinv, raw_ts = np.asarray(f["mtog"], np.float64), float(f["tinv"]), np.asarray(f["metric_ts"])
   step = f"run `python -m launch.deploy offload --workdir {workdir}` (it exports the classifiers)"
   weak = cexport.make_tflite_runner(_need(workdir / "exports" / WEAK_FILE, step).read_bytes())
   _, held, fold, *_ = metric_images(c)
-  idx = np.nonzero(fold == c.fold)[0]  # the fold's images in metric_ts order (kfold_metrics)
+  idx = np.nonzero(fold == c.metrics.fold)[0]  # the fold's images in metric_ts order (kfold_metrics)
   if len(idx) != len(raw_ts):
     raise CheckpointError(f"{mfile} holds {len(raw_ts)} test metrics, the fold has {len(idx)} images")
   order = np.argsort((raw_ts - d.mean) / d.std, kind="stable")  # offload.data.prepare's sort
@@ -198,7 +196,7 @@ def make_policy(dep: Deployment, name: str, setting: int):
 
   r, b, qpm = dep.settings[setting]
   ex = dep.workdir / "exports"
-  step = "rerun `python -m offload.main simulate` with export on"
+  step = "rerun `edgeinfer offload simulate` with config.export.enabled"
   if name == "mdp":
     obj = safeio.load_json(
       _need(ex / f"mdp_r{r}_b{b}.json", step), what="MDP thresholds", keys=("threshold",)
@@ -216,7 +214,7 @@ def make_policy(dep: Deployment, name: str, setting: int):
     )
   from offload import train as otrain
 
-  net, state, _ = otrain.restore_dqn(dep.config, dep.workdir)
+  net, state = otrain.restore_dqn(dep.config, dep.workdir)
   import jax
 
   params = jax.tree.map(lambda x: x[0], state.params)
@@ -234,7 +232,7 @@ def make_policy(dep: Deployment, name: str, setting: int):
   return want, simulate.DQNPolicy(params, net)
 
 
-def draw_stream(dep: Deployment, frames: int, seed: int, *, stype=None, itype=None):
+def draw_stream(dep: Deployment, frames: int, seed: int, *, order=None, arrivals=None):
   """One stream (test-split image indices, intervals in slots) drawn as the simulator draws its own."""
   import copy
 
@@ -243,14 +241,23 @@ def draw_stream(dep: Deployment, frames: int, seed: int, *, stype=None, itype=No
   from offload import train as otrain
 
   c = copy.deepcopy(dep.config)
-  if stype is not None:
-    c.stype = int(stype)
-  if itype is not None:
-    c.itype = int(itype)
-  _, seq, iv = otrain.make_pool(
-    c, jax.random.fold_in(jax.random.key(c.seed), 1000 + seed), dep.data.test, 1, frames
-  )
+  for key, value, allowed in (("order", order, otrain.ORDERS), ("arrivals", arrivals, otrain.ARRIVALS)):
+    if value is not None:
+      if value not in allowed:
+        raise ConfigError(f"--{key} {value!r}: must be one of {list(allowed)}")
+      c.stream[key] = value
+  key = jax.random.fold_in(otrain.keys(c)["test"], 1000 + seed)
+  seq, iv = otrain.streams(c, key, len(dep.data.test.metrics), 1, frames)
   return np.asarray(seq[0]), np.asarray(iv[0]), c
+
+
+def _warm_up(client: dev.Client, x: np.ndarray, n: int = 3) -> None:
+  """A few requests before the stream, so that no frame pays the first call's setup."""
+  import tritonclient.grpc as tg
+
+  for _ in range(n):
+    client.client.infer(MODEL, dev._infer_inputs({"IMAGE": x[None]}), outputs=[tg.InferRequestedOutput("LOGITS")],
+                        client_timeout=10.0)  # fmt: skip
 
 
 def _cost(logits: np.ndarray, label: int, ctype: int) -> float:
@@ -261,25 +268,26 @@ def _cost(logits: np.ndarray, label: int, ctype: int) -> float:
 
 
 def run(dep: Deployment, client: dev.Client, trace, *, policy: str, setting: int, frames: int, fps: float,
-        deadline_s: float, stream_seed: int = 0, stype=None, itype=None, link: str = "pacer", shaper=None,
+        deadline_s: float, stream_seed: int = 0, order=None, arrivals=None, link: str = "pacer", shaper=None,
         progress=None) -> dict:  # fmt: skip
   """One stream under one policy; per-frame records (decision, bucket, answer, loss) and summary."""
   import jax.numpy as jnp
 
   from common.serving import link as link_lib
   from offload import bucket
+  from offload import metrics as om
 
   if frames < 2 or not fps > 0 or not deadline_s > 0:
     raise ConfigError(f"--frames {frames}, --fps {fps}, --deadline {deadline_s}: must be >= 2, > 0, > 0")
   if not 0 <= setting < len(dep.settings):
     raise ConfigError(
-      f"--setting {setting}: the run has settings 0..{len(dep.settings) - 1} (config.tr, config.tb)"
+      f"--setting {setting}: the run has settings 0..{len(dep.settings) - 1} (config.bucket.rates, .depths)"
     )
   r, b, (q, p, m) = dep.settings[setting]
   want_fn, _ = make_policy(dep, policy, setting)
-  seq, iv, c = draw_stream(dep, frames, stream_seed, stype=stype, itype=itype)
-  arrivals = np.concatenate([[0.0], np.cumsum(iv[:-1])]) / fps  # an image every `interval` slots
-  ctype = int(c.classifiers.ctype)
+  seq, iv, c = draw_stream(dep, frames, stream_seed, order=order, arrivals=arrivals)
+  times = np.concatenate([[0.0], np.cumsum(iv[:-1])]) / fps  # an image every `interval` slots
+  ctype = om.COSTS[c.metrics.cost]
   rec = {k: np.zeros(frames) for k in ("metric", "tokens", "want", "sent", "weak_cost", "device_s")}
   logits_w: dict[int, np.ndarray] = {}
   zs: list[float] = []
@@ -302,10 +310,11 @@ def run(dep: Deployment, client: dev.Client, trace, *, policy: str, setting: int
       return None
     return dev.Request(MODEL, {"IMAGE": x[None]}, "LOGITS", setup=1, device_s=rec["device_s"][k])
 
+  _warm_up(client, dep.images[seq[0]])
   rtt = client.base_rtt_s()
   pacer = link_lib.Pacer(trace) if link == "pacer" else None
   results = dev.run_stream(client, step, frames=frames, fps=fps, deadline_s=deadline_s, pacer=pacer,
-                           shaper=shaper, rtt_s=rtt, progress=progress, arrivals_s=arrivals)  # fmt: skip
+                           shaper=shaper, rtt_s=rtt, progress=progress, arrivals_s=times)  # fmt: skip
   loss, fell_back = rec["weak_cost"].copy(), np.zeros(frames, bool)
   for res in results:
     if rec["sent"][res.frame]:
@@ -336,8 +345,8 @@ def run(dep: Deployment, client: dev.Client, trace, *, policy: str, setting: int
       "fps": fps,
       "deadline_s": deadline_s,
       "seed": stream_seed,
-      "stype": int(c.stype),
-      "itype": int(c.itype),
+      "order": c.stream.order,
+      "arrivals": c.stream.arrivals,
     },
     "rtt_s": rtt,
     "trace": {"name": trace.name, "mean_bps": trace.mean_bps()},

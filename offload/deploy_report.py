@@ -31,8 +31,8 @@ def write_report(
   first = next(iter(runs.values()))
   s, st = first["setting"], first["stream"]
   rep = Report("Offloading under a token bucket on the serving runtime", out_dir)
-  order = "i.i.d." if st["stype"] == 0 else "location-reset"
-  arr = "periodic" if st["itype"] == 0 else "Markov-modulated"
+  order = {"iid": "i.i.d.", "location_reset": "location-reset"}.get(st["order"], st["order"])
+  arr = {"periodic": "periodic", "markov": "Markov-modulated"}.get(st["arrivals"], st["arrivals"])
   rep.text(
     f"{first['summary']['frames']} images per policy, {order} order, {arr} arrivals (slot {1e3 / st['fps']:.0f} ms, "
     f"stream seed {st['seed']}), deadline {st['deadline_s'] * 1e3:.0f} ms, token bucket r = {s['tr']}, b = {s['tb']} "
