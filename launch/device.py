@@ -1,6 +1,8 @@
 """The device side of a deployment: stream frames of a technique's exports to a server.
 
   python -m launch.device agile --workdir RUN --server HOST:PORT --trace SPEC --frames N [--fps 10 --deadline 0.5 ...]
+  python -m launch.device offload --workdir RUN --server HOST:PORT [--policy all|mdp|dqn --setting 0 --frames N \
+      --fps 20 --order iid|location_reset --arrivals periodic|markov --stream-seed 0 --deadline 0.5]
   python -m launch.device coinfer --workdir RUN --server HOST:PORT --trace SPEC --frames N --fps F \
       [--deadline 0.2 --controller mpc|rate|buffer|fixed:N4Q8 --link pacer|tc --trace-scale 1.0 --out FILE]
 
