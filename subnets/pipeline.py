@@ -25,7 +25,7 @@ from common import config as cfg_lib
 from common import data as data_lib
 from common import report as report_lib
 from common.errors import DataError
-from subnets import bnstats, knapsack, models, surgery
+from subnets import bnstats, knapsack, losses, models, surgery
 from subnets import train as train_lib
 from subnets.report import write_report
 
@@ -58,7 +58,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   cfg_lib.check_range(config, "finetune.bn_lr", 0.0, 10.0, lo_open=True)
   cfg_lib.check_choice(config, "finetune.bn_stats", bnstats.BN_STATS)
   cfg_lib.check_range(config, "finetune.bn_batches", 1, 1_000_000, integer=True)
-  cfg_lib.check_choice(config, "finetune.loss_weights", train_lib.LOSS_WEIGHTS)
+  cfg_lib.check_choice(config, "finetune.loss_weights", losses.LOSS_WEIGHTS)
   cfg_lib.check_range(config, "importance.num_batches", 1, 1_000_000, integer=True)
   budgets = list(config.knapsack.budgets)
   if not budgets or any(not 0 < b < 1 for b in budgets) or budgets != sorted(budgets):
@@ -263,7 +263,7 @@ def step_finetune(run: Run) -> dict:
     row = {
       "widths": widths, "macs": ks["methods"][method]["macs"], "accuracy_before": before,
       "accuracy_stage1": acc1, "accuracy": acc2,
-      "loss_weights": train_lib.loss_weights(run.mcfg, widths, run.shape, c.finetune.loss_weights).tolist(),
+      "loss_weights": losses.loss_weights(run.mcfg, widths, run.shape, c.finetune.loss_weights).tolist(),
     }  # fmt: skip
     if per_subnet:
       stats = bnstats.recalibrate(
