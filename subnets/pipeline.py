@@ -93,7 +93,7 @@ def model_config(config, num_classes: int) -> models.ModelConfig:
   if m.get("activation"):
     over["activation"] = m.activation
   if m.preset == "custom":
-    return models.ModelConfig(num_classes=num_classes, **over)
+    return cfg_lib.to_dataclass(models.ModelConfig, {"num_classes": num_classes, **over}, "model")
   if m.preset == "mobilenet_v1":
     over["alpha"] = m.get("alpha", 0.25)
   return models.preset(m.preset, num_classes, **over)
