@@ -36,6 +36,7 @@ from common.report import write_json
 
 def validate(config: ml_collections.ConfigDict) -> None:
   """Checks every user-settable value once; raises ConfigError naming key, value and range."""
+  cfg.check_seed(config)
   cfg.check_choice(config, "dataset", agile_data.DATASETS)
   cfg.check_range(config, "input_size", 8, 1024, integer=True)
   cfg.check_range(config, "limit", 0, None, integer=True)
