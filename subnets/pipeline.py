@@ -113,10 +113,8 @@ class Run:
   """Shared context of the steps: config, data, model config, keys, workdir."""
 
   def __init__(self, config, workdir: Path, *, show_progress: bool = True):
-    validate(config)
-    provenance.check(workdir, config, DEPS)  # before anything is written
+    """`config` is validated and `workdir` checked and stamped (the app does it; `run_step` too)."""
     self.config, self.workdir, self.show = config, Path(workdir), show_progress
-    cli.save_config(config, self.workdir)
     self.train_ds, self.test_ds = load_data(config)
     self.mean, self.std = data_lib.channel_stats(self.train_ds)
     self.mcfg = model_config(config, self.train_ds.num_classes)
@@ -359,5 +357,8 @@ def preflight(config, workdir: Path) -> None:
 
 def run_step(name: str, config, workdir, *, show_progress: bool = True) -> dict:
   """Runs one step (and what it needs), then rewrites report.md."""
+  validate(config)
+  preflight(config, Path(workdir))  # before anything is written
+  cli.save_config(config, Path(workdir))
   run = Run(config, Path(workdir), show_progress=show_progress)
   return STEPS[name].fn(run)
