@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from common.cli import ArgumentParser
+from common.cli import ArgumentParser, run_main
 from common.export import write_atomic
 
 TECHNIQUES = ("agile", "offload", "coinfer", "subnets", "branching", "deploy")
@@ -86,4 +86,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  run_main(main)
