@@ -89,7 +89,7 @@ def how_to_prepare(name: str, data_dir: str | None) -> str:
     f"data set {name!r} is not prepared in {where}. Prepare it on a machine with network "
     f'access with `python -c "import tensorflow_datasets as tfds; '
     f"tfds.builder('{name}', data_dir='{where}').download_and_prepare()\"` "
-    f"and copy the folder here, or pass --data_dir pointing at a prepared copy; "
+    f"and copy the folder here, or pass --config.data_dir (or data.data_dir) pointing at a prepared copy; "
     f"use name='digits' for the embedded data set that needs no download."
   )
 

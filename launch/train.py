@@ -1,10 +1,10 @@
 """Run any technique's `main` on CPU, one GPU, a TPU, or several hosts.
 
-    python -m launch.train agile -- --config agile/configs/quick.py --workdir runs/agile
-    python -m launch.train coinfer --platform gpu -- init --config coinfer/configs/quick.py --workdir runs/c
+    python -m launch.train agile -- all --config=agile/configs/quick.py --workdir=runs/agile
+    python -m launch.train coinfer --platform gpu -- init --config=coinfer/configs/quick.py --workdir=runs/c
     python -m launch.train subnets --multihost -- finetune --config ... --workdir ...
 
-Everything after `--` goes to `python -m <technique>.main` unchanged.
+Everything after `--` goes to `python -m <technique>.main` (`edgeinfer <technique>`) unchanged.
 
 --platform picks JAX's backend (cpu, gpu, tpu; default: whatever JAX finds).
 Every trainer runs data parallel over all visible devices (`common.sharding`:

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-TECHNIQUES = ("branching", "offload", "subnets")  # the others join as they move onto common.app
+TECHNIQUES = ("agile", "branching", "offload", "subnets")  # the others join as they move onto common.app
 STEP = {"agile": "train", "offload": "train", "coinfer": "init", "subnets": "knapsack", "branching": "train"}
 
 
