@@ -13,8 +13,24 @@ from collections.abc import Callable
 
 import numpy as np
 
+from coinfer import compress
+from coinfer import controller as C
 from coinfer.controller import ControlState, Profile
 from coinfer.traces import Trace
+
+
+def controllers(prof: Profile, trace: Trace, s) -> dict:
+  """The controllers of the simulate step, from the config's `stream` section `s`."""
+  front = compress.pareto_front(prof.bits, prof.accuracy, prof.t_dev + prof.t_srv)
+  return {
+    "mpc": C.make_mpc(
+      prof, s.horizon, fps=s.fps, deadline_s=s.deadline_s, history=s.history, margin=s.margin, method=s.method
+    ),
+    "fixed": C.make_fixed(front[len(front) // 2]),
+    "rate": C.make_rate_based(prof, fps=s.fps, history=s.history),
+    "buffer": C.make_buffer_based(prof, deadline_s=s.deadline_s, history=s.history),
+    "oracle": C.make_oracle(prof, trace, fps=s.fps, deadline_s=s.deadline_s),
+  }
 
 
 def run(

@@ -199,7 +199,9 @@ def help_text(spec: App) -> str:
   if spec.all_steps:
     lines.append(f"  {'all':{width}s}  every step in order: {', '.join(spec.all_steps)}")
   lines += ["", "flags:"]
-  for module in ("common.app", f"{spec.name}.main"):
+  # a package's own flags are registered under its module name, or under sys.argv[0] when it runs
+  # as `python -m <package>.main`
+  for module in dict.fromkeys(("common.app", f"{spec.name}.main", sys.argv[0])):
     for flag in FLAGS.get_flags_for_module(module) if module in FLAGS.flags_by_module_dict() else ():
       default = "" if flag.default in (None, "") else f" (default {flag.default!r})"
       lines.append(f"  --{flag.name}: {flag.help}{default}")
