@@ -67,13 +67,13 @@ def load(workdir: str | Path, *, int8: bool = True) -> Deployment:
   for n, p in paths.items():
     if not p.exists():
       raise CheckpointError(
-        f"{p} is missing; run `python -m coinfer.main {'export' if n == 'export' else 'all'} --workdir {workdir}`"
+        f"{p} is missing; run `edgeinfer coinfer {'export' if n == 'export' else 'all'} --config=... --workdir={workdir}`"
       )
   config = safeio.load_json(paths["config"], what="run config", keys=("data", "setups", "stream"))
   rows = safeio.load_json(paths["export"], what="export result", keys=("setups",))["setups"]
   if not rows or "model" not in rows[0]:
     raise CheckpointError(
-      f"{paths['export']} has no model repository; rerun `python -m coinfer.main export --workdir {workdir}`"
+      f"{paths['export']} has no model repository; rerun `edgeinfer coinfer export --config=... --workdir={workdir}`"
     )
   names, runners, is8 = [], [], []
   for r in rows:
@@ -82,7 +82,9 @@ def load(workdir: str | Path, *, int8: bool = True) -> Deployment:
     use8 = int8 and f8.exists()
     path = f8 if use8 else f
     if not path.exists():
-      raise CheckpointError(f"{path} is missing; rerun `python -m coinfer.main export --workdir {workdir}`")
+      raise CheckpointError(
+        f"{path} is missing; rerun `edgeinfer coinfer export --config=... --workdir={workdir}`"
+      )
     runners.append(export_lib.make_tflite_runner(path.read_bytes()))
     names.append(r["setup"])
     is8.append(use8)
@@ -92,7 +94,9 @@ def load(workdir: str | Path, *, int8: bool = True) -> Deployment:
   )
   cpath = workdir / "distill_I-D-C_correct.npy"
   if not cpath.exists():
-    raise CheckpointError(f"{cpath} is missing; run `python -m coinfer.main distill --workdir {workdir}`")
+    raise CheckpointError(
+      f"{cpath} is missing; run `edgeinfer coinfer distill --config=... --workdir={workdir}`"
+    )
   from coinfer import compress
 
   grid = compress.make_setups(config["setups"]["channels"], config["setups"]["bits"])

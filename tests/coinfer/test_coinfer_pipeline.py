@@ -27,6 +27,14 @@ def test_pipeline_writes_report_and_numbers(result):
   assert set(next(iter(sim.values()))["controllers"]) == {"mpc", "fixed", "rate", "buffer", "oracle"}
 
 
+def test_metrics_rows_name_the_training_that_wrote_them(result):
+  workdir, _ = result
+  rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert {r["stage"] for r in rows} == {"init", "distill", "individual", "clio", "spinn"}
+  assert {r["ablation"] for r in rows if r["stage"] == "distill"} == {"I-D-C"}
+  assert {r["setup"] for r in rows if r["stage"] == "individual"} == {"N1Q1", "N4Q8"}
+
+
 def test_export_parity_three_setups(result):
   workdir, _ = result
   exp = json.loads((workdir / "export.json").read_text())["setups"]
