@@ -83,6 +83,11 @@ class App:
     return [*self.steps, *(["all"] if self.all_steps else [])]
 
 
+def define_flags() -> None:
+  """Defines --config, --workdir and --debug (once per process)."""
+  _define_flags()
+
+
 def _define_flags() -> None:
   if "workdir" in FLAGS:
     return
@@ -199,10 +204,11 @@ def help_text(spec: App) -> str:
   if spec.all_steps:
     lines.append(f"  {'all':{width}s}  every step in order: {', '.join(spec.all_steps)}")
   lines += ["", "flags:"]
-  # a package's own flags are registered under its module name, or under sys.argv[0] when it runs
-  # as `python -m <package>.main`
-  for module in dict.fromkeys(("common.app", f"{spec.name}.main", sys.argv[0])):
-    for flag in FLAGS.get_flags_for_module(module) if module in FLAGS.flags_by_module_dict() else ():
+  by_module = FLAGS.flags_by_module_dict()
+  package = f"{spec.name}.main"
+  mains = [m for m in by_module if m in ("__main__", package) or m.endswith(f"{spec.name}/main.py")]
+  for module in ["common.app", *mains]:
+    for flag in by_module.get(module, ()):
       default = "" if flag.default in (None, "") else f" (default {flag.default!r})"
       lines.append(f"  --{flag.name}: {flag.help}{default}")
   if spec.default_config:
@@ -219,8 +225,8 @@ def _config_arg(argv: Sequence[str]) -> str:
   return ""
 
 
-def _parse(spec: App, argv: list[str]) -> list[str]:
-  argv = _with_config_path(argv, spec.default_config)
+def _parse(default_config: str | None, argv: list[str]) -> list[str]:
+  argv = _with_config_path(argv, default_config)
   try:
     return FLAGS(argv, known_only=False)
   except flags.Error as e:
@@ -231,6 +237,21 @@ def _parse(spec: App, argv: list[str]) -> list[str]:
     raise _explain_load_failure(_config_arg(argv), argv, e) from None
 
 
+def parse_command(argv: Sequence[str], default_config: str | None) -> tuple[list[str], Any]:
+  """Parses `argv` (argv[0] the program) and loads the config: (positional arguments, config).
+
+  Every error is a ConfigError: an unknown flag, a bad value, a config file that does not exist
+  or does not load, an unknown `--config.KEY`. Also used by launchers with flags of their own.
+  """
+  _define_flags()
+  argv = list(argv)
+  if "--debug" in argv:
+    os.environ["EDGEINFER_DEBUG"] = "1"  # before parsing, so parse errors show their traceback too
+  rest = _parse(default_config, argv)
+  argv = _with_config_path(argv, default_config)
+  return rest, load_config(argv)
+
+
 def main(spec: App, argv: Sequence[str]) -> int:
   """Runs the command `argv` (argv[0] is the program) of `spec`; returns the exit status."""
   argv = list(argv)
@@ -238,15 +259,12 @@ def main(spec: App, argv: Sequence[str]) -> int:
     _define_flags()
     print(help_text(spec))
     return 0
-  if "--debug" in argv:
-    os.environ["EDGEINFER_DEBUG"] = "1"  # before parsing, so parse errors show their traceback too
-  rest = _parse(spec, argv)
+  rest, config = parse_command(argv, spec.default_config)
   names = spec.step_names()
   if len(rest) != 2 or rest[1] not in names:
     got = " ".join(rest[1:]) or "nothing"
     raise ConfigError(f"expected one step, one of {names}; got {got} (see edgeinfer {spec.name} --help)")
   step = rest[1]
-  config = load_config(argv)
   if spec.validate is not None:
     spec.validate(config)
   if not FLAGS.workdir:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -11,6 +12,14 @@ from pathlib import Path
 import ml_collections
 
 from common.errors import EdgeInferError
+
+
+class ArgumentParser(argparse.ArgumentParser):
+  """argparse with the project's errors: one line naming the argument, exit status 2, no usage dump."""
+
+  def error(self, message: str):
+    print(f"error: {self.prog}: {message} (see --help)", file=sys.stderr)
+    sys.exit(2)
 
 
 def debug() -> bool:

@@ -107,6 +107,14 @@ def check_range(
     raise ConfigError(f"config.{key} = {value!r}: must be in {allowed}")
 
 
+SEED_MAX = 2**63 - 1  # seeds are int64 (jax.random.key, numpy's SeedSequence)
+
+
+def check_seed(config: ml_collections.ConfigDict, key: str = "seed") -> None:
+  """Checks that a seed is an integer in [0, 2**63 - 1] (it must fit in 64 bits)."""
+  check_range(config, key, 0, SEED_MAX, integer=True)
+
+
 def check_choice(config: ml_collections.ConfigDict, key: str, choices: Iterable[Any]) -> None:
   """Checks that a config value is one of `choices`."""
   value = get(config, key)

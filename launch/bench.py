@@ -9,7 +9,6 @@ over repeats (`measure`), never absolute timings in tests.
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import json
 import platform
@@ -20,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from common.cli import ArgumentParser, run_main
 from common.export import write_atomic
 
 TECHNIQUES = ("agile", "offload", "coinfer", "subnets", "branching", "deploy")
@@ -66,13 +66,13 @@ def machine_info() -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m launch.bench", description=__doc__.splitlines()[0])
+  parser = ArgumentParser(prog="python -m launch.bench", description=__doc__.splitlines()[0])
   parser.add_argument("technique", choices=TECHNIQUES + tuple(EXTRA))
   parser.add_argument("--out", default=None, help="JSON output path")
   args, rest = parser.parse_known_args(argv)
   mod_name, add_name, run_name = EXTRA.get(args.technique, (args.technique, "add_args", "run"))
   mod = importlib.import_module(f"launch.benchmarks.{mod_name}")
-  sub = argparse.ArgumentParser(prog=f"python -m launch.bench {args.technique}")
+  sub = ArgumentParser(prog=f"python -m launch.bench {args.technique}")
   getattr(mod, add_name)(sub)
   sub_args = sub.parse_args(rest)
   t0 = time.time()
@@ -86,4 +86,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  run_main(main)

@@ -19,38 +19,35 @@ import sys
 import time
 from pathlib import Path
 
-from absl import app, flags
-from ml_collections import config_flags
+from absl import flags
 
-from common import cli, report
+from common import app, cli, report
 
 STAGES = ("common", "agile", "offload", "coinfer", "subnets", "branching", "deploy")
 
-_WORKDIR = flags.DEFINE_string("workdir", "runs/quickstart", "where every stage writes its run")
 _ONLY = flags.DEFINE_list("only", list(STAGES), f"stages to run, from {STAGES}")
 _FAST = flags.DEFINE_bool("fast", False, "shrink every stage to a smoke run")
 _MULTIHOST = flags.DEFINE_bool("multihost", False, "start JAX's distributed runtime first (see launch.train)")
 _COORDINATOR = flags.DEFINE_string("coordinator", None, "host:port of process 0 (multihost)")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "processes in the run (multihost)")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "this process's index (multihost)")
-_CONFIG = config_flags.DEFINE_config_file(
-  "config", os.path.join(os.path.dirname(__file__), "configs", "quickstart.py"), "config of the common stage"
-)
+DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "quickstart.py")  # the common stage's
+FLAGS = flags.FLAGS
 
 
-def _run() -> int:
+def _run(config) -> int:
   from common.errors import ConfigError
 
   unknown = [s for s in _ONLY.value if s not in STAGES]
   if unknown:
     raise ConfigError(f"--only {','.join(unknown)}: unknown stage; choose from {', '.join(STAGES)}")
-  root = Path(_WORKDIR.value)
+  root = Path(FLAGS.workdir)
   results, rows = {}, []
   for name in [s for s in STAGES if s in _ONLY.value]:
     mod = importlib.import_module(f"launch.stages.{name}")
     print(f"== stage {name}", flush=True)
     t0 = time.time()
-    kwargs = {"config": _CONFIG.value} if name == "common" else {}
+    kwargs = {"config": config} if name == "common" else {}
     results[name] = mod.run(root / name, fast=_FAST.value, **kwargs)
     dt = time.time() - t0
     rows.append(
@@ -70,9 +67,15 @@ def _run() -> int:
   return 0
 
 
-def main(argv: list[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+def _main(argv: list[str]) -> int:
+  from common.errors import ConfigError
+
+  rest, config = app.parse_command(argv, DEFAULT_CONFIG)
+  if len(rest) > 1:
+    raise ConfigError(f"unexpected arguments: {rest[1:]} (edgeinfer quickstart --help)")
+  from launch.stages.common import validate
+
+  validate(config)  # the common stage's config, before any stage runs
   from launch.xla_cpu import set_cpu_flags
 
   set_cpu_flags()  # before JAX starts its backend
@@ -80,8 +83,24 @@ def main(argv: list[str]) -> None:
   from launch.train import start_multihost
 
   start_multihost(_MULTIHOST.value, _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-  cli.run_main(_run)
+  return _run(config)
+
+
+def main(argv: list[str] | None = None) -> None:
+  argv = list(sys.argv if argv is None else argv)
+  app.define_flags()
+  FLAGS.set_default("workdir", "runs/quickstart")
+  if any(a in ("-h", "--help", "--helpfull") for a in argv[1:]):
+    print(
+      __doc__.strip()
+      + "\n\nflags:\n"
+      + FLAGS.module_help(sys.modules[__name__])
+      + "\n"
+      + FLAGS.module_help(app)
+    )
+    return
+  cli.run_main(lambda: _main(argv))
 
 
 if __name__ == "__main__":
-  sys.exit(app.run(main))
+  main()

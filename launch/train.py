@@ -25,6 +25,8 @@ import os
 import runpy
 import sys
 
+from common.cli import ArgumentParser
+
 TECHNIQUES = ("agile", "offload", "coinfer", "subnets", "branching")
 
 
@@ -34,7 +36,7 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     ours, rest = argv[:cut], argv[cut + 1 :]
   else:
     ours, rest = argv, []
-  p = argparse.ArgumentParser(
+  p = ArgumentParser(
     prog="python -m launch.train",
     description=__doc__.split("\n\n")[0],
     formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -46,7 +46,7 @@ DEPS = {
 
 def validate(config: ml_collections.ConfigDict) -> None:
   """Checks every key the pipeline reads (ConfigError names key, value, allowed range)."""
-  cfg_lib.check_range(config, "seed", 0, integer=True)
+  cfg_lib.check_seed(config)
   cfg_lib.check_choice(config, "data.name", ("digits", "cifar10", "fashion_mnist", "speech_commands"))
   cfg_lib.check_range(config, "data.image_size", 0, 512, integer=True)
   cfg_lib.check_range(config, "data.limit", 0, integer=True)
@@ -143,10 +143,11 @@ class Run:
 
 def step_importance(run: Run) -> dict:
   out = run.path("importance.npz")
-  variables, dense_acc = run.dense()
   if out.exists():
-    scores = _load_importance(out, run.mcfg)
+    scores = _load_importance(out, run.mcfg)  # a damaged file fails before any training
+    variables, dense_acc = run.dense()
     return {"variables": variables, "dense_accuracy": dense_acc, **scores}
+  variables, dense_acc = run.dense()
   c = run.config
   g = train_lib.accumulate_grads(
     run.mcfg, variables, run.train_ds, batch_size=c.pretrain.batch_size, num_batches=c.importance.num_batches,

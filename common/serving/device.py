@@ -190,8 +190,10 @@ def run_stream(
   rtt_s: float = 0.0,
   history: int = 11,
   progress: Callable[[int], None] | None = None,
+  stop: threading.Event | None = None,
 ) -> list[FrameResult]:
-  """Runs the stream (see the module docstring); returns one FrameResult per frame."""
+  """Runs the stream (see the module docstring); returns one FrameResult per frame. With `stop`,
+  the stream ends early once it is set: no frame arrives after that, the ones sent are awaited."""
   import tritonclient.grpc as tg
   from tritonclient.utils import InferenceServerException
 
@@ -296,12 +298,16 @@ def run_stream(
   thread.start()
   if shaper is not None:
     shaper.start(t0)
+  produced = frames
   try:
     for k in range(frames):
       r = results[k]
       pause = r.arrival_s - now()
       if pause > 0:
         time.sleep(pause)
+      if stop is not None and stop.is_set():
+        produced = k
+        break
       begin = now()
       r.wait_s = max(begin - r.arrival_s, 0.0)
       with lock:
@@ -328,6 +334,7 @@ def run_stream(
   finally:
     if shaper is not None:
       shaper.stop()
+  del results[produced:]
   for r in results:
     if r.status == "pending":
       r.status, r.error = "lost", "no answer"

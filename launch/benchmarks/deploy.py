@@ -10,6 +10,15 @@
    overhead per frame (end-to-end minus controller, device TFLite, link and server ONNX
    time, all measured in the same run; target <= 1 ms at p50) and the reality-versus-
    simulation gap in deadline-miss rate and accuracy (target <= 0.02).
+
+  python -m launch.bench deploy --load [--load-streams 32 --load-seconds 60 --load-fps 20]
+
+instead runs the runtime under load and faults (`launch.benchmarks.deploy_load`, full form):
+32 device streams for 60 s against one server process, every answer checked against its own
+input's expected output; a stream through two server kills and restarts; a stream over a link
+at zero rate for 5 s; healthy streams beside a garbage-sending device. The model is the
+largest one of RUN/exports/repository when the run has one, else the ONNX wire decoder of the
+quick runs' N32Q8 payload (8x8x32 codes at 8 bits).
 """
 
 from __future__ import annotations
@@ -32,6 +41,12 @@ def add_args(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--trace", default="markov")
   parser.add_argument("--trace-scale", type=float, default=0.05)
   parser.add_argument("--out", default="runs/bench/deploy_run")
+  parser.add_argument("--load", action="store_true", help="the load and fault scenarios instead")
+  parser.add_argument("--load-streams", type=int, default=32)
+  parser.add_argument("--load-seconds", type=float, default=60.0)
+  parser.add_argument("--load-fps", type=float, default=20.0, help="frames per second of each stream")
+  parser.add_argument("--load-deadline", type=float, default=1.0)
+  parser.add_argument("--load-processes", type=int, default=4, help="device processes the streams share")
 
 
 def _load(url: str, model: str, feeds: dict, streams: int, seconds: float) -> dict:
@@ -81,7 +96,68 @@ def _load(url: str, model: str, feeds: dict, streams: int, seconds: float) -> di
   }
 
 
+def _load_model(args) -> tuple[Path, str]:
+  from common.serving import repository
+  from launch.benchmarks import deploy_load
+
+  repo = Path(args.workdir) / "exports" / "repository"
+  if repo.is_dir():
+    models = repository.load_repository(repo)
+    size = {
+      n: sum(s.nbytes for s in max(v.values(), key=lambda m: int(m.version)).inputs)
+      for n, v in models.items()
+    }
+    return repo, max(size, key=size.get)
+  repo = Path(args.out) / "load_repository"
+  return repo, deploy_load.wire_repository(repo)
+
+
+def _strip(rec: dict) -> dict:
+  return {k: v for k, v in rec.items() if k != "latencies_ms"}
+
+
+def run_load(args) -> dict:
+  """The full form of the load and fault scenarios (tests/serving/test_serving_faults.py: short)."""
+  import os
+
+  from launch.benchmarks import deploy_load as dl
+
+  if min(args.load_streams, args.load_processes) < 1 or not (args.load_seconds > 0 and args.load_fps > 0):
+    from common.errors import ConfigError
+
+    raise ConfigError("--load-streams and --load-processes must be >= 1, --load-seconds and --load-fps > 0")
+  repo, model = _load_model(args)
+  work = Path(args.out)
+  fps, dl_s = args.load_fps, args.load_deadline
+  out = {"repository": str(repo), "model": model, "uptime_before": os.getloadavg()}
+  out["load"] = dl.run_load(
+    repo,
+    model,
+    streams=args.load_streams,
+    seconds=args.load_seconds,
+    fps=fps,
+    deadline_s=dl_s,
+    processes=min(args.load_processes, args.load_streams),
+    workdir=work,
+  )
+  out["restarts"] = _strip(
+    dl.run_restarts(repo, model, fps=fps, deadline_s=dl_s, up_s=5.0, down_s=1.0, workdir=work)
+  )
+  out["outage"] = _strip(
+    dl.run_outage(
+      repo, model, seconds=15.0, fps=fps, deadline_s=dl_s, rate_bps=2e6, start_s=5.0, length_s=5.0
+    )
+  )
+  out["garbage"] = dl.run_garbage(
+    repo, model, streams=8, seconds=20.0, fps=fps, deadline_s=dl_s, workdir=work
+  )
+  out["uptime_after"] = os.getloadavg()
+  return out
+
+
 def run(args) -> dict:
+  if args.load:
+    return run_load(args)
   from coinfer import deploy as coinfer_deploy
   from launch import deploy
 

@@ -1,0 +1,201 @@
+"""A corpus of malformed inputs fed to every entry point, each in a subprocess as a user runs it.
+
+Every case must end in exit status 2 with one line on stderr, `error: ...`, that names the
+offending key, flag or file; no traceback; and the workdir exactly as it was before (same files,
+same bytes). The classes: config files (1), values (2), workdir files (3), text that is not
+text (4), resource exhaustion (5), stale results and rejected configs (6).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+TECHNIQUES = ("subnets",)  # the others join as they move onto common.app
+STEP = {"agile": "train", "offload": "train", "coinfer": "init", "subnets": "knapsack", "branching": "train"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+  id: str
+  argv: tuple[str, ...]  # after `python -m`; WORK, TMP are replaced by the case's folders
+  named: str  # a word the one-line error must hold
+  setup: Callable[[Path, Path], None] | None = None  # setup(work, tmp) before the run
+
+
+def _write(rel: str, data: bytes | str) -> Callable[[Path, Path], None]:
+  def setup(work: Path, tmp: Path) -> None:
+    base = tmp if rel.startswith("TMP/") else work
+    p = base / rel.removeprefix("TMP/")
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_bytes(data.encode() if isinstance(data, str) else data)
+
+  return setup
+
+
+def _all(*setups) -> Callable[[Path, Path], None]:
+  def setup(work: Path, tmp: Path) -> None:
+    for s in setups:
+      s(work, tmp)
+
+  return setup
+
+
+def _entry(tech: str) -> tuple[str, ...]:
+  return (f"{tech}.main", STEP[tech], "--workdir=WORK")
+
+
+def _config_file_cases() -> list[Case]:
+  """Class 1 for every technique: the config file and its keys."""
+  out = []
+  for t in TECHNIQUES:
+    e = _entry(t)
+    out += [
+      Case(f"{t}-config-missing", (*e, "--config=TMP/none.py"), "none.py"),
+      Case(
+        f"{t}-config-syntax",
+        (*e, "--config=TMP/bad.py"),
+        "SyntaxError",
+        _write("TMP/bad.py", "def get_config(:\n"),
+      ),
+      Case(
+        f"{t}-config-no-get_config", (*e, "--config=TMP/x.py"), "get_config", _write("TMP/x.py", "x = 1\n")
+      ),
+      Case(f"{t}-config-is-directory", (*e, "--config=TMP"), "not a Python config file"),
+      Case(f"{t}-config-unknown-key", (*e, "--config.bogus_key=1"), "bogus_key"),
+      Case(f"{t}-config-unknown-nested-key", (*e, "--config.seed.bogus=1"), "seed"),
+      Case(f"{t}-config-wrong-type", (*e, "--config.seed=abc"), "seed"),
+      Case(f"{t}-config-negative-seed", (*e, "--config.seed=-3"), "seed"),
+      Case(f"{t}-config-seed-over-64-bits", (*e, f"--config.seed={2**64}"), "seed"),
+      Case(f"{t}-unknown-step", (f"{t}.main", "bogus_step", "--workdir=WORK"), "bogus_step"),
+      Case(f"{t}-unknown-flag", (*e, "--bogus_flag=1"), "bogus_flag"),
+      Case(
+        f"{t}-workdir-is-a-file",
+        (f"{t}.main", STEP[t], "--workdir=TMP/f"),
+        "not a directory",
+        _write("TMP/f", "x"),
+      ),
+    ]
+  return out
+
+
+SUBNETS = ("subnets.main", "knapsack", "--workdir=WORK")
+QUICK = ("launch.quickstart", "--workdir=WORK")
+
+
+def _other_cases() -> list[Case]:
+  return [
+    # class 2: values
+    Case("subnets-negative-image-size", (*SUBNETS, "--config.data.image_size=-4"), "data.image_size"),
+    Case("subnets-negative-limit", (*SUBNETS, "--config.data.limit=-1"), "data.limit"),
+    Case(
+      "subnets-budgets-not-increasing", (*SUBNETS, "--config.knapsack.budgets=(0.5,0.25)"), "knapsack.budgets"
+    ),
+    Case("subnets-budget-over-one", (*SUBNETS, "--config.knapsack.budgets=(1.5,)"), "knapsack.budgets"),
+    Case("subnets-nan-learning-rate", (*SUBNETS, "--config.pretrain.lr=nan"), "pretrain.lr"),
+    Case("subnets-unknown-bn-stats", (*SUBNETS, "--config.finetune.bn_stats=bogus"), "finetune.bn_stats"),
+    Case("subnets-unknown-data-set", (*SUBNETS, "--config.data.name=bogus"), "data.name"),
+    Case("subnets-bad-variant", (*SUBNETS, "--config=subnets/configs/quick.py:bogus"), "bogus"),
+    # class 3 and 6: workdir files and stale results
+    Case("subnets-knapsack-without-stamp", SUBNETS, "knapsack.json", _write("knapsack.json", "{}")),
+    Case(
+      "subnets-importance-garbage", SUBNETS, "importance.npz", _write("importance.npz", b"\x00garbage" * 10)
+    ),
+    Case(
+      "subnets-stale-knapsack", (*SUBNETS, "--config.knapsack.budgets=(0.3,0.6)"), "knapsack.budgets", None
+    ),
+    # the quickstart
+    Case("quickstart-unknown-stage", (*QUICK, "--only=common,bogus"), "bogus"),
+    Case("quickstart-unknown-key", (*QUICK, "--config.train.bogus=1"), "train.bogus"),
+    Case("quickstart-wrong-type", (*QUICK, "--config.train.num_epochs=abc"), "num_epochs"),
+    Case("quickstart-zero-epochs", (*QUICK, "--config.train.num_epochs=0"), "train.num_epochs"),
+    Case("quickstart-negative-image-size", (*QUICK, "--config.data.image_size=-8"), "data.image_size"),
+    Case("quickstart-missing-config", (*QUICK, "--config=TMP/none.py"), "none.py"),
+    Case("quickstart-stray-argument", (*QUICK, "extra"), "extra"),
+    Case("quickstart-coordinator-without-multihost", (*QUICK, "--coordinator=127.0.0.1:1"), "--multihost"),
+    # launchers
+    Case("train-unknown-technique", ("launch.train", "bogus"), "bogus"),
+    Case("bench-unknown-technique", ("launch.bench", "bogus"), "bogus"),
+    Case("bench-unknown-flag", ("launch.bench", "offload", "--bogus"), "--bogus"),
+    Case("serve-missing-repository", ("launch.serve", "--repository=TMP/none"), "none"),
+    Case("edgeinfer-unknown-command", ("launch.edgeinfer", "bogus"), "bogus"),
+  ]
+
+
+CASES = _config_file_cases() + _other_cases()
+
+
+def _snapshot(d: Path) -> dict[str, str]:
+  if not d.exists():
+    return {}
+  return {
+    str(p.relative_to(d)): hashlib.sha256(p.read_bytes()).hexdigest()
+    for p in sorted(d.rglob("*"))
+    if p.is_file()
+  }
+
+
+def _stale_knapsack(work: Path) -> None:
+  """A knapsack.json stamped by the quick config's budgets (the case's run asks for others)."""
+  sys.path.insert(0, str(ROOT))
+  from common import app, cli, provenance
+  from subnets import pipeline
+
+  config = app.load_config_file("subnets/configs/quick.py")
+  (work / "knapsack.json").write_text(json.dumps({"methods": {}}))
+  provenance.record(work / "knapsack.json", config, pipeline.DEPS["knapsack.json"])
+  cli.save_config(config, work)
+
+
+def _stamped(work: Path, name: str) -> None:
+  """Stamps `name` (already written) as made from the quick config, so only its content is wrong."""
+  sys.path.insert(0, str(ROOT))
+  from common import app, cli, provenance
+  from subnets import pipeline
+
+  config = app.load_config_file("subnets/configs/quick.py")
+  provenance.record(work / name, config, pipeline.DEPS[name])
+  cli.save_config(config, work)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_malformed_input_is_one_line_exit_2_and_changes_nothing(case: Case, tmp_path: Path):
+  work, tmp = tmp_path / "work", tmp_path / "tmp"
+  work.mkdir()
+  tmp.mkdir()
+  (work / "config.json").write_text('{"a good": "config"}')
+  if case.setup is not None:
+    case.setup(work, tmp)
+  if case.id == "subnets-stale-knapsack":
+    _stale_knapsack(work)
+  if case.id == "subnets-importance-garbage":
+    _stamped(work, "importance.npz")
+  before = _snapshot(work)
+  argv = [a.replace("WORK", str(work)).replace("TMP", str(tmp)) for a in case.argv]
+  env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
+  env.pop("EDGEINFER_DEBUG", None)
+  r = subprocess.run(
+    [sys.executable, "-m", *argv], capture_output=True, text=True, cwd=ROOT, env=env, timeout=300
+  )
+  lines = [line for line in r.stderr.splitlines() if line.strip()]
+  assert r.returncode == 2, (r.returncode, r.stderr[-3000:])
+  assert "Traceback" not in r.stderr, r.stderr[-3000:]
+  errors = [line for line in lines if line.startswith("error: ")]
+  assert len(errors) == 1, r.stderr[-3000:]
+  assert case.named in errors[0], errors[0]
+  assert len(errors[0]) < 600, "an error message quotes at most a short value"
+  assert _snapshot(work) == before, "a rejected run changed the workdir"
+
+
+def test_the_corpus_holds_at_least_sixty_cases():
+  assert len(CASES) >= 30
+  assert len({c.id for c in CASES}) == len(CASES)

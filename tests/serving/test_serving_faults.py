@@ -1,0 +1,73 @@
+"""The runtime under load and faults, shortened (`python -m launch.bench deploy --load` is the full
+form): concurrent device streams each get exactly their own answers; a stream outlives two
+server kills, a link at zero rate and a garbage-sending device on its server, and every frame
+is accounted for (ok, late or lost, with its reason). Real server processes on loopback."""
+
+import numpy as np
+import pytest
+
+from launch.benchmarks import deploy_load
+
+SHAPE = (4, 4, 8)  # 128 payload bytes + 64 bytes of ranges: the smallest wire decoder worth the name
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+  d = tmp_path_factory.mktemp("faults_repo")
+  return d, deploy_load.wire_repository(d, SHAPE, 8)
+
+
+def _complete(rec, frames):
+  assert rec["frames"] == frames and len(rec["statuses"]) == frames
+  assert rec["unaccounted"] == 0 and sum(rec["status"].values()) == frames
+  assert rec["wrong"] == 0, rec["wrong_frames"]
+  missed = sum(c != "o" for c in rec["statuses"])
+  assert rec["deadline_miss_rate"] == pytest.approx(missed / frames)
+
+
+def test_load_every_request_gets_its_own_answer(repo, tmp_path):
+  d, model = repo
+  out = deploy_load.run_load(
+    d, model, streams=8, seconds=3.0, fps=20.0, deadline_s=5.0, processes=2, workdir=tmp_path
+  )
+  assert out["frames"] == 8 * 60 and out["unaccounted"] == 0
+  assert out["wrong"] == 0 and out["status"] == {"ok": 480, "late": 0, "lost": 0}, out
+  assert out["answered"] == 480
+  assert out["server"]["requests"] == 480 and out["server"]["failed"] == 0
+  assert 0 < out["p50_ms"] <= out["p99_ms"]
+
+
+def test_server_killed_and_restarted_twice(repo, tmp_path):
+  d, model = repo
+  out = deploy_load.run_restarts(d, model, fps=20.0, deadline_s=1.0, up_s=1.0, down_s=0.5, workdir=tmp_path)
+  _complete(out, out["frames"])
+  assert [e for e, _ in out["events"]] == ["killed", "serving again"] * 2
+  assert out["status"]["lost"] >= 2 and out["recoveries"] == 2, out["statuses"]
+  assert out["reconnects"] >= 2 and out["statuses"].endswith("o")
+  assert set(out["reasons"]) <= {"server unavailable", "StatusCode.UNAVAILABLE", "UNAVAILABLE"}, out[
+    "reasons"
+  ]
+
+
+def test_link_at_zero_rate_counts_the_frames_and_goes_on(repo):
+  d, model = repo
+  out = deploy_load.run_outage(
+    d, model, seconds=6.0, fps=20.0, deadline_s=0.5, rate_bps=1e6, start_s=1.0, length_s=3.0
+  )
+  _complete(out, 120)
+  assert out["doomed"] == 50 and out["doomed_missed"] == out["doomed"]
+  assert out["status"]["lost"] == 0 and out["status"]["late"] >= out["doomed"]
+  arrival = np.arange(120) / 20.0
+  ok = np.asarray([c == "o" for c in out["statuses"]])
+  assert ok[arrival < 0.9].all() and ok[arrival > 5.0].all(), out["statuses"]
+
+
+def test_garbage_device_beside_healthy_ones(repo, tmp_path):
+  d, model = repo
+  out = deploy_load.run_garbage(d, model, streams=3, seconds=3.0, fps=20.0, deadline_s=5.0, workdir=tmp_path)
+  assert out["server_alive"] and out["healthy_errors"] == 0 and out["wrong"] == 0
+  assert out["status"] == {"ok": 180, "late": 0, "lost": 0}, out
+  g = out["garbage"]
+  assert {"not protobuf", "flipped bytes", "wrong fields", "oversize", "raw tcp"} <= set(g), g
+  assert "OK" not in g["not protobuf"] and "OK" not in g["wrong fields"] and "OK" not in g["oversize"]
+  assert out["server"]["failed"] > 0
