@@ -59,6 +59,10 @@ DEPS = {
 
 def validate(config: ml_collections.ConfigDict) -> None:
   """Checks the keys the steps read (ConfigError names key, value and what is allowed)."""
+  cfg_lib.check_seed(config, "seed")
+  cfg_lib.check_range(config, "data.image_size", 1, 512, integer=True)
+  if config.data.limit is not None:
+    cfg_lib.check_range(config, "data.limit", 0, integer=True)
   cfg_lib.check_positive_ints(config, "setups.channels")
   cfg_lib.check_positive_ints(config, "setups.bits")
   cfg_lib.check_positive_ints(config, "setups.train_bits")

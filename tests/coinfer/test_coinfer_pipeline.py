@@ -2,6 +2,8 @@
 the report is written, and device TFLite + server ONNX agree with JAX on top-1 at three setups."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -47,3 +49,17 @@ def test_export_parity_three_setups(result):
     # the model-repository copy, fed the packed wire tensors, agrees with JAX as well
     assert (workdir / "exports" / "repository" / r["model"] / "config.pbtxt").exists()
     assert r["wire_top1_agreement"] >= 0.99, r
+
+
+def test_rerun_skips_every_step_and_other_values_are_refused(result):
+  from coinfer import pipeline
+  from common import app
+
+  workdir, _ = result
+  metrics, sim = (workdir / "metrics.jsonl").read_bytes(), json.loads((workdir / "simulate.json").read_text())
+  out = pipeline.run_steps(app.load_config_file("coinfer/configs/quick.py:fast"), workdir)
+  assert (workdir / "metrics.jsonl").read_bytes() == metrics  # nothing trained again
+  assert out["simulate"] == sim and out["init"]["teacher"] == "N4Q8"
+  cmd = [sys.executable, "-m", "coinfer.main", "report", "--config=coinfer/configs/quick.py:fast"]
+  r = subprocess.run([*cmd, f"--workdir={workdir}", "--config.init.epochs=2"], capture_output=True, text=True)
+  assert r.returncode == 2 and "config.init.epochs was 1, now 2" in r.stderr, r.stderr[-2000:]
