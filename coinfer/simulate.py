@@ -108,7 +108,7 @@ def trace_bits(trace: Trace, start_s: float, until_s: float) -> float:
   """Bits the link delivers between start_s and until_s (numeric integral of the piecewise rate)."""
   if until_s <= start_s:
     return 0.0
-  starts, ends, rates = trace._segments()
+  starts, ends, rates = trace.segments()
   total, t = 0.0, start_s
   while t < until_s:
     local = t % trace.period_s
