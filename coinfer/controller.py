@@ -191,6 +191,12 @@ def _predictor(history: int, margin: bool) -> Callable[[ControlState], tuple[flo
   return predict
 
 
+def _setting_up(prof: Profile, horizon: int, method: str, *, fps, history, margin, reduce):
+  """(candidate setups, the smallest setup, frame interval, bandwidth predictor) of an MPC."""
+  _checked(method, horizon)
+  return _candidates(prof, reduce), int(np.argmin(prof.bits)), 1.0 / fps, _predictor(history, margin)
+
+
 def _solved(state: MPCState, value: float | None, *, fallback: bool = False) -> MPCState:
   return state._replace(solves=state.solves + 1, fallbacks=state.fallbacks + int(fallback), value=value)
 
@@ -227,11 +233,8 @@ def make_mpc_dp(
   reduce: bool = True,
 ) -> Controller:
   """The MPC solved exactly by the dynamic program (`_dp_first`) every frame."""
-  _checked("dp", horizon)
-  cand = _candidates(prof, reduce)
-  smallest = int(np.argmin(prof.bits))
-  dt = 1.0 / fps
-  predict = _predictor(history, margin)
+  kw = dict(fps=fps, history=history, margin=margin, reduce=reduce)
+  cand, smallest, dt, predict = _setting_up(prof, horizon, "dp", **kw)
 
   def update(obs: ControlState, state: MPCState) -> tuple[int, MPCState]:
     inv_c, w0 = predict(obs)
@@ -260,11 +263,8 @@ def make_mpc_milp(
   frame's choice that keeps it on time."""
   import cvxpy as cp
 
-  _checked("relax" if relax else "milp", horizon)
-  cand = _candidates(prof, reduce)
-  smallest = int(np.argmin(prof.bits))
-  dt = 1.0 / fps
-  predict = _predictor(history, margin)
+  kw = dict(fps=fps, history=history, margin=margin, reduce=reduce)
+  cand, smallest, dt, predict = _setting_up(prof, horizon, "relax" if relax else "milp", **kw)
   p = len(cand)
   size = prof.bits[cand] / 1e6  # Mbit keeps the numbers well scaled
   gains = _gains(prof, cand, horizon)

@@ -32,6 +32,8 @@ def get_config(arg=None):
   c.stream.trace_seconds = 30.0
   c.export.parity_images = 60
   if arg in ("fast", "tiny"):
+    # steps per training, images, batch, frames per trace
+    steps, limit, batch, frames = {"fast": (3, 128, 32, 60), "tiny": (2, 64, 16, 40)}[arg]
     c.data.image_size = 8
     c.setups.channels = [1, 2, 4]
     c.setups.bits = [1, 2, 8]
@@ -39,7 +41,7 @@ def get_config(arg=None):
     c.model.settings = [[2, 16, 1, 2]]
     c.model.last_channels = 32
     for s in ("init", "distill", "individual", "baselines"):
-      c[s].epochs = 1
+      c[s].epochs, c[s].max_steps = 1, steps
     c.cluster.steps = 1
     c.cluster.num_clusters = 2
     c.distill.calibrate_batches = 1
@@ -48,18 +50,6 @@ def get_config(arg=None):
     c.export.setups = [[1, 1], [2, 2], [4, 8]]
     c.export.int8 = True  # the deploy tests run the int8 device parts
     c.export.parity_images = 40
-  if arg == "fast":
-    c.data.limit = 128
-    c.train.batch_size = 32
-    for s in ("init", "distill", "individual", "baselines"):
-      c[s].max_steps = 3
-    c.stream.frames = 60
-    c.stream.trace_seconds = 10.0
-  if arg == "tiny":
-    c.data.limit = 64
-    c.train.batch_size = 16
-    for s in ("init", "distill", "individual", "baselines"):
-      c[s].max_steps = 2
-    c.stream.frames = 40
-    c.stream.trace_seconds = 10.0
+    c.data.limit, c.train.batch_size = limit, batch
+    c.stream.frames, c.stream.trace_seconds = frames, 10.0
   return c
