@@ -35,7 +35,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from branching import flops
-from branching.config import NetConfig, published, published_latencies
+from branching.network import NetConfig, published, published_latencies
 from common.errors import ConfigError
 
 # The host's fork/join term (n_xfer ms per branched stage, xfer_elems ms per element of the stage input
@@ -44,7 +44,7 @@ from common.errors import ConfigError
 HOST_FORK_JOIN = (0.0, 1.03e-4)
 FEATURES = ("macs_conv", "macs_dw", "macs_group", "elems", "n_ops", "n_xfer", "xfer_elems", "conv_pixels")
 # Priors (units: ms per feature unit) the fit shrinks towards: a 4-core int8 phone CPU at ~150 GMAC/s.
-_PRIOR = np.array([4e-9, 1e-8, 2e-9, 2e-7, 3e-2, 2e-1, 2e-7, 1e-5])
+PRIOR = np.array([4e-9, 1e-8, 2e-9, 2e-7, 3e-2, 2e-1, 2e-7, 1e-5])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -206,7 +206,7 @@ def calibrate(
   devs = list(devices)
   segs_list = [segments(c, image_size, device_map) for c, _ in samples]
   y = np.log(np.asarray([ms for _, ms in samples]))
-  p0 = np.log(np.tile(_PRIOR if prior is None else prior, len(devs)))
+  p0 = np.log(np.tile(PRIOR if prior is None else prior, len(devs)))
 
   def resid(th):
     return np.concatenate([_predict_log(th, devs, segs_list) - y, np.sqrt(ridge) * (th - p0)])

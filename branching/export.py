@@ -119,6 +119,27 @@ def export_segments(model: AnyNet, variables, image_size: int, *, mean, std) -> 
   return segs
 
 
+def save_segments(segments: list[Segment], directory) -> list[dict]:
+  """Writes `<name>_branch<j>.tflite` per branch of each segment; returns the manifest (names, files)."""
+  from pathlib import Path
+
+  directory = Path(directory)
+  manifest = []
+  for seg in segments:
+    files = [f"{seg.name}_branch{j}.tflite" for j in range(len(seg.branches))]
+    for f, b in zip(files, seg.branches, strict=True):
+      export.write_atomic(directory / f, b)
+    manifest.append({"name": seg.name, "files": files})
+  return manifest
+
+
+def load_segments(directory, manifest: list[dict]) -> list[Segment]:
+  """The segments `save_segments` wrote into `directory`."""
+  from pathlib import Path
+
+  return [Segment(m["name"], [(Path(directory) / f).read_bytes() for f in m["files"]]) for m in manifest]
+
+
 def _pname(part) -> str:
   return "stem" if part[0] == "stem" else "head" if part[0] == "head" else f"s{part[1] + 1}"
 

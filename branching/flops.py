@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from branching.config import NetConfig
+from branching.network import NetConfig
 from common.mobilenet import make_divisible
 
 KINDS = ("conv", "dwconv", "gconv", "fc", "elem")
@@ -65,7 +65,7 @@ class Op:
   pixels: int = 0
 
 
-class _Walker:
+class Walker:
   """Tracks (h, w) and appends ops; one instance per network walk."""
 
   def __init__(self, hw: int):
@@ -106,8 +106,8 @@ class _Walker:
     self.ops.append(Op(name, "fc", w_in * w_out + w_out, w_in * w_out + w_out, w_in, w_out, **tag))
 
 
-def _block(
-  wk: _Walker,
+def block(
+  wk: Walker,
   c: NetConfig,
   p: str,
   b,
@@ -168,7 +168,7 @@ def ops(c: NetConfig, image_size: int = 224, *, pycls_widths: bool = False) -> l
   pycls_widths: take each stage's output width from ORIGINAL_WIDTHS, as pycls's
   complexity count does, instead of the width the concat produces.
   """
-  wk = _Walker(image_size)
+  wk = Walker(image_size)
   n = len(c.stages)
   sd = c.stem_device
   fork0 = n > 0 and c.stages[0].branched
@@ -196,7 +196,7 @@ def ops(c: NetConfig, image_size: int = 224, *, pycls_widths: bool = False) -> l
         stride = b.stride if k == 0 else 1
         last = k == b.depth - 1 and not st.branched and fork_next
         p = f"{pre}_b{k + 1}"
-        _block(wk, c, p, b, w_in if k == 0 else b.width, b.width, stride, st.kernel, tag, fork=last)
+        block(wk, c, p, b, w_in if k == 0 else b.width, b.width, stride, st.kernel, tag, fork=last)
       w_o = b.width
       if c.mb_ver == 1 and st.branched and b.width != st.original_width // nb:
         w_o = st.original_width // nb

@@ -1,10 +1,11 @@
 """Measurements on this machine: LiteRT latencies for the `host` processor, branch-parallel speedup.
 
 `calibrate_host` exports a few single-branch variants of a config (random
-weights, as the artifact measures), times them with LiteRT on 1 and on 2
-threads and fits the cost model's `host` (1 thread) and `host2` (2 threads)
-coefficients by the same least squares as the phone processors.
-`parallel_speedup` times the single-branch original on 1 and 2 threads, the
+weights, as the artifact measures), times them with LiteRT on 1 and on
+`threads` (2 by default) threads and fits the cost model's `host` (1 thread)
+and `host2` (`threads` threads) coefficients by the same least squares as the
+phone processors.
+`parallel_speedup` times the single-branch original on 1 and `threads` threads, the
 stretched model as one sequential flatbuffer, and the stretched model with the
 branches of each stage on concurrent threads (`branching.export.ParallelRunner`),
 and puts the cost model's predictions beside the measurements.
@@ -20,18 +21,19 @@ import numpy as np
 
 from branching import costmodel
 from branching import export as bexport
-from branching.config import NetConfig, Stage
 from branching.models import AnyNet
+from branching.network import NetConfig, Stage
 
 HOST_ALL = {"cpu": "host", "gpu": "host", "dsp": "host"}
 HOST2_ALL = {"cpu": "host2", "gpu": "host2", "dsp": "host2"}
+# (width scale, extra depth) of the single-branch variants `calibrate_host` times.
+SCALES = ((0.5, 1), (1.5, 1), (1.0, 2), (0.75, 1), (2.0, 1), (1.25, 2), (0.5, 2), (1.5, 2))
 
 
 def variants(base: NetConfig, n: int) -> list[NetConfig]:
   """n single-branch variants of `base` with scaled widths and depths (deterministic)."""
-  scales = [(0.5, 1), (1.5, 1), (1.0, 2), (0.75, 1), (2.0, 1), (1.25, 2), (0.5, 2), (1.5, 2)]
   out = []
-  for k, (ws, dd) in enumerate(scales[:n]):
+  for k, (ws, dd) in enumerate(SCALES[:n]):
     stages = []
     for st in base.stages:
       b = st.branches[0]
@@ -74,11 +76,11 @@ def calibrate_host(
   for key, dev in (("ms_1", "host"), ("ms_n", "host2")):
     data = [(s["config"], s[key]) for s in samples]
     prior_ms = [
-      costmodel.predict(c, costmodel.CostTable({"cpu": tuple(costmodel._PRIOR)}), image_size=image_size)
+      costmodel.predict(c, costmodel.CostTable({"cpu": tuple(costmodel.PRIOR)}), image_size=image_size)
       for c, _ in data
     ]
     scale = float(np.median([ms / p for (_, ms), p in zip(data, prior_ms, strict=True)]))
-    t = costmodel.calibrate(data, ("cpu",), image_size=image_size, prior=costmodel._PRIOR * scale)
+    t = costmodel.calibrate(data, ("cpu",), image_size=image_size, prior=costmodel.PRIOR * scale)
     coef[dev] = t.coef["cpu"]
   # Single-branch variants carry no fork/join: the host's term comes from the branch-parallel measurement.
   v = list(coef["host"])
@@ -100,16 +102,18 @@ def parallel_speedup(
   threads: int = 2,
   repeats: int = 50,
   host_table: costmodel.CostTable | None = None,
+  original_tflite: bytes | None = None,
   stretched_tflite: bytes | None = None,
   stretched_segments: list | None = None,
 ) -> dict:
   """Measured (LiteRT, this CPU) and predicted latencies of original vs stretched, in ms.
 
-  `stretched_tflite` / `stretched_segments` reuse flatbuffers already exported for these variables.
+  `original_tflite` / `stretched_tflite` / `stretched_segments` reuse flatbuffers already exported for
+  these variables. Keys name the thread count they were timed with (`..._{threads}threads`).
   """
   (m_o, v_o), (m_s, v_s) = original, stretched
   x = np.random.default_rng(0).random((1, image_size, image_size, 3), np.float32)
-  tfl_o = bexport.export_model(m_o, v_o, image_size, mean=mean, std=std)
+  tfl_o = original_tflite or bexport.export_model(m_o, v_o, image_size, mean=mean, std=std)
   tfl_s = stretched_tflite or bexport.export_model(m_s, v_s, image_size, mean=mean, std=std)
   segs = stretched_segments or bexport.export_segments(m_s, v_s, image_size, mean=mean, std=std)
   par = bexport.ParallelRunner(segs, threads=threads)
@@ -127,7 +131,7 @@ def parallel_speedup(
     "tags": {k: len(v) for k, v in bexport.tags(tfl_s).items()},
   }
   par.close()
-  out["measured_speedup_vs_original_2threads"] = (
+  out[f"measured_speedup_vs_original_{threads}threads"] = (
     out[f"original_{threads}threads_ms"] / out[f"stretched_branch_parallel_{threads}threads_ms"]
   )
   out["measured_speedup_vs_original_1thread"] = (
@@ -138,9 +142,11 @@ def parallel_speedup(
     p_o2 = costmodel.predict(m_o.config, host_table, image_size=image_size, device_map=HOST2_ALL)
     p_s = costmodel.predict(m_s.config, host_table, image_size=image_size, device_map=HOST_ALL)
     out.update(
-      predicted_original_1thread_ms=p_o1,
-      predicted_original_2threads_ms=p_o2,
-      predicted_branch_parallel_ms=p_s,
-      predicted_speedup_vs_original_2threads=p_o2 / p_s,
+      {
+        "predicted_original_1thread_ms": p_o1,
+        f"predicted_original_{threads}threads_ms": p_o2,
+        "predicted_branch_parallel_ms": p_s,
+        f"predicted_speedup_vs_original_{threads}threads": p_o2 / p_s,
+      }
     )
   return out

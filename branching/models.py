@@ -19,8 +19,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from branching.config import NetConfig
 from branching.flops import make_divisible
+from branching.network import NetConfig
 from common.models import count_params as param_count  # noqa: F401 - the package's counter
 
 

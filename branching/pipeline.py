@@ -1,190 +1,348 @@
-"""End-to-end runs behind the CLI and the quickstart stage, each writing into its workdir.
+"""NN-Stretch as steps over one workdir (`edgeinfer branching <step>`).
 
-`calibration_section`: the cost model against the 30 published latencies
-(in-sample and leave-one-model-out). `search_section`: the search on a
-published original against the best single processor. `run`: training
-(original vs stretched), search, export with tags, per-branch subgraphs, the
-`host` calibration and the measured branch-parallel speedup, all in one
-report.md.
+  count      MACs and params of the network (as the model runs and as pycls reports); writes nothing
+  calibrate  the cost model against the 30 published latencies (in-sample and leave-one-model-out)
+             -> calibration.json, report.md
+  search     stretches the single-branch network over the processors -> <out> or <workdir>/<name>.yaml
+  train      the original and the stretched net with the same recipe and seed -> original/, stretched/,
+             train.json
+  export     tagged TFLite of both nets and their per-branch subgraphs -> exports/, export.json
+  run        train, export, search (search.json), calibration (calibration.json), the `host`
+             calibration and the measured branch-parallel speedup (measure.json) -> summary.json, report.md
+
+`count`, `search` and `calibrate` take the network, processors, constraints, image size and phone
+from `config.search`, each overridden by a flag of `branching.main` (`--network`, `--processors`,
+...). Every step of `run` skips when its output exists in the workdir (training resumes from its
+checkpoints); `branching.report` writes report.md from the JSON outputs.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import math
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import ml_collections
 import numpy as np
 
-from branching import config as bcfg
-from branching import costmodel, flops, measure, search
+from branching import costmodel, flops, measure, network, search
 from branching import export as bexport
+from branching import report as breport
 from branching import train as btrain
-from common import cli, report
+from common import app, safeio
+from common import config as ccfg
 from common import export as cexport
+from common import report as report_lib
+from common.errors import ConfigError
+
+# Settings of count / search / calibrate: flag name -> key under config.search.
+SETTINGS = {
+  "network": "model",
+  "image_size": "image_size",
+  "phone": "phone",
+  "processors": "processors",
+  "alpha": "alpha",
+  "beta": "beta",
+  "gamma": "gamma",
+}
 
 
-def calibration_section(rep: report.Report, phone: str = "mi", lomo: bool = True) -> dict:
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  """What count, search and calibrate work on (config.search, each key overridable by its flag)."""
+
+  network: str
+  image_size: int
+  phone: str
+  processors: tuple[str, ...]
+  alpha: float
+  beta: float
+  gamma: float
+  out: str = ""  # search: where the YAML goes ("" = <workdir>/<name>.yaml)
+  flags: frozenset = frozenset()  # the settings given as flags (named so in error messages)
+
+
+def settings(config: ml_collections.ConfigDict, overrides: Mapping | None = None) -> Settings:
+  """`config.search` with the given flag values (None = not given) in place of its keys."""
+  given = {k: v for k, v in (overrides or {}).items() if v is not None}
+  values = {name: given.get(name, config.search[key]) for name, key in SETTINGS.items()}
+  values["processors"] = tuple(values["processors"])
+  return Settings(**values, out=given.get("out", ""), flags=frozenset(given))
+
+
+def phones() -> list[str]:
+  return sorted(p.name for p in network.PUBLISHED_DIR.iterdir() if p.is_dir())
+
+
+def check_settings(s: Settings) -> None:
+  """ConfigError (naming the flag or the config key) for any setting out of range."""
+
+  def bad(name, allowed):
+    where = f"--{name}" if name in s.flags else f"config.search.{SETTINGS[name]}"
+    return ConfigError(f"{where} = {getattr(s, name)!r}: {allowed}")
+
+  def number(name, lo, hi, lo_open=False):
+    v = getattr(s, name)
+    ok = isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+    if not ok or v < lo or v > hi or (lo_open and v == lo):
+      raise bad(name, f"must be a number in {'(' if lo_open else '['}{lo}, {hi}]")
+
+  if isinstance(s.image_size, bool) or not isinstance(s.image_size, int) or not 8 <= s.image_size <= 4096:
+    raise bad("image_size", "must be an integer in [8, 4096]")
+  if s.phone not in phones():
+    raise bad("phone", f"must be one of {phones()}")
+  procs = s.processors
+  if not procs or len(set(procs)) != len(procs) or any(p not in network.DEVICES for p in procs):
+    raise bad("processors", f"must be distinct processors from {list(network.DEVICES)}, e.g. cpu,dsp")
+  number("alpha", 0.0, 1.0)
+  number("beta", 0.0, float(len(procs)))
+  number("gamma", 0.0, 10.0, lo_open=True)
+  try:
+    network.load(s.network)
+  except ConfigError as e:
+    where = "--network" if "network" in s.flags else "config.search.model"
+    raise ConfigError(f"{where}: {e}") from None
+
+
+def validate(config: ml_collections.ConfigDict, overrides: Mapping | None = None) -> None:
+  """Checks every key the steps read and the flag overrides, before anything is written."""
+  btrain.validate(config)
+  ccfg.check_range(config, "run.image_size", 8, 1024, integer=True)
+  ccfg.check_range(config, "run.threads", 1, 64, integer=True)
+  ccfg.check_range(config, "run.repeats", 1, 100_000, integer=True)
+  ccfg.check_range(config, "run.calibration_models", 1, len(measure.SCALES), integer=True)
+  ccfg.check_choice(config, "run.lomo", (True, False))
+  ccfg.check_choice(config, "train.show_progress", (True, False))
+  for key in ("original", "stretched"):
+    try:
+      network.load(config[key])
+    except ConfigError as e:
+      raise ConfigError(f"config.{key}: {e}") from None
+  check_settings(settings(config, overrides))
+
+
+class Run:
+  """What the steps share: config, workdir, settings, and the trained nets (trained at most once)."""
+
+  def __init__(self, config, workdir: Path, overrides: Mapping | None = None):
+    self.config, self.workdir = config, Path(workdir)
+    self.settings = settings(config, overrides)
+    self._trained: dict | None = None
+
+  def path(self, name: str) -> Path:
+    return self.workdir / name
+
+  def trained(self) -> dict:
+    """{"original", "stretched"}: each `train.train_one`'s result (resumed from checkpoints); the
+    first call also writes train.json."""
+    if self._trained is None:
+      c, t0 = self.config, time.time()
+      self._trained = btrain.train_and_evaluate(c, self.workdir, show_progress=c.train.show_progress)
+      if not self.path("train.json").exists():
+        keys = ("name", "ema_accuracy", "accuracy", "macs", "params")
+        done = {role: {k: r[k] for k in keys} for role, r in self._trained.items()}
+        report_lib.write_json(self.path("train.json"), {**done, "train_seconds": time.time() - t0})
+    return self._trained
+
+
+# ---------------------------------------------------------------- compute (no workdir)
+
+
+def calibration(phone: str = "mi", lomo: bool = True) -> dict:
+  """The cost model against the published latencies: per-config rows, error summary, coefficients."""
   table = costmodel.default_table(phone)
-  data = costmodel.published_dataset(phone)
   rows_lomo = {r["config"]: r for r in costmodel.leave_one_model_out(phone)} if lomo else {}
   rows, errs, errs_in = [], [], []
-  for name, c, ms in data:
+  for name, c, ms in costmodel.published_dataset(phone):
     pred = costmodel.predict(c, table)
     errs_in.append(abs(pred / ms - 1))
-    lo = rows_lomo.get(name)
+    lo = rows_lomo.get(name, {})
     if lo:
       errs.append(abs(lo["rel_err"]))
-    rows.append(
-      [name, ms, pred, pred / ms - 1, lo["predicted_ms"] if lo else "", lo["rel_err"] if lo else ""]
-    )
-  rep.heading("Cost model vs published latencies (mi phone, int8, 224 px)")
-  rep.text(
-    "Predicted = calibrated on all 30 published latencies; LOMO = calibrated without the model's whole "
-    "family of 5 configs (leave-one-model-out)."
-  )
-  rep.table(
-    ["config", "published ms", "predicted ms", "rel. err", "LOMO predicted ms", "LOMO rel. err"], rows
-  )
-  out = {"in_sample_median_abs_err": float(np.median(errs_in))}
+    rows.append({"config": name, "published_ms": ms, "predicted_ms": pred, "rel_err": pred / ms - 1,
+                 "lomo_predicted_ms": lo.get("predicted_ms"), "lomo_rel_err": lo.get("rel_err")})  # fmt: skip
+  errors = {"in_sample_median_abs_err": float(np.median(errs_in))}
   if errs:
-    out["lomo_median_abs_err"] = float(np.median(errs))
-    out["lomo_mean_abs_err"] = float(np.mean(errs))
-  rep.text(", ".join(f"{k} = {v:.3f}" for k, v in out.items()))
-  return out
+    errors["lomo_median_abs_err"] = float(np.median(errs))
+    errors["lomo_mean_abs_err"] = float(np.mean(errs))
+  return {"phone": phone, "lomo": lomo, "rows": rows, "errors": errors, "coef": table.coef}
 
 
-def search_section(rep: report.Report, sc: ml_collections.ConfigDict, workdir: Path) -> dict:
-  original = bcfg.load(sc.model)
-  table = costmodel.default_table(sc.phone)
+def stretch(s: Settings) -> tuple[network.NetConfig, dict]:
+  """Searches the stretching of `s.network`; (the found config, the numbers and per-stage log)."""
+  original = network.load(s.network)
+  table = costmodel.default_table(s.phone)
   t0 = time.perf_counter()
   log: list = []
   found = search.stretch(
-    original,
-    tuple(sc.processors),
-    table=table,
-    alpha=sc.alpha,
-    beta=sc.beta,
-    gamma=sc.gamma,
-    image_size=sc.image_size,
-    log=log,
-  )
+    original, s.processors, table=table, alpha=s.alpha, beta=s.beta, gamma=s.gamma,
+    image_size=s.image_size, log=log,
+  )  # fmt: skip
   secs = time.perf_counter() - t0
-  bcfg.save(found, workdir / f"{found.name}.yaml")
-  dev, single_ms = search.best_single(original, tuple(sc.processors), table, image_size=sc.image_size)
-  pred = costmodel.predict(found, table, image_size=sc.image_size)
-  rep.heading(f"Search: {original.name} on {'+'.join(sc.processors)}")
-  rep.table(
-    [
-      "stage",
-      "candidate tuples",
-      "feasible",
-      "L* ms (best single)",
-      "stage ms",
-      "branches (device, depth, width)",
-    ],
-    [[e["stage"], e["combinations"], e["feasible"], e["L_star"], e["stage_ms"], e["branches"]] for e in log],
-  )
+  dev, single_ms = search.best_single(original, s.processors, table, image_size=s.image_size)
+  pred = costmodel.predict(found, table, image_size=s.image_size)
   res = {
+    "original": original.name,
+    "found": found.name,
+    "processors": list(s.processors),
     "search_seconds": secs,
     "best_single_processor": dev,
     "best_single_ms": single_ms,
     "searched_ms": pred,
     "search_speedup": single_ms / pred,
-    "searched_gmacs": flops.count(found, sc.image_size)["macs"] / 1e9,
-    "original_gmacs": flops.count(original, sc.image_size)["macs"] / 1e9,
+    "searched_gmacs": flops.count(found, s.image_size)["macs"] / 1e9,
+    "original_gmacs": flops.count(original, s.image_size)["macs"] / 1e9,
   }
-  pub = bcfg.published_latencies()
-  pub_name = f"{original.name.rsplit('-', 1)[0]}-{''.join(p[0].upper() for p in sc.processors)}"
+  pub = network.published_latencies()
+  pub_name = f"{original.name.rsplit('-', 1)[0]}-{''.join(p[0].upper() for p in s.processors)}"
   if pub_name in pub:
     res["published_stretched_ms"] = pub[pub_name]
-    res["published_stretched_predicted_ms"] = costmodel.predict(bcfg.published(pub_name, sc.phone), table)
-  rep.text(
-    f"Searched config `{found.name}.yaml` (same YAML schema): predicted {pred:.2f} ms against the best single "
-    f"processor ({dev}, {single_ms:.2f} ms): {res['search_speedup']:.2f}x, {res['searched_gmacs']:.2f} GMACs "
-    f"(original {res['original_gmacs']:.2f}); the search took {secs:.2f} s."
-  )
-  return res
+    res["published_stretched_predicted_ms"] = costmodel.predict(network.published(pub_name, s.phone), table)
+  return found, {**res, "log": log}
 
 
-def run(
-  config: ml_collections.ConfigDict, workdir: str | Path, *, fast: bool = False, lomo: bool = True
-) -> dict:
-  """Trains, searches, calibrates, exports and measures; writes report.md; returns headline numbers."""
-  workdir = Path(workdir)
-  btrain.validate(config)  # before anything is written: a rejected config leaves the workdir as it was
-  cli.save_config(config, workdir)
-  rep = report.Report("NN-Stretch (branching): stretched vs single-branch", workdir)
-  t0 = time.time()
-  res = btrain.train_and_evaluate(config, workdir, show_progress=not fast)
-  o, s = res["original"], res["stretched"]
-  rep.heading(f"Training on `{config.data.name}` ({config.train.num_epochs} epochs, SGD + cosine + EMA)")
-  rep.table(
-    ["model", "EMA test accuracy", "raw test accuracy", "MMACs", "params"],
-    [[r["name"], r["ema_accuracy"], r["accuracy"], r["macs"] / 1e6, r["params"]] for r in (o, s)],
+# ---------------------------------------------------------------- steps
+
+
+def step_count(run: Run) -> dict:
+  s = run.settings
+  net = network.load(s.network)
+  r = {"config": net.name, "image_size": s.image_size, **flops.count(net, s.image_size)}
+  print(json.dumps(r, indent=2))
+  print(
+    f"{net.name} @{s.image_size}: {r['macs'] / 1e9:.3f} GMACs, {r['params'] / 1e6:.3f} M params as the model "
+    f"runs; {r['pycls_macs'] / 1e9:.3f} GMACs, {r['pycls_params'] / 1e6:.3f} M as pycls reports"
   )
-  out = {
-    "original_accuracy": o["ema_accuracy"],
-    "stretched_accuracy": s["ema_accuracy"],
-    "train_seconds": time.time() - t0,
-  }
-  out.update(search_section(rep, config.search, workdir))
-  out.update({f"cost_{k}": v for k, v in calibration_section(rep, config.search.phone, lomo=lomo).items()})
-  # Export the trained stretched model with tags, and its per-branch subgraphs.
-  size = config.data.image_size
-  tfl = bexport.export_model(s["model"], s["variables"], size, mean=s["mean"], std=s["std"])
-  cexport.write_atomic(workdir / "exports" / "stretched.tflite", tfl)
-  segs = bexport.export_segments(s["model"], s["variables"], size, mean=s["mean"], std=s["std"])
-  for seg in segs:
-    for j, b in enumerate(seg.branches):
-      cexport.write_atomic(workdir / "exports" / "segments" / f"{seg.name}_branch{j}.tflite", b)
-  tags = bexport.tags(tfl)
-  rep.heading("Export")
-  rep.text(
-    f"`exports/stretched.tflite` ({len(tfl)} bytes): tensors tagged cpu {len(tags['cpu'])}, dsp {len(tags['dsp'])}, "
-    f"gpu {len(tags['gpu'])}; mp_start {len(tags['mp_start'])}, mp_end {len(tags['mp_end'])} (e.g. "
-    f"`{tags['mp_end'][0] if tags['mp_end'] else ''}`). Per-branch subgraphs: "
-    + ", ".join(f"{seg.name} x{len(seg.branches)}" for seg in segs)
-    + " under `exports/segments/`."
+  return r
+
+
+def step_calibrate(run: Run) -> dict:
+  res = calibration(run.settings.phone, lomo=True)
+  report_lib.write_json(run.path("calibration.json"), res)
+  breport.write_calibration(run.workdir, res)
+  print(json.dumps(res["errors"], indent=2))
+  print(f"wrote {run.path('report.md')}")
+  return res["errors"]
+
+
+def step_search(run: Run) -> dict:
+  found, res = stretch(run.settings)
+  out = Path(run.settings.out) if run.settings.out else run.path(f"{found.name}.yaml")
+  network.save(found, out)
+  for e in res["log"]:
+    print(json.dumps(e))
+  print(
+    f"best single processor {res['best_single_processor']}: {res['best_single_ms']:.2f} ms; searched: "
+    f"{res['searched_ms']:.2f} ms ({res['search_speedup']:.2f}x); wrote {out}"
   )
-  # Measured parallel execution, with the host-calibrated cost model beside it.
-  rc = config.run
-  n_cal = 2 if fast else rc.calibration_models
-  reps = 10 if fast else rc.repeats
+  return {k: v for k, v in res.items() if k != "log"}
+
+
+def _cached(path: Path, *keys: str) -> dict | None:
+  return safeio.load_json(path, what=path.stem, keys=keys) if path.exists() else None
+
+
+def step_train(run: Run) -> dict:
+  done = _cached(run.path("train.json"), "original", "stretched")
+  if done is None:
+    run.trained()
+    done = _cached(run.path("train.json"), "original", "stretched")
+  print(json.dumps({role: done[role] for role in ("original", "stretched")}))
+  return {f"{role}_accuracy": done[role]["ema_accuracy"] for role in ("original", "stretched")}
+
+
+def step_export(run: Run) -> dict:
+  done = _cached(run.path("export.json"), "original", "stretched")
+  if done is not None:
+    return _export_summary(done)
+  size, out, exports = run.config.data.image_size, {}, run.path("exports")
+  for role, r in run.trained().items():
+    tfl = bexport.export_model(r["model"], r["variables"], size, mean=r["mean"], std=r["std"])
+    path = cexport.write_atomic(exports / f"{role}.tflite", tfl)
+    segs = bexport.export_segments(r["model"], r["variables"], size, mean=r["mean"], std=r["std"])
+    tags = bexport.tags(tfl)
+    out[role] = {
+      "file": f"exports/{role}.tflite", "bytes": len(tfl), "image_size": size,
+      "segments_dir": f"exports/{role}_segments", "segments": bexport.save_segments(segs, exports / f"{role}_segments"),
+      "tags": {k: len(v) for k, v in tags.items()}, "mp_end_example": tags["mp_end"][0] if tags["mp_end"] else "",
+    }  # fmt: skip
+    print(f"wrote {path} ({len(tfl)} bytes) and {sum(len(s.branches) for s in segs)} segment flatbuffers")
+  report_lib.write_json(run.path("export.json"), out)
+  return _export_summary(out)
+
+
+def _export_summary(out: dict) -> dict:
+  """export.json with the scalars the command line prints (`<role>_bytes`, `<role>_segment_files`)."""
+  sizes = {f"{role}_bytes": r["bytes"] for role, r in out.items()}
+  files = {f"{role}_segment_files": sum(len(s["files"]) for s in r["segments"]) for role, r in out.items()}
+  return {**out, **sizes, **files}
+
+
+def step_measure(run: Run) -> dict:
+  """Fits the `host` processor to LiteRT timings and measures branch-parallel execution -> measure.json."""
+  done = _cached(run.path("measure.json"), "parallel")
+  if done is not None:
+    return done
+  rc, ex = run.config.run, step_export(run)
+  o, s = run.trained()["original"], run.trained()["stretched"]
   host, cal_rows = measure.calibrate_host(
-    o["model"].config, rc.image_size, n_models=n_cal, repeats=reps, threads=rc.threads
+    o["model"].config, rc.image_size, n_models=rc.calibration_models, repeats=rc.repeats, threads=rc.threads
   )
   reuse = {}
-  if rc.image_size == size:
+  if rc.image_size == run.config.data.image_size:  # time the trained nets and their exported flatbuffers
     orig, strt = (o["model"], o["variables"]), (s["model"], s["variables"])
-    reuse = {"stretched_tflite": tfl, "stretched_segments": segs}
+    reuse = {
+      "original_tflite": run.path(ex["original"]["file"]).read_bytes(),
+      "stretched_tflite": run.path(ex["stretched"]["file"]).read_bytes(),
+      "stretched_segments": bexport.load_segments(run.path(ex["stretched"]["segments_dir"]), ex["stretched"]["segments"]),
+    }  # fmt: skip
   else:
     orig = measure.random_variables(o["model"].config, rc.image_size)
     strt = measure.random_variables(s["model"].config, rc.image_size)
   par = measure.parallel_speedup(
-    orig,
-    strt,
-    rc.image_size,
-    mean=s["mean"],
-    std=s["std"],
-    threads=rc.threads,
-    repeats=reps,
-    host_table=host,
-    **reuse,
-  )
-  rep.heading(f"Branch-parallel execution on this CPU ({rc.threads} threads, LiteRT, {rc.image_size} px)")
-  rep.table(["measurement", "value"], [[k, v] for k, v in par.items() if k != "tags"])
-  rep.text("Host calibration models (LiteRT, median ms): " + "; ".join(str(r) for r in cal_rows))
-  rep.text(
-    "The machine is shared and the models are small, so thread hand-off overhead weighs heavily; "
-    "re-run `python -m launch.bench branching` on a quiet machine for the benchmark figures."
-  )
-  out.update(
-    measured_parallel_speedup=par["measured_speedup_vs_original_2threads"],
-    predicted_parallel_speedup=par.get("predicted_speedup_vs_original_2threads", float("nan")),
-  )
-  rep.heading("Headline numbers")
-  rep.json(out)
-  rep.write()
-  report.write_json(workdir / "summary.json", out)
+    orig, strt, rc.image_size, mean=s["mean"], std=s["std"], threads=rc.threads, repeats=rc.repeats,
+    host_table=host, **reuse,
+  )  # fmt: skip
+  out = {"threads": rc.threads, "image_size": rc.image_size, "parallel": par, "calibration_models": cal_rows}
+  report_lib.write_json(run.path("measure.json"), out)
   return out
+
+
+def step_run(run: Run) -> dict:
+  """Every step into the workdir, then summary.json and report.md (from what the steps wrote)."""
+  train = step_train(run)
+  step_export(run)
+  found = _cached(run.path("search.json"), "search_speedup", "log")
+  if found is None:
+    net, found = stretch(run.settings)
+    network.save(net, run.path(f"{net.name}.yaml"))
+    report_lib.write_json(run.path("search.json"), found)
+  cal = _cached(run.path("calibration.json"), "errors", "rows")
+  if cal is None or cal.get("phone") != run.settings.phone:
+    cal = calibration(run.settings.phone, lomo=run.config.run.lomo)
+    report_lib.write_json(run.path("calibration.json"), cal)
+  meas = step_measure(run)
+  t = meas["threads"]
+  out = {**train, "train_seconds": safeio.load_json(run.path("train.json"), what="train")["train_seconds"]}
+  out.update({k: v for k, v in found.items() if k not in ("log", "original", "found", "processors")})
+  out.update({f"cost_{k}": v for k, v in cal["errors"].items()})
+  out["measured_parallel_speedup"] = meas["parallel"][f"measured_speedup_vs_original_{t}threads"]
+  out["predicted_parallel_speedup"] = meas["parallel"].get(
+    f"predicted_speedup_vs_original_{t}threads", float("nan")
+  )
+  report_lib.write_json(run.path("summary.json"), out)
+  breport.write_report(run.workdir, run.config)
+  return out
+
+
+STEPS = {
+  "count": app.Step(step_count, "MACs and params of --network at --image_size (model and pycls)", needs_workdir=False),
+  "calibrate": app.Step(step_calibrate, "cost model vs published latencies, leave-one-model-out; report.md"),
+  "search": app.Step(step_search, "stretch --network over --processors; writes --out (a YAML)", needs_workdir=False),
+  "train": app.Step(step_train, "train (or resume) the original and the stretched net; train.json"),
+  "export": app.Step(step_export, "tagged TFLite + per-branch subgraphs of both nets; export.json"),
+  "run": app.Step(step_run, "everything above + host timing; summary.json, report.md"),
+}  # fmt: skip

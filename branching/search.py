@@ -25,7 +25,6 @@ change the optimum.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import itertools
 from collections.abc import Sequence
 
@@ -34,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from branching import costmodel, flops
-from branching.config import Branch, NetConfig, Stage
+from branching.network import Branch, NetConfig, Stage
 from common.errors import ConfigError, InfeasibleError
 
 _FRONT = {1: 4096, 2: 256, 3: 40, 4: 16}
@@ -77,15 +76,15 @@ def _block_feats(
   """Features and MACs of the first block and of each further block of branch b."""
   res = []
   for first in (True, False):
-    wk = flops._Walker(hw if first else (hw - 1) // b.stride + 1)
+    wk = flops.Walker(hw if first else (hw - 1) // b.stride + 1)
     tag = {"device": b.device, "stage": 0, "branch": 0}
-    flops._block(wk, c, "x", b, w_in if first else b.width, b.width, b.stride if first else 1, st.kernel, tag)
+    flops.block(wk, c, "x", b, w_in if first else b.width, b.width, b.stride if first else 1, st.kernel, tag)
     feats = sum(costmodel.op_features(o) for o in wk.ops if "_se_" not in o.name)
     res.append((feats, sum(o.macs for o in wk.ops)))
   return res[0][0], res[1][0], res[0][1], res[1][1]
 
 
-@functools.partial(jax.jit, static_argnames=())
+@jax.jit
 def _score(
   feats, xfer, macs, coef, combos, concat_feats, merge_coef, lat_cap, main_k, main_floor, total_floor
 ):
@@ -120,7 +119,7 @@ def _score(
   return best, lat[best], jnp.sum(ok)
 
 
-def _pareto(lat: np.ndarray, macs: np.ndarray, limit: int) -> np.ndarray:
+def pareto(lat: np.ndarray, macs: np.ndarray, limit: int) -> np.ndarray:
   """Indices of candidates not dominated (lower latency and more MACs), at most `limit`."""
   order = np.lexsort((-macs, lat))
   keep, best = [], -1.0
@@ -132,6 +131,65 @@ def _pareto(lat: np.ndarray, macs: np.ndarray, limit: int) -> np.ndarray:
   if len(keep) > limit:
     keep = keep[np.linspace(0, len(keep) - 1, limit).round().astype(int)]
   return keep
+
+
+@dataclasses.dataclass(frozen=True)
+class Slot:
+  """One processor's candidate branches for a stage (after pruning): (depth, width) and their features."""
+
+  rows: list[tuple[int, int]]
+  feats: np.ndarray  # [m, F] compute features
+  xfer: np.ndarray  # [m, F] fork/join transfer features (zero on the merge processor)
+  macs: np.ndarray  # [m]
+  concat: np.ndarray  # [m, F] what each candidate's output adds to the concat
+
+
+def slot_candidates(
+  config: NetConfig, st: Stage, p: str, merge: str, coef: np.ndarray, w_in: int, hw: int, n: int, *,
+  depth_lo: float, width_lo: float, step: int,
+) -> Slot:  # fmt: skip
+  """The non-dominated (depth, width) branches of stage `st` on processor `p` (at most _FRONT[n])."""
+  b0 = st.branches[0]
+  hw_out = (hw - 1) // b0.stride + 1
+  rows, fs, xs, ms, cs = [], [], [], [], []
+  for w in width_range(b0, width_lo, step, config.block_type):
+    f1, fr, m1, mr = _block_feats(config, st, _branch_with(b0, p, 1, w, config.block_type), w_in, hw)
+    x = np.zeros_like(f1)
+    if p != merge:
+      x = costmodel.xfer_features(hw * hw * w_in + hw_out * hw_out * w) + costmodel.xfer_features(0)
+    cat = np.zeros_like(f1)
+    cat[3], cat[4] = 2 * hw_out * hw_out * w, 1.0 / n
+    for d in depth_range(b0.depth, depth_lo):
+      rows.append((d, w))
+      fs.append(f1 + (d - 1) * fr)
+      ms.append(m1 + (d - 1) * mr)
+      xs.append(x)
+      cs.append(cat)
+  fs, xs, ms, cs = map(np.asarray, (fs, xs, ms, cs))
+  keep = pareto(fs @ coef + xs @ coef, ms.astype(np.float64), _FRONT.get(n, 8))
+  return Slot([rows[j] for j in keep], fs[keep], xs[keep], ms[keep], cs[keep])
+
+
+def best_tuple(slots: Sequence[Slot], coefs, merge_coef, *, lat_cap, main_k, main_floor, total_floor):
+  """Scores every tuple of the slots' candidates; (chosen (d, w) per slot, latency, feasible count)."""
+  m_pad = max(len(sl.rows) for sl in slots)
+
+  def pad(a, fill):
+    out = np.full((m_pad, *a.shape[1:]), fill, np.float64)
+    out[: len(a)] = a
+    return out
+
+  stack = lambda f, fill: jnp.asarray(np.stack([pad(f(sl), fill) for sl in slots]))  # noqa: E731
+  combos = np.asarray(list(itertools.product(*[range(len(sl.rows)) for sl in slots])), np.int32)
+  best, lat, n_ok = jax.device_get(
+    _score(
+      stack(lambda sl: sl.feats, 1e30), stack(lambda sl: sl.xfer, 0.0),
+      stack(lambda sl: sl.macs.astype(np.float64), -1e30), jnp.asarray(coefs), jnp.asarray(combos),
+      stack(lambda sl: sl.concat, 0.0), jnp.asarray(merge_coef), lat_cap, main_k, main_floor, total_floor,
+    )
+  )  # fmt: skip
+  picks = [sl.rows[int(combos[best, k])] for k, sl in enumerate(slots)]
+  return picks, float(lat), int(n_ok), len(combos)
 
 
 def stretch(
@@ -164,14 +222,10 @@ def stretch(
     raise ConfigError(f"processors = {procs!r}: give distinct processors, e.g. ('cpu', 'dsp')")
   if any(st.branched for st in config.stages):
     raise ConfigError(f"{config.name}: search needs the single-branch original, got a stretched config")
-  for p in procs:
-    table.vector((device_map or {}).get(p, p))
   dm = dict(device_map or {})
-  n = len(procs)
-  merge = procs[0]
   coefs = np.stack([table.vector(dm.get(p, p)) for p in procs])
+  merge = procs[0]
   merge_coef = table.vector(dm.get(merge, merge))
-  front = _FRONT.get(n, 8)
   # Input of stage 0: walk the stem.
   stem_ops = [o for o in flops.ops(config, image_size) if o.stage == -1]
   hw = _out_hw(image_size, config)
@@ -179,65 +233,22 @@ def stretch(
   new_stages = []
   for i, st in enumerate(config.stages):
     b0 = st.branches[0]
-    hw_out = (hw - 1) // b0.stride + 1
     ref_first, ref_rep, ref_m1, ref_mr = _block_feats(config, st, b0, w_in, hw)
-    ref_f = ref_first + (b0.depth - 1) * ref_rep
     ref_macs = ref_m1 + (b0.depth - 1) * ref_mr
-    ref_lat = coefs @ ref_f
-    l_star = float(ref_lat.min())
-    main_k = int(np.argmin(ref_lat))
-    cand = []  # per slot: list of (d, w), feats, xfer, macs, concat feats
-    for k, p in enumerate(procs):
-      rows, fs, xs, ms, cs = [], [], [], [], []
-      for w in width_range(b0, width_lo, step, config.block_type):
-        bw = _branch_with(b0, p, 1, w, config.block_type)
-        f1, fr, m1, mr = _block_feats(config, st, bw, w_in, hw)
-        for d in depth_range(b0.depth, depth_lo):
-          rows.append((d, w))
-          fs.append(f1 + (d - 1) * fr)
-          ms.append(m1 + (d - 1) * mr)
-          x = np.zeros_like(f1)
-          if p != merge:
-            x = costmodel.xfer_features(hw * hw * w_in + hw_out * hw_out * w) + costmodel.xfer_features(0)
-          xs.append(x)
-          cat = np.zeros_like(f1)
-          cat[3] = 2 * hw_out * hw_out * w
-          cat[4] = 1.0 / n
-          cs.append(cat)
-      fs, xs, ms, cs = map(np.asarray, (fs, xs, ms, cs))
-      keep = _pareto(fs @ coefs[k] + xs @ coefs[k], ms.astype(np.float64), front)
-      cand.append(([rows[j] for j in keep], fs[keep], xs[keep], ms[keep], cs[keep]))
-    m_pad = max(len(cd[0]) for cd in cand)
-
-    def pad(a, fill):
-      out = np.full((m_pad, *a.shape[1:]), fill, np.float64)
-      out[: len(a)] = a
-      return out
-
-    feats = np.stack([pad(cd[1], 1e30) for cd in cand])
-    xfer = np.stack([pad(cd[2], 0.0) for cd in cand])
-    macs = np.stack([pad(cd[3].astype(np.float64), -1e30) for cd in cand])
-    cats = np.stack([pad(cd[4], 0.0) for cd in cand])
-    combos = np.asarray(list(itertools.product(*[range(len(cd[0])) for cd in cand])), np.int32)
-    best, lat, n_ok = jax.device_get(
-      _score(
-        jnp.asarray(feats),
-        jnp.asarray(xfer),
-        jnp.asarray(macs),
-        jnp.asarray(coefs),
-        jnp.asarray(combos),
-        jnp.asarray(cats),
-        jnp.asarray(merge_coef),
-        gamma * l_star,
-        main_k,
-        alpha * ref_macs,
-        beta * ref_macs,
-      )
-    )
+    ref_lat = coefs @ (ref_first + (b0.depth - 1) * ref_rep)
+    l_star, main_k = float(ref_lat.min()), int(np.argmin(ref_lat))
+    slots = [
+      slot_candidates(config, st, p, merge, coefs[k], w_in, hw, len(procs), depth_lo=depth_lo,
+                      width_lo=width_lo, step=step)
+      for k, p in enumerate(procs)
+    ]  # fmt: skip
+    picks, lat, n_ok, n_combos = best_tuple(
+      slots, coefs, merge_coef, lat_cap=gamma * l_star, main_k=main_k, main_floor=alpha * ref_macs,
+      total_floor=beta * ref_macs,
+    )  # fmt: skip
     single_lat = float(ref_lat[0])
-    branched = int(n_ok) > 0 and float(lat) < single_lat
+    branched = n_ok > 0 and lat < single_lat
     if branched:
-      picks = [cand[k][0][int(combos[best, k])] for k in range(n)]
       branches = tuple(
         _branch_with(b0, p, d, w, config.block_type) for p, (d, w) in zip(procs, picks, strict=True)
       )
@@ -249,18 +260,18 @@ def stretch(
       log.append(
         {
           "stage": i + 1,
-          "combinations": int(len(combos)),
-          "feasible": int(n_ok),
+          "combinations": n_combos,
+          "feasible": n_ok,
           "original_ms": {p: float(v) for p, v in zip(procs, ref_lat, strict=True)},
           "F": int(ref_macs),
           "L_star": l_star,
           "main": procs[main_k],
-          "stage_ms": float(lat) if branched else single_lat,
+          "stage_ms": lat if branched else single_lat,
           "branches": [(b.device, b.depth, b.width) for b in branches],
         }
       )
-    hw, w_in = hw_out, new_st.out_width
-  if n == 1:
+    hw, w_in = (hw - 1) // b0.stride + 1, new_st.out_width
+  if len(procs) == 1:
     raise InfeasibleError("give at least two processors to stretch over")
   return config.replace(
     name=f"{config.name.rsplit('-', 1)[0]}-{''.join(p[0].upper() for p in procs)}-searched",
@@ -282,7 +293,7 @@ def _out_hw(image_size: int, c: NetConfig) -> int:
 
 def best_single(config: NetConfig, processors: Sequence[str], table=None, **kw) -> tuple[str, float]:
   """(processor, ms) of the fastest single processor running the original `config`."""
-  from branching.config import single_branch
+  from branching.network import single_branch
 
   lats = {p: costmodel.predict(single_branch(config, p), table, **kw) for p in processors}
   p = min(lats, key=lats.get)

@@ -19,8 +19,8 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from branching import config as bcfg
-from branching import flops
+from branching import flops, losses
+from branching import network as bcfg
 from branching.models import AnyNet, param_count
 from common import config as ccfg
 from common import data as data_lib
@@ -42,7 +42,7 @@ class EmaState:
 
 def validate(config: ml_collections.ConfigDict) -> None:
   """Checks every training key (ConfigError naming key, value and range)."""
-  ccfg.check_range(config, "seed", 0, integer=True)
+  ccfg.check_seed(config)
   ccfg.check_range(config, "data.image_size", 8, 1024, integer=True)
   ccfg.check_range(config, "data.limit", 0, integer=True)
   ccfg.check_range(config, "train.num_epochs", 1, 10_000, integer=True)
@@ -79,10 +79,7 @@ def make_steps(model: AnyNet, tx, *, mean, std, ema_decay: float):
     x = data_lib.augment(rng, prep(batch["image"]), flip=False, pad=2)
 
     def loss_fn(params):
-      (logits, _), new = model.apply(
-        {"params": params, "batch_stats": state.batch_stats}, x, train=True, mutable=["batch_stats"]
-      )
-      return train_lib.cross_entropy(logits, batch["label"]), (logits, new["batch_stats"])
+      return losses.classification_loss(model, params, state.batch_stats, x, batch["label"])
 
     (loss, (logits, bs)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     state = train_lib.apply_gradients(state, grads, tx, batch_stats=bs)

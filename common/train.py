@@ -210,6 +210,9 @@ def _check_finite(step: int, metrics: Mapping[str, Any]) -> None:
       )
 
 
+check_finite = _check_finite  # public, for loops that cannot go through `fit` (offload's Q-iteration)
+
+
 def fit(
   state: Any,
   train_step: Callable[[Any, dict, jax.Array], tuple[Any, dict]],

@@ -51,13 +51,14 @@ def _train_one(name, widths, ds, test_ds, cfg, key, workdir: Path, mean, std, sh
 def make_metrics(config: ml_collections.ConfigDict, workdir: Path, *, show_progress: bool = True) -> dict:
   """Trains the pair, computes metrics; writes workdir/metrics/fold{f}_cost{c}.npz.
 
-  Config keys (`config.classifiers`): dataset, data_dir, widths_weak, widths_strong,
-  num_epochs, batch_size, learning_rate, classifier_fraction, folds, ctype.
+  Config keys (`config.metrics.classifiers`): dataset, data_dir, widths_weak, widths_strong,
+  num_epochs, batch_size, learning_rate, classifier_fraction, folds; `config.metrics.cost`.
 
   Returns:
     {"files": [...], "weak_accuracy", "strong_accuracy", "weak_loss", "strong_loss", "n_images"}.
   """
-  c = config.classifiers
+  c = config.metrics.classifiers
+  ctype = om.COSTS[config.metrics.cost]
   key = jax.random.key(config.seed)
   k_split, k_weak, k_strong, k_fold = jax.random.split(key, 4)
   train_ds, test_ds = data.load(c.dataset, data_dir=c.data_dir or None)
@@ -79,12 +80,12 @@ def make_metrics(config: ml_collections.ConfigDict, workdir: Path, *, show_progr
   split = np.asarray(jax.random.permutation(k_fold, len(labels))) % c.folds
   wrank, srank = om.ranks(wlogits, labels), om.ranks(slogits, labels)
   files = []
-  folds = om.kfold_metrics(wlogits, labels, wrank, srank, split, c.ctype)
+  folds = om.kfold_metrics(wlogits, labels, wrank, srank, split, ctype)
   for f, arrays in enumerate(folds):
-    path = workdir / "metrics" / f"fold{f}_cost{c.ctype}.npz"
+    path = workdir / "metrics" / f"fold{f}_cost{ctype}.npz"
     odata.save_npz(path, arrays)
     files.append(str(path))
-  wcost, scost = om.costs(wrank, srank, c.ctype)
+  wcost, scost = om.costs(wrank, srank, ctype)
   return {
     "files": files,
     "weak_accuracy": float(wev["accuracy"]),

@@ -39,7 +39,7 @@ def export_dqn(
     int8: also a full-int8 model (float32 I/O) for microcontrollers, run under TFLite Micro on
       `features` first (`common.micro.check_int8`): refused, with nothing of it written, when
       TFLM lacks one of its ops or its arena does not fit `ram_bytes`.
-    ram_bytes: the device's RAM (config.export_target_ram_bytes).
+    ram_bytes: the device's RAM (config.export.target_ram_bytes).
 
   Returns:
     {"tflite_bytes", "tflite_max_abs_err", "tflite_decision_agreement", ...}.
@@ -70,7 +70,7 @@ def export_dqn(
     rep = [x[i : i + 1] for i in range(min(256, len(x)))]
     t8 = cexport.to_tflite(fn, x[:1], int8=True, representative_data=rep, int8_io=False)
     mcu = micro.check_int8(
-      t8, x, ram_bytes=ram_bytes, name="offload DQN (int8)", ram_key="export_target_ram_bytes"
+      t8, x, ram_bytes=ram_bytes, name="offload DQN (int8)", ram_key="config.export.target_ram_bytes"
     )
     cexport.write_atomic(out_dir / "dqn_int8.tflite", t8)
     cexport.to_c_array(t8, "offload_dqn", out_dir / "micro")

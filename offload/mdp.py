@@ -113,7 +113,6 @@ def thresholds(
   j, v, sweeps = _value_iteration(
     jnp.asarray(tmat[states], jnp.float32),
     jnp.asarray(tmat[send_states - p], jnp.float32),
-    jnp.asarray(states >= p),
     jnp.asarray(np.concatenate([hk, np.zeros(pad, np.int64)]), jnp.float32) / len(m_desc),
     jnp.asarray(np.concatenate([hs, np.zeros(pad)]), jnp.float32) / len(m_desc),
     jnp.asarray(slopes, jnp.float32),
@@ -136,7 +135,7 @@ def _bucket_size(n: int) -> int:
 
 
 @jax.jit
-def _value_iteration(t_keep, t_send, is_send, hk, hs, slopes, th_hull, gamma, tol, patience, max_sweeps):
+def _value_iteration(t_keep, t_send, hk, hs, slopes, th_hull, gamma, tol, patience, max_sweeps):
   """Relative value iteration (v - max v each sweep, which leaves every decision unchanged).
 
   hk, hs: hull points (k / N, S_k / N), so max_k G_k - c F_k = hs[j] - c hk[j] with j the
@@ -169,7 +168,6 @@ def _value_iteration(t_keep, t_send, is_send, hk, hs, slopes, th_hull, gamma, to
   v0 = jnp.zeros(t_keep.shape[1], t_keep.dtype)
   j0 = jnp.zeros(n_send, jnp.int32)
   v, j, _, sweeps = jax.lax.while_loop(cond, body, (v0, j0, jnp.int32(0), jnp.int32(0)))
-  del is_send
   return j, v, sweeps
 
 

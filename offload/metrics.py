@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 COST_TYPES = {0: "top-1", 1: "top-5", 2: "rank (capped at 10)"}
+COSTS = {"top1": 0, "top5": 1, "rank": 2}  # config.metrics.cost -> cost type (the original's ctype)
 
 
 def _log_softmax_stats(logits: np.ndarray, tinv: float) -> tuple[np.ndarray, np.ndarray]:

@@ -1,11 +1,15 @@
-"""Training and simulation entry points: `train_and_evaluate(config, workdir)` and `simulate_and_report`.
+"""Training of the DQN by fitted Q-iteration: `train(config, data, workdir)` and `restore_dqn`.
 
-train: metrics (digits classifiers / npz / synthetic) -> training sequences ->
-the DQN for every (tr, tb) setting and seed, trained by fitted Q-iteration in one
-vmapped, jitted program, with orbax checkpoints in workdir/checkpoints (a rerun
-resumes; raising --config.maxiter continues; a new --config.lr applies on resume).
-simulate: every policy on the test streams -> workdir/result.npz, results.json,
-loss_vs_rate.png and report.md.
+One DQN per bucket setting (rates[i], depths[i]) and per seed, all rows trained in one vmapped,
+jitted program (`offload.dqn.make_batched_iteration`), with orbax checkpoints in
+workdir/checkpoints: a rerun resumes, raising `config.dqn.iterations` continues, and a new
+`config.dqn.learning_rate` applies on resume (the original's two-phase schedule).
+
+The loop shares common.train's pieces (the `MetricsWriter` rows of metrics.jsonl with devices,
+processes and examples_per_s, `check_finite`, `common.checkpoint`) but not `common.train.fit`:
+fit runs epochs of batches drawn from a data set and counts one scalar `state.step`, while a
+Q-iteration draws its own tuples from the training pool by key, every row keeps its own
+iteration count, and each metrics row keeps the per-row losses.
 """
 
 from __future__ import annotations
@@ -20,167 +24,113 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from common import checkpoint as ckpt
-from common import cli, report
-from common import config as cfg_lib
 from common import train as train_lib
-from common.errors import CheckpointError, ConfigError
-from offload import bucket, dqn, mdp, sequences, simulate
+from offload import bucket, dqn, sequences
 from offload import data as odata
 from offload.models import DQNConfig, QNetwork
 
-
-def validate(c: ml_collections.ConfigDict) -> None:
-  """Checks every key (ConfigError names key, value and allowed range)."""
-  cfg_lib.check_range(c, "seed", 0, integer=True)
-  cfg_lib.check_choice(c, "source", ["digits", "npz", "synthetic"])
-  if c.source == "npz" and not c.metrics_file:
-    raise ConfigError("config.metrics_file is empty: source 'npz' needs the path of a metrics npz file")
-  cfg_lib.check_range(c, "fold", 0, integer=True)
-  cfg_lib.check_range(c, "classifiers.classifier_fraction", 0.05, 0.95)
-  cfg_lib.check_range(c, "classifiers.folds", 2, 10, integer=True)
-  cfg_lib.check_choice(c, "classifiers.ctype", [0, 1, 2])
-  cfg_lib.check_range(c, "classifiers.num_epochs", 1, 10_000, integer=True)
-  cfg_lib.check_positive_ints(c, "classifiers.widths_weak")
-  cfg_lib.check_positive_ints(c, "classifiers.widths_strong")
-  if c.source == "digits" and c.fold >= c.classifiers.folds:
-    raise ConfigError(f"config.fold = {c.fold}: must be in [0, {c.classifiers.folds - 1}]")
-  tr, tb = list(c.tr), list(c.tb)
-  if not tr or len(tr) != len(tb):
-    raise ConfigError(f"config.tr = {tr} and config.tb = {tb}: must be non-empty lists of equal length")
-  for i, (r, b) in enumerate(zip(tr, tb, strict=True)):
-    if not (isinstance(r, int | float) and 0 < r < 1):
-      raise ConfigError(f"config.tr[{i}] = {r!r}: must be in (0, 1) tokens per slot")
-    if not (isinstance(b, int | float) and 1 <= b <= 100):
-      raise ConfigError(f"config.tb[{i}] = {b!r}: must be in [1, 100] tokens")
-  cfg_lib.check_choice(c, "stype", [0, 1])
-  cfg_lib.check_choice(c, "itype", [0, 1])
-  cfg_lib.check_range(c, "spread", 0.0, 1.0)
-  cfg_lib.check_range(c, "rprob", 0.0, 1.0)
-  cfg_lib.check_range(c, "int1", 1, 100, integer=True)
-  cfg_lib.check_range(c, "int2", 1, 100, integer=True)
-  cfg_lib.check_range(c, "tprob1", 0.0, 1.0, lo_open=True)
-  cfg_lib.check_range(c, "tprob2", 0.0, 1.0, lo_open=True)
-  cfg_lib.check_range(c, "nhist1", 0, 10_000, integer=True)
-  cfg_lib.check_range(c, "nhist2", -1, 10_000, integer=True)
-  cfg_lib.check_range(c, "nlayers", 1, 64, integer=True)
-  cfg_lib.check_range(c, "nhidden", 1, 65_536, integer=True)
-  cfg_lib.check_range(c, "lr", 0.5, 10.0)
-  cfg_lib.check_range(c, "maxiter", 0, 10_000_000, integer=True)
-  cfg_lib.check_range(c, "gbsz", 1, 1 << 20, integer=True)
-  cfg_lib.check_range(c, "ngdup", 1, 1 << 20, integer=True)
-  cfg_lib.check_range(c, "discount", 0.0, 1.0, lo_open=True, hi_open=True)
-  cfg_lib.check_range(c, "mdp_discount", 0.0, 1.0, lo_open=True, hi_open=True)
-  cfg_lib.check_range(c, "num_seeds", 1, 1024, integer=True)
-  for k in ("sfreq", "ckpt_every"):
-    cfg_lib.check_range(c, k, 0, integer=True)
-  for k in ("tnum", "tlen", "vnum", "vlen", "snum", "slen"):
-    cfg_lib.check_range(c, k, 2, integer=True)
+ORDERS = {"iid": 0, "location_reset": 1}  # config.stream.order -> the original's stype
+ARRIVALS = {"periodic": 0, "markov": 1}  # config.stream.arrivals -> the original's itype
 
 
 def dqn_config(c: ml_collections.ConfigDict) -> DQNConfig:
-  return DQNConfig(nhist1=c.nhist1, nhist2=c.nhist2, nlayers=c.nlayers, nhidden=c.nhidden)
+  d = c.dqn
+  return DQNConfig(
+    nhist1=d.history_metrics, nhist2=d.history_intervals, nlayers=d.num_layers, nhidden=d.hidden_units
+  )
 
 
 def settings(c: ml_collections.ConfigDict) -> list[tuple[float, float, bucket.QPM]]:
-  return [
-    (float(r), float(b), bucket.discretize(float(r), float(b))) for r, b in zip(c.tr, c.tb, strict=True)
-  ]
+  """(rate, depth, QPM) per bucket setting."""
+  pairs = zip(c.bucket.rates, c.bucket.depths, strict=True)
+  return [(float(r), float(b), bucket.discretize(float(r), float(b))) for r, b in pairs]
 
 
-def load_metrics(
-  c: ml_collections.ConfigDict, workdir: Path, *, show_progress: bool = True
-) -> odata.MetricsData:
-  """The metrics of the configured source, prepared (z-scored, metric-sorted)."""
-  if c.source == "npz":
-    return odata.prepare(odata.load_npz(c.metrics_file))
-  if c.source == "synthetic":
-    return odata.prepare(odata.synthetic(seed=c.seed))
-  path = workdir / "metrics" / f"fold{c.fold}_cost{c.classifiers.ctype}.npz"
-  if not path.exists():
-    from offload import classifiers
-
-    info = classifiers.make_metrics(c, workdir, show_progress=show_progress)
-    report.write_json(workdir / "metrics" / "classifiers.json", info)
-  return odata.prepare(odata.load_npz(path))
+def network(c: ml_collections.ConfigDict) -> QNetwork:
+  """The Q network, its outputs sized for the largest m of the settings."""
+  return QNetwork(dqn_config(c), max(s[2].m for s in settings(c)) + 1)
 
 
-def _streams(c, key, n: int, num: int, length: int):
-  k_seq, k_int = jax.random.split(key)
-  seq = sequences.image_sequences(
-    k_seq, n=n, num=num, length=length, stype=c.stype, spread=c.spread, rprob=c.rprob
-  )
-  iv = sequences.interval_sequences(
-    k_int, num=num, length=length, itype=c.itype, int1=c.int1, int2=c.int2, tprob1=c.tprob1, tprob2=c.tprob2
-  )
-  return np.asarray(seq), np.asarray(iv)
-
-
-def make_pool(c, key, split: odata.Split, num: int, length: int):
-  seq, iv = _streams(c, key, len(split.metrics), num, length)
-  pool = dqn.Pool(jnp.asarray(split.metrics[seq]), jnp.asarray(split.rewards[seq]), jnp.asarray(iv))
-  return pool, seq, iv
-
-
-def _keys(c):
+def keys(c: ml_collections.ConfigDict) -> dict[str, jax.Array]:
+  """The run's keys: training pool, (validation), test streams, initialisation, iterations."""
   root = jax.random.key(c.seed)
   names = ("pool", "val", "test", "init", "iterate")
   return dict(zip(names, jax.random.split(root, len(names)), strict=True))
 
 
-def _rows(c, setts):
+def streams(
+  c: ml_collections.ConfigDict, key, n: int, num: int, length: int
+) -> tuple[np.ndarray, np.ndarray]:
+  """(image indices, inter-arrival times), [num, length] each, as config.stream says."""
+  s = c.stream
+  k_seq, k_int = jax.random.split(key)
+  seq = sequences.image_sequences(
+    k_seq, n=n, num=num, length=length, stype=ORDERS[s.order], spread=s.spread, rprob=s.reset_prob
+  )
+  iv = sequences.interval_sequences(
+    k_int, num=num, length=length, itype=ARRIVALS[s.arrivals], int1=s.interval_state0,
+    int2=s.interval_state1, tprob1=s.leave_prob_state0, tprob2=s.leave_prob_state1,
+  )  # fmt: skip
+  return np.asarray(seq), np.asarray(iv)
+
+
+def training_pool(c: ml_collections.ConfigDict, split: odata.Split) -> tuple[dqn.Pool, np.ndarray]:
+  """The training pool of config.stream.train_streams x train_length, and its intervals."""
+  s = c.stream
+  seq, iv = streams(c, keys(c)["pool"], len(split.metrics), s.train_streams, s.train_length)
+  pool = dqn.Pool(jnp.asarray(split.metrics[seq]), jnp.asarray(split.rewards[seq]), jnp.asarray(iv))
+  return pool, iv
+
+
+def rows(c: ml_collections.ConfigDict) -> list[tuple[int, int]]:
   """Rows = settings x seeds: (setting index, seed index) per row."""
-  return [(s, k) for s in range(len(setts)) for k in range(c.num_seeds)]
+  return [(s, k) for s in range(len(c.bucket.rates)) for k in range(c.dqn.num_seeds)]
 
 
-def _init(c, net, keys, rows):
-  init_keys = jnp.stack([jax.random.fold_in(keys["init"], s * 1000 + k) for s, k in rows])
-  lrs = jnp.full((len(rows),), 10.0 ** (-c.lr), jnp.float32)
-  return dqn.init_rows(init_keys, net, lrs)
+def init_state(c: ml_collections.ConfigDict, net: QNetwork) -> dqn.DQNState:
+  rs = rows(c)
+  init_keys = jnp.stack([jax.random.fold_in(keys(c)["init"], s * 1000 + k) for s, k in rs])
+  return dqn.init_rows(init_keys, net, jnp.full((len(rs),), c.dqn.learning_rate, jnp.float32))
 
 
-def train_and_evaluate(
-  c: ml_collections.ConfigDict, workdir: str | Path, *, show_progress: bool = True
+def train(
+  c: ml_collections.ConfigDict, d: odata.MetricsData, workdir: str | Path, *, show_progress: bool = True
 ) -> dict:
-  """Trains the DQN rows; returns {"rows", "loss", "iterations", "seconds_per_iteration"}."""
-  validate(c)
+  """Trains (or resumes) the DQN rows; returns {"rows", "loss", "iterations", "seconds_per_iteration"}."""
   workdir = Path(workdir)
-  cli.save_config(c, workdir)
-  keys = _keys(c)
-  d = load_metrics(c, workdir, show_progress=show_progress)
-  setts = settings(c)
-  net = QNetwork(dqn_config(c), max(s[2].m for s in setts) + 1)
-  pool, _, tint = make_pool(c, keys["pool"], d.train, c.tnum, c.tlen)
-  pmf = dqn.padded_pmf(bucket.interval_pmf(None if c.itype == 0 else tint))
-  rows = _rows(c, setts)
-  qs, ps, ms = (jnp.asarray([setts[s][2][j] for s, _ in rows], jnp.int32) for j in range(3))
-  it_keys = jnp.stack([jax.random.fold_in(keys["iterate"], s * 1000 + k) for s, k in rows])
-  state = _init(c, net, keys, rows)
+  setts, rs, cd = settings(c), rows(c), c.dqn
+  net = network(c)
+  pool, tint = training_pool(c, d.train)
+  pmf = dqn.padded_pmf(bucket.interval_pmf(None if c.stream.arrivals == "periodic" else tint))
+  qs, ps, ms = (jnp.asarray([setts[s][2][j] for s, _ in rs], jnp.int32) for j in range(3))
+  it_keys = jnp.stack([jax.random.fold_in(keys(c)["iterate"], s * 1000 + k) for s, k in rs])
   manager = ckpt.make_manager(workdir / "checkpoints", max_to_keep=2)
-  state, start = ckpt.restore_latest(manager, state)
-  state = dqn.set_learning_rate(state, 10.0 ** (-c.lr))
-  step_fn = dqn.make_batched_iteration(net, dqn.FQIConfig(c.gbsz, c.ngdup, c.discount))
+  state, _ = ckpt.restore_latest(manager, init_state(c, net))
+  state = dqn.set_learning_rate(state, cd.learning_rate)
+  step_fn = dqn.make_batched_iteration(net, dqn.FQIConfig(cd.batch_size, cd.steps_per_iteration, cd.discount))
   writer = train_lib.MetricsWriter(workdir)
   it = int(np.asarray(state.it)[0])
   bar = tqdm(
-    total=c.maxiter, initial=it, desc="offload: Q-iteration", disable=not show_progress, dynamic_ncols=True
+    total=cd.iterations,
+    initial=it,
+    desc="offload: Q-iteration",
+    disable=not show_progress,
+    dynamic_ncols=True,
   )
   t0, done, last = time.time(), 0, {}
-  t_row, it_row = t0, it  # examples/s of the metrics rows: rows x gbsz x ngdup regression examples
+  t_row, it_row = t0, it  # examples/s of the metrics rows: rows x batch_size x steps regression examples
   try:
-    while it < c.maxiter:
+    while it < cd.iterations:
       state, met = step_fn(state, it_keys, qs, ps, ms, pool, pmf)
       it += 1
       done += 1
       bar.update(1)
-      if (c.sfreq and it % c.sfreq == 0) or it == c.maxiter:
+      if (cd.log_every and it % cd.log_every == 0) or it == cd.iterations:
         last = {k: np.asarray(v) for k, v in met.items()}
-        if not np.all(np.isfinite(last["loss"])):
-          from common.errors import TrainingDivergedError
-
-          raise TrainingDivergedError(
-            f"Q-iteration loss became {last['loss']} at iteration {it}; raise --config.lr"
-          )
-        rate = len(rows) * c.gbsz * c.ngdup * (it - it_row) / max(time.time() - t_row, 1e-9)
+        train_lib.check_finite(it, last)
+        rate = (
+          len(rs) * cd.batch_size * cd.steps_per_iteration * (it - it_row) / max(time.time() - t_row, 1e-9)
+        )
         dp = {
           "devices": jax.device_count(),
           "processes": jax.process_count(),
@@ -189,7 +139,7 @@ def train_and_evaluate(
         writer.write(it, {"loss": last["loss"], "target_span": last["target_span"]}, split="train", **dp)
         t_row, it_row = time.time(), it
         bar.set_postfix(loss=f"{float(last['loss'].mean()):.4g}")
-      if c.ckpt_every and it % c.ckpt_every == 0 and it < c.maxiter:
+      if cd.checkpoint_every and it % cd.checkpoint_every == 0 and it < cd.iterations:
         ckpt.save(manager, it, state)
     if manager.latest_step() != it:
       ckpt.save(manager, it, state)
@@ -197,72 +147,26 @@ def train_and_evaluate(
     bar.close()
     manager.close()
   sec = (time.time() - t0) / max(done, 1)
-  return {"rows": rows, "loss": last.get("loss"), "iterations": it, "seconds_per_iteration": sec}
+  return {"rows": rs, "loss": last.get("loss"), "iterations": it, "seconds_per_iteration": sec}
 
 
-def restore_dqn(c, workdir: Path):
-  """(net, batched state, rows) from workdir/checkpoints; CheckpointError if there is none."""
-  keys = _keys(c)
-  setts = settings(c)
-  net = QNetwork(dqn_config(c), max(s[2].m for s in setts) + 1)
-  rows = _rows(c, setts)
-  like = _init(c, net, keys, rows)
-  manager = ckpt.make_manager(workdir / "checkpoints", max_to_keep=2)
+def trained_iterations(workdir: str | Path) -> int | None:
+  """The Q-iterations of the newest checkpoint in workdir/checkpoints (None: none yet)."""
+  directory = Path(workdir) / "checkpoints"
+  if not directory.exists():
+    return None
+  manager = ckpt.make_manager(directory, max_to_keep=2)
   try:
-    state, step = ckpt.restore_latest(manager, like)
+    step = manager.latest_step()
   finally:
     manager.close()
-  if step is None:
-    raise CheckpointError(
-      f"no DQN checkpoint in {workdir / 'checkpoints'}; run `python -m offload.main train` first"
-    )
-  return net, state, rows
+  return None if step is None else int(step)
 
 
-POLICIES = ("weak", "strong", "lower_bound", "baseline", "mdp", "dqn")
-
-
-def evaluate_policies(c, d: odata.MetricsData, tint, seq, iv, setts, net=None, state=None, rows=None) -> dict:
-  """Loss, offload fraction and occupancy of every policy for every setting on streams (seq, iv)."""
-  ts = d.test
-  ms_seen, rs_seen = ts.metrics[seq], ts.rewards[seq]
-  weak, strong = float(ts.wcost[seq].mean()), float(ts.scost[seq].mean())
-  intervals_tr = None if c.itype == 0 else tint
-  tau = 1.0 if c.itype == 0 else float(np.mean(tint))
-  out = {p: {"loss": [], "offload_fraction": [], "occupancy": []} for p in POLICIES}
-  for si, (r, b, _) in enumerate(setts):
-    thr = mdp.thresholds(d.train.metrics, d.train.rewards, r, b, gamma=c.mdp_discount, intervals=intervals_tr)
-    base_th = mdp.baseline_threshold(d.train.metrics, r, tau)
-    res = {
-      "mdp": simulate.simulate(thr, ts.metrics, ts.rewards, seq, iv, r, b),
-      "baseline": simulate.simulate(
-        mdp.baseline_thresholds(d.train.metrics, r, b, tau), ts.metrics, ts.rewards, seq, iv, r, b
-      ),
-      "weak": {"reward": 0.0, "offload_fraction": 0.0, "occupancy": np.nan},
-      "strong": {"reward": weak - strong, "offload_fraction": 1.0, "occupancy": np.nan},
-      "lower_bound": {
-        "reward": mdp.lower_bound_reward(ms_seen, rs_seen, base_th),
-        "offload_fraction": float(np.mean(ms_seen > base_th)),
-        "occupancy": np.nan,
-      },
-    }
-    if state is not None:
-      sims = []
-      for ri, (s, _) in enumerate(rows):
-        if s == si:
-          params = jax.tree.map(lambda x, ri=ri: x[ri], state.params)
-          sims.append(
-            simulate.simulate(simulate.DQNPolicy(params, net), ts.metrics, ts.rewards, seq, iv, r, b)
-          )
-      res["dqn"] = {k: float(np.mean([x[k] for x in sims])) for k in sims[0]}
-      res["dqn"]["per_seed_reward"] = [x["reward"] for x in sims]
-    for p in POLICIES:
-      if p in res:
-        out[p]["loss"].append(weak - res[p]["reward"])
-        out[p]["offload_fraction"].append(res[p]["offload_fraction"])
-        out[p]["occupancy"].append(res[p]["occupancy"])
-    if "dqn" in res:
-      out["dqn"].setdefault("per_seed_loss", []).append([weak - x for x in res["dqn"]["per_seed_reward"]])
-    out.setdefault("mdp_thresholds", []).append(thr.tolist())
-  out["weak_loss"], out["strong_loss"] = weak, strong
-  return out
+def restore_dqn(c: ml_collections.ConfigDict, workdir: str | Path) -> tuple[QNetwork, dqn.DQNState]:
+  """(net, batched state) of the finished training in workdir/checkpoints; CheckpointError if none."""
+  net = network(c)
+  state = ckpt.restore_finished(
+    Path(workdir) / "checkpoints", init_state(c, net), run_first="edgeinfer offload train", max_to_keep=2
+  )
+  return net, state

@@ -1,6 +1,6 @@
 """Full pycls-style recipe on CIFAR-10 for users with a GPU (single-branch vs stretched).
 
-    python -m branching.main train --config branching/configs/cifar10.py --workdir runs/branching_cifar10 \
+    edgeinfer branching train --config=branching/configs/cifar10.py --workdir=runs/branching_cifar10 \
         --config.data.data_dir=/path/to/tfds
 
 100 epochs, batch 128, SGD Nesterov lr 0.1 with cosine decay and 5 warmup
@@ -9,11 +9,12 @@ at this batch size is about 0.9998 per step). Hours on one GPU; not run here.
 """
 
 from branching.configs import quick
+from common import config as config_lib
 
 
-def get_config():
+def get_config(arg: str | None = None):
+  config_lib.variant(arg, ())
   c = quick.get_config()
-  c.unlock()
   c.data.name = "cifar10"
   c.data.image_size = 32
   c.train.num_epochs = 100
@@ -25,5 +26,4 @@ def get_config():
   c.train.eval_every = 1000
   c.train.checkpoint_every = 1000
   c.run.image_size = 32
-  c.lock()
   return c

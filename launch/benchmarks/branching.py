@@ -27,19 +27,18 @@ def add_args(parser) -> None:
 def train_step_speed(repeats: int) -> dict:
   """The training step of the quick config's stretched net (tiny/R-tiny-CD, 32x32, batch 64), timed
   with XLA's default options and with the launchers' (its grouped convs are not depthwise: unchanged)."""
-  from pathlib import Path
 
   import jax
   import jax.numpy as jnp
 
-  from branching import config as bcfg
+  from branching import network as bcfg
   from branching import train as btrain
   from branching.configs import quick
   from branching.models import AnyNet
   from launch.benchmarks import steps
 
   c = quick.get_config()
-  net = bcfg.load(Path(bcfg.__file__).parent / "configs" / c.stretched).replace(num_classes=10)
+  net = bcfg.load(c.stretched).replace(num_classes=10)
   model = AnyNet(net)
   rng = np.random.default_rng(0)
   batch = {"image": rng.uniform(size=(64, 32, 32, 3)).astype(np.float32), "label": rng.integers(0, 10, 64)}
@@ -58,9 +57,9 @@ def train_step_speed(repeats: int) -> dict:
 
 
 def run(args) -> dict:
-  from branching import config as bcfg
   from branching import costmodel, search
   from branching import measure as bmeasure
+  from branching import network as bcfg
   from launch.bench import measure
 
   out: dict = {}
@@ -141,10 +140,10 @@ def add_parallel_args(parser) -> None:
 def run_parallel(args) -> dict:
   import os
 
-  from branching import config as bcfg
   from branching import costmodel, flops, forkjoin
   from branching import export as bexport
   from branching import measure as bmeasure
+  from branching import network as bcfg
 
   load_before = os.getloadavg()
   size, reps = args.image_size, args.repeats

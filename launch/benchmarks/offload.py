@@ -200,15 +200,22 @@ def run(args) -> dict:
 def _run(args) -> dict:
   repeats = 2 if args.quick else args.repeats
   d = odata.prepare(odata.synthetic(50_000, seed=0))
-  tr, ts = d.train, d.test
   out: dict = {
     "published_original": PUBLISHED,
     "data": "synthetic metrics with the published statistics (33k train)",
   }
+  out["q_iteration"], state, net = bench_q_iteration(args, d.train, repeats)
+  out["mdp"], th, ref_th = bench_mdp(d, repeats)
+  out["simulation"] = bench_simulation(args, d.test, th, ref_th, state, net, repeats)
+  return out
 
-  # ---------------- Q-iteration
-  rate, depth = 0.1, 4.0
-  qpm = bucket.discretize(rate, depth)
+
+RATE, DEPTH = 0.1, 4.0  # the setting every part measures (the original's README example)
+
+
+def bench_q_iteration(args, tr: odata.Split, repeats: int) -> tuple[dict, dqn.DQNState, QNetwork]:
+  """One Q-iteration (and 8 settings vmapped) against the NumPy re-creation; also returns the state."""
+  qpm = bucket.discretize(RATE, DEPTH)
   seq = np.asarray(
     sequences.image_sequences(jax.random.key(0), n=len(tr.metrics), num=100, length=args.pool_len, stype=1)
   )
@@ -226,6 +233,37 @@ def _run(args) -> dict:
     jax.block_until_ready(met)
 
   ours_q = measure(ours_one, repeats=repeats, warmup=1)
+  ours_q8 = _bench_eight_settings(cfg, fqi, pool, pmf, key, repeats)
+  rng = np.random.default_rng(0)
+  a0 = qpm.m + 1 - qpm.q
+  flat = a0 + qpm.m - qpm.p + 1
+  params = _np_init(rng, [cfg.in_size] + [64] * 5 + [flat])
+  adam = [[[np.zeros_like(w), np.zeros_like(w)], [np.zeros_like(b), np.zeros_like(b)]] for w, b in params]
+  tmat = bucket.transition_matrix(qpm, bucket.interval_pmf(None)).astype(np.float32)
+  pm, pr = np.asarray(pool.metrics), np.asarray(pool.rewards)
+  ref_q = measure(
+    lambda: reference_q_iteration(params, adam, pm, pr, qpm, tmat, rng, 0),
+    repeats=max(1, repeats // 2),
+    warmup=0,
+  )
+  res = {
+    "tuples": fqi.gbsz * fqi.ngdup,
+    "adam_steps": fqi.ngdup,
+    "ours_median_s": ours_q["median_s"],
+    "numpy_reference_median_s": ref_q["median_s"],
+    "speedup_vs_numpy_reference": ref_q["median_s"] / ours_q["median_s"],
+    "speedup_vs_published_original": [t / ours_q["median_s"] for t in PUBLISHED["q_iteration_s"]],
+    "target": ">= 10x and <= 0.13 s",
+    "meets_0.13s": ours_q["median_s"] <= 0.13,
+    "vmapped_8_settings_median_s": ours_q8["median_s"],
+    "vmapped_8_settings_iterations_per_s": 8 / ours_q8["median_s"],
+    "single_setting_iterations_per_s": 1.0 / ours_q["median_s"],
+  }
+  return res, holder["s"], net
+
+
+def _bench_eight_settings(cfg: DQNConfig, fqi: dqn.FQIConfig, pool, pmf, key, repeats: int) -> dict:
+  """Eight bucket settings as rows of one vmapped program (padded to the largest m)."""
   rows = 8
   settings = [(0.05, 1), (0.05, 5), (0.1, 1), (0.1, 4), (0.25, 2), (0.25, 5), (0.15, 2.5), (0.1, 2)]
   qs = [bucket.discretize(r, b) for r, b in settings]
@@ -240,38 +278,17 @@ def _run(args) -> dict:
     h8["s"], met = step8(h8["s"], keys8, q8, p8, m8, pool, pmf)
     jax.block_until_ready(met)
 
-  ours_q8 = measure(ours_eight, repeats=repeats, warmup=1)
-  rng = np.random.default_rng(0)
-  a0 = qpm.m + 1 - qpm.q
-  flat = a0 + qpm.m - qpm.p + 1
-  params = _np_init(rng, [cfg.in_size] + [64] * 5 + [flat])
-  adam = [[[np.zeros_like(w), np.zeros_like(w)], [np.zeros_like(b), np.zeros_like(b)]] for w, b in params]
-  tmat = bucket.transition_matrix(qpm, bucket.interval_pmf(None)).astype(np.float32)
-  pm, pr = np.asarray(pool.metrics), np.asarray(pool.rewards)
-  ref_q = measure(
-    lambda: reference_q_iteration(params, adam, pm, pr, qpm, tmat, rng, 0),
-    repeats=max(1, repeats // 2),
-    warmup=0,
-  )
-  out["q_iteration"] = {
-    "tuples": fqi.gbsz * fqi.ngdup,
-    "adam_steps": fqi.ngdup,
-    "ours_median_s": ours_q["median_s"],
-    "numpy_reference_median_s": ref_q["median_s"],
-    "speedup_vs_numpy_reference": ref_q["median_s"] / ours_q["median_s"],
-    "speedup_vs_published_original": [t / ours_q["median_s"] for t in PUBLISHED["q_iteration_s"]],
-    "target": ">= 10x and <= 0.13 s",
-    "meets_0.13s": ours_q["median_s"] <= 0.13,
-    "vmapped_8_settings_median_s": ours_q8["median_s"],
-    "vmapped_8_settings_iterations_per_s": rows / ours_q8["median_s"],
-    "single_setting_iterations_per_s": 1.0 / ours_q["median_s"],
-  }
+  return measure(ours_eight, repeats=repeats, warmup=1)
 
-  # ---------------- MDP
-  ours_mdp = measure(lambda: mdp.thresholds(tr.metrics, tr.rewards, rate, depth), repeats=repeats, warmup=1)
-  th, info = mdp.thresholds(tr.metrics, tr.rewards, rate, depth, return_info=True)
+
+def bench_mdp(d: odata.MetricsData, repeats: int) -> tuple[dict, np.ndarray, np.ndarray]:
+  """The MDP solve against the full-scan value iteration; also returns both threshold vectors."""
+  tr, ts = d.train, d.test
+  qpm = bucket.discretize(RATE, DEPTH)
+  ours_mdp = measure(lambda: mdp.thresholds(tr.metrics, tr.rewards, RATE, DEPTH), repeats=repeats, warmup=1)
+  th, info = mdp.thresholds(tr.metrics, tr.rewards, RATE, DEPTH, return_info=True)
   t0 = time.perf_counter()
-  ref_pol, ref_sweeps = reference_mdp(tr.metrics, tr.rewards, rate, depth)
+  ref_pol, ref_sweeps = reference_mdp(tr.metrics, tr.rewards, RATE, DEPTH)
   ref_mdp_s = time.perf_counter() - t0
   w = ts.wcost.mean()
   tseq = np.asarray(
@@ -279,9 +296,9 @@ def _run(args) -> dict:
   )
   ref_th = np.full(qpm.m + 1, np.inf)
   ref_th[qpm.p :] = ref_pol
-  loss_ours = w - simulate.run(th, ts.metrics, ts.rewards, tseq, None, rate, depth)
-  loss_ref = w - simulate.run(ref_th, ts.metrics, ts.rewards, tseq, None, rate, depth)
-  out["mdp"] = {
+  loss_ours = w - simulate.run(th, ts.metrics, ts.rewards, tseq, None, RATE, DEPTH)
+  loss_ref = w - simulate.run(ref_th, ts.metrics, ts.rewards, tseq, None, RATE, DEPTH)
+  res = {
     "ours_median_s": ours_mdp["median_s"],
     "ours_sweeps": info["sweeps"],
     "numpy_reference_s": ref_mdp_s,
@@ -293,38 +310,55 @@ def _run(args) -> dict:
     "iid_loss_ours_vs_reference_thresholds": [loss_ours, loss_ref],
     "target": ">= 100x",
   }
+  return res, th, ref_th
 
-  # ---------------- simulation
+
+def _numpy_dqn_params(params, qpm) -> list:
+  """The DQN's parameters as NumPy [kernel, bias] pairs, its outputs in the original's packed layout."""
+  out = [
+    [np.asarray(params[f"dense{i}"]["kernel"]), np.asarray(params[f"dense{i}"]["bias"])] for i in range(5)
+  ]
+  ko, bo = np.asarray(params["out"]["kernel"]), np.asarray(params["out"]["bias"])
+  s_ = qpm.m + 1
+  cols = np.r_[np.arange(qpm.q, s_), s_ + np.arange(qpm.p, s_)]
+  out.append([ko[:, cols], bo[cols]])
+  return out
+
+
+def bench_simulation(
+  args, ts: odata.Split, th, ref_th, state: dqn.DQNState, net: QNetwork, repeats: int
+) -> dict:
+  """The threshold policy and the DQN on 100 x 100k streams against the per-image NumPy loops."""
+  qpm = bucket.discretize(RATE, DEPTH)
   sseq = np.asarray(
     sequences.image_sequences(jax.random.key(8), n=len(ts.metrics), num=100, length=100_000, stype=1)
   )
   images = sseq.size
   ours_sim = measure(
-    lambda: simulate.run(th, ts.metrics, ts.rewards, sseq, None, rate, depth), repeats=repeats, warmup=1
+    lambda: simulate.run(th, ts.metrics, ts.rewards, sseq, None, RATE, DEPTH), repeats=repeats, warmup=1
   )
   ref_len = min(args.ref_len, 1000 if args.quick else args.ref_len)
   t0 = time.perf_counter()
   reference_simulation(ref_th, ts.metrics, ts.rewards, sseq[:, :ref_len], qpm)
   ref_sim_per_image = (time.perf_counter() - t0) / (100 * ref_len)
-  pol = simulate.DQNPolicy(holder["s"].params, net)
+  pol = simulate.DQNPolicy(state.params, net)
   ours_dqn_sim = measure(
-    lambda: simulate.run(pol, ts.metrics, ts.rewards, sseq, None, rate, depth),
+    lambda: simulate.run(pol, ts.metrics, ts.rewards, sseq, None, RATE, DEPTH),
     repeats=max(1, repeats // 2),
     warmup=1,
   )
-  np_params = [
-    [np.asarray(pp["kernel"]), np.asarray(pp["bias"])]
-    for pp in [holder["s"].params[f"dense{i}"] for i in range(5)]
-  ]
-  ko, bo = np.asarray(holder["s"].params["out"]["kernel"]), np.asarray(holder["s"].params["out"]["bias"])
-  s_ = qpm.m + 1
-  cols = np.r_[np.arange(qpm.q, s_), s_ + np.arange(qpm.p, s_)]  # the original's packed layout
-  np_params.append([ko[:, cols], bo[cols]])
   t0 = time.perf_counter()
   ref_dqn_len = max(100, ref_len // 5)
-  reference_dqn_simulation(np_params, ts.metrics, ts.rewards, sseq[:, :ref_dqn_len], qpm, cfg.nhist1)
+  reference_dqn_simulation(
+    _numpy_dqn_params(state.params, qpm),
+    ts.metrics,
+    ts.rewards,
+    sseq[:, :ref_dqn_len],
+    qpm,
+    net.config.nhist1,
+  )
   ref_dqn_per_image = (time.perf_counter() - t0) / (100 * ref_dqn_len)
-  out["simulation"] = {
+  return {
     "streams": list(sseq.shape),
     "threshold_policy": {
       "ours_median_s": ours_sim["median_s"],
@@ -345,4 +379,3 @@ def _run(args) -> dict:
     },
     "target": ">= 20x in images per second",
   }
-  return out

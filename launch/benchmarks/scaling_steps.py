@@ -102,7 +102,7 @@ def subnets_step(batch: int = 16):
 
 
 def branching_step(batch: int = 16):
-  from branching import config as bcfg
+  from branching import network as bcfg
   from branching import train as B
   from branching.configs import quick
   from branching.models import AnyNet

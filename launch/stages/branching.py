@@ -12,21 +12,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from branching import pipeline
-from branching.configs import quick
+from common import app, cli
 
 
 def run(workdir: Path, *, fast: bool = False) -> dict:
-  config = quick.get_config()
-  config.unlock()
-  if fast:
-    config.train.num_epochs = 1
-    config.data.limit = 256
-    config.run.repeats = 10
-  else:
-    config.train.num_epochs = 4
-    config.run.calibration_models = 3
-  config.lock()
-  # The leave-one-model-out calibration (6 refits) is left to `python -m branching.main calibrate`
-  # and the benchmark; the stage reports the in-sample fit.
-  return pipeline.run(config, Path(workdir), fast=fast, lomo=False)
+  """`edgeinfer branching run --config=branching/configs/quick.py:quickstart` (`:fast` with --fast).
+
+  The leave-one-model-out calibration (6 refits) is left to `edgeinfer branching calibrate` and the
+  benchmark; the stage reports the in-sample fit.
+  """
+  from branching import pipeline
+
+  config = app.load_config_file(f"branching/configs/quick.py:{'fast' if fast else 'quickstart'}")
+  pipeline.validate(config)  # before anything is written: a rejected config leaves the workdir as it was
+  cli.save_config(config, Path(workdir))
+  return pipeline.step_run(pipeline.Run(config, Path(workdir)))

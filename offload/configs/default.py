@@ -1,76 +1,92 @@
-"""Default config: the original's settings (edgeml-dqn `train.py` / `simulate.py` flags).
+"""Default config: the original's settings (edgeml-dqn `train.py` / `simulate.py` flags), by section.
 
-Run:  python -m offload.main train --config offload/configs/default.py --workdir runs/offload \
-        --config.source=npz --config.metrics_file=data/ofa_top5.npz
-      python -m offload.main simulate --config offload/configs/default.py --workdir runs/offload \
-        --config.source=npz --config.metrics_file=data/ofa_top5.npz
+  metrics  where the per-image offloading metrics come from (and the digits classifier pair)
+  bucket   the token-bucket settings, trained together (vmapped): (rates[i], depths[i])
+  stream   the image order and arrival process of the training pool and the test streams
+  dqn      the network and its fitted Q-iteration
+  mdp      the MDP's value iteration
+  export   what `simulate` exports (TFLite, ONNX, int8 + C array, MDP thresholds)
+
+docs/offload.md has the table from the original's flag names (`--lr`, `--tr`, `--nhist1`, ...) to these keys.
+
+Run:  edgeinfer offload train --config=offload/configs/default.py --workdir=runs/offload \
+        --config.metrics.source=npz --config.metrics.file=data/ofa_top5.npz
+      edgeinfer offload simulate --config=offload/configs/default.py --workdir=runs/offload \
+        --config.metrics.source=npz --config.metrics.file=data/ofa_top5.npz
 Runtime: about 0.1-0.2 s per Q-iteration per row on 2 CPU cores (1000 iterations ~ 3 min per row);
 the simulation of 100 x 100k test images takes seconds per policy.
 """
 
 import ml_collections
 
+from common import config as cfg_lib
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  del arg
+  cfg_lib.variant(arg, ())
   c = ml_collections.ConfigDict()
   c.seed = 0
-  # metrics: "digits" (train the classifier pair here), "npz" (metrics_file), "synthetic"
-  c.source = "digits"
-  c.metrics_file = ""
-  c.fold = 0
-  c.classifiers = ml_collections.ConfigDict(
+  c.metrics = ml_collections.ConfigDict(
     {
-      "dataset": "digits",
-      "data_dir": "",
-      "widths_weak": (8, 16),
-      "widths_strong": (16, 32, 64),
-      "num_epochs": 12,
-      "batch_size": 64,
-      "learning_rate": 1e-2,
-      "classifier_fraction": 0.5,
-      "folds": 3,
-      "ctype": 0,
+      "source": "digits",  # "digits" (train the classifier pair here), "npz" (metrics.file), "synthetic"
+      "file": "",  # the metrics npz of source "npz"
+      "fold": 0,  # which fold of the digits metrics
+      "cost": "top1",  # the per-image cost of a classifier: "top1", "top5" or "rank" (capped at 10)
+      "classifiers": {
+        "dataset": "digits",
+        "data_dir": "",
+        "widths_weak": (8, 16),
+        "widths_strong": (16, 32, 64),
+        "num_epochs": 12,
+        "batch_size": 64,
+        "learning_rate": 1e-2,
+        "classifier_fraction": 0.5,  # of the training split; the rest and the test split give the metrics
+        "folds": 3,
+      },
     }
   )
-  # token bucket settings, trained together (vmapped): pairs (tr[i], tb[i])
-  c.tr = (0.1, 0.25)
-  c.tb = (4.0, 5.0)
-  # sequences: stype 0 iid / 1 location reset; itype 0 periodic / 1 Markov-modulated
-  c.stype = 1
-  c.itype = 0
-  c.spread = 0.1
-  c.rprob = 0.01
-  c.int1 = 1
-  c.int2 = 3
-  c.tprob1 = 0.001
-  c.tprob2 = 0.0005
-  # network
-  c.nhist1 = 95
-  c.nhist2 = -1
-  c.nlayers = 5
-  c.nhidden = 64
-  # fitted Q-iteration
-  c.lr = 3.0  # learning rate 10^-lr
-  c.maxiter = 1000
-  c.gbsz = 128
-  c.ngdup = 128
-  c.discount = 0.9999
-  c.mdp_discount = 0.9999  # gamma of the MDP value iteration
-  c.num_seeds = 1
-  c.sfreq = 100  # log every this many iterations (and evaluate on the validation streams)
-  c.ckpt_every = 100
-  # sequence pools (the original: 100 x 1e6 training, 5 x 1e5 validation, 100 x 1e5 test)
-  c.tnum = 100
-  c.tlen = 200_000
-  c.vnum = 5
-  c.vlen = 20_000
-  c.snum = 100
-  c.slen = 100_000
-  # simulate: export the first setting's DQN (TFLite, ONNX; int8 + C array) and the MDP thresholds
-  c.export = True
-  c.export_int8 = True
-  # RAM of the target MCU, the most tensor arena TFLite Micro gets for the int8 DQN
-  # (an STM32F746-class Cortex-M7: 320 KB SRAM)
-  c.export_target_ram_bytes = 320 * 1024
+  c.bucket = ml_collections.ConfigDict({"rates": (0.1, 0.25), "depths": (4.0, 5.0)})
+  c.stream = ml_collections.ConfigDict(
+    {
+      "order": "location_reset",  # "iid" or "location_reset"
+      "spread": 0.1,  # location reset: width of the metric-rank window, a fraction of the images
+      "reset_prob": 0.01,  # location reset: probability per image that the window jumps
+      "arrivals": "periodic",  # "periodic" (one slot apart) or "markov" (two-state Markov-modulated)
+      "interval_state0": 1,  # markov: slots between arrivals in state 0 / state 1
+      "interval_state1": 3,
+      "leave_prob_state0": 0.001,  # markov: probability per slot of leaving state 0 / state 1
+      "leave_prob_state1": 0.0005,
+      # training pool (the original: 100 x 1e6) and test streams
+      "train_streams": 100,
+      "train_length": 200_000,
+      "test_streams": 100,
+      "test_length": 100_000,
+    }
+  )
+  c.dqn = ml_collections.ConfigDict(
+    {
+      "history_metrics": 95,  # inputs: the current metric and this many past ones
+      "history_intervals": -1,  # and this many + 1 past arrival intervals (-1: none)
+      "num_layers": 5,
+      "hidden_units": 64,
+      "learning_rate": 1e-3,  # Adam's; a new value applies when a run resumes
+      "iterations": 1000,  # Q-iterations in all (absolute: raising it continues a run)
+      "batch_size": 128,
+      "steps_per_iteration": 128,  # Adam steps per Q-iteration (tuples = batch_size * this)
+      "discount": 0.9999,
+      "num_seeds": 1,  # DQNs per bucket setting, trained together (vmapped)
+      "log_every": 100,  # a metrics.jsonl row every this many Q-iterations (0: only at the end)
+      "checkpoint_every": 100,
+    }
+  )
+  c.mdp = ml_collections.ConfigDict({"discount": 0.9999})  # gamma of the MDP's value iteration
+  c.export = ml_collections.ConfigDict(
+    {
+      "enabled": True,  # simulate exports the first setting's DQN and every setting's MDP thresholds
+      "int8": True,  # also the int8 DQN + TFLite Micro C array
+      # RAM of the target MCU, the most tensor arena TFLite Micro gets for the int8 DQN
+      # (an STM32F746-class Cortex-M7: 320 KB SRAM)
+      "target_ram_bytes": 320 * 1024,
+    }
+  )
   return c

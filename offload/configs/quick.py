@@ -1,27 +1,35 @@
 """Quick config: metrics from a tiny vs a larger CNN on `digits`, a short DQN run, all policies simulated.
 
-Run:  python -m offload.main train --config offload/configs/quick.py --workdir runs/offload_quick
-      python -m offload.main simulate --config offload/configs/quick.py --workdir runs/offload_quick
-Runtime: about 65 s of CPU on 2 cores for both commands with exports (the quickstart stage runs the same).
+Run:  edgeinfer offload all --config=offload/configs/quick.py --workdir=runs/offload_quick
+Variants: `quick.py:fast` (the quickstart's smoke run: 10 Q-iterations, 4 x 2k streams, no int8),
+`quick.py:tiny` (the tests: `fast` continued to 12 Q-iterations with a metrics row each).
+Runtime: about 65 s of CPU on 2 cores for train + simulate with exports.
 """
 
+from common import config as cfg_lib
 from offload.configs import default
 
 
 def get_config(arg: str | None = None):
-  c = default.get_config(arg)
-  c.classifiers.num_epochs = 8
-  c.nhist1 = 15
-  c.maxiter = 150
-  c.gbsz = 64
-  c.ngdup = 16
-  c.discount = 0.999
-  c.sfreq = 50
-  c.ckpt_every = 50
-  c.tnum = 32
-  c.tlen = 20_000
-  c.vnum = 4
-  c.vlen = 5_000
-  c.snum = 32
-  c.slen = 20_000
+  arg = cfg_lib.variant(arg, ("fast", "tiny"))
+  c = default.get_config()
+  c.metrics.classifiers.num_epochs = 8
+  c.dqn.history_metrics = 15
+  c.dqn.iterations = 150
+  c.dqn.batch_size = 64
+  c.dqn.steps_per_iteration = 16
+  c.dqn.discount = 0.999
+  c.dqn.log_every = 50
+  c.dqn.checkpoint_every = 50
+  c.stream.train_streams, c.stream.train_length = 32, 20_000
+  c.stream.test_streams, c.stream.test_length = 32, 20_000
+  if arg in ("fast", "tiny"):
+    c.metrics.classifiers.num_epochs = 2
+    c.dqn.iterations, c.dqn.log_every, c.dqn.checkpoint_every = 10, 5, 5
+    c.stream.train_streams, c.stream.train_length = 4, 2_000
+    c.stream.test_streams, c.stream.test_length = 4, 2_000
+    c.export.int8 = False
+  if arg == "tiny":
+    c.dqn.iterations, c.dqn.log_every = 12, 1
+    c.export.int8 = True
   return c

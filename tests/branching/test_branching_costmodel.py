@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from branching import config as bcfg
 from branching import costmodel, flops, forkjoin
+from branching import network as bcfg
 
 
 def _table(scale=1.0):

@@ -5,9 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from branching import config as bcfg
 from branching import export as bexport
 from branching import models
+from branching import network as bcfg
 from common import export as cexport
 
 SIZE = 32
@@ -81,3 +81,13 @@ def test_pinned_runner_matches_jax_and_times_each_stage(exported):
       r["branch_alone_ms"]
     )
   assert rows[1]["out_elems"] == rows[2]["in_elems"]
+
+
+def test_saved_segments_load_back_and_run(exported, tmp_path):
+  manifest = bexport.save_segments(exported["segs"], tmp_path / "segs")
+  assert [m["name"] for m in manifest] == [s.name for s in exported["segs"]]
+  again = bexport.load_segments(tmp_path / "segs", manifest)
+  assert [s.branches for s in again] == [s.branches for s in exported["segs"]]
+  run = bexport.ParallelRunner(again, threads=2)
+  np.testing.assert_allclose(run(exported["x"]), exported["ref"], atol=1e-4, rtol=1e-4)
+  run.close()

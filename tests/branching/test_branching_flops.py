@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from branching import config as bcfg
 from branching import flops, models
+from branching import network as bcfg
 
 TINY = {
   "MODEL": {"NUM_CLASSES": 10},

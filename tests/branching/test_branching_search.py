@@ -2,8 +2,8 @@
 
 import pytest
 
-from branching import config as bcfg
 from branching import costmodel, flops, search
+from branching import network as bcfg
 from common.errors import ConfigError
 
 
@@ -64,3 +64,18 @@ def test_bad_requests(table):
     search.stretch(bcfg.published("R-50-C"), ("cpu", "cpu"), table=table)
   with pytest.raises(ConfigError, match="npu"):
     search.stretch(bcfg.published("R-50-C"), ("cpu", "npu"), table=table)
+
+
+def test_flags_override_config_search_and_are_named_in_errors():
+  from branching import pipeline
+  from common import app
+
+  config = app.load_config_file("branching/configs/quick.py:tiny")
+  s = pipeline.settings(config, {"processors": ["cpu", "gpu"], "alpha": None, "gamma": 0.5})
+  assert s.processors == ("cpu", "gpu") and s.gamma == 0.5 and s.alpha == config.search.alpha
+  assert s.network == config.search.model and s.out == ""
+  pipeline.check_settings(s)
+  with pytest.raises(ConfigError, match=r"^--gamma = 0\.0"):
+    pipeline.check_settings(pipeline.settings(config, {"gamma": 0.0}))
+  with pytest.raises(ConfigError, match=r"^--phone = 'nokia'"):
+    pipeline.validate(config, {"phone": "nokia"})

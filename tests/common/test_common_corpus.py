@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-TECHNIQUES = ("subnets",)  # the others join as they move onto common.app
+TECHNIQUES = ("branching", "offload", "subnets")  # the others join as they move onto common.app
 STEP = {"agile": "train", "offload": "train", "coinfer": "init", "subnets": "knapsack", "branching": "train"}
 
 
@@ -89,6 +89,10 @@ def _config_file_cases() -> list[Case]:
 
 
 SUBNETS = ("subnets.main", "knapsack", "--workdir=WORK")
+COUNT = ("branching.main", "count", "--workdir=WORK")
+LAUGHS = "a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".join(
+  f"{chr(97 + i)}: &{chr(97 + i)} [{', '.join(['*' + chr(96 + i)] * 9)}]\n" for i in range(1, 9)
+)
 QUICK = ("launch.quickstart", "--workdir=WORK")
 
 
@@ -113,6 +117,35 @@ def _other_cases() -> list[Case]:
     Case(
       "subnets-stale-knapsack", (*SUBNETS, "--config.knapsack.budgets=(0.3,0.6)"), "knapsack.budgets", None
     ),
+    # classes 4 and 5: text that is not text, resource exhaustion (branching's network YAML)
+    Case(
+      "branching-yaml-binary",
+      (*COUNT, "--network=TMP/n.yaml"),
+      "n.yaml",
+      _write("TMP/n.yaml", bytes(range(256)) * 4),
+    ),
+    Case(
+      "branching-yaml-deep",
+      (*COUNT, "--network=TMP/n.yaml"),
+      "deeper",
+      _write("TMP/n.yaml", "a: " + "[" * 5000 + "]" * 5000),
+    ),
+    Case(
+      "branching-yaml-billion-laughs",
+      (*COUNT, "--network=TMP/n.yaml"),
+      "aliases",
+      _write("TMP/n.yaml", LAUGHS),
+    ),
+    Case(
+      "branching-yaml-wrong-schema",
+      (*COUNT, "--network=TMP/n.yaml"),
+      "ANYNET",
+      _write("TMP/n.yaml", "name: x\n"),
+    ),
+    Case("branching-yaml-is-directory", (*COUNT, "--network=TMP"), "not a regular file"),
+    Case("branching-yaml-missing", (*COUNT, "--network=TMP/none.yaml"), "none.yaml"),
+    Case("branching-negative-alpha", ("branching.main", "search", "--alpha=-5"), "--alpha"),
+    Case("branching-negative-image-size", (*COUNT, "--image_size=-224"), "image_size"),
     # the quickstart
     Case("quickstart-unknown-stage", (*QUICK, "--only=common,bogus"), "bogus"),
     Case("quickstart-unknown-key", (*QUICK, "--config.train.bogus=1"), "train.bogus"),

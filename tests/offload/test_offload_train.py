@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from common import app
 from common.errors import ConfigError
 from launch.stages import offload as stage
-from offload import train as otrain
-from offload.configs import quick
+from offload import pipeline
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -35,15 +35,16 @@ def test_stage_writes_report_arrays_and_exports(stage_run):
   for name in ("dqn_float.tflite", "dqn.onnx", "mdp_r0.1_b4.0.json"):
     assert (workdir / "exports" / name).exists()
   assert len(list((workdir / "metrics").glob("fold*_cost0.npz"))) == 3  # one metrics file per fold
+  # A rerun of every step finds its outputs and skips (simulate: results.json of this checkpoint).
+  again = pipeline.run_steps(pipeline.ALL, app.load_config_file("offload/configs/quick.py:fast"), workdir)
+  assert all(again[name].get("skipped") for name in pipeline.ALL), again
+  assert again["simulate"]["losses"] == json.loads((workdir / "results.json").read_text())["losses"]
 
 
 def test_training_resumes_from_checkpoint(stage_run):
   workdir, _ = stage_run
-  c = quick.get_config()
-  c.classifiers.num_epochs = 2
-  c.tnum, c.tlen, c.snum, c.slen = 4, 2_000, 4, 2_000
-  c.maxiter, c.sfreq, c.ckpt_every = 12, 1, 5
-  out = otrain.train_and_evaluate(c, workdir, show_progress=False)
+  c = app.load_config_file("offload/configs/quick.py:tiny")  # the stage's `fast`, to 12 iterations
+  out = pipeline.run_steps(("train",), c, workdir, show_progress=False)["train"]
   assert out["iterations"] == 12
   rows = [r for r in (workdir / "metrics.jsonl").read_text().splitlines() if r.strip()]
   assert '"step": 11' in rows[-2] and '"step": 12' in rows[-1]  # continued from iteration 10
@@ -52,14 +53,15 @@ def test_training_resumes_from_checkpoint(stage_run):
 
 
 def test_config_errors_name_the_key():
-  c = quick.get_config()
-  c.tb = (4.0,)
-  with pytest.raises(ConfigError, match=r"config.tr .* config.tb"):
-    otrain.validate(c)
-  c = quick.get_config()
-  c.tr = (1.5, 0.1)
-  with pytest.raises(ConfigError, match=r"config.tr\[0\] = 1.5"):
-    otrain.validate(c)
+  # Bad values as `--config.KEY=VALUE` gives them (ml_collections' flattened overrides).
+  c = app.load_config_file("offload/configs/quick.py:tiny")
+  c.update_from_flattened_dict({"bucket.depths": (4.0,)})
+  with pytest.raises(ConfigError, match=r"config.bucket.rates .* config.bucket.depths"):
+    pipeline.validate(c)
+  c = app.load_config_file("offload/configs/quick.py:tiny")
+  c.update_from_flattened_dict({"bucket.rates": (1.5, 0.1)})
+  with pytest.raises(ConfigError, match=r"config.bucket.rates\[0\] = 1.5"):
+    pipeline.validate(c)
 
 
 def test_cli_rejects_malformed_npz(tmp_path):
@@ -71,12 +73,10 @@ def test_cli_rejects_malformed_npz(tmp_path):
       "-m",
       "offload.main",
       "train",
-      "--config",
-      str(ROOT / "offload/configs/quick.py"),
-      "--workdir",
-      str(tmp_path / "run"),
-      "--config.source=npz",
-      f"--config.metrics_file={bad}",
+      f"--config={ROOT / 'offload/configs/quick.py'}",
+      f"--workdir={tmp_path / 'run'}",
+      "--config.metrics.source=npz",
+      f"--config.metrics.file={bad}",
     ],
     cwd=ROOT,
     capture_output=True,

@@ -1,11 +1,11 @@
-"""Config schema: every published YAML loads, round-trips, and malformed ones raise ConfigError."""
+"""Network schema (branching.network): every published YAML loads, round-trips, and malformed ones raise ConfigError."""
 
 import glob
 
 import pytest
 import yaml
 
-from branching import config as bcfg
+from branching import network as bcfg
 from common.errors import ConfigError, EdgeInferError
 
 PUBLISHED = sorted(glob.glob(str(bcfg.PUBLISHED_DIR / "*" / "*.yaml")))
@@ -86,7 +86,16 @@ def test_cli_reports_malformed_yaml_without_traceback(tmp_path):
   bad = tmp_path / "bad.yaml"
   bad.write_text(yaml.safe_dump(d))
   r = subprocess.run(
-    [sys.executable, "-m", "branching.main", "count", "--config", str(bad)],
+    [
+      sys.executable,
+      "-m",
+      "branching.main",
+      "count",
+      "--network",
+      str(bad),
+      "--workdir",
+      str(tmp_path / "w"),
+    ],
     capture_output=True,
     text=True,
     timeout=120,
@@ -115,10 +124,39 @@ def test_cli_hostile_yaml_is_one_short_line(tmp_path, content, needle):
   bad = tmp_path / "bad.yaml"
   bad.write_bytes(content if isinstance(content, bytes) else content.encode())
   r = subprocess.run(
-    [sys.executable, "-m", "branching.main", "count", "--config", str(bad)],
+    [
+      sys.executable,
+      "-m",
+      "branching.main",
+      "count",
+      "--network",
+      str(bad),
+      "--workdir",
+      str(tmp_path / "w"),
+    ],
     capture_output=True,
     text=True,
     timeout=120,
   )
   assert r.returncode == 2 and needle in r.stderr and "Traceback" not in r.stderr
   assert len(r.stderr) < 1000
+
+
+@pytest.mark.parametrize(
+  "flag, needle",
+  [("--alpha=-0.5", "--alpha = -0.5"), ("--config.search.beta=-1", "config.search.beta = -1.0")],
+)
+def test_cli_negative_search_weights_are_one_line_and_write_nothing(tmp_path, flag, needle):
+  import subprocess
+  import sys
+
+  out = tmp_path / "found.yaml"
+  r = subprocess.run(
+    [sys.executable, "-m", "branching.main", "search", flag, f"--out={out}", f"--workdir={tmp_path / 'w'}"],
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
+  assert r.returncode == 2 and needle in r.stderr and "Traceback" not in r.stderr
+  assert len(r.stderr.strip().splitlines()) == 1
+  assert not out.exists() and not (tmp_path / "w").exists()
