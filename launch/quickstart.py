@@ -76,7 +76,7 @@ def _main(argv: list[str]) -> int:
   from launch.stages.common import validate
 
   validate(config)  # the common stage's config, before any stage runs
-  from launch.xla_cpu import set_cpu_flags
+  from common.xla_cpu import set_cpu_flags
 
   set_cpu_flags()  # before JAX starts its backend
 

@@ -75,7 +75,7 @@ def start_multihost(multihost: bool, coordinator: str | None, num_processes, pro
 
 def main(argv: list[str] | None = None) -> None:
   args, rest = parse(sys.argv[1:] if argv is None else argv)
-  from launch.xla_cpu import set_cpu_flags
+  from common.xla_cpu import set_cpu_flags
 
   set_cpu_flags()  # before JAX starts its backend
   if args.platform:

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-TECHNIQUES = ("agile", "branching", "offload", "subnets")  # the others join as they move onto common.app
+TECHNIQUES = ("agile", "offload", "coinfer", "subnets", "branching")
 STEP = {"agile": "train", "offload": "train", "coinfer": "init", "subnets": "knapsack", "branching": "train"}
 
 
@@ -230,5 +230,5 @@ def test_malformed_input_is_one_line_exit_2_and_changes_nothing(case: Case, tmp_
 
 
 def test_the_corpus_holds_at_least_sixty_cases():
-  assert len(CASES) >= 30
+  assert len(CASES) >= 60
   assert len({c.id for c in CASES}) == len(CASES)
