@@ -77,6 +77,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
   cfg_lib.check_range(config, "stream.deadline_s", 0, lo_open=True)
   cfg_lib.check_range(config, "stream.horizon", 1, 50, integer=True)
   cfg_lib.check_choice(config, "stream.method", ["dp", "milp", "relax"])
+  cfg_lib.check_range(config, "stream.trace_seconds", 0, 86_400, lo_open=True)
+  bad = [k for k in config.stream.traces if k not in traces.GENERATORS]
+  if bad:
+    raise ConfigError(f"config.stream.traces has {bad}: the synthetic kinds are {sorted(traces.GENERATORS)}")
+  for f in config.stream.trace_files:  # a trace file is read (and refused) before anything is written
+    traces.load(str(f), seconds=config.stream.trace_seconds)
   cfg_lib.check_range(config, "model.width_mult", 0, lo_open=True)
   if max(config.setups.channels) > 32:
     raise ConfigError(

@@ -42,10 +42,11 @@ def _write(rel: str, data: bytes | str) -> Callable[[Path, Path], None]:
   return setup
 
 
-def _all(*setups) -> Callable[[Path, Path], None]:
+def _npz(rel: str, **arrays) -> Callable[[Path, Path], None]:
   def setup(work: Path, tmp: Path) -> None:
-    for s in setups:
-      s(work, tmp)
+    import numpy as np
+
+    np.savez(tmp / rel.removeprefix("TMP/"), **{k: np.asarray(v) for k, v in arrays.items()})
 
   return setup
 
@@ -90,6 +91,10 @@ def _config_file_cases() -> list[Case]:
 
 SUBNETS = ("subnets.main", "knapsack", "--workdir=WORK")
 COUNT = ("branching.main", "count", "--workdir=WORK")
+SIM = ("coinfer.main", "simulate", "--workdir=WORK")
+NPZ = ("offload.main", "train", "--workdir=WORK", "--config.metrics.source=npz")
+_KEYS = ("metric_tr", "metric_ts", "wcost_tr", "wcost_ts", "scost_tr", "scost_ts")
+NAN_METRICS = {k: [0.1, 0.5, 0.9] for k in _KEYS} | {"metric_tr": [0.1, float("nan"), 0.9]}
 LAUGHS = "a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".join(
   f"{chr(97 + i)}: &{chr(97 + i)} [{', '.join(['*' + chr(96 + i)] * 9)}]\n" for i in range(1, 9)
 )
@@ -146,6 +151,53 @@ def _other_cases() -> list[Case]:
     Case("branching-yaml-missing", (*COUNT, "--network=TMP/none.yaml"), "none.yaml"),
     Case("branching-negative-alpha", ("branching.main", "search", "--alpha=-5"), "--alpha"),
     Case("branching-negative-image-size", (*COUNT, "--image_size=-224"), "image_size"),
+    # class 4: coinfer's bandwidth traces
+    Case(
+      "coinfer-trace-binary",
+      (*SIM, "--config.stream.trace_files=('TMP/t.log',)"),
+      "binary",
+      _write("TMP/t.log", b"1\n2\n\x00\xff\n"),
+    ),
+    Case(
+      "coinfer-trace-unicode-digits",
+      (*SIM, "--config.stream.trace_files=('TMP/t.log',)"),
+      "t.log",
+      _write("TMP/t.log", "１２\n３\n"),
+    ),
+    Case(
+      "coinfer-trace-negative-rate",
+      (*SIM, "--config.stream.trace_files=('TMP/t.csv',)"),
+      "t.csv",
+      _write("TMP/t.csv", "time_s,mbps\n0,1\n1,-3\n"),
+    ),
+    Case("coinfer-trace-is-directory", (*SIM, "--config.stream.trace_files=('TMP',)"), "not a regular file"),
+    Case("coinfer-trace-missing", (*SIM, "--config.stream.trace_files=('TMP/none.csv',)"), "none.csv"),
+    Case("coinfer-trace-negative-length", (*SIM, "--config.stream.trace_seconds=-5"), "stream.trace_seconds"),
+    Case("coinfer-unknown-trace-kind", (*SIM, "--config.stream.traces=('bogus',)"), "stream.traces"),
+    Case(
+      "coinfer-unknown-ablation", ("coinfer.main", "distill", "--workdir=WORK", "--ablation=bogus"), "bogus"
+    ),
+    # class 3: offload's metrics files
+    Case(
+      "offload-metrics-garbage",
+      (*NPZ, "--config.metrics.file=TMP/m.npz"),
+      "m.npz",
+      _write("TMP/m.npz", b"garbage"),
+    ),
+    Case(
+      "offload-metrics-missing-keys",
+      (*NPZ, "--config.metrics.file=TMP/m.npz"),
+      "metric_tr",
+      _npz("TMP/m.npz", x=[0.0, 1.0]),
+    ),
+    Case(
+      "offload-metrics-nan",
+      (*NPZ, "--config.metrics.file=TMP/m.npz"),
+      "NaN",
+      _npz("TMP/m.npz", **NAN_METRICS),
+    ),
+    Case("offload-metrics-missing", (*NPZ, "--config.metrics.file=TMP/none.npz"), "none.npz"),
+    Case("offload-metrics-empty-path", (*NPZ,), "config.metrics.file"),
     # the quickstart
     Case("quickstart-unknown-stage", (*QUICK, "--only=common,bogus"), "bogus"),
     Case("quickstart-unknown-key", (*QUICK, "--config.train.bogus=1"), "train.bogus"),
