@@ -84,19 +84,13 @@ def load_image_folder(root: str | os.PathLike, *, image_size: int = 64, limit: i
   num_classes = builder.info.features["label"].num_classes
   out = []
   for split in ("train", "test"):
-    images, labels = [], []
-    for i, (img, lab) in enumerate(tfds.as_numpy(builder.as_dataset(split=split, as_supervised=True))):
-      if limit is not None and i >= limit:
-        break
-      if img.shape[-1] == 1:
-        img = np.repeat(img, 3, axis=-1)
-      images.append(img)
-      labels.append(lab)
+    images, labels = data_lib.first_examples(builder.as_dataset(split=split, as_supervised=True), limit)
+    images = [np.repeat(img, 3, axis=-1) if img.shape[-1] == 1 else img for img in images]
     if not images:
       raise DataError(f"image folder {root}/{split} holds no images")
     x = np.stack(images).astype(np.float32) / 255.0
     if x.shape[1] != image_size:
-      x = data_lib._resize_np(x, image_size)
+      x = data_lib.resize_np(x, image_size)
     out.append(data_lib.Dataset(x, np.asarray(labels, np.int32), int(num_classes), "imagenet200"))
   return out[0], out[1]
 
@@ -132,6 +126,8 @@ def load(name: str, *, data_dir: str | None = None, limit: int | None = None):
     raise DataError(f"data set {name!r} is not supported by agile; use one of {list(DATASETS)}")
   if name == "imagenet200":
     if not data_dir:
-      raise DataError("imagenet200 needs --data_dir pointing at an ImageFolder layout (see docs/agile.md)")
+      raise DataError(
+        "imagenet200 needs --config.data_dir pointing at an ImageFolder layout (see docs/agile.md)"
+      )
     return load_image_folder(data_dir, limit=limit)
   return data_lib.load(name, data_dir=data_dir, limit=limit)

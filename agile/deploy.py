@@ -64,7 +64,7 @@ def write_repository(workdir: str | Path, meta: dict, codec: str) -> Path:
   from common.serving import repository, wire
 
   workdir = Path(workdir)
-  rerun = f"rerun `python -m agile.main --workdir {workdir}` (it exports)"
+  rerun = f"rerun `edgeinfer agile export --config=... --workdir={workdir}`"
   remote = onnx.load(_need(workdir / "exports" / "agile_remote.onnx", rerun))
   shape = tuple(meta["remote_input_shape"][1:])
   merged = wire.prepend(
@@ -81,7 +81,7 @@ def load(workdir: str | Path, *, int8: bool = True) -> Deployment:
   from common import export as export_lib
 
   workdir = Path(workdir)
-  rerun = f"run `python -m agile.main --workdir {workdir}` first"
+  rerun = f"run `edgeinfer agile all --config=... --workdir={workdir}` first"
   config = safeio.load_json(_need(workdir / "config.json", rerun), what="run config", keys=("dataset",))
   metrics = safeio.load_json(
     _need(workdir / "final_metrics.json", rerun), what="final metrics", keys=("payload", "latency")

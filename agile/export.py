@@ -40,7 +40,7 @@ def _fns(model, variables):
 
 def largest_activation_bytes(tflite_bytes: bytes) -> dict[str, int]:
   """The largest tensor produced by any op, and the largest op's inputs + outputs, in bytes."""
-  interp = ex._interpreter(tflite_bytes)
+  interp = ex.interpreter(tflite_bytes)
   details = {d["index"]: d for d in interp.get_tensor_details()}
 
   def nbytes(i: int) -> int:

@@ -35,6 +35,10 @@ SMALL_BLOCKS: tuple[tuple[str, int, int, int, int, int, float], ...] = (
   ("fused", 4, 3, 2, 32, 1, 0.0),
   ("mbconv", 4, 3, 2, 48, 1, 0.25),
 )
+# The unit tests' one-block body (agile/configs/quick.py:tiny).
+TINY_BLOCKS: tuple[tuple[str, int, int, int, int, int, float], ...] = (("mbconv", 2, 3, 2, 8, 1, 0.25),)
+# config.reference.blocks -> body
+BLOCKS = {"small": SMALL_BLOCKS, "effnetv2_s": EFFNETV2_S_BLOCKS, "tiny": TINY_BLOCKS}
 KERNEL_INIT = nn.initializers.variance_scaling(2.0, "fan_out", "truncated_normal")
 
 

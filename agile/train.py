@@ -1,4 +1,4 @@
-"""AgileNN training: the reference network, the grad-of-grad step, and `train_and_evaluate`.
+"""AgileNN training: the reference network, the grad-of-grad step, and `train_agile`.
 
 One jitted `train_step` computes, for a batch: the features f, the combined
 prediction, CE, the integrated-gradients importance of f under the frozen
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -25,6 +24,7 @@ from agile import data as agile_data
 from agile import losses, reference, xai
 from agile.models import AgileConfig, AgileNN, init_variables
 from common import checkpoint as ckpt_lib
+from common import config as cfg_lib
 from common import data as data_lib
 from common import sharding
 from common import train as train_lib
@@ -234,19 +234,18 @@ def compute_channel_mapping(
 
 
 def model_config(config: ml_collections.ConfigDict, num_classes: int) -> AgileConfig:
-  m = config.model.to_dict()
+  m = {**config.model.to_dict(), "num_classes": num_classes}
   m["remote_settings"] = tuple(tuple(r) for r in m["remote_settings"])
-  return AgileConfig(num_classes=num_classes, **m)
+  return cfg_lib.to_dataclass(AgileConfig, m, "model")
 
 
 def reference_config(config: ml_collections.ConfigDict, num_classes: int) -> reference.ReferenceConfig:
   r = config.reference
-  blocks = reference.EFFNETV2_S_BLOCKS if r.blocks == "effnetv2_s" else reference.SMALL_BLOCKS
   return reference.ReferenceConfig(
     num_classes=num_classes,
     stem_channels=config.model.feature_channels,
     stem_stride=config.model.fe_stride,
-    blocks=blocks,
+    blocks=reference.BLOCKS[r.blocks],
     top_channels=r.top_channels,
     dropout=r.dropout,
     bn_momentum=r.bn_momentum,
@@ -264,68 +263,14 @@ def hyperparams(config: ml_collections.ConfigDict) -> dict[str, jax.Array]:
   return {"lam": jnp.float32(config.train.lam), "rho": jnp.float32(config.train.rho)}
 
 
-def validate_config(config: ml_collections.ConfigDict) -> None:
-  """Checks every user-settable value once; raises ConfigError naming key, value and range."""
-  from common import config as cfg
-
-  cfg.check_choice(config, "dataset", agile_data.DATASETS)
-  cfg.check_range(config, "input_size", 8, 1024, integer=True)
-  cfg.check_range(config, "limit", 0, None, integer=True)
-  cfg.check_range(config, "model.feature_channels", 2, 1024, integer=True)
-  cfg.check_range(config, "model.fe_stride", 1, 8, integer=True)
-  cfg.check_range(config, "model.split_ratio", 0.0, 1.0, lo_open=True, hi_open=True)
-  k = int(np.round(config.model.split_ratio * config.model.feature_channels))
-  if not 0 < k < config.model.feature_channels:
-    raise cfg.ConfigError(
-      f"config.model.split_ratio = {config.model.split_ratio}: gives K = {k} local channels of "
-      f"{config.model.feature_channels}; K must be in [1, {config.model.feature_channels - 1}]"
-    )
-  cfg.check_range(config, "model.num_centroids", 2, 256, integer=True)
-  cfg.check_range(config, "model.temperature", 0.0, None, lo_open=True)
-  cfg.check_choice(config, "model.quantizer_backward", ("soft", "identity"))
-  cfg.check_range(config, "model.bn_momentum", 0.0, 1.0, hi_open=True)
-  cfg.check_choice(config, "reference.blocks", ("small", "effnetv2_s"))
-  cfg.check_range(config, "reference.epochs", 1, None, integer=True)
-  cfg.check_range(config, "reference.batch_size", 1, None, integer=True)
-  cfg.check_range(config, "reference.learning_rate", 0.0, None, lo_open=True)
-  cfg.check_range(config, "reference.dropout", 0.0, 1.0, hi_open=True)
-  cfg.check_range(config, "train.epochs", 1, None, integer=True)
-  cfg.check_range(config, "train.batch_size", 1, None, integer=True)
-  cfg.check_range(config, "train.eval_batch_size", 1, None, integer=True)
-  cfg.check_range(config, "train.learning_rate", 0.0, None, lo_open=True)
-  cfg.check_range(config, "train.momentum", 0.0, 1.0, hi_open=True)
-  cfg.check_range(config, "train.weight_decay", 0.0, None)
-  cfg.check_range(config, "train.rho", 0.0, 1.0)
-  cfg.check_range(config, "train.lam", 0.0, 1.0)
-  cfg.check_range(config, "train.ig_steps", 2, 256, integer=True)
-  cfg.check_choice(config, "train.ig_baseline_table", (True, False))
-  cfg.check_range(config, "train.eval_every_epochs", 0, None, integer=True)
-  cfg.check_range(config, "train.max_steps", 0, None, integer=True)
-  cfg.check_choice(config, "train.channel_remapping", ("none", "global_importance", "topk_appearance"))
-  for key in ("device_clock_hz", "device_macs_per_cycle", "link_bps", "server_macs_per_s"):
-    cfg.check_range(config, f"latency.{key}", 0.0, None, lo_open=True)
-  cfg.check_range(config, "latency.rtt_s", 0.0, None)
-  cfg.check_range(config, "export.calibration_images", 1, None, integer=True)
-  cfg.check_range(config, "export.parity_images", 0, None, integer=True)
-
-
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
-  """Trains the reference network, then AgileNN; evaluates, measures the payload and the
-  latency model, exports, and writes workdir/report.md.
+def train_agile(
+  config: ml_collections.ConfigDict, workdir: Path, train_ds, test_ds, prep
+) -> tuple[dict, dict]:
+  """Trains the reference network, then AgileNN (resuming from workdir's checkpoints).
 
   Returns:
-    The final metrics dict (also in workdir/final_metrics.json).
+    (the final test metrics of training, the final AgileNN variables).
   """
-  from agile import evaluate as ev
-  from common.cli import save_config
-
-  validate_config(config)
-  workdir = Path(workdir)
-  save_config(config, workdir)
-  train_ds, test_ds = agile_data.load(
-    config.dataset, data_dir=config.data_dir or None, limit=config.limit or None
-  )
-  prep = agile_data.make_preprocess(config.dataset, config.input_size)
   key = jax.random.key(config.seed)
   ref_key, init_key, remap_key, fit_key = jax.random.split(key, 4)
 
@@ -381,8 +326,4 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
   final["initial_accuracy"] = initial["accuracy"]
   final["k"] = mcfg.k
   final["channel_mapping"] = None if mapping is None else [int(i) for i in mapping]
-  final_vars = {"params": state.params, "batch_stats": state.batch_stats}
-  return ev.finish(
-    config, workdir, model=model, variables=final_vars, test_ds=test_ds, prep=prep, final=final,
-    train_metrics=train_lib.MetricsWriter(workdir).read(),
-  )  # fmt: skip
+  return final, {"params": state.params, "batch_stats": state.batch_stats}

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from coinfer import compress, stages
+from coinfer import compress
 from coinfer import models as models_lib
 from coinfer import train as T
 from common import data as data_lib
@@ -66,7 +66,7 @@ def _fit(ctx: T.Context, workdir: Path, model, loss_fn, name: str, key, start=No
 
   @sharding.jit_step
   def step(state, batch, rng):
-    x = data_lib.augment(rng, T._prep(ctx, batch["image"]), flip=False, pad=2)
+    x = data_lib.augment(rng, T.prep(ctx, batch["image"]), flip=False, pad=2)
 
     def f(p):
       out, new = model.apply(
@@ -78,7 +78,7 @@ def _fit(ctx: T.Context, workdir: Path, model, loss_fn, name: str, key, start=No
     return train_lib.apply_gradients(state, g, tx, batch_stats=stats), {"loss": loss}
 
   state, _ = train_lib.fit(
-    state, step, ctx.train_ds, loop, key=k_fit, workdir=workdir, checkpoint_subdir=name
+    state, step, ctx.train_ds, loop, key=k_fit, workdir=workdir, checkpoint_subdir=name, tags={"stage": name}
   )
   return state
 
@@ -93,7 +93,7 @@ def train_clio(ctx: T.Context, workdir: Path) -> dict:
 
   start = None
   if cfg.baselines.clio_from_init:
-    teacher = stages.init_result(ctx, workdir)
+    teacher = T.teacher(ctx, workdir)
     start = functools.partial(clio_from_teacher, teacher=teacher)
   key = jax.random.fold_in(jax.random.key(cfg.seed), 5)
   state = _fit(ctx, workdir, model, loss_fn, "clio", key, start=start)
@@ -109,9 +109,7 @@ def train_clio(ctx: T.Context, workdir: Path) -> dict:
     hits = []
     for batch in data_lib.batches(ctx.test_ds, 128, drop_last=False):
       n = int(batch["mask"].sum())
-      hits.append(
-        np.asarray(preds(T._prep(ctx, batch["image"]), jnp.float32(b)))[:, :n] == batch["label"][:n]
-      )
+      hits.append(np.asarray(preds(T.prep(ctx, batch["image"]), jnp.float32(b)))[:, :n] == batch["label"][:n])
     acc = np.concatenate(hits, axis=1).mean(axis=1)
     for w, a in zip(widths, acc, strict=True):
       rows.append(
@@ -122,9 +120,7 @@ def train_clio(ctx: T.Context, workdir: Path) -> dict:
           "accuracy": float(a),
         }
       )
-  out = {"points": rows}
-  T.save_json(workdir, "clio", out)
-  return out
+  return {"points": rows}
 
 
 def train_spinn(ctx: T.Context, workdir: Path) -> dict:
@@ -141,7 +137,7 @@ def train_spinn(ctx: T.Context, workdir: Path) -> dict:
   finals, exits = [], []
   for batch in data_lib.batches(ctx.test_ds, 128, drop_last=False):
     n = int(batch["mask"].sum())
-    f, e = apply(T._prep(ctx, batch["image"]))
+    f, e = apply(T.prep(ctx, batch["image"]))
     finals.append(np.asarray(f)[:n])
     exits.append(np.asarray(e)[:n])
   final, ex = np.concatenate(finals), np.concatenate(exits)
@@ -158,6 +154,4 @@ def train_spinn(ctx: T.Context, workdir: Path) -> dict:
         "accuracy": float((pred == labels).mean()),
       }
     )
-  out = {"points": rows, "final_accuracy": float((final.argmax(-1) == labels).mean())}
-  T.save_json(workdir, "spinn", out)
-  return out
+  return {"points": rows, "final_accuracy": float((final.argmax(-1) == labels).mean())}

@@ -14,19 +14,24 @@ by (1 + the largest relative error of that predictor over the recent past) when 
 The max(.) become >= constraints (every constraint wants them small, so the relaxation is
 exact). Only the first decision is applied; the problem is re-solved every frame.
 
-Solvers (`method`): "milp" builds the CVXPY problem once with Parameters (DPP) and solves it
-with HiGHS; "relax" solves its LP relaxation and rounds the first frame; "dp" solves the same
-problem exactly by a dynamic program over (W, value) pairs with dominated pairs pruned.
-`reduce=True` first drops setups dominated in (size, compute time, accuracy), which cannot
-change the optimal value. A failed or infeasible solve falls back to the smallest setup and is
-counted in `decide.stats`.
+Every controller is a `Controller(init, update)` pair (the model is optax's
+GradientTransformation): `state = ctl.init()`, then per frame `setup, state = ctl.update(obs,
+state)` with `obs` the ControlState the frame sees; the statistics (solves, fallbacks, the
+objective of the last solve) are the state, returned with each decision.
+
+Solvers, one factory each (`make_mpc` picks by `method`): `make_mpc_milp` builds the CVXPY
+problem once with Parameters (DPP) and solves it with HiGHS ("milp"), or its LP relaxation and
+rounds the first frame ("relax"); `make_mpc_dp` solves the same problem exactly by a dynamic
+program over (W, value) pairs with dominated pairs pruned ("dp"). `reduce=True` first drops
+setups dominated in (size, compute time, accuracy), which cannot change the optimal value. A
+failed or infeasible solve falls back to the smallest setup and is counted in the state.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -108,9 +113,31 @@ def predict_bandwidth(
   return float(pred)
 
 
-def _with_stats(fn: Callable, stats: dict) -> Callable:
-  fn.stats = stats
-  return fn
+class MPCState(NamedTuple):
+  """An MPC controller's statistics: solves, fallbacks (failed or infeasible), the objective of
+  the last solve (None after a failed one) and the setups kept after reduction."""
+
+  solves: int = 0
+  fallbacks: int = 0
+  value: float | None = None
+  candidates: int = 0
+
+
+class BaselineState(NamedTuple):
+  """A baseline controller's statistics (it never falls back)."""
+
+  fallbacks: int = 0
+
+
+class Controller(NamedTuple):
+  """`init() -> state`; `update(obs: ControlState, state) -> (setup index, state)`."""
+
+  init: Callable[[], Any]
+  update: Callable[[ControlState, Any], tuple[int, Any]]
+
+
+def _stateless(choose: Callable[[ControlState], int]) -> Controller:
+  return Controller(BaselineState, lambda obs, state: (choose(obs), state))
 
 
 def _dp_first(
@@ -142,6 +169,38 @@ def _dp_first(
   return int(cand[first[best]]), float(val[best])
 
 
+def _checked(method: str, horizon: int) -> None:
+  if method not in ("milp", "relax", "dp"):
+    raise ConfigError(f"config.stream.method = {method!r}: must be one of ['milp', 'relax', 'dp']")
+  if horizon < 1:
+    raise ConfigError(f"config.stream.horizon = {horizon}: must be >= 1")
+
+
+def _candidates(prof: Profile, reduce: bool) -> np.ndarray:
+  n_all = len(prof.bits)
+  cost = prof.t_dev + prof.t_srv
+  return np.asarray(compress.pareto_front(prof.bits, prof.accuracy, cost) if reduce else np.arange(n_all))
+
+
+def _predictor(history: int, margin: bool) -> Callable[[ControlState], tuple[float, float]]:
+  def predict(obs: ControlState) -> tuple[float, float]:
+    """(seconds per bit, seconds of backlog) at the predicted bandwidth."""
+    c = predict_bandwidth(obs.throughputs_bps, history, margin=margin)
+    return 1.0 / c, obs.backlog_bits / c
+
+  return predict
+
+
+def _setting_up(prof: Profile, horizon: int, method: str, *, fps, history, margin, reduce):
+  """(candidate setups, the smallest setup, frame interval, bandwidth predictor) of an MPC."""
+  _checked(method, horizon)
+  return _candidates(prof, reduce), int(np.argmin(prof.bits)), 1.0 / fps, _predictor(history, margin)
+
+
+def _solved(state: MPCState, value: float | None, *, fallback: bool = False) -> MPCState:
+  return state._replace(solves=state.solves + 1, fallbacks=state.fallbacks + int(fallback), value=value)
+
+
 def make_mpc(
   setups: Profile,
   horizon: int = 5,
@@ -153,52 +212,69 @@ def make_mpc(
   method: str = "milp",
   reduce: bool = True,
   solver: str | None = None,
-) -> Callable[[ControlState], int]:
-  """An MPC controller `decide(state) -> setup index` (into `setups`); `decide.stats` counts
-  solves, fallbacks (failed or infeasible) and the setups kept after reduction."""
-  if method not in ("milp", "relax", "dp"):
-    raise ConfigError(f"config.stream.method = {method!r}: must be one of ['milp', 'relax', 'dp']")
-  if horizon < 1:
-    raise ConfigError(f"config.stream.horizon = {horizon}: must be >= 1")
-  prof = setups
-  n_all = len(prof.bits)
-  cost = prof.t_dev + prof.t_srv
-  cand = np.asarray(compress.pareto_front(prof.bits, prof.accuracy, cost) if reduce else np.arange(n_all))
-  smallest = int(np.argmin(prof.bits))
-  dt = 1.0 / fps
-  stats = {"solves": 0, "fallbacks": 0, "candidates": len(cand)}
-
-  def predict(state: ControlState) -> tuple[float, float]:
-    c = predict_bandwidth(state.throughputs_bps, history, margin=margin)
-    return 1.0 / c, state.backlog_bits / c
-
+) -> Controller:
+  """The MPC controller with the solver `method`: "dp" (`make_mpc_dp`), "milp" or "relax"
+  (`make_mpc_milp`). Its state (MPCState) counts solves and fallbacks."""
+  _checked(method, horizon)
+  kw = dict(fps=fps, deadline_s=deadline_s, history=history, margin=margin, reduce=reduce)
   if method == "dp":
+    return make_mpc_dp(setups, horizon, **kw)
+  return make_mpc_milp(setups, horizon, relax=method == "relax", solver=solver, **kw)
 
-    def decide(state: ControlState) -> int:
-      inv_c, w0 = predict(state)
-      stats["solves"] += 1
-      res = _dp_first(prof, cand, w0, inv_c, dt, deadline_s, horizon)
-      if res is None:
-        stats["fallbacks"] += 1
-        stats["value"] = None
-        return smallest
-      stats["value"] = res[1]
-      return res[0]
 
-    return _with_stats(decide, stats)
+def make_mpc_dp(
+  prof: Profile,
+  horizon: int = 5,
+  *,
+  fps: float = 10.0,
+  deadline_s: float = 0.2,
+  history: int = 5,
+  margin: bool = True,
+  reduce: bool = True,
+) -> Controller:
+  """The MPC solved exactly by the dynamic program (`_dp_first`) every frame."""
+  kw = dict(fps=fps, history=history, margin=margin, reduce=reduce)
+  cand, smallest, dt, predict = _setting_up(prof, horizon, "dp", **kw)
 
+  def update(obs: ControlState, state: MPCState) -> tuple[int, MPCState]:
+    inv_c, w0 = predict(obs)
+    res = _dp_first(prof, cand, w0, inv_c, dt, deadline_s, horizon)
+    if res is None:
+      return smallest, _solved(state, None, fallback=True)
+    return res[0], _solved(state, res[1])
+
+  return Controller(lambda: MPCState(candidates=len(cand)), update)
+
+
+def make_mpc_milp(
+  prof: Profile,
+  horizon: int = 5,
+  *,
+  fps: float = 10.0,
+  deadline_s: float = 0.2,
+  history: int = 5,
+  margin: bool = True,
+  relax: bool = False,
+  reduce: bool = True,
+  solver: str | None = None,
+) -> Controller:
+  """The MPC as a CVXPY problem built once (DPP) and re-solved every frame: a MILP with HiGHS, or
+  with `relax` its LP relaxation, rounded to the most accurate setup in the support of the first
+  frame's choice that keeps it on time."""
   import cvxpy as cp
 
+  kw = dict(fps=fps, history=history, margin=margin, reduce=reduce)
+  cand, smallest, dt, predict = _setting_up(prof, horizon, "relax" if relax else "milp", **kw)
   p = len(cand)
   size = prof.bits[cand] / 1e6  # Mbit keeps the numbers well scaled
   gains = _gains(prof, cand, horizon)
   inv_c = cp.Parameter(nonneg=True, name="s_per_mbit")
   w0 = cp.Parameter(nonneg=True, name="backlog_s")
-  x = cp.Variable((horizon, p), boolean=(method == "milp"), name="choice")
+  x = cp.Variable((horizon, p), boolean=not relax, name="choice")
   w = cp.Variable(horizon + 1, nonneg=True, name="wait")
   s = cp.Variable(horizon, name="start")
   cons = [cp.sum(x, axis=1) == 1, w[0] == w0]
-  if method == "relax":
+  if relax:
     cons += [x >= 0, x <= 1]
   for k in range(horizon):
     tx = inv_c * (x[k] @ size)
@@ -212,51 +288,43 @@ def make_mpc(
   if not problem.is_dpp():
     raise AssertionError("the MPC problem must be DPP")
   solver = solver or "HIGHS"
-  opts = {"mip_rel_gap": 1e-9} if method == "milp" and solver == "HIGHS" else {}
+  opts = {"mip_rel_gap": 1e-9} if not relax and solver == "HIGHS" else {}
+  order = np.argsort(-prof.accuracy[cand])
 
-  def decide(state: ControlState) -> int:
-    ic, b0 = predict(state)
+  def update(obs: ControlState, state: MPCState) -> tuple[int, MPCState]:
+    ic, b0 = predict(obs)
     inv_c.value = ic * 1e6
     w0.value = b0
-    stats["solves"] += 1
     try:
       problem.solve(solver=solver, **opts)
     except cp.error.SolverError:
-      stats["fallbacks"] += 1
-      stats["value"] = None
-      return smallest
+      return smallest, _solved(state, None, fallback=True)
     if problem.status not in ("optimal", "optimal_inaccurate") or x.value is None:
-      stats["fallbacks"] += 1
-      stats["value"] = None
-      return smallest
-    stats["value"] = float(problem.value)
-    row = x.value[0]
-    if method == "milp":
-      return int(cand[int(np.argmax(row))])
+      return smallest, _solved(state, None, fallback=True)
+    value, row = float(problem.value), x.value[0]
+    if not relax:
+      return int(cand[int(np.argmax(row))]), _solved(state, value)
     # relaxation: round to the most accurate setup in the support that keeps frame 0 on time
-    order = np.argsort(-prof.accuracy[cand])
     for j in order:
       if (
         row[j] > 1e-6
         and max(b0, prof.t_dev[cand[j]]) + prof.bits[cand[j]] * ic + prof.t_srv[cand[j]] <= deadline_s
       ):
-        return int(cand[j])
-    stats["fallbacks"] += 1
-    return smallest
+        return int(cand[j]), _solved(state, value)
+    return smallest, _solved(state, value, fallback=True)
 
-  decide.problem = problem
-  return _with_stats(decide, stats)
+  return Controller(lambda: MPCState(candidates=len(cand)), update)
 
 
 # ---------------------------------------------------------------- baselines
 
 
-def make_fixed(index: int) -> Callable[[ControlState], int]:
+def make_fixed(index: int) -> Controller:
   """Always the same setup."""
-  return _with_stats(lambda state: int(index), {"fallbacks": 0})
+  return _stateless(lambda obs: int(index))
 
 
-def make_rate_based(prof: Profile, *, fps: float = 10.0, history: int = 5) -> Callable[[ControlState], int]:
+def make_rate_based(prof: Profile, *, fps: float = 10.0, history: int = 5) -> Controller:
   """The most accurate setup whose payload fits one frame interval at the predicted bandwidth
   (harmonic mean, no margin, queue ignored); the smallest when none fits."""
   dt = 1.0 / fps
@@ -269,12 +337,12 @@ def make_rate_based(prof: Profile, *, fps: float = 10.0, history: int = 5) -> Ca
       return smallest
     return int(fits[np.lexsort((prof.bits[fits], -prof.accuracy[fits]))[0]])
 
-  return _with_stats(decide, {"fallbacks": 0})
+  return _stateless(decide)
 
 
 def make_buffer_based(
   prof: Profile, *, deadline_s: float = 0.2, reservoir: float = 0.1, cushion: float = 0.5, history: int = 5
-) -> Callable[[ControlState], int]:
+) -> Controller:
   """BBA-style: the uplink backlog in seconds (at the predicted bandwidth) maps linearly onto the
   Pareto setups, the largest below `reservoir * T`, the smallest above `(reservoir + cushion) * T`."""
   front = compress.pareto_front(prof.bits, prof.accuracy, prof.t_dev + prof.t_srv)
@@ -286,12 +354,10 @@ def make_buffer_based(
     frac = np.clip((b - lo) / (hi - lo), 0.0, 1.0)
     return int(front[int(round((1.0 - frac) * (len(front) - 1)))])
 
-  return _with_stats(decide, {"fallbacks": 0})
+  return _stateless(decide)
 
 
-def make_oracle(
-  prof: Profile, trace, *, fps: float = 10.0, deadline_s: float = 0.2
-) -> Callable[[ControlState], int]:
+def make_oracle(prof: Profile, trace, *, fps: float = 10.0, deadline_s: float = 0.2) -> Controller:
   """Knows the future bandwidth: the most accurate setup whose true latency meets the deadline
   and after which the next frame could still meet it with the smallest setup (one-step lookahead)."""
   dt = 1.0 / fps
@@ -310,4 +376,4 @@ def make_oracle(
         return int(i)
     return smallest
 
-  return _with_stats(decide, {"fallbacks": 0})
+  return _stateless(decide)

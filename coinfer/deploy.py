@@ -67,13 +67,13 @@ def load(workdir: str | Path, *, int8: bool = True) -> Deployment:
   for n, p in paths.items():
     if not p.exists():
       raise CheckpointError(
-        f"{p} is missing; run `python -m coinfer.main {'export' if n == 'export' else 'all'} --workdir {workdir}`"
+        f"{p} is missing; run `edgeinfer coinfer {'export' if n == 'export' else 'all'} --config=... --workdir={workdir}`"
       )
   config = safeio.load_json(paths["config"], what="run config", keys=("data", "setups", "stream"))
   rows = safeio.load_json(paths["export"], what="export result", keys=("setups",))["setups"]
   if not rows or "model" not in rows[0]:
     raise CheckpointError(
-      f"{paths['export']} has no model repository; rerun `python -m coinfer.main export --workdir {workdir}`"
+      f"{paths['export']} has no model repository; rerun `edgeinfer coinfer export --config=... --workdir={workdir}`"
     )
   names, runners, is8 = [], [], []
   for r in rows:
@@ -82,7 +82,9 @@ def load(workdir: str | Path, *, int8: bool = True) -> Deployment:
     use8 = int8 and f8.exists()
     path = f8 if use8 else f
     if not path.exists():
-      raise CheckpointError(f"{path} is missing; rerun `python -m coinfer.main export --workdir {workdir}`")
+      raise CheckpointError(
+        f"{path} is missing; rerun `edgeinfer coinfer export --config=... --workdir={workdir}`"
+      )
     runners.append(export_lib.make_tflite_runner(path.read_bytes()))
     names.append(r["setup"])
     is8.append(use8)
@@ -92,7 +94,9 @@ def load(workdir: str | Path, *, int8: bool = True) -> Deployment:
   )
   cpath = workdir / "distill_I-D-C_correct.npy"
   if not cpath.exists():
-    raise CheckpointError(f"{cpath} is missing; run `python -m coinfer.main distill --workdir {workdir}`")
+    raise CheckpointError(
+      f"{cpath} is missing; run `edgeinfer coinfer distill --config=... --workdir={workdir}`"
+    )
   from coinfer import compress
 
   grid = compress.make_setups(config["setups"]["channels"], config["setups"]["bits"])
@@ -166,17 +170,23 @@ def make_controller(spec: str, prof: C.Profile, stream: dict):
   )
 
 
-def make_step(dep: Deployment, decide):
+def make_step(dep: Deployment, controller: C.Controller):
+  """The device's per-frame step, and a function returning the controller's state so far."""
+  held = [controller.init()]
+
   def step(k: int, obs: dev.Observation) -> dev.Request:
     t = time.perf_counter()
-    i = int(decide(C.ControlState(k, obs.time_s, obs.backlog_bits, obs.throughputs_bps)))
+    i, held[0] = controller.update(
+      C.ControlState(k, obs.time_s, obs.backlog_bits, obs.throughputs_bps), held[0]
+    )
+    i = int(i)
     t1 = time.perf_counter()
     feeds = dep.encode(i, dep.images[k % len(dep.images)])
     return dev.Request(
       dep.models[i], feeds, "LOGITS", setup=i, device_s=time.perf_counter() - t1, control_s=t1 - t
     )
 
-  return step
+  return step, lambda: held[0]
 
 
 def stream_settings(dep: Deployment, *, fps: float | None, deadline_s: float | None) -> dict:
@@ -210,17 +220,17 @@ def run(
   # the controller's own decision time runs before the device part: plan with both
   probe = make_controller(controller, prof, stream)
   state = C.ControlState(0, 0.0, 0.0, (float(np.median(prof.bits)) * stream["fps"],))
-  t_ctl = []
+  t_ctl, probe_state = [], probe.init()
   for _ in range(5):
     t = time.perf_counter()
-    probe(state)
+    _, probe_state = probe.update(state, probe_state)
     t_ctl.append(time.perf_counter() - t)
   prof = dataclasses.replace(prof, t_dev=prof.t_dev + float(np.median(t_ctl)))
-  decide = make_controller(controller, prof, stream)
+  step, controller_state = make_step(dep, make_controller(controller, prof, stream))
   pacer = link_lib.Pacer(trace) if link == "pacer" else None
   results = dev.run_stream(
     client,
-    make_step(dep, decide),
+    step,
     frames=frames,
     fps=stream["fps"],
     deadline_s=stream["deadline_s"],
@@ -241,7 +251,7 @@ def run(
     timely_accuracy=float(((pred == labels) & ok).mean()),
     expected_accuracy=float(prof.accuracy[[r.setup for r in results]].mean()),
     reconnects=client.reconnects,
-    fallbacks=int(getattr(decide, "stats", {}).get("fallbacks", 0)),
+    fallbacks=int(controller_state().fallbacks),
   )
   overhead = [
     r.latency_s - r.wait_s - r.control_s - r.device_s - r.link_s - r.server_s

@@ -58,7 +58,7 @@ def split_fns(ctx: T.Context, variables: dict, index: int):
     return model.apply(v, z, train=False, method=lambda m, *a, **k: m.server(*a, **k))[0]
 
   def full_fn(x):
-    return model.apply(v, T._prep(ctx, x), c, b, train=False)[0]
+    return model.apply(v, T.prep(ctx, x), c, b, train=False)[0]
 
   return device_fn, server_fn, full_fn
 
@@ -161,6 +161,4 @@ def export_all(ctx: T.Context, variables: dict, workdir: Path) -> dict:
         ram_bytes=micro.target_ram_bytes(cfg, "export.target_ram_bytes"),
       )
     )
-  out = {"setups": results}
-  T.save_json(workdir, "export", out)
-  return out
+  return {"setups": results}

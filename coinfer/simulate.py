@@ -9,16 +9,30 @@ images, cycled) or, without one, a Bernoulli draw with the setup's accuracy.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
 
+from coinfer import compress
+from coinfer import controller as C
 from coinfer.controller import ControlState, Profile
 from coinfer.traces import Trace
 
 
+def controllers(prof: Profile, trace: Trace, s) -> dict:
+  """The controllers of the simulate step, from the config's `stream` section `s`."""
+  front = compress.pareto_front(prof.bits, prof.accuracy, prof.t_dev + prof.t_srv)
+  return {
+    "mpc": C.make_mpc(
+      prof, s.horizon, fps=s.fps, deadline_s=s.deadline_s, history=s.history, margin=s.margin, method=s.method
+    ),
+    "fixed": C.make_fixed(front[len(front) // 2]),
+    "rate": C.make_rate_based(prof, fps=s.fps, history=s.history),
+    "buffer": C.make_buffer_based(prof, deadline_s=s.deadline_s, history=s.history),
+    "oracle": C.make_oracle(prof, trace, fps=s.fps, deadline_s=s.deadline_s),
+  }
+
+
 def run(
-  controller: Callable[[ControlState], int],
+  controller: C.Controller,
   trace: Trace,
   *,
   profile: Profile,
@@ -32,7 +46,7 @@ def run(
   """Runs `frames` frames and returns per-frame arrays and the summary.
 
   Args:
-    controller: `decide(ControlState) -> setup index`.
+    controller: a Controller; its state is threaded through the frames.
     trace: the uplink bandwidth.
     profile: payload bits, accuracy and compute times per setup.
     correct: optional [S, N] bool, frame k of setup s is correct iff correct[s, k % N].
@@ -41,7 +55,8 @@ def run(
   Returns:
     {"setup", "latency_s", "met", "correct"} arrays and "summary": accuracy (correct),
     expected_accuracy (mean accuracy of the chosen setups, free of sampling noise),
-    timely_accuracy (correct and on time), deadline_miss_rate, mean and p95 latency.
+    timely_accuracy (correct and on time), deadline_miss_rate, mean and p95 latency, and the
+    controller's fallbacks; "controller_state": its final state.
   """
   rng = np.random.default_rng(seed)
   dt = 1.0 / fps
@@ -50,6 +65,7 @@ def run(
   done: list[tuple[float, float]] = []  # (finish time, throughput) of transfers
   inflight: list[tuple[float, float, float]] = []  # (start, end, bits)
   out = {k: np.zeros(frames) for k in ("setup", "latency_s", "met", "correct")}
+  ctl_state = controller.init()
   for k in range(frames):
     now = k * dt
     backlog = sum(bits - trace_bits(trace, s, now) for s, e, bits in inflight if e > now and s < now)
@@ -57,7 +73,8 @@ def run(
     inflight = [f for f in inflight if f[1] > now]
     seen = tuple(tp for t, tp in done if t <= now)[-history:]
     state = ControlState(k, now, float(max(backlog, 0.0)), seen, link_free)
-    i = int(controller(state))
+    i, ctl_state = controller.update(state, ctl_state)
+    i = int(i)
     ready = max(now, device_free) + profile.t_dev[i]
     device_free = ready
     start = max(ready, link_free)
@@ -81,8 +98,9 @@ def run(
     "deadline_miss_rate": float(1.0 - out["met"].mean()),
     "mean_latency_s": float(lat.mean()),
     "p95_latency_s": float(np.percentile(lat, 95)),
-    "fallbacks": int(getattr(controller, "stats", {}).get("fallbacks", 0)),
+    "fallbacks": int(ctl_state.fallbacks),
   }
+  out["controller_state"] = ctl_state
   return out
 
 
@@ -90,7 +108,7 @@ def trace_bits(trace: Trace, start_s: float, until_s: float) -> float:
   """Bits the link delivers between start_s and until_s (numeric integral of the piecewise rate)."""
   if until_s <= start_s:
     return 0.0
-  starts, ends, rates = trace._segments()
+  starts, ends, rates = trace.segments()
   total, t = 0.0, start_s
   while t < until_s:
     local = t % trace.period_s

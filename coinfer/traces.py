@@ -36,13 +36,14 @@ class Trace:
     if np.any(~np.isfinite(r)) or np.any(r < 0) or r.max() <= 0:
       raise DataError(f"trace {self.name!r}: rates must be finite, >= 0 and not all zero")
 
-  def _segments(self):
+  def segments(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(start, end, rate) of each piece of one period."""
     ends = np.append(self.times_s[1:], self.period_s)
     return self.times_s, ends, self.rates_bps
 
   def transfer_end(self, start_s: float, bits: float) -> float:
     """When `bits` sent from `start_s` have all arrived."""
-    starts, ends, rates = self._segments()
+    starts, ends, rates = self.segments()
     per_period = float(np.sum((ends - starts) * rates))
     t = float(start_s)
     remaining = float(bits)
@@ -71,7 +72,7 @@ class Trace:
     return float(self.rates_bps[int(np.searchsorted(self.times_s, local, side="right") - 1)])
 
   def mean_bps(self) -> float:
-    starts, ends, rates = self._segments()
+    starts, ends, rates = self.segments()
     return float(np.sum((ends - starts) * rates) / self.period_s)
 
 

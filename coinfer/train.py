@@ -1,9 +1,9 @@
-"""Training of the switchable CNN: Initialization, Clustering, Distillation, individual models.
+"""Training machinery of the switchable CNN: the run context, optimiser, multi-setup train step,
+evaluation and BN re-calibration, and restoring a finished training.
 
-Every stage is a function of (config, workdir) that trains through `common.train.fit`
-(checkpoints under workdir/<stage>/ resume automatically) and writes <stage>.json.
-The multi-setup step sums the losses of the step's setups (a static loop over the K ids;
-the reference calls backward once per setup) and writes each setup's BN statistics into
+The steps that use it (Initialization, Clustering, Distillation, the individual models) are in
+`coinfer.pipeline`. The multi-setup step sums the losses of the step's setups (a static loop over
+the K ids; the reference calls backward once per setup) and writes each setup's BN statistics into
 its own row; the ids are drawn inside the jitted step, so one compile serves the whole run.
 """
 
@@ -23,11 +23,11 @@ import optax
 from coinfer import compress
 from coinfer import models as models_lib
 from common import checkpoint as ckpt
+from common import config as cfg_lib
 from common import data as data_lib
 from common import sharding
 from common import train as train_lib
-from common.errors import CheckpointError, ConfigError
-from common.report import write_json
+from common.errors import ConfigError, InfeasibleError
 
 ABLATIONS = ("I-D-C", "noI-D-C", "I-noD-C", "I-D-noC", "noI-noD-C", "I-noD-noC", "noI-D-noC", "noI-noD-noC")
 
@@ -58,15 +58,7 @@ def build(config: ml_collections.ConfigDict) -> Context:
     limit=config.data.limit,
   )
   mean, std = data_lib.channel_stats(train_ds)
-  mcfg = models_lib.ModelConfig(
-    num_classes=train_ds.num_classes,
-    width_mult=config.model.width_mult,
-    settings=tuple(tuple(r) for r in config.model.settings),
-    last_channels=config.model.last_channels,
-    stem_channels=max(config.setups.channels),
-    stride_cap=config.model.stride_cap,
-    per_sample_quant=config.model.per_sample_quant,
-  )
+  mcfg = model_config(config, train_ds.num_classes)
   setups = compress.make_setups(config.setups.channels, config.setups.bits)
   arr = compress.setups_array(setups)
   train_ids = np.asarray([i for i, s in enumerate(setups) if s.bits in config.setups.train_bits], np.int32)
@@ -94,6 +86,13 @@ def build(config: ml_collections.ConfigDict) -> Context:
   )
 
 
+def model_config(config: ml_collections.ConfigDict, num_classes: int) -> models_lib.ModelConfig:
+  """`config.model` as the frozen ModelConfig, with what the data and the setups fix."""
+  section = dict(config.model.to_dict(), settings=tuple(tuple(r) for r in config.model.settings))
+  section.update(num_classes=num_classes, stem_channels=max(config.setups.channels))
+  return cfg_lib.to_dataclass(models_lib.ModelConfig, section, "model")
+
+
 def make_tx(config: ml_collections.ConfigDict, total_steps: int, lr: float) -> optax.GradientTransformation:
   """SGD with Nesterov momentum (the reference) or Adam, with linear decay to zero."""
   schedule = optax.linear_schedule(lr, 0.0, max(total_steps, 1))
@@ -118,7 +117,8 @@ def init_state(ctx: Context, tx, key) -> train_lib.TrainState:
   return state.replace(batch_stats=models_lib.stack_stats(state.batch_stats, len(ctx.setups)))
 
 
-def _prep(ctx: Context, x):
+def prep(ctx: Context, x):
+  """Images as the model takes them: float32, normalised with the training set's channel statistics."""
   return data_lib.normalize(jnp.asarray(x, jnp.float32), ctx.mean, ctx.std)
 
 
@@ -176,7 +176,7 @@ def make_train_step(
   @sharding.jit_step
   def train_step(state: train_lib.TrainState, batch: dict, rng: jax.Array, ids: jax.Array | None = None):
     k_aug, k_ids = jax.random.split(rng)
-    x = _prep(ctx, batch["image"])
+    x = prep(ctx, batch["image"])
     if augment:
       x = data_lib.augment(k_aug, x, flip=False, pad=2)
     soft = None
@@ -222,7 +222,7 @@ def make_eval_fn(ctx: Context, batch_size: int = 128, chunk: int = 10):
       padded = jnp.asarray(np.concatenate([part, np.full(width - len(part), part[0], np.int32)]))
       out = []
       for batch in data_lib.batches(ctx.test_ds, batch_size, drop_last=False):
-        logits = logits_fn(params, stacked, padded, _prep(ctx, batch["image"]))
+        logits = logits_fn(params, stacked, padded, prep(ctx, batch["image"]))
         pred = np.asarray(jnp.argmax(logits, -1))[: len(part)]
         n = int(batch["mask"].sum())
         out.append(pred[:, :n] == batch["label"][None, :n])
@@ -255,10 +255,72 @@ def calibrate_bn(ctx: Context, params, stacked, ids, *, batches: int, batch_size
   bs = min(batch_size, len(ctx.train_ds))
   data = list(data_lib.batches(ctx.train_ds, bs, key=jax.random.key(0)))[:batches]
   for idx in np.asarray(ids):
-    rows = [stats_of(params, stacked, int(idx), _prep(ctx, b["image"])) for b in data]
+    rows = [stats_of(params, stacked, int(idx), prep(ctx, b["image"])) for b in data]
     mean_row = jax.tree.map(lambda *r: jnp.mean(jnp.stack(r), 0), *rows)
     stacked = models_lib.update_stats(stacked, int(idx), mean_row)
   return stacked
+
+
+# ---------------------------------------------------------------- clustering
+
+
+def gradient_similarity(ctx: Context, teacher: dict, steps: int) -> np.ndarray:
+  """Per training setup, the cosine similarity of the gradient of the server's first projection
+  filter with that of the largest setup, summed over `steps` training batches (the clustering
+  feature)."""
+  arr = jnp.asarray(ctx.setups_arr)
+  ids = jnp.asarray(ctx.train_ids)
+
+  @jax.jit
+  def similarities(x, labels):
+    def filter_grad(idx):
+      def loss_fn(p):
+        v = {"params": p, "batch_stats": teacher["batch_stats"]}
+        (logits, _), _ = ctx.model.apply(v, x, arr[idx, 0], arr[idx, 1], train=True, mutable=["batch_stats"])
+        return train_lib.cross_entropy(logits, labels)
+
+      g = jax.grad(loss_fn)(teacher["params"])
+      return g["server"]["block1_project"]["kernel"][0, 0, :, 0]
+
+    g = jax.lax.map(filter_grad, ids)  # [S_train, 32]
+    ref = filter_grad(jnp.int32(ctx.largest))
+    return g @ ref / (jnp.linalg.norm(g, axis=1) * jnp.linalg.norm(ref) + 1e-12)
+
+  bs = min(ctx.config.train.batch_size, len(ctx.train_ds))
+  key = jax.random.fold_in(jax.random.key(ctx.config.seed), 2)
+  feature = np.zeros(len(ctx.train_ids))
+  for i, batch in enumerate(data_lib.batches(ctx.train_ds, bs, key=key)):
+    if i >= steps:
+      break
+    feature += np.asarray(similarities(prep(ctx, batch["image"]), batch["label"]))
+  return feature
+
+
+def search_eps(values: np.ndarray, num_clusters: int) -> tuple[float, np.ndarray]:
+  """eps for 1-D DBSCAN(min_samples=1) giving exactly `num_clusters` clusters, and the labels.
+
+  With min_samples=1 the clusters are the runs of sorted values whose gaps are <= eps, so
+  the count falls as eps crosses each gap: eps halfway between the (k-1)-th and k-th largest
+  gaps gives k clusters. The result is checked with scikit-learn's DBSCAN.
+  """
+  from sklearn.cluster import DBSCAN
+
+  v = np.sort(np.asarray(values, float).ravel())
+  gaps = np.sort(np.diff(v))[::-1]
+  distinct = int((gaps > 0).sum()) + 1
+  if not 1 <= num_clusters <= distinct:
+    raise InfeasibleError(
+      f"cannot form {num_clusters} clusters from {distinct} distinct feature values; "
+      f"set config.cluster.num_clusters in [1, {distinct}]"
+    )
+  hi = gaps[num_clusters - 2] if num_clusters >= 2 else (v[-1] - v[0]) * 2 + 1.0
+  lo = gaps[num_clusters - 1] if num_clusters - 1 < len(gaps) else 0.0
+  eps = float((hi + lo) / 2) if hi > lo else float(hi)
+  eps = max(eps, 1e-12)
+  labels = DBSCAN(eps=eps, min_samples=1).fit(np.asarray(values, float).reshape(-1, 1)).labels_
+  if len(set(labels)) != num_clusters:
+    raise InfeasibleError(f"DBSCAN found {len(set(labels))} clusters at eps={eps}, not {num_clusters}")
+  return eps, labels
 
 
 # ---------------------------------------------------------------- state I/O
@@ -280,22 +342,8 @@ def total_steps(loop: train_lib.LoopConfig, n: int) -> int:
   return min(t, loop.max_steps) if loop.max_steps else t
 
 
-def restore_stage(ctx: Context, workdir: Path, stage: str, like) -> Any:
-  """The final state of a finished stage in workdir/<stage>/."""
-  directory = Path(workdir) / stage
-  if not directory.exists():
-    raise CheckpointError(
-      f"stage {stage!r} has not run in {workdir}; run `python -m coinfer.main {stage}` first"
-    )
-  manager = ckpt.make_manager(directory)
-  try:
-    state, step = ckpt.restore_latest(manager, like)
-  finally:
-    manager.close()
-  if step is None:
-    raise CheckpointError(f"no checkpoint of stage {stage!r} in {directory}; rerun that stage")
-  return state
-
-
-def save_json(workdir: Path, name: str, obj: dict) -> Path:
-  return write_json(Path(workdir) / f"{name}.json", obj)
+def teacher(ctx: Context, workdir: Path) -> dict:
+  """The finished initialization model: {"params", "batch_stats"} of the teacher setup."""
+  like = init_state(ctx, make_tx(ctx.config, 1, ctx.config.init.lr), jax.random.key(0))
+  state = ckpt.restore_finished(Path(workdir) / "init", like, run_first="edgeinfer coinfer init")
+  return {"params": state.params, "batch_stats": models_lib.select_stats(state.batch_stats, ctx.teacher_id)}

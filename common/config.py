@@ -9,9 +9,7 @@ value and what is allowed, e.g.::
 
 from __future__ import annotations
 
-import ast
 import dataclasses
-import json
 import math
 from collections.abc import Iterable
 from typing import Any
@@ -30,36 +28,6 @@ def get(config: ml_collections.ConfigDict, key: str) -> Any:
     except (KeyError, AttributeError, TypeError):
       raise ConfigError(f"config.{key} is missing") from None
   return node
-
-
-def apply_overrides(config: ml_collections.ConfigDict, items: Iterable[str]) -> ml_collections.ConfigDict:
-  """Sets `KEY=VALUE` items (dotted keys, as a CLI's `--set`) on an unlocked config, in place.
-
-  VALUE is read as a Python literal, else as JSON (`true`, `null`), else kept as a string; the
-  config's own type checks apply. An unknown key or a value of the wrong type is a `ConfigError`.
-  """
-  for item in items:
-    key, sep, text = item.partition("=")
-    if not sep or not key:
-      raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set train.num_epochs=4")
-    try:
-      value = ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-      try:
-        value = json.loads(text)
-      except ValueError:
-        value = text
-    parent, _, leaf = key.rpartition(".")
-    node = get(config, parent) if parent else config
-    try:
-      if leaf not in node:
-        raise KeyError(leaf)
-      setattr(node, leaf, value)
-    except (KeyError, AttributeError) as e:
-      raise ConfigError(f"--set {item!r}: the config has no key {key!r}") from e
-    except TypeError as e:
-      raise ConfigError(f"--set {item!r}: {e}") from e
-  return config
 
 
 def _fmt_range(lo, hi, lo_open, hi_open) -> str:

@@ -22,7 +22,6 @@ import numpy as np
 from common.errors import DataError
 
 DIGITS_SPLIT_SEED = 0
-TFDS_NAMES = ("cifar10", "cifar100", "svhn_cropped", "fashion_mnist", "mnist")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,11 +52,14 @@ class Dataset:
     return dataclasses.replace(self, images=self.images[:n], labels=self.labels[:n])
 
 
-def _resize_np(images: np.ndarray, size: int) -> np.ndarray:
+def resize_np(images: np.ndarray, size: int) -> np.ndarray:
   """Bilinear resize of [N, H, W, C] images to [N, size, size, C]."""
   n, _, _, c = images.shape
   out = jax.image.resize(jnp.asarray(images), (n, size, size, c), method="bilinear")
   return np.asarray(out, dtype=np.float32)
+
+
+_resize_np = resize_np  # the name of earlier callers
 
 
 def load_digits(image_size: int = 32, test_fraction: float = 0.2) -> tuple[Dataset, Dataset]:
@@ -73,25 +75,32 @@ def load_digits(image_size: int = 32, test_fraction: float = 0.2) -> tuple[Datas
     idx, test_size=test_fraction, stratify=labels, random_state=DIGITS_SPLIT_SEED
   )
   tr_idx, te_idx = np.sort(tr_idx), np.sort(te_idx)
-  resized = np.clip(_resize_np(images, image_size), 0.0, 1.0)
+  resized = np.clip(resize_np(images, image_size), 0.0, 1.0)
   rgb = np.repeat(resized, 3, axis=-1)
   train = Dataset(rgb[tr_idx], labels[tr_idx], 10, "digits")
   test = Dataset(rgb[te_idx], labels[te_idx], 10, "digits")
   return train, test
 
 
-def _how_to_prepare(name: str, data_dir: str | None) -> str:
+def how_to_prepare(name: str, data_dir: str | None) -> str:
+  """The DataError message for a TFDS data set that is not prepared in `data_dir`."""
   where = data_dir or os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets"
   return (
     f"data set {name!r} is not prepared in {where}. Prepare it on a machine with network "
     f'access with `python -c "import tensorflow_datasets as tfds; '
     f"tfds.builder('{name}', data_dir='{where}').download_and_prepare()\"` "
-    f"and copy the folder here, or pass --data_dir pointing at a prepared copy; "
+    f"and copy the folder here, or pass --config.data_dir (or data.data_dir) pointing at a prepared copy; "
     f"use name='digits' for the embedded data set that needs no download."
   )
 
 
-def _tfds_split(name: str, split: str, data_dir: str | None, limit: int | None):
+def tfds_examples(name: str, split: str, data_dir: str | None, limit: int | None) -> tuple[list, list, int]:
+  """(inputs, labels, number of classes) of the first `limit` examples of a prepared TFDS split.
+
+  Raises:
+    DataError: the data set is unknown, not prepared in `data_dir` (the message says how to
+      prepare it), or the split is empty.
+  """
   import tensorflow_datasets as tfds
 
   from common.tfutil import hide_gpus_from_tf
@@ -104,28 +113,41 @@ def _tfds_split(name: str, split: str, data_dir: str | None, limit: int | None):
   try:
     ds = builder.as_dataset(split=split, as_supervised=True, shuffle_files=False)
   except AssertionError:
-    raise DataError(_how_to_prepare(name, data_dir)) from None
+    raise DataError(how_to_prepare(name, data_dir)) from None
   except Exception as e:  # noqa: BLE001 - TFDS raises many types for missing data
     if "download_and_prepare" in str(e) or "not found" in str(e).lower():
-      raise DataError(_how_to_prepare(name, data_dir)) from None
+      raise DataError(how_to_prepare(name, data_dir)) from None
     raise
   num_classes = builder.info.features["label"].num_classes
-  images, labels = [], []
+  inputs, labels = first_examples(ds, limit)
+  if not inputs:
+    raise DataError(f"data set {name!r} split {split!r} is empty in {data_dir}")
+  return inputs, labels, int(num_classes)
+
+
+def first_examples(ds, limit: int | None) -> tuple[list, list]:
+  """(inputs, labels) as numpy of the first `limit` (None: all) (input, label) pairs of a tf.data set."""
+  import tensorflow_datasets as tfds
+
+  inputs, labels = [], []
   # Iterate (batch_size=-1 aborts under tfds.testing.mock_data).
-  for i, (img, lab) in enumerate(tfds.as_numpy(ds)):
+  for i, (x, y) in enumerate(tfds.as_numpy(ds)):
     if limit is not None and i >= limit:
       break
-    images.append(img)
-    labels.append(lab)
-  if not images:
-    raise DataError(f"data set {name!r} split {split!r} is empty in {data_dir}")
+    inputs.append(x)
+    labels.append(y)
+  return inputs, labels
+
+
+def _tfds_split(name: str, split: str, data_dir: str | None, limit: int | None):
+  images, labels, num_classes = tfds_examples(name, split, data_dir, limit)
   x = np.stack(images)
   if x.dtype == np.uint8:
     x = x.astype(np.float32) / 255.0
   x = x.astype(np.float32)
   if x.ndim == 3:
     x = x[..., None]
-  return x, np.asarray(labels, dtype=np.int32), int(num_classes)
+  return x, np.asarray(labels, dtype=np.int32), num_classes
 
 
 def load(
@@ -159,7 +181,7 @@ def load(
   out = []
   for x, y in ((x_tr, y_tr), (x_te, y_te)):
     if image_size is not None and x.shape[1] != image_size:
-      x = _resize_np(x, image_size)
+      x = resize_np(x, image_size)
     if channels == 3 and x.shape[-1] == 1:
       x = np.repeat(x, 3, axis=-1)
     out.append(Dataset(x, y, k, name))
@@ -218,9 +240,6 @@ def batches(
 
 
 # ---------------------------------------------------------------- transforms
-
-CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR_STD = (0.2470, 0.2435, 0.2616)
 
 
 def channel_stats(ds: Dataset) -> tuple[np.ndarray, np.ndarray]:

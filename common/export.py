@@ -105,12 +105,16 @@ class TensorInfo:
   zero_point: int
 
 
-def _interpreter(tflite_bytes: bytes, num_threads: int = 1):
+def interpreter(tflite_bytes: bytes, num_threads: int = 1):
+  """A LiteRT interpreter of a flatbuffer, its tensors allocated."""
   from ai_edge_litert.interpreter import Interpreter
 
   interp = Interpreter(model_content=tflite_bytes, num_threads=num_threads)
   interp.allocate_tensors()
   return interp
+
+
+_interpreter = interpreter  # the name this module's functions use
 
 
 def tflite_io(tflite_bytes: bytes) -> tuple[list[TensorInfo], list[TensorInfo]]:

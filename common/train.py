@@ -224,6 +224,7 @@ def fit(
   evaluate: Callable[[Any], Mapping[str, float]] | None = None,
   checkpoint_subdir: str = "checkpoints",
   show_progress: bool = True,
+  tags: Mapping[str, Any] | None = None,
 ) -> tuple[Any, list[dict[str, Any]]]:
   """Trains `state` and returns (final state, eval history).
 
@@ -238,6 +239,8 @@ def fit(
     evaluate: `state -> {name: float}`, run every `loop.eval_every` steps and at the end.
     checkpoint_subdir: lets one workdir hold several stages.
     show_progress: draw a tqdm bar.
+    tags: entries added to every row this call writes to metrics.jsonl (e.g. {"stage": "init"}),
+      so rows of several trainings in one workdir can be told apart.
 
   With several devices the state is replicated over them and `train_step`
   (built with `common.sharding.jit_step`) shards each batch; with several
@@ -251,6 +254,7 @@ def fit(
   """
   workdir = Path(workdir)
   writer = MetricsWriter(workdir)
+  tags = dict(tags or {})
   devices, processes = jax.device_count(), jax.process_count()
   if devices > 1:
     sharding.check_batch(loop.batch_size)
@@ -285,7 +289,13 @@ def fit(
     means = {k: float(np.mean([np.asarray(m[k]).mean() for m in host])) for k in host[0]}
     _check_finite(step_now, means)
     writer.write(
-      step_now, means, split="train", devices=devices, processes=processes, examples_per_s=round(rate, 2)
+      step_now,
+      means,
+      split="train",
+      devices=devices,
+      processes=processes,
+      examples_per_s=round(rate, 2),
+      **tags,
     )
     bar.set_postfix({k: f"{v:.4g}" for k, v in list(means.items())[:3]})
     pending.clear()
@@ -295,7 +305,7 @@ def fit(
     if evaluate is None:
       return
     metrics = dict(evaluate(state))
-    writer.write(step_now, metrics, split="eval")
+    writer.write(step_now, metrics, split="eval", **tags)
     history.append({"step": step_now, **metrics})
 
   try:

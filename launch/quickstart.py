@@ -70,13 +70,14 @@ def _run(config) -> int:
 def _main(argv: list[str]) -> int:
   from common.errors import ConfigError
 
-  rest, config = app.parse_command(argv, DEFAULT_CONFIG)
+  default = DEFAULT_CONFIG + (":fast" if "--fast" in argv else "")  # the common stage's fast variant
+  rest, config = app.parse_command(argv, default)
   if len(rest) > 1:
     raise ConfigError(f"unexpected arguments: {rest[1:]} (edgeinfer quickstart --help)")
   from launch.stages.common import validate
 
   validate(config)  # the common stage's config, before any stage runs
-  from launch.xla_cpu import set_cpu_flags
+  from common.xla_cpu import set_cpu_flags
 
   set_cpu_flags()  # before JAX starts its backend
 

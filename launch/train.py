@@ -1,10 +1,10 @@
 """Run any technique's `main` on CPU, one GPU, a TPU, or several hosts.
 
-    python -m launch.train agile -- --config agile/configs/quick.py --workdir runs/agile
-    python -m launch.train coinfer --platform gpu -- init --config coinfer/configs/quick.py --workdir runs/c
+    python -m launch.train agile -- all --config=agile/configs/quick.py --workdir=runs/agile
+    python -m launch.train coinfer --platform gpu -- init --config=coinfer/configs/quick.py --workdir=runs/c
     python -m launch.train subnets --multihost -- finetune --config ... --workdir ...
 
-Everything after `--` goes to `python -m <technique>.main` unchanged.
+Everything after `--` goes to `python -m <technique>.main` (`edgeinfer <technique>`) unchanged.
 
 --platform picks JAX's backend (cpu, gpu, tpu; default: whatever JAX finds).
 Every trainer runs data parallel over all visible devices (`common.sharding`:
@@ -75,7 +75,7 @@ def start_multihost(multihost: bool, coordinator: str | None, num_processes, pro
 
 def main(argv: list[str] | None = None) -> None:
   args, rest = parse(sys.argv[1:] if argv is None else argv)
-  from launch.xla_cpu import set_cpu_flags
+  from common.xla_cpu import set_cpu_flags
 
   set_cpu_flags()  # before JAX starts its backend
   if args.platform:

@@ -14,7 +14,6 @@ the metric-sorted images.
 from __future__ import annotations
 
 import os
-import zipfile
 from pathlib import Path
 from typing import NamedTuple
 
@@ -85,14 +84,12 @@ def validate(arrays: dict[str, np.ndarray], source: str = "metrics file") -> dic
 
 def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
   """Reads and validates a metrics npz file (raises DataError on anything malformed)."""
+  from common import safeio
+
   path = Path(path)
   if not path.exists():
-    raise DataError(f"metrics file {path} does not exist; pass a valid --config.metrics_file")
-  try:
-    with np.load(path, allow_pickle=False) as f:
-      arrays = {k: f[k] for k in f.files}
-  except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
-    raise DataError(f"cannot read {path} as an npz file: {e}") from None
+    raise DataError(f"metrics file {path} does not exist; pass a valid --config.metrics.file")
+  arrays = safeio.load_npz(path, what="metrics file")
   return validate(arrays, source=str(path))
 
 

@@ -42,6 +42,10 @@ def validate(c: ml_collections.ConfigDict) -> None:
   cfg_lib.check_choice(c, "metrics.source", ["digits", "npz", "synthetic"])
   if c.metrics.source == "npz" and not c.metrics.file:
     raise ConfigError("config.metrics.file is empty: source 'npz' needs the path of a metrics npz file")
+  if c.metrics.source == "npz":  # the file is read (and refused) before anything is written
+    from offload import data as odata
+
+    odata.validate(odata.load_npz(c.metrics.file), str(c.metrics.file))
   cfg_lib.check_range(c, "metrics.fold", 0, integer=True)
   cfg_lib.check_choice(c, "metrics.cost", list(om.COSTS))
   cfg_lib.check_range(c, "metrics.classifiers.classifier_fraction", 0.05, 0.95)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import numpy as np
 
 from common import data as data_lib
-from common.errors import DataError
 
 SAMPLE_RATE = 16_000
 WINDOW, STRIDE, FFT = 640, 320, 1024
@@ -42,34 +41,17 @@ def mfcc(audio_BT: np.ndarray) -> np.ndarray:
   return coeffs.numpy()[..., None].astype(np.float32)
 
 
-def _split(name: str, split: str, data_dir: str | None, limit: int | None):
-  import tensorflow_datasets as tfds
-
-  try:
-    builder = tfds.builder(name, data_dir=data_dir)
-    ds = builder.as_dataset(split=split, as_supervised=True, shuffle_files=False)
-  except AssertionError:
-    raise DataError(data_lib._how_to_prepare(name, data_dir)) from None
-  except Exception as e:  # noqa: BLE001 - TFDS raises many types for missing data
-    if "download_and_prepare" in str(e) or "not found" in str(e).lower():
-      raise DataError(data_lib._how_to_prepare(name, data_dir)) from None
-    raise
-  clips, labels = [], []
-  for i, (a, y) in enumerate(tfds.as_numpy(ds)):  # iterate: batch_size=-1 aborts under mock_data
-    if limit is not None and i >= limit:
-      break
+def mfcc_split(name: str, split: str, data_dir: str | None, limit: int | None) -> data_lib.Dataset:
+  """The MFCC data set of one split of a TFDS audio set (clips padded or cut to 1 s)."""
+  audio, labels, k = data_lib.tfds_examples(name, split, data_dir, limit)
+  clips = []
+  for a in audio:
     a = np.asarray(a).reshape(-1)[:SAMPLE_RATE]
     clips.append(np.pad(a, (0, SAMPLE_RATE - a.shape[0])))
-    labels.append(int(y))
-  if not clips:
-    raise DataError(f"{name} split {split!r} is empty in {data_dir}")
   feats = np.concatenate([mfcc(np.stack(clips[i : i + 512])) for i in range(0, len(clips), 512)])
-  k = builder.info.features["label"].num_classes
-  return data_lib.Dataset(feats, np.asarray(labels, np.int32), int(k), name)
+  return data_lib.Dataset(feats, np.asarray([int(y) for y in labels], np.int32), k, name)
 
 
 def load_speech_commands(data_dir: str | None = None, limit: int | None = None):
   """(train, test) MFCC data sets of TFDS speech_commands."""
-  return _split("speech_commands", "train", data_dir, limit), _split(
-    "speech_commands", "test", data_dir, limit
-  )
+  return tuple(mfcc_split("speech_commands", split, data_dir, limit) for split in ("train", "test"))

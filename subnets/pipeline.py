@@ -25,7 +25,7 @@ from common import config as cfg_lib
 from common import data as data_lib
 from common import report as report_lib
 from common.errors import DataError
-from subnets import bnstats, knapsack, models, surgery
+from subnets import bnstats, knapsack, losses, models, surgery
 from subnets import train as train_lib
 from subnets.report import write_report
 
@@ -58,7 +58,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   cfg_lib.check_range(config, "finetune.bn_lr", 0.0, 10.0, lo_open=True)
   cfg_lib.check_choice(config, "finetune.bn_stats", bnstats.BN_STATS)
   cfg_lib.check_range(config, "finetune.bn_batches", 1, 1_000_000, integer=True)
-  cfg_lib.check_choice(config, "finetune.loss_weights", train_lib.LOSS_WEIGHTS)
+  cfg_lib.check_choice(config, "finetune.loss_weights", losses.LOSS_WEIGHTS)
   cfg_lib.check_range(config, "importance.num_batches", 1, 1_000_000, integer=True)
   budgets = list(config.knapsack.budgets)
   if not budgets or any(not 0 < b < 1 for b in budgets) or budgets != sorted(budgets):
@@ -93,7 +93,7 @@ def model_config(config, num_classes: int) -> models.ModelConfig:
   if m.get("activation"):
     over["activation"] = m.activation
   if m.preset == "custom":
-    return models.ModelConfig(num_classes=num_classes, **over)
+    return cfg_lib.to_dataclass(models.ModelConfig, {"num_classes": num_classes, **over}, "model")
   if m.preset == "mobilenet_v1":
     over["alpha"] = m.get("alpha", 0.25)
   return models.preset(m.preset, num_classes, **over)
@@ -113,10 +113,8 @@ class Run:
   """Shared context of the steps: config, data, model config, keys, workdir."""
 
   def __init__(self, config, workdir: Path, *, show_progress: bool = True):
-    validate(config)
-    provenance.check(workdir, config, DEPS)  # before anything is written
+    """`config` is validated and `workdir` checked and stamped (the app does it; `run_step` too)."""
     self.config, self.workdir, self.show = config, Path(workdir), show_progress
-    cli.save_config(config, self.workdir)
     self.train_ds, self.test_ds = load_data(config)
     self.mean, self.std = data_lib.channel_stats(self.train_ds)
     self.mcfg = model_config(config, self.train_ds.num_classes)
@@ -264,7 +262,7 @@ def step_finetune(run: Run) -> dict:
     row = {
       "widths": widths, "macs": ks["methods"][method]["macs"], "accuracy_before": before,
       "accuracy_stage1": acc1, "accuracy": acc2,
-      "loss_weights": train_lib.loss_weights(run.mcfg, widths, run.shape, c.finetune.loss_weights).tolist(),
+      "loss_weights": losses.loss_weights(run.mcfg, widths, run.shape, c.finetune.loss_weights).tolist(),
     }  # fmt: skip
     if per_subnet:
       stats = bnstats.recalibrate(
@@ -359,5 +357,8 @@ def preflight(config, workdir: Path) -> None:
 
 def run_step(name: str, config, workdir, *, show_progress: bool = True) -> dict:
   """Runs one step (and what it needs), then rewrites report.md."""
+  validate(config)
+  preflight(config, Path(workdir))  # before anything is written
+  cli.save_config(config, Path(workdir))
   run = Run(config, Path(workdir), show_progress=show_progress)
   return STEPS[name].fn(run)

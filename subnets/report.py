@@ -16,10 +16,6 @@ NAMES = {"reds": "REDS (|W*G| + knapsack)", "uniform": "uniform width (slimmable
          "magnitude": "magnitude + knapsack", "random": "random + knapsack", "scratch": "each width from scratch"}  # fmt: skip
 
 
-def _load(run, name):
-  return safeio.load_json_if_present(run.path(name))
-
-
 def write_report(run) -> None:
   c = run.config
   rep = report_lib.Report(f"REDS nested subnetworks: {run.mcfg.kind} on {c.data.name}", run.workdir)
@@ -28,7 +24,9 @@ def write_report(run) -> None:
     f"{len(run.train_ds)} training / {len(run.test_ds)} test examples. Dense MACs "
     f"{run.costs.macs(run.mcfg.widths):.0f}. Budgets {list(c.knapsack.budgets)} of the width-dependent MACs."
   )
-  ks, ft, exp = _load(run, "knapsack.json"), _load(run, "finetune.json"), _load(run, "export.json")
+  ks, ft, exp = (
+    safeio.load_json_if_present(run.path(n)) for n in ("knapsack.json", "finetune.json", "export.json")
+  )
   if ks:
     rep.heading("Knapsack (CVXPY + HiGHS, nested bottom-up)")
     m = ks["methods"]["reds"]

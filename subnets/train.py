@@ -27,6 +27,7 @@ import optax
 from common import classifier, sharding
 from common import data as data_lib
 from common import train as train_lib
+from subnets import losses as losses_lib
 from subnets import models, surgery
 
 
@@ -40,7 +41,7 @@ class TrainConfig:
   max_steps: int = 0
 
 
-def _loop(tc: TrainConfig, n: int, desc: str) -> train_lib.LoopConfig:
+def _loop(tc: TrainConfig, desc: str) -> train_lib.LoopConfig:
   return train_lib.LoopConfig(
     num_epochs=tc.epochs,
     batch_size=tc.batch_size,
@@ -79,7 +80,7 @@ def train_dense(
     state,
     train_step,
     train_ds,
-    _loop(tc, len(train_ds), desc),
+    _loop(tc, desc),
     key=fit_key,
     workdir=workdir,
     evaluate=lambda s: train_lib.evaluate_batches(eval_step, s, test_ds, 256),
@@ -127,23 +128,6 @@ def accumulate_grads(
   return total
 
 
-LOSS_WEIGHTS = ("sqrt_params", "equal")
-
-
-def loss_weights(
-  mcfg: models.ModelConfig, widths_list: Sequence[Sequence[int]], image_shape, kind: str = "sqrt_params"
-) -> np.ndarray:
-  """pi_k = sqrt(p_k) / sum_j sqrt(p_j), p_k the non-BN parameter fraction of subnetwork k ("sqrt_params",
-  the original's); or 1 / K each ("equal")."""
-  if kind == "equal":
-    return np.full(len(widths_list), 1.0 / len(widths_list))
-  dense = models.param_count(mcfg, image_shape, include_bn=False)
-  p = np.asarray(
-    [models.param_count(mcfg.with_widths(w), image_shape, include_bn=False) / dense for w in widths_list]
-  )
-  return np.sqrt(p) / np.sqrt(p).sum()
-
-
 def _labels(params, part: str):
   """'train' / 'freeze' per leaf: part='weights' freezes BN, part='bn' freezes all but BN."""
 
@@ -183,8 +167,7 @@ def make_joint_steps(mcfg, widths_list, tx, *, mean, std, pis, augment: bool, bn
 
     def loss_fn(params):
       logits = all_logits({"params": params, "batch_stats": state.batch_stats}, x, train=bn_batch)
-      losses = jnp.stack([train_lib.cross_entropy(lg, y) for lg in logits])
-      return jnp.sum(jnp.asarray(pis, jnp.float32) * losses), losses
+      return losses_lib.joint_loss(logits, y, pis)
 
     (loss, losses), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     state = train_lib.apply_gradients(state, grads, tx)
@@ -222,9 +205,9 @@ def finetune(
 ) -> tuple[dict, list[float]]:
   """Joint fine-tuning of all subnetworks; returns (variables, test accuracy per subnetwork).
 
-  weighting: the loss weights (`loss_weights`); bn_batch: see `make_joint_steps`.
+  weighting: the loss weights (`subnets.losses.loss_weights`); bn_batch: see `make_joint_steps`.
   """
-  pis = loss_weights(mcfg, widths_list, train_ds.image_shape, weighting)
+  pis = losses_lib.loss_weights(mcfg, widths_list, train_ds.image_shape, weighting)
   variables = jax.tree_util.tree_map(jnp.array, variables)  # the step donates its state: copy
   n_steps = max(_steps(tc, len(train_ds)), 1)
   inner = optax.adam(optax.cosine_decay_schedule(tc.lr, n_steps))
@@ -243,7 +226,7 @@ def finetune(
     state,
     train_step,
     train_ds,
-    _loop(tc, len(train_ds), desc),
+    _loop(tc, desc),
     key=key,
     workdir=workdir,
     evaluate=lambda s: evaluate(s),

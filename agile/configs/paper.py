@@ -1,15 +1,15 @@
 """The original AgileNN recipe (CIFAR-100 defaults of pittisl/AgileNN's main.py).
 
-  python -m agile.main --config agile/configs/paper.py --workdir runs/agile_paper \
-      --config.dataset=cifar100 --data_dir ~/tensorflow_datasets
+  edgeinfer agile all --config=agile/configs/paper.py --workdir=runs/agile_paper \
+      --config.dataset=cifar100 --config.data_dir=$HOME/tensorflow_datasets
 
 96x96 inputs (32x32 resized), feature extractor stride 3 -> 32x32x24, K = 5,
 8 centroids, the full MobileNetV2 remote predictor, an EfficientNetV2-S-shaped
 reference network trained here from scratch (no ImageNet weights can be
 downloaded), SGDW lr 0.1 momentum 0.9 wd 5e-4 * lr, cosine over 200 epochs,
 batch 64 (128 for cifar10), LAMBDA 0.8, RHO 0.8. A GPU job: days on a CPU.
-For imagenet200 set input_size=128, model.fe_stride=2 and --data_dir to an
-ImageFolder layout (see docs/agile.md).
+For imagenet200 set input_size=128, model.fe_stride=2 and point to an
+ImageFolder layout via --config.data_dir (see docs/agile.md).
 """
 
 from __future__ import annotations
@@ -18,9 +18,11 @@ import ml_collections
 
 from agile.configs import quick
 from agile.models import PAPER_REMOTE_SETTINGS
+from common import config as config_lib
 
 
-def get_config() -> ml_collections.ConfigDict:
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  config_lib.variant(arg, ())
   c = quick.get_config()
   c.dataset = "cifar100"
   c.input_size = 96

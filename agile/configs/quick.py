@@ -1,19 +1,31 @@
 """AgileNN on the embedded digits, small enough for 2 CPU cores.
 
-  python -m agile.main --config agile/configs/quick.py --workdir runs/agile
+  edgeinfer agile all --config=agile/configs/quick.py --workdir=runs/agile
 
-Digits (32x32) are resized to 48x48; the feature extractor's stride 3 gives a
-16x16x24 feature map; K = 5 local channels, 19 quantised to 3 bits. The
+Digits (32x32) are resized to 24x24; the feature extractor's stride 3 gives an
+8x8x24 feature map; K = 5 local channels, 19 quantised to 3 bits. The
 reference network is the small EfficientNetV2-style config. About 1-2 minutes on
 a quiet 2-core machine (reference ~20 s, AgileNN ~40 s, export ~30 s).
+
+Variants (`--config=agile/configs/quick.py:VARIANT`):
+  quickstart  the quickstart stage: 8 reference epochs, 10 AgileNN epochs
+  fast        the quickstart's smoke run (`--fast`): 256 examples, one epoch each, 64 parity images
+  smoke       the short digits run of the tests: 320 examples, 2 + 6 epochs, the hinge active throughout
+  tiny        the unit tests' model: 6 feature channels (K = 3), 4 centroids, one remote row, a
+              one-block reference network
 """
 
 from __future__ import annotations
 
 import ml_collections
 
+from common import config as config_lib
 
-def get_config() -> ml_collections.ConfigDict:
+VARIANTS = ("quickstart", "fast", "smoke", "tiny")
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  arg = config_lib.variant(arg, VARIANTS)
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.dataset = "digits"
@@ -71,4 +83,30 @@ def get_config() -> ml_collections.ConfigDict:
   c.export.parity_images = 0  # 0 = the whole test set
   # RAM of the target MCU, the most tensor arena TFLite Micro gets: STM32F746 (320 KB SRAM)
   c.export.target_ram_bytes = 320 * 1024
+
+  if arg in ("quickstart", "fast", "smoke"):
+    c.reference.epochs = 8
+    c.train.epochs = 10
+    c.train.eval_every_epochs = 5
+    c.export.parity_images = 0
+  if arg in ("fast", "smoke"):
+    c.limit = 256
+    c.reference.epochs = 1
+    c.train.epochs = 1
+    c.train.eval_every_epochs = 0
+    c.export.calibration_images = 16
+    c.export.parity_images = 64
+  if arg == "smoke":
+    c.limit = 320
+    c.reference.epochs = 2
+    c.train.epochs = 6
+    c.train.lam = 0.2
+    c.train.rho = 1.0  # the hinge stays active for the whole short run
+    c.train.channel_remapping = "none"
+    c.export.parity_images = 0  # the whole (limited) test set
+  if arg == "tiny":
+    c.input_size = 8
+    c.model.update(feature_channels=6, fe_stride=1, split_ratio=0.5, num_centroids=4, remote_settings=((1, 4, 1, 1),),
+                   remote_last_channels=8, remote_stem_channels=4, bn_momentum=0.99)  # fmt: skip
+    c.reference.update(blocks="tiny", top_channels=8, dropout=0.0)
   return c

@@ -1,15 +1,17 @@
 """Medium RTCoInfer on digits for a shared CPU: the small model trained longer, individual models
 for 8 setups spanning the residual-rate range (the accuracy-loss figures in docs/coinfer.md).
 
-  python -m coinfer.main all --config coinfer/configs/medium.py --workdir runs/coinfer_medium
+  edgeinfer coinfer all --config=coinfer/configs/medium.py --workdir=runs/coinfer_medium
 
 Runtime: about 45 minutes on 2 busy CPU cores.
 """
 
 from coinfer.configs import small
+from common.config import variant
 
 
-def get_config():
+def get_config(arg=None):
+  variant(arg, ())
   c = small.get_config()
   c.init.epochs = 20
   c.cluster.steps = 10

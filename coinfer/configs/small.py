@@ -5,23 +5,25 @@ a step) under the four ablations that keep C, and an individually trained model 
 of the 50 setups (60 epochs each, from the init): the SW-CNN's training costs 900 setup-epochs,
 the 50 individual models 3000.
 
-  python -m coinfer.main all --config coinfer/configs/small.py --workdir runs/coinfer_small
+  edgeinfer coinfer all --config=coinfer/configs/small.py --workdir=runs/coinfer_small
 
 Runtime on 2 quiet CPU cores: init 25 s, cluster 20 s, each ablation 4-6 minutes, the 50
 individual models 16 minutes, baselines 80 s, the rest under a minute.
 
 The ablations separate better at a third of the budget; docs/coinfer.md's second table is
 
-  python -m coinfer.main distill --ablation NAME --set distill.epochs=60 ...
+  edgeinfer coinfer distill --ablation=NAME --config.distill.epochs=60 ...
 
 for NAME in I-D-C noI-D-C I-noD-C noI-noD-C I-D-noC, in a workdir holding the same init,
 clusters and individual models (I-D-noC trains 52 setups a step: about 15 minutes at 60).
 """
 
 from coinfer.configs import default
+from common.config import variant
 
 
-def get_config():
+def get_config(arg=None):
+  variant(arg, ())
   c = default.get_config()
   c.data.image_size = 16
   c.model.width_mult = 0.25

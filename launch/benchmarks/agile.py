@@ -9,7 +9,7 @@ all in this one process:
                  remote predictor, the IG baseline gradient computed every step,
                  XLA:CPU's default options
   shifted        + shifted depthwise convs (`common.mobilenet.DepthwiseConv`)
-  shifted_flags  + the launchers' XLA:CPU options (`launch.xla_cpu.CPU_OPTIONS`)
+  shifted_flags  + the launchers' XLA:CPU options (`common.xla_cpu.CPU_OPTIONS`)
   fast           + the IG baseline gradients from the per-class table (what training runs)
 
 and the same step without the XAI terms (CE only: no evaluator, no
@@ -65,8 +65,8 @@ def conv_ops(repeats: int) -> dict:
   import jax
   import jax.numpy as jnp
 
+  from common.xla_cpu import CPU_OPTIONS
   from launch.bench import measure
-  from launch.xla_cpu import CPU_OPTIONS
 
   conv = lambda x, k: jax.lax.conv_general_dilated(
     x, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
@@ -164,7 +164,7 @@ def _full_step(s: dict, name: str, args):
   from agile import train as agile_train
   from agile.models import AgileNN
   from common import train as train_lib
-  from launch.xla_cpu import CPU_OPTIONS
+  from common.xla_cpu import CPU_OPTIONS
 
   shifted, flags, table = _variant(name)
   model = AgileNN(dataclasses.replace(s["mcfg"], shifted_depthwise=shifted))
@@ -210,8 +210,8 @@ def run(args) -> dict:
   import jax
 
   from common import profile
+  from common.xla_cpu import CPU_OPTIONS
   from launch.bench import measure
-  from launch.xla_cpu import CPU_OPTIONS
 
   if args.ops_only:
     return {"config": vars(args), "ops": conv_ops(args.repeats)}

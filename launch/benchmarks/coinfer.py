@@ -11,7 +11,6 @@ Setup accuracies are the published top-1 errors of the individually trained mode
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -53,19 +52,23 @@ def _profile(workdir):
   return C.make_profile(setups, acc)
 
 
-def _timed(decide, states):
-  times, picks = [], []
+def _timed(ctl, states):
+  """Decision times over `states` (from a fresh controller state), the picks and each solve's value."""
+  times, picks, values = [], [], []
+  state = ctl.init()
   for s in states:
     t0 = time.perf_counter()
-    picks.append(decide(s))
+    pick, state = ctl.update(s, state)
     times.append(time.perf_counter() - t0)
-    decide.stats.setdefault("values", []).append(decide.stats.get("value"))
+    picks.append(pick)
+    values.append(state.value)
   t = np.asarray(times) * 1e3
-  return {
+  timing = {
     "median_ms": float(np.median(t)),
     "p99_ms": float(np.percentile(t, 99)),
     "mean_ms": float(t.mean()),
-  }, picks
+  }
+  return timing, picks, values
 
 
 def train_step_speed(repeats: int) -> dict:
@@ -112,31 +115,29 @@ def run(args) -> dict:
   states = []
   dp = C.make_mpc(prof, H, method="dp")
 
-  def recording(s):
+  def recording(s, state):
     states.append(s)
-    return dp(s)
+    return dp.update(s, state)
 
-  simulate.run(recording, traces.markov(7, 120.0), profile=prof, frames=args.states)
+  simulate.run(C.Controller(dp.init, recording), traces.markov(7, 120.0), profile=prof, frames=args.states)
   ref_states = states[:: max(1, len(states) // args.reference_states)][: args.reference_states]
   out = {"setups": len(prof.bits), "horizon": H}
   plain = C.make_mpc(prof, H, method="milp", reduce=False)
-  out["plain_milp_50"], ref_picks = _timed(plain, ref_states)
-  ref_values = plain.stats["values"]
+  out["plain_milp_50"], ref_picks, ref_values = _timed(plain, ref_states)
   methods = {
     "pareto_milp": C.make_mpc(prof, H, method="milp"),
     "pareto_relax_round": C.make_mpc(prof, H, method="relax"),
     "pareto_dp": C.make_mpc(prof, H, method="dp"),
     "full_dp": C.make_mpc(prof, H, method="dp", reduce=False),
   }
-  for name, decide in methods.items():
-    timing, _ = _timed(decide, states)
-    decide.stats["values"] = []
-    _, picks = _timed(decide, ref_states)
+  for name, ctl in methods.items():
+    timing, _, _ = _timed(ctl, states)
+    _, picks, values = _timed(ctl, ref_states)
     pairs = list(zip(picks, ref_picks, strict=True))
-    vals = list(zip(decide.stats["values"], ref_values, strict=True))
+    vals = list(zip(values, ref_values, strict=True))
     gaps = [abs(v - r) for v, r in vals if v is not None and r is not None]
     timing.update(
-      candidates=decide.stats["candidates"],
+      candidates=ctl.init().candidates,
       first_choice_equal_to_plain_milp=float(np.mean([a == b for a, b in pairs])),
       mean_first_choice_accuracy_below_plain_milp=float(
         np.mean([prof.accuracy[b] - prof.accuracy[a] for a, b in pairs])
@@ -200,5 +201,4 @@ def run(args) -> dict:
   }
   if args.step_repeats:
     out["train_step"] = train_step_speed(args.step_repeats)
-  json.dumps(out)
   return out

@@ -45,16 +45,11 @@ def agile_step(batch: int = 16):
   from agile import data as agile_data
   from agile import reference
   from agile import train as agile_train
-  from agile.models import AgileConfig, AgileNN, init_variables
+  from agile.models import AgileNN, init_variables
+  from common import app
 
-  cfg = AgileConfig(
-    num_classes=3, feature_channels=6, fe_stride=1, split_ratio=0.5, num_centroids=4,
-    remote_settings=((1, 4, 1, 1),), remote_last_channels=8, remote_stem_channels=4,
-  )  # fmt: skip
-  rcfg = reference.ReferenceConfig(
-    num_classes=3, stem_channels=6, stem_stride=1, blocks=(("mbconv", 2, 3, 2, 8, 1, 0.25),),
-    top_channels=8, dropout=0.0,
-  )  # fmt: skip
+  tiny = app.load_config_file("agile/configs/quick.py:tiny")  # the model of tests/agile/test_agile_train.py
+  cfg, rcfg = agile_train.model_config(tiny, 3), agile_train.reference_config(tiny, 3)
   prep = agile_data.Preprocess((0.5,) * 3, (0.5,) * 3, flip=True, pad=1, input_size=6)
   model = AgileNN(cfg)
   v = init_variables(model, jax.random.key(0), (6, 6, 3))

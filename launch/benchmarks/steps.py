@@ -3,7 +3,7 @@
 "reference" is the step with XLA's grouped depthwise convolutions and XLA:CPU's
 default options; "fast" is the step as the launchers train it: shifted
 depthwise convolutions (`common.mobilenet.DepthwiseConv`) and
-`launch.xla_cpu.CPU_OPTIONS`. The options are per-executable compiler options,
+`common.xla_cpu.CPU_OPTIONS`. The options are per-executable compiler options,
 so both run in the same process (the benchmark harness does not set XLA_FLAGS).
 """
 
@@ -42,7 +42,7 @@ def time_step(step, args: tuple, options: dict, repeats: int) -> dict[str, Any]:
 
 def before_after(make: Callable[[bool], tuple[Any, tuple]], repeats: int) -> dict[str, Any]:
   """`make(shifted_depthwise) -> (jitted step, args)`; the reference and fast steps and their ratio."""
-  from launch.xla_cpu import CPU_OPTIONS
+  from common.xla_cpu import CPU_OPTIONS
 
   ref = time_step(*make(False), {}, repeats)
   fast = time_step(*make(True), CPU_OPTIONS, repeats)

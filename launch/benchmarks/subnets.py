@@ -183,6 +183,7 @@ def train_step_speed(repeats: int) -> dict:
 
   from common import train as train_lib
   from launch.benchmarks import steps
+  from subnets import losses as subnets_losses
   from subnets import models
   from subnets import train as subnets_train
 
@@ -196,7 +197,7 @@ def train_step_speed(repeats: int) -> dict:
     mcfg = dataclasses.replace(base, shifted_depthwise=shifted)
     variables = models.init_variables(mcfg, jax.random.key(0), (49, 10, 1))
     tx = optax.adam(1e-3)
-    pis = subnets_train.loss_weights(mcfg, widths_list, (49, 10, 1))
+    pis = subnets_losses.loss_weights(mcfg, widths_list, (49, 10, 1))
     step, _ = subnets_train.make_joint_steps(mcfg, widths_list, tx, mean=0.0, std=1.0, pis=pis, augment=True)
     state = train_lib.create_train_state(jax.tree.map(jnp.array, variables), tx)
     return step, (state, batch, jax.random.key(1))

@@ -7,15 +7,19 @@ Run:  python -m launch.quickstart                       (all stages; goal < 10 m
 
 import ml_collections
 
+from common import config as config_lib
 
-def get_config() -> ml_collections.ConfigDict:
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  """The common stage's config; `fast` (what `--fast` runs) trains 2 epochs."""
+  arg = config_lib.variant(arg, ("fast",))
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.data = ml_collections.ConfigDict({"name": "digits", "data_dir": "", "image_size": 32, "limit": 0})
   c.model = ml_collections.ConfigDict({"widths": (16, 32, 64), "num_classes": 10})
   c.train = ml_collections.ConfigDict(
     {
-      "num_epochs": 12,
+      "num_epochs": 2 if arg == "fast" else 12,
       "batch_size": 64,
       "learning_rate": 1e-2,
       "eval_every": 60,

@@ -5,30 +5,18 @@ from __future__ import annotations
 
 import pathlib
 
-from agile.configs import quick
+from common import app
 
 
 def stage_config(fast: bool = False):
-  """The quick config, shortened to fit the quickstart's time budget (fast: a smoke run)."""
-  c = quick.get_config()
-  c.reference.epochs = 8
-  c.train.epochs = 10
-  c.train.eval_every_epochs = 5
-  c.export.parity_images = 0
-  if fast:
-    c.limit = 256
-    c.reference.epochs = 1
-    c.train.epochs = 1
-    c.train.eval_every_epochs = 0
-    c.export.calibration_images = 16
-    c.export.parity_images = 64
-  return c
+  """The quick config's variant for the quickstart (`quickstart`, or `fast`: a smoke run)."""
+  return app.load_config_file("agile/configs/quick.py:" + ("fast" if fast else "quickstart"))
 
 
 def run(workdir: pathlib.Path, *, fast: bool = False) -> dict:
-  from agile import train
+  from agile import pipeline
 
-  m = train.train_and_evaluate(stage_config(fast), pathlib.Path(workdir))
+  m = pipeline.run_all(stage_config(fast), pathlib.Path(workdir))
   out = {
     "accuracy": m["accuracy"],
     "local_accuracy": m["local_accuracy"],

@@ -1,55 +1,20 @@
 """Quickstart stage of coinfer: the quick config end to end (init, cluster, distill, individual
-subset, CLIO/SPINN, controller simulation, export with parity) into `workdir`, then report.md."""
+subset, CLIO/SPINN, controller simulation, export with parity) into `workdir`, then report.md.
+With fast=True the `quick.py:fast` variant (8x8 images, 9 setups, a few steps)."""
 
 from __future__ import annotations
 
 import pathlib
 
-from coinfer.configs import quick
-from coinfer.main import run_step, validate
-
-STEPS = ("init", "cluster", "distill", "individual", "baselines", "simulate", "export", "report")
-
-
-def fast_config():
-  """A much smaller run (8x8 images, 9 setups, a few steps) for the stage's own test."""
-  c = quick.get_config()
-  c.data.image_size = 8
-  c.data.limit = 128
-  c.setups.channels = [1, 2, 4]
-  c.setups.bits = [1, 2, 8]
-  c.setups.train_bits = [1, 2, 8]
-  c.model.settings = [[2, 16, 1, 2]]
-  c.model.last_channels = 32
-  c.train.batch_size = 32
-  for s in ("init", "distill", "individual", "baselines"):
-    c[s].epochs = 1
-    c[s].max_steps = 3
-  c.cluster.steps = 1
-  c.cluster.num_clusters = 2
-  c.distill.calibrate_batches = 1
-  c.individual.subset = [[1, 1], [4, 8]]
-  c.baselines.clio_widths = [1, 4]
-  c.stream.frames = 60
-  c.stream.trace_seconds = 10.0
-  c.export.setups = [[1, 1], [2, 2], [4, 8]]
-  c.export.int8 = True  # the deploy tests run the int8 device parts
-  c.export.parity_images = 40
-  return c
+from coinfer import pipeline
+from coinfer.report import accuracy_loss
+from common import app
 
 
 def run(workdir: pathlib.Path, *, fast: bool = False) -> dict:
-  config = fast_config() if fast else quick.get_config()
-  validate(config)
+  config = app.load_config_file("coinfer/configs/quick.py" + (":fast" if fast else ""))
   workdir = pathlib.Path(workdir)
-  from common.cli import save_config
-
-  save_config(config, workdir)  # what the deploy stage reads back
-  out = {}
-  for step in STEPS:
-    out[step] = run_step(step, config, workdir)
-  from coinfer.stages import accuracy_loss
-
+  out = pipeline.run_steps(config, workdir)  # config.json is what the deploy stage reads back
   loss = accuracy_loss(out["distill"]["I-D-C"], out["individual"])
   sim = out["simulate"]["traces"]
 

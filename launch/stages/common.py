@@ -78,9 +78,9 @@ def train(config: ml_collections.ConfigDict, workdir: Path, *, show_progress: bo
 
 def run(workdir: Path, *, fast: bool = False, config: ml_collections.ConfigDict | None = None) -> dict:
   """Trains, exports and reports; returns headline numbers."""
-  config = config or __import__("launch.configs.quickstart", fromlist=["get_config"]).get_config()
-  if fast:
-    config.train.num_epochs = 2
+  from common import app
+
+  config = config or app.load_config_file("launch/configs/quickstart.py" + (":fast" if fast else ""))
   workdir = Path(workdir)
   validate(config)  # before anything is written: a rejected config leaves the workdir as it was
   cli.save_config(config, workdir)

@@ -9,25 +9,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from common import report
+from common import app, report
 
 
 def run(workdir: Path, *, fast: bool = False) -> dict:
-  """Runs every step of the quick config into `workdir`; returns headline numbers."""
+  """Runs every step of the quick config's `quickstart` variant (`fast`: its smoke run) into `workdir`;
+  returns headline numbers. The stage keeps the quickstart's 90 s budget: REDS against uniform width
+  scaling only; `edgeinfer subnets export --config=subnets/configs/quick.py --workdir=DIR` runs every
+  baseline."""
   from subnets import pipeline
-  from subnets.configs import quick
 
-  config = quick.get_config()
-  # The stage keeps the quickstart's 90 s budget: REDS against uniform width scaling only;
-  # `python -m subnets.main export --config subnets/configs/quick.py` runs every baseline.
-  config.baselines.methods = ("uniform",)
-  if fast:
-    config.pretrain.epochs = 2
-    config.importance.num_batches = 4
-    config.finetune.epochs = 1
-    config.finetune.bn_epochs = 1
-    config.export.int8 = False
-    config.export.latency_repeats = 20
+  config = app.load_config_file("subnets/configs/quick.py:" + ("fast" if fast else "quickstart"))
   workdir = Path(workdir)
   exp = pipeline.run_step("export", config, workdir, show_progress=not fast)
   ft = pipeline.step_finetune(pipeline.Run(config, workdir, show_progress=False))

@@ -1,7 +1,7 @@
 """REDS with the vision DS-CNN-S on digits (32x32): dense training, |W*G| over 100 batches,
 nested knapsack at 25/50/75 %, joint fine-tuning, every baseline, export.
 
-  python -m subnets.main export --config subnets/configs/default.py --workdir runs/subnets_default
+  edgeinfer subnets export --config=subnets/configs/default.py --workdir=runs/subnets_default
 
 Runtime: roughly 20-30 minutes on 2 CPU cores (the four joint fine-tunings and three
 scratch trainings dominate). Other data: --config.data.name=cifar10 (TFDS, prepared) or
@@ -10,8 +10,11 @@ speech_commands with --config.model.preset=ds_cnn_s (49x10 MFCC inputs).
 
 import ml_collections
 
+from common import config as config_lib
 
-def get_config() -> ml_collections.ConfigDict:
+
+def get_config(arg=None) -> ml_collections.ConfigDict:
+  config_lib.variant(arg, ())
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.data = dict(name="digits", data_dir="", image_size=32, limit=0)

@@ -66,7 +66,7 @@ def test_image_folder_errors_name_the_problem(tmp_path):
   (tmp_path / "train").mkdir()
   with pytest.raises(DataError, match="no test/ directory"):
     agile_data.load("imagenet200", data_dir=str(tmp_path))
-  with pytest.raises(DataError, match="--data_dir"):
+  with pytest.raises(DataError, match="--config.data_dir"):
     agile_data.load("imagenet200")
   with pytest.raises(DataError, match="not a tiny-imagenet-200 folder"):
     agile_data.prepare_tiny_imagenet(tmp_path / "nothing", tmp_path / "out")

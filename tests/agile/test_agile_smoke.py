@@ -1,4 +1,4 @@
-"""A short digits run of train_and_evaluate: skewness rises, payload/latency are consistent,
+"""A short digits run of every step (quick.py:smoke): skewness rises, payload/latency are consistent,
 and the exported device TFLite + remote ONNX + combination agree with JAX (float export)."""
 
 import json
@@ -6,22 +6,13 @@ import json
 import numpy as np
 
 from agile import payload as pl
-from common import micro
-from launch.stages.agile import stage_config
+from common import app, micro
 
 
 def _short_run(tmp_path):
-  from agile import train
+  from agile import pipeline
 
-  c = stage_config(fast=True)
-  c.limit = 320
-  c.reference.epochs = 2
-  c.train.epochs = 6
-  c.train.lam = 0.2
-  c.train.rho = 1.0  # the hinge stays active for the whole short run
-  c.train.channel_remapping = "none"
-  c.export.parity_images = 0  # the whole (limited) test set
-  return train.train_and_evaluate(c, tmp_path), tmp_path
+  return pipeline.run_all(app.load_config_file("agile/configs/quick.py:smoke"), tmp_path), tmp_path
 
 
 def test_short_digits_run_raises_skewness_exports_and_reports(tmp_path):

@@ -1,40 +1,45 @@
-"""The command line turns a bad config into one line on stderr and exit code 2."""
+"""The command line (`edgeinfer coinfer`, the one app): --config.KEY=VALUE sets nested keys and
+lists, and a bad config is one line on stderr and exit status 2."""
+
+import json
+import subprocess
+import sys
 
 import pytest
 
-from coinfer import main
-from common.cli import run_main
 
-
-def test_cli_reports_config_errors(tmp_path, capsys):
-  bad = tmp_path / "bad.py"
-  bad.write_text(
-    "from coinfer.configs import quick\n"
-    "def get_config():\n  c = quick.get_config()\n  c.stream.horizon = 0\n  return c\n"
-  )
-  with pytest.raises(SystemExit) as e:
-    run_main(lambda: main.main(["init", "--config", str(bad), "--workdir", str(tmp_path / "w")]))
-  assert e.value.code == 2
-  assert "stream.horizon" in capsys.readouterr().err
-
-
-def test_set_overrides_typed_values():
-  c = main.load_config(
-    "coinfer/configs/quick.py", ["init.epochs=7", "stream.method=dp", "individual.subset=[[2, 4]]"]
-  )
-  assert c.init.epochs == 7 and c.stream.method == "dp" and list(c.individual.subset) == [[2, 4]]
+def _cli(*args):
+  cmd = [sys.executable, "-m", "coinfer.main", *args]
+  return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
 
 
 @pytest.mark.parametrize(
-  "item, needle",
+  "override, needle",
   [
-    ("init.epochs", "KEY=VALUE"),
-    ("init.nope=3", "no key 'init.nope'"),
-    ("nope.epochs=3", "nope"),
-    ("init.epochs=abc", "init.epochs=abc"),
-    ("init.epochs=0", "init.epochs"),  # validated after the override
+    ("--config.init.nope=3", "init.nope"),  # unknown key
+    ("--config.stream.horizon=0", "stream.horizon"),  # validated after the override
+    ("--config.init.epochs=abc", "init.epochs"),  # a bad value
   ],
 )
-def test_set_rejects_bad_overrides(item, needle):
-  with pytest.raises(main.ConfigError, match=needle):
-    main.load_config("coinfer/configs/quick.py", [item])
+def test_bad_config_is_one_line_exit_2(tmp_path, override, needle):
+  r = _cli("init", "--config=coinfer/configs/quick.py:tiny", f"--workdir={tmp_path / 'w'}", override)
+  assert r.returncode == 2, r.stderr[-2000:]
+  lines = r.stderr.strip().splitlines()
+  assert len(lines) == 1 and needle in lines[0] and "Traceback" not in r.stderr, r.stderr[-2000:]
+  assert not (tmp_path / "w").exists()  # rejected before anything is written
+
+
+def test_overrides_set_typed_values(tmp_path):
+  w = tmp_path / "w"
+  r = _cli(
+    "report",
+    "--config=coinfer/configs/quick.py:tiny",
+    f"--workdir={w}",
+    "--config.init.epochs=7",
+    "--config.stream.method=dp",
+    "--config.individual.subset=[[2, 4]]",
+  )
+  assert r.returncode == 0, r.stderr[-2000:]
+  c = json.loads((w / "config.json").read_text())
+  assert c["init"]["epochs"] == 7 and c["stream"]["method"] == "dp" and c["individual"]["subset"] == [[2, 4]]
+  assert (w / "report.md").exists()

@@ -43,10 +43,10 @@ def jax_top1(deploy_run):
   """Top-1 of the JAX model per exported setup on every test image."""
   from coinfer import export as export_lib
   from coinfer import train as T
+  from common import app
   from common.checkpoint import load_pytree
-  from launch.stages.coinfer import fast_config
 
-  ctx = T.build(fast_config())
+  ctx = T.build(app.load_config_file("coinfer/configs/quick.py:fast"))
   variables = load_pytree(deploy_run / "distill_I-D-C_final")
   names = [s.name for s in ctx.setups]
   return {

@@ -1,62 +1,37 @@
 """Split model: per-setup BN statistics stay separate, masking equals slicing, one trace per step."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from coinfer import models as models_lib
-from coinfer import stages
 from coinfer import train as T
-from coinfer.configs import quick
-
-
-def tiny_config():
-  c = quick.get_config()
-  c.data.image_size = 8
-  c.data.limit = 64
-  c.setups.channels = [1, 2, 4]
-  c.setups.bits = [1, 2, 8]
-  c.setups.train_bits = [1, 2, 8]
-  c.model.settings = [[2, 16, 1, 2]]
-  c.model.last_channels = 32
-  c.train.batch_size = 16
-  for s in ("init", "distill", "individual", "baselines"):
-    c[s].epochs = 1
-    c[s].max_steps = 2
-  c.cluster.steps = 1
-  c.cluster.num_clusters = 2
-  c.distill.calibrate_batches = 1
-  c.individual.subset = [[1, 1], [4, 8]]
-  c.export.setups = [[1, 1], [2, 2], [4, 8]]
-  c.export.parity_images = 40
-  c.stream.frames = 40
-  c.stream.trace_seconds = 10.0
-  c.baselines.clio_widths = [1, 4]
-  return c
+from common import app
+from common import data as data_lib
 
 
 @pytest.fixture(scope="module")
 def ctx():
-  return T.build(tiny_config())
+  return T.build(app.load_config_file("coinfer/configs/quick.py:tiny"))
 
 
 def test_step_updates_only_its_setup_stats_and_traces_once(ctx):
   tx = T.make_tx(ctx.config, 10, 1e-3)
   state = T.init_state(ctx, tx, jax.random.key(0))
   before = jax.tree.map(np.asarray, state.batch_stats)
-  traces = []
-  ids_holder = {"ids": jnp.asarray([3], jnp.int32)}
+  ids = jnp.asarray([3], jnp.int32)
 
+  @chex.assert_max_traces(n=1)  # runs once per trace of the step: a second trace fails the test
   def pick(rng):
-    traces.append(1)
-    return ids_holder["ids"]
+    return ids
 
   step = T.make_train_step(ctx, tx, pick)
-  batch = next(iter(__import__("common.data", fromlist=["batches"]).batches(ctx.train_ds, 16)))
+  batch = next(iter(data_lib.batches(ctx.train_ds, 16)))
   state, m = step(state, batch, jax.random.key(1))
   state, m = step(state, batch, jax.random.key(2))
-  assert len(traces) == 1 and np.isfinite(float(m["loss"]))
+  assert np.isfinite(float(m["loss"]))
   after = jax.tree.map(np.asarray, state.batch_stats)
   for b, a in zip(jax.tree.leaves(before), jax.tree.leaves(after), strict=True):
     assert not np.allclose(b[3], a[3])
@@ -95,12 +70,12 @@ def test_mask_equals_sliced_decoder_weights(ctx):
 def test_search_eps_hits_cluster_count():
   values = np.asarray([0.0, 0.1, 0.15, 1.0, 1.05, 3.0, 3.2, 3.3])
   for k in (1, 2, 3, 4):
-    eps, labels = stages.search_eps(values, k)
+    eps, labels = T.search_eps(values, k)
     assert len(set(labels)) == k
   from common.errors import InfeasibleError
 
   with pytest.raises(InfeasibleError):
-    stages.search_eps(np.asarray([1.0, 1.0, 2.0]), 3)
+    T.search_eps(np.asarray([1.0, 1.0, 2.0]), 3)
 
 
 def test_clio_starts_from_the_init_model_except_its_new_first_conv(ctx):

@@ -2,6 +2,8 @@
 the report is written, and device TFLite + server ONNX agree with JAX on top-1 at three setups."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -27,6 +29,14 @@ def test_pipeline_writes_report_and_numbers(result):
   assert set(next(iter(sim.values()))["controllers"]) == {"mpc", "fixed", "rate", "buffer", "oracle"}
 
 
+def test_metrics_rows_name_the_training_that_wrote_them(result):
+  workdir, _ = result
+  rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert {r["stage"] for r in rows} == {"init", "distill", "individual", "clio", "spinn"}
+  assert {r["ablation"] for r in rows if r["stage"] == "distill"} == {"I-D-C"}
+  assert {r["setup"] for r in rows if r["stage"] == "individual"} == {"N1Q1", "N4Q8"}
+
+
 def test_export_parity_three_setups(result):
   workdir, _ = result
   exp = json.loads((workdir / "export.json").read_text())["setups"]
@@ -39,3 +49,17 @@ def test_export_parity_three_setups(result):
     # the model-repository copy, fed the packed wire tensors, agrees with JAX as well
     assert (workdir / "exports" / "repository" / r["model"] / "config.pbtxt").exists()
     assert r["wire_top1_agreement"] >= 0.99, r
+
+
+def test_rerun_skips_every_step_and_other_values_are_refused(result):
+  from coinfer import pipeline
+  from common import app
+
+  workdir, _ = result
+  metrics, sim = (workdir / "metrics.jsonl").read_bytes(), json.loads((workdir / "simulate.json").read_text())
+  out = pipeline.run_steps(app.load_config_file("coinfer/configs/quick.py:fast"), workdir)
+  assert (workdir / "metrics.jsonl").read_bytes() == metrics  # nothing trained again
+  assert out["simulate"] == sim and out["init"]["teacher"] == "N4Q8"
+  cmd = [sys.executable, "-m", "coinfer.main", "report", "--config=coinfer/configs/quick.py:fast"]
+  r = subprocess.run([*cmd, f"--workdir={workdir}", "--config.init.epochs=2"], capture_output=True, text=True)
+  assert r.returncode == 2 and "config.init.epochs was 1, now 2" in r.stderr, r.stderr[-2000:]

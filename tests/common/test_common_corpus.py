@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-TECHNIQUES = ("branching", "offload", "subnets")  # the others join as they move onto common.app
+TECHNIQUES = ("agile", "offload", "coinfer", "subnets", "branching")
 STEP = {"agile": "train", "offload": "train", "coinfer": "init", "subnets": "knapsack", "branching": "train"}
 
 
@@ -42,10 +42,11 @@ def _write(rel: str, data: bytes | str) -> Callable[[Path, Path], None]:
   return setup
 
 
-def _all(*setups) -> Callable[[Path, Path], None]:
+def _npz(rel: str, **arrays) -> Callable[[Path, Path], None]:
   def setup(work: Path, tmp: Path) -> None:
-    for s in setups:
-      s(work, tmp)
+    import numpy as np
+
+    np.savez(tmp / rel.removeprefix("TMP/"), **{k: np.asarray(v) for k, v in arrays.items()})
 
   return setup
 
@@ -89,6 +90,14 @@ def _config_file_cases() -> list[Case]:
 
 
 SUBNETS = ("subnets.main", "knapsack", "--workdir=WORK")
+COUNT = ("branching.main", "count", "--workdir=WORK")
+SIM = ("coinfer.main", "simulate", "--workdir=WORK")
+NPZ = ("offload.main", "train", "--workdir=WORK", "--config.metrics.source=npz")
+_KEYS = ("metric_tr", "metric_ts", "wcost_tr", "wcost_ts", "scost_tr", "scost_ts")
+NAN_METRICS = {k: [0.1, 0.5, 0.9] for k in _KEYS} | {"metric_tr": [0.1, float("nan"), 0.9]}
+LAUGHS = "a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".join(
+  f"{chr(97 + i)}: &{chr(97 + i)} [{', '.join(['*' + chr(96 + i)] * 9)}]\n" for i in range(1, 9)
+)
 QUICK = ("launch.quickstart", "--workdir=WORK")
 
 
@@ -113,6 +122,82 @@ def _other_cases() -> list[Case]:
     Case(
       "subnets-stale-knapsack", (*SUBNETS, "--config.knapsack.budgets=(0.3,0.6)"), "knapsack.budgets", None
     ),
+    # classes 4 and 5: text that is not text, resource exhaustion (branching's network YAML)
+    Case(
+      "branching-yaml-binary",
+      (*COUNT, "--network=TMP/n.yaml"),
+      "n.yaml",
+      _write("TMP/n.yaml", bytes(range(256)) * 4),
+    ),
+    Case(
+      "branching-yaml-deep",
+      (*COUNT, "--network=TMP/n.yaml"),
+      "deeper",
+      _write("TMP/n.yaml", "a: " + "[" * 5000 + "]" * 5000),
+    ),
+    Case(
+      "branching-yaml-billion-laughs",
+      (*COUNT, "--network=TMP/n.yaml"),
+      "aliases",
+      _write("TMP/n.yaml", LAUGHS),
+    ),
+    Case(
+      "branching-yaml-wrong-schema",
+      (*COUNT, "--network=TMP/n.yaml"),
+      "ANYNET",
+      _write("TMP/n.yaml", "name: x\n"),
+    ),
+    Case("branching-yaml-is-directory", (*COUNT, "--network=TMP"), "not a regular file"),
+    Case("branching-yaml-missing", (*COUNT, "--network=TMP/none.yaml"), "none.yaml"),
+    Case("branching-negative-alpha", ("branching.main", "search", "--alpha=-5"), "--alpha"),
+    Case("branching-negative-image-size", (*COUNT, "--image_size=-224"), "image_size"),
+    # class 4: coinfer's bandwidth traces
+    Case(
+      "coinfer-trace-binary",
+      (*SIM, "--config.stream.trace_files=('TMP/t.log',)"),
+      "binary",
+      _write("TMP/t.log", b"1\n2\n\x00\xff\n"),
+    ),
+    Case(
+      "coinfer-trace-unicode-digits",
+      (*SIM, "--config.stream.trace_files=('TMP/t.log',)"),
+      "t.log",
+      _write("TMP/t.log", "１２\n３\n"),
+    ),
+    Case(
+      "coinfer-trace-negative-rate",
+      (*SIM, "--config.stream.trace_files=('TMP/t.csv',)"),
+      "t.csv",
+      _write("TMP/t.csv", "time_s,mbps\n0,1\n1,-3\n"),
+    ),
+    Case("coinfer-trace-is-directory", (*SIM, "--config.stream.trace_files=('TMP',)"), "not a regular file"),
+    Case("coinfer-trace-missing", (*SIM, "--config.stream.trace_files=('TMP/none.csv',)"), "none.csv"),
+    Case("coinfer-trace-negative-length", (*SIM, "--config.stream.trace_seconds=-5"), "stream.trace_seconds"),
+    Case("coinfer-unknown-trace-kind", (*SIM, "--config.stream.traces=('bogus',)"), "stream.traces"),
+    Case(
+      "coinfer-unknown-ablation", ("coinfer.main", "distill", "--workdir=WORK", "--ablation=bogus"), "bogus"
+    ),
+    # class 3: offload's metrics files
+    Case(
+      "offload-metrics-garbage",
+      (*NPZ, "--config.metrics.file=TMP/m.npz"),
+      "m.npz",
+      _write("TMP/m.npz", b"garbage"),
+    ),
+    Case(
+      "offload-metrics-missing-keys",
+      (*NPZ, "--config.metrics.file=TMP/m.npz"),
+      "metric_tr",
+      _npz("TMP/m.npz", x=[0.0, 1.0]),
+    ),
+    Case(
+      "offload-metrics-nan",
+      (*NPZ, "--config.metrics.file=TMP/m.npz"),
+      "NaN",
+      _npz("TMP/m.npz", **NAN_METRICS),
+    ),
+    Case("offload-metrics-missing", (*NPZ, "--config.metrics.file=TMP/none.npz"), "none.npz"),
+    Case("offload-metrics-empty-path", (*NPZ,), "config.metrics.file"),
     # the quickstart
     Case("quickstart-unknown-stage", (*QUICK, "--only=common,bogus"), "bogus"),
     Case("quickstart-unknown-key", (*QUICK, "--config.train.bogus=1"), "train.bogus"),
@@ -197,5 +282,5 @@ def test_malformed_input_is_one_line_exit_2_and_changes_nothing(case: Case, tmp_
 
 
 def test_the_corpus_holds_at_least_sixty_cases():
-  assert len(CASES) >= 30
+  assert len(CASES) >= 60
   assert len({c.id for c in CASES}) == len(CASES)

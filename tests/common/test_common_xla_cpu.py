@@ -1,10 +1,10 @@
-"""launch.xla_cpu: the launchers' XLA:CPU options are added once, respect the user's, and keep results."""
+"""common.xla_cpu: the launchers' XLA:CPU options are added once, respect the user's, and keep results."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from launch import xla_cpu
+from common import xla_cpu
 
 
 def test_set_cpu_flags_adds_once_and_keeps_the_users_value():

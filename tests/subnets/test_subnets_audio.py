@@ -27,3 +27,13 @@ def test_speech_commands_loader_under_tfds_mock_data():
   assert train.images.shape == (6, 49, 10, 1) and test.images.shape == (6, 49, 10, 1)
   assert train.num_classes == 12 and train.labels.dtype == np.int32
   assert np.isfinite(train.images).all()
+
+
+def test_unprepared_speech_commands_is_one_data_error(tmp_path):
+  import pytest
+
+  from common.errors import DataError
+
+  with pytest.raises(DataError, match="'speech_commands' is not prepared") as info:
+    audio.load_speech_commands(data_dir=str(tmp_path))
+  assert "download_and_prepare" in str(info.value)

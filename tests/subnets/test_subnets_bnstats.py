@@ -7,7 +7,7 @@ import optax
 
 from common import data as data_lib
 from common import train as ct
-from subnets import bnstats, models, surgery
+from subnets import bnstats, losses, models, surgery
 from subnets import train as train_lib
 
 CFG = models.ModelConfig(widths=(4, 6, 5), dw_strides=(1, 2), num_classes=3)
@@ -90,4 +90,4 @@ def test_joint_step_with_batch_statistics_normalises_per_batch_and_keeps_stored_
 
 
 def test_equal_loss_weights():
-  np.testing.assert_allclose(train_lib.loss_weights(CFG, [(1, 1, 1), CFG.widths], SHAPE, "equal"), [0.5, 0.5])
+  np.testing.assert_allclose(losses.loss_weights(CFG, [(1, 1, 1), CFG.widths], SHAPE, "equal"), [0.5, 0.5])

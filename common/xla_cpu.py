@@ -6,8 +6,8 @@ them. `python -m launch.bench agile --ops_only` times single ops of the
 evaluator's shapes both ways: on this 2-core machine under load the filter
 gradients of a 3x3 and a 1x1 conv ran 4.6x and 6.3x faster without YNN fusion
 and a 3x3 conv's input gradient 1.8x (docs/agile.md has the step-level figures).
-The launchers (`launch.train`, `launch.quickstart`)
-call `set_cpu_flags()` before JAX starts its backend; tests do not, so they run
+Every command (`common.app.run`, so `edgeinfer <technique>` and `python -m <technique>.main`, and
+`launch.train`, `launch.quickstart`) calls `set_cpu_flags()` before JAX starts its backend; tests do not, so they run
 XLA's defaults. The benchmarks compare both in one process by passing
 `CPU_OPTIONS` as per-executable compiler options (`jit(f).lower(...).compile(CPU_OPTIONS)`).
 """
