@@ -167,10 +167,10 @@ def load(workdir: str | Path) -> Deployment:
   c = load_config(workdir)
   d = pipeline.Run(c, workdir, show_progress=False).data()
   mfile = pipeline.metrics_path(c, workdir)
-  with np.load(_need(mfile, "run `edgeinfer offload metrics` first")) as f:
-    if "mtog" not in f.files or "tinv" not in f.files:
-      raise CheckpointError(f"{mfile} has no metric table (mtog, tinv); rerun `edgeinfer offload metrics`")
-    table, tinv, raw_ts = np.asarray(f["mtog"], np.float64), float(f["tinv"]), np.asarray(f["metric_ts"])
+  f = safeio.load_npz(_need(mfile, "run `edgeinfer offload metrics` first"), what="metrics file")
+  if "mtog" not in f or "tinv" not in f:
+    raise CheckpointError(f"{mfile} has no metric table (mtog, tinv); rerun `edgeinfer offload metrics`")
+  table, tinv, raw_ts = np.asarray(f["mtog"], np.float64), float(f["tinv"]), np.asarray(f["metric_ts"])
   step = f"run `python -m launch.deploy offload --workdir {workdir}` (it exports the classifiers)"
   weak = cexport.make_tflite_runner(_need(workdir / "exports" / WEAK_FILE, step).read_bytes())
   _, held, fold, *_ = metric_images(c)
