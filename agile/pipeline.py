@@ -55,6 +55,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   cfg.check_range(config, "model.bn_momentum", 0.0, 1.0, hi_open=True)
   cfg.check_choice(config, "reference.blocks", ("small", "effnetv2_s", "tiny"))
   cfg.check_range(config, "reference.epochs", 1, None, integer=True)
+  cfg.check_range(config, "reference.checkpoint_every", 0, None, integer=True)
+  cfg.check_range(config, "train.checkpoint_every", 0, None, integer=True)
   cfg.check_range(config, "reference.batch_size", 1, None, integer=True)
   cfg.check_range(config, "reference.learning_rate", 0.0, None, lo_open=True)
   cfg.check_range(config, "reference.dropout", 0.0, 1.0, hi_open=True)

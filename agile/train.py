@@ -101,7 +101,9 @@ def train_reference(
     loaded = ckpt_lib.load_pytree(path, like)
   else:
     state = train_lib.create_train_state(like, tx)
-    loop = train_lib.LoopConfig(r.epochs, r.batch_size, log_every=10, desc="reference")
+    loop = train_lib.LoopConfig(
+      r.epochs, r.batch_size, log_every=10, checkpoint_every=r.checkpoint_every, desc="reference"
+    )
     state, _ = train_lib.fit(state, train_step, train_ds, loop, key=fit_key, workdir=workdir / "reference")
     loaded = {"params": state.params, "batch_stats": state.batch_stats}
     ckpt_lib.save_pytree(path, loaded)
@@ -308,7 +310,7 @@ def train_agile(
 
   loop = train_lib.LoopConfig(
     t.epochs, t.batch_size, eval_every=spe * t.eval_every_epochs, log_every=max(1, min(spe, 20)),
-    desc="agile", max_steps=t.max_steps or None,
+    checkpoint_every=t.checkpoint_every, desc="agile", max_steps=t.max_steps or None,
   )  # fmt: skip
   initial = evaluate(state)
   state, history = train_lib.fit(

@@ -67,6 +67,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   cfg_lib.check_positive_ints(config, "setups.bits")
   cfg_lib.check_positive_ints(config, "setups.train_bits")
   cfg_lib.check_range(config, "train.batch_size", 1, integer=True)
+  cfg_lib.check_range(config, "train.checkpoint_every", 0, integer=True)
   cfg_lib.check_choice(config, "train.optimizer", ["adam", "sgd"])
   for stage in ("init", "distill", "individual", "baselines"):
     cfg_lib.check_range(config, f"{stage}.lr", 0, lo_open=True)

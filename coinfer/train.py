@@ -331,6 +331,7 @@ def loop_config(config, stage_cfg, desc: str, n_train: int) -> train_lib.LoopCon
     num_epochs=stage_cfg.epochs,
     batch_size=min(config.train.batch_size, n_train),
     log_every=config.train.log_every,
+    checkpoint_every=config.train.checkpoint_every,
     desc=desc,
     max_steps=stage_cfg.max_steps or None,
   )

@@ -32,7 +32,10 @@ def _train_one(name, widths, ds, test_ds, cfg, key, workdir: Path, mean, std, sh
   state = classifier.init_state(model, tx, init_key, ds.image_shape)
   train_step, eval_step = classifier.make_steps(model, tx, mean=mean, std=std)
   loop = train_lib.LoopConfig(
-    num_epochs=cfg.num_epochs, batch_size=cfg.batch_size, desc=f"offload: {name} CNN"
+    num_epochs=cfg.num_epochs,
+    batch_size=cfg.batch_size,
+    checkpoint_every=cfg.checkpoint_every,
+    desc=f"offload: {name} CNN",
   )
   state, hist = train_lib.fit(
     state,

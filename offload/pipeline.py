@@ -51,6 +51,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
   cfg_lib.check_range(c, "metrics.classifiers.classifier_fraction", 0.05, 0.95)
   cfg_lib.check_range(c, "metrics.classifiers.folds", 2, 10, integer=True)
   cfg_lib.check_range(c, "metrics.classifiers.num_epochs", 1, 10_000, integer=True)
+  cfg_lib.check_range(c, "metrics.classifiers.checkpoint_every", 0, integer=True)
   cfg_lib.check_positive_ints(c, "metrics.classifiers.widths_weak")
   cfg_lib.check_positive_ints(c, "metrics.classifiers.widths_strong")
   if c.metrics.source == "digits" and c.metrics.fold >= c.metrics.classifiers.folds:

@@ -54,6 +54,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     cfg_lib.check_range(config, f"{sec}.epochs", 0, 10_000, integer=True)
     cfg_lib.check_range(config, f"{sec}.lr", 0.0, 10.0, lo_open=True)
     cfg_lib.check_range(config, f"{sec}.batch_size", 1, 65_536, integer=True)
+    cfg_lib.check_range(config, f"{sec}.checkpoint_every", 0, integer=True)
   cfg_lib.check_range(config, "finetune.bn_epochs", 0, 10_000, integer=True)
   cfg_lib.check_range(config, "finetune.bn_lr", 0.0, 10.0, lo_open=True)
   cfg_lib.check_choice(config, "finetune.bn_stats", bnstats.BN_STATS)
@@ -106,6 +107,7 @@ def _tc(sec, epochs=None, lr=None) -> train_lib.TrainConfig:
     batch_size=sec.batch_size,
     augment=bool(sec.augment),
     max_steps=sec.get("max_steps", 0) or 0,
+    checkpoint_every=sec.checkpoint_every,
   )
 
 

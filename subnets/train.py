@@ -39,6 +39,7 @@ class TrainConfig:
   augment: bool = True
   eval_every: int = 0
   max_steps: int = 0
+  checkpoint_every: int = 0  # steps between checkpoints; 0 = only at the end
 
 
 def _loop(tc: TrainConfig, desc: str) -> train_lib.LoopConfig:
@@ -46,6 +47,7 @@ def _loop(tc: TrainConfig, desc: str) -> train_lib.LoopConfig:
     num_epochs=tc.epochs,
     batch_size=tc.batch_size,
     eval_every=tc.eval_every,
+    checkpoint_every=tc.checkpoint_every,
     desc=desc,
     keep=1,
     max_steps=tc.max_steps or None,

@@ -53,10 +53,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.reference.epochs = 15
   c.reference.batch_size = 64
   c.reference.learning_rate = 3e-3
+  c.reference.checkpoint_every = 100  # steps between checkpoints (a killed run resumes there); 0 = end only
   c.reference.path = ""  # "" = train into workdir/reference/variables
 
   c.train = ml_collections.ConfigDict()
   c.train.epochs = 25
+  c.train.checkpoint_every = 100  # steps between checkpoints; 0 = only at the end
   c.train.batch_size = 64
   c.train.eval_batch_size = 256
   c.train.learning_rate = 0.1

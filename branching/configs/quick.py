@@ -38,7 +38,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       "warmup_epochs": 0,
       "ema_decay": 0.98,
       "eval_every": 0,
-      "checkpoint_every": 0,
+      "checkpoint_every": 100,  # steps between checkpoints (a killed run resumes there); 0 = end only
       "show_progress": True,
     }
   )

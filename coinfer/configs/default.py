@@ -29,7 +29,9 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
     stride_cap=2,
     per_sample_quant=True,
   )
-  c.train = dict(batch_size=64, optimizer="adam", weight_decay=1e-4, augment=True, log_every=10)
+  c.train = dict(
+    batch_size=64, optimizer="adam", weight_decay=1e-4, augment=True, log_every=10, checkpoint_every=100
+  )  # steps between checkpoints of every stage; 0 = only at the end
   c.init = dict(epochs=30, lr=3e-3, max_steps=0)
   c.cluster = dict(steps=20, num_clusters=3)
   c.distill = dict(epochs=30, lr=1e-3, max_steps=0, calibrate_batches=8)

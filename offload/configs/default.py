@@ -38,6 +38,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         "widths_weak": (8, 16),
         "widths_strong": (16, 32, 64),
         "num_epochs": 12,
+        "checkpoint_every": 100,  # steps between checkpoints; 0 = only at the end
         "batch_size": 64,
         "learning_rate": 1e-2,
         "classifier_fraction": 0.5,  # of the training split; the rest and the test split give the metrics

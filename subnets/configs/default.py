@@ -29,13 +29,13 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
     activation="",
     alpha=0.25,
   )
-  c.pretrain = dict(epochs=40, lr=3e-3, batch_size=64, augment=True, max_steps=0)
+  c.pretrain = dict(epochs=40, lr=3e-3, batch_size=64, augment=True, max_steps=0, checkpoint_every=100)
   c.importance = dict(num_batches=100)
   c.knapsack = dict(budgets=(0.25, 0.5, 0.75), min_width=1, granularity=1, time_limit=60.0, peak_bytes=0.0)
   # bn_stats: "per_subnet" (batch statistics while fine-tuning, then each subnetwork's own statistics over
   # bn_batches training batches) or "shared" (the original: the dense statistics, frozen and prefix-sliced).
   # loss_weights: "sqrt_params" (the original's pi_k ~ sqrt of the parameter fraction) or "equal".
-  c.finetune = dict(epochs=20, lr=1e-3, batch_size=64, augment=True, bn_epochs=3, bn_lr=5e-4, max_steps=0,
+  c.finetune = dict(epochs=20, lr=1e-3, batch_size=64, augment=True, bn_epochs=3, bn_lr=5e-4, max_steps=0, checkpoint_every=100,
                     bn_stats="per_subnet", bn_batches=20, loss_weights="sqrt_params")  # fmt: skip
   # scratch_epochs: 0 = the REDS total (pretrain + finetune + BN-stage epochs).
   c.baselines = dict(methods=("uniform", "magnitude", "random", "scratch"), scratch_epochs=0)
