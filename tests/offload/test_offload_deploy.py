@@ -15,11 +15,7 @@ from offload.configs import quick
 def tiny_run(tmp_path_factory):
   """The smallest offload run with exports: 1 classifier epoch, an untrained DQN, short pools."""
   workdir = tmp_path_factory.mktemp("offload_deploy")
-  c = quick.get_config("fast")
-  c.metrics.classifiers.num_epochs = 1
-  c.dqn.iterations, c.dqn.checkpoint_every = 0, 0
-  c.stream.train_streams, c.stream.train_length = 2, 1_000
-  c.stream.test_streams, c.stream.test_length = 2, 1_000
+  c = quick.get_config("deploy")
   pipeline.run_steps(pipeline.ALL, c, workdir, show_progress=False)
   return workdir
 
