@@ -21,6 +21,7 @@ import numpy as np
 import optax
 
 from coinfer import compress
+from coinfer import losses as loss_lib
 from coinfer import models as models_lib
 from common import checkpoint as ckpt
 from common import config as cfg_lib
@@ -122,11 +123,6 @@ def prep(ctx: Context, x):
   return data_lib.normalize(jnp.asarray(x, jnp.float32), ctx.mean, ctx.std)
 
 
-def soft_cross_entropy(*, logits: jax.Array, targets: jax.Array) -> jax.Array:
-  """mean_batch(-sum_k p_k log_softmax(logits)_k), the reference's CrossEntropyLossSoft."""
-  return -(targets * jax.nn.log_softmax(logits)).sum(-1).mean()
-
-
 def make_train_step(
   ctx: Context,
   tx: optax.GradientTransformation,
@@ -161,7 +157,7 @@ def make_train_step(
         if soft is None:
           loss = train_lib.cross_entropy(logits, labels)
         else:
-          loss = soft_cross_entropy(logits=logits, targets=soft)
+          loss = loss_lib.soft_cross_entropy(logits=logits, targets=soft)
         total = total + loss
         rows.append(new["batch_stats"])
         losses.append(loss)

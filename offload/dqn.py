@@ -25,6 +25,7 @@ import optax
 
 from common import sharding
 from offload import bucket
+from offload import losses as loss_lib
 from offload.models import DQNConfig, QNetwork, split_q
 
 
@@ -133,8 +134,7 @@ def q_iteration_fn(state: DQNState, key, q, p, m, pool: Pool, pmf, *, net: QNetw
   tx = make_optimizer(0.0)
 
   def loss_fn(params, x, y):
-    pred = net.apply({"params": params}, x)[0]
-    return ((pred - y) ** 2 * mask).sum() / (x.shape[0] * mask.sum())
+    return loss_lib.masked_q_error(net.apply({"params": params}, x)[0], y, mask)
 
   def gstep(carry, batch):
     params, opt_state = carry

@@ -42,11 +42,6 @@ def seq_locreset(
   return (loc + off) % n
 
 
-def int_periodic(key: jax.Array, length: int) -> jax.Array:
-  del key
-  return jnp.ones((length,), jnp.int32)
-
-
 def _geometric(key, p):
   """Geometric on {1, 2, ...} with success probability p."""
   u = jax.random.uniform(key, minval=jnp.finfo(jnp.float32).tiny, maxval=1.0)
