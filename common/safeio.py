@@ -181,7 +181,9 @@ def load_array(
   return arr
 
 
-def load_npz(path: str | os.PathLike, *, what: str = "array archive") -> dict[str, np.ndarray]:
+def load_npz(
+  path: str | os.PathLike, *, what: str = "array archive", hint: str = "delete it to recompute"
+) -> dict[str, np.ndarray]:
   """All arrays of an `.npz` archive (no pickles), read eagerly; a damaged archive is named."""
   path = _regular_file(path, what, 1 << 34, DataError)
   try:
@@ -190,9 +192,7 @@ def load_npz(path: str | os.PathLike, *, what: str = "array archive") -> dict[st
         raise ValueError("a single .npy array, not an .npz archive")
       return {k: np.asarray(z[k]) for k in z.files}
   except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
-    raise DataError(
-      f"{what} {path} is not a readable .npz archive ({quote(str(e), 200)}); delete it to recompute"
-    ) from None
+    raise DataError(f"{what} {path} is not a readable .npz archive ({quote(str(e), 200)}); {hint}") from None
 
 
 def check_array(

@@ -89,7 +89,7 @@ def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
   path = Path(path)
   if not path.exists():
     raise DataError(f"metrics file {path} does not exist; pass a valid --config.metrics.file")
-  arrays = safeio.load_npz(path, what="metrics file")
+  arrays = safeio.load_npz(path, what="metrics file", hint="write one with `edgeinfer offload metrics`")
   return validate(arrays, source=str(path))
 
 

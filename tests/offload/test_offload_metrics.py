@@ -94,7 +94,7 @@ def test_malformed_npz_raises_data_error(tmp_path, mutate, match):
 def test_not_an_npz(tmp_path):
   path = tmp_path / "x.npz"
   path.write_bytes(b"garbage")
-  with pytest.raises(DataError, match="cannot read"):
+  with pytest.raises(DataError, match="not a readable .npz archive"):
     odata.load_npz(path)
   with pytest.raises(DataError, match="does not exist"):
     odata.load_npz(tmp_path / "missing.npz")
