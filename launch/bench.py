@@ -55,6 +55,8 @@ def machine_info() -> dict[str, Any]:
 
   import jax
 
+  from common.xla_cpu import flags_text
+
   return {
     "python": platform.python_version(),
     "machine": platform.machine(),
@@ -62,6 +64,7 @@ def machine_info() -> dict[str, Any]:
     "jax": jax.__version__,
     "backend": jax.default_backend(),
     "devices": [str(d) for d in jax.devices()],
+    "launcher_xla_cpu_options": flags_text(),  # what the commands add to XLA_FLAGS (common/xla_cpu.py)
   }
 
 

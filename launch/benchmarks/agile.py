@@ -164,6 +164,7 @@ def _full_step(s: dict, name: str, args):
   from agile import train as agile_train
   from agile.models import AgileNN
   from common import train as train_lib
+  from common.mobilenet import count_grouped_convs
   from common.xla_cpu import CPU_OPTIONS
 
   shifted, flags, table = _variant(name)
@@ -171,10 +172,10 @@ def _full_step(s: dict, name: str, args):
   step = agile_train.make_train_step(model, s["eval_loss"], s["tx"], s["prep"], ig_steps=args.ig_steps)
   state = train_lib.create_train_state(jax.tree.map(jnp.array, s["variables"]), s["tx"])
   ev = s["table_vars"] if table else s["eval_vars"]
-  compiled = step.lower(state, s["batch"], jax.random.key(0), s["hp"], ev).compile(
-    CPU_OPTIONS if flags else {}
-  )
-  return compiled, state, ev
+  step_args = (state, s["batch"], jax.random.key(0), s["hp"], ev)
+  grouped = count_grouped_convs(step, *step_args)  # 0 when the shifted depthwise path is in effect
+  compiled = step.lower(*step_args).compile(CPU_OPTIONS if flags else {})
+  return compiled, state, ev, grouped
 
 
 def _ce_step(s: dict, shifted: bool, options: dict):
@@ -225,7 +226,7 @@ def run(args) -> dict:
   out: dict = {"config": vars(args), "xla_flags_env": os.environ.get("XLA_FLAGS", ""), "full_step": {}}
   for name in names:
     t0 = time.perf_counter()
-    compiled, state, ev = _full_step(s, name, args)
+    compiled, state, ev, grouped = _full_step(s, name, args)
     compile_s = time.perf_counter() - t0
     holder = {"s": state}
 
@@ -240,6 +241,7 @@ def run(args) -> dict:
       "compile_s": compile_s,
       "step_flops": flops,
       "achieved_flops_per_s": flops / t["median_s"],
+      "grouped_convs": grouped,
     }
     if args.profile and name in ("reference", "fast"):
       row["profile"] = profile.group_rows(profile.op_breakdown(compiled, one))
