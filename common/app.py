@@ -85,10 +85,6 @@ class App:
 
 def define_flags() -> None:
   """Defines --config, --workdir and --debug (once per process)."""
-  _define_flags()
-
-
-def _define_flags() -> None:
   if "workdir" in FLAGS:
     return
   from ml_collections import config_flags
@@ -225,8 +221,8 @@ def _config_arg(argv: Sequence[str]) -> str:
   return ""
 
 
-def _parse(default_config: str | None, argv: list[str]) -> list[str]:
-  argv = _with_config_path(argv, default_config)
+def _parse(argv: list[str]) -> list[str]:
+  """FLAGS(argv) (argv with --config resolved), every failure as a one-line ConfigError."""
   try:
     return FLAGS(argv, known_only=False)
   except flags.Error as e:
@@ -243,20 +239,19 @@ def parse_command(argv: Sequence[str], default_config: str | None) -> tuple[list
   Every error is a ConfigError: an unknown flag, a bad value, a config file that does not exist
   or does not load, an unknown `--config.KEY`. Also used by launchers with flags of their own.
   """
-  _define_flags()
+  define_flags()
   argv = list(argv)
   if "--debug" in argv:
     os.environ["EDGEINFER_DEBUG"] = "1"  # before parsing, so parse errors show their traceback too
-  rest = _parse(default_config, argv)
-  argv = _with_config_path(argv, default_config)
-  return rest, load_config(argv)
+  argv = _with_config_path(argv, default_config)  # FILE looked up once, the default added
+  return _parse(argv), load_config(argv)
 
 
 def main(spec: App, argv: Sequence[str]) -> int:
   """Runs the command `argv` (argv[0] is the program) of `spec`; returns the exit status."""
   argv = list(argv)
   if any(a in ("-h", "--help", "-help", "--helpfull") for a in argv[1:]):
-    _define_flags()
+    define_flags()
     print(help_text(spec))
     return 0
   rest, config = parse_command(argv, spec.default_config)
@@ -299,6 +294,6 @@ def run(spec: App, argv: Sequence[str] | None = None) -> None:
   from common.xla_cpu import set_cpu_flags
 
   set_cpu_flags()  # before JAX starts its backend: the commands' XLA:CPU options (common/xla_cpu.py)
-  _define_flags()
+  define_flags()
   argv = list(sys.argv if argv is None else argv)
   cli.run_main(lambda: main(spec, argv))
