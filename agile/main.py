@@ -16,6 +16,7 @@ APP = app.App(
   pipeline.STEPS,
   default_config="agile/configs/quick.py",
   validate=pipeline.validate,
+  preflight=pipeline.preflight,
   context=pipeline.Run,
   all_steps=pipeline.ALL,
   doc=__doc__.splitlines()[0],

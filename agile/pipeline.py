@@ -26,12 +26,29 @@ from agile import payload as pl
 from agile import report
 from agile import train as train_lib
 from agile.models import AgileNN, init_variables
-from common import app, micro, safeio
+from common import app, micro, provenance, safeio
 from common import checkpoint as ckpt_lib
 from common import config as cfg
 from common import data as data_lib
 from common.models import count_params
 from common.report import write_json
+
+# The config sections each output is made from; a reused output must have been made from the same.
+_DATA = ("seed", "dataset", "data_dir", "limit", "input_size")
+_TRAINED = (*_DATA, "reference", "model", "train", "-reference.checkpoint_every", "-train.checkpoint_every")
+DEPS = {
+  "reference": (*_DATA, "reference", "-reference.checkpoint_every"),
+  "checkpoints": _TRAINED,
+  "agile_variables": _TRAINED,
+  "train.json": _TRAINED,
+  "evaluate.json": (*_TRAINED, "latency"),
+  "export.json": (*_TRAINED, "latency", "export"),
+}
+
+
+def preflight(config: ml_collections.ConfigDict, workdir: Path) -> None:
+  """Refuses a workdir whose outputs were made from other config values (before anything is written)."""
+  provenance.check(workdir, config, DEPS)
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -152,6 +169,9 @@ def step_train(run: Run) -> dict:
   out = run.path("train.json")
   if out.exists() and run.path("agile_variables").exists():
     return safeio.load_json(out, what="training result", keys=("accuracy", "k"))
+  provenance.record_all(
+    run.workdir, run.config, DEPS, "reference", "checkpoints", "agile_variables", "train.json"
+  )
   final, variables = train_lib.train_agile(run.config, run.workdir, run.train_ds, run.test_ds, run.prep)
   ckpt_lib.save_pytree(run.path("agile_variables"), variables)
   write_json(out, final)
@@ -164,6 +184,7 @@ def step_evaluate(run: Run) -> dict:
     return safeio.load_json(out, what="evaluation result", keys=("payload", "costs", "latency"))
   c = run.config
   _, symbols = run.jax_outputs()
+  provenance.record(out, c, DEPS["evaluate.json"])
   payload = pl.payload_report(symbols, c.model.num_centroids)
   costs = cost_summary(run.model, run.variables(), c.input_size)
   lm = pl.LatencyModel(**c.latency.to_dict())
@@ -199,6 +220,7 @@ def step_export(run: Run) -> dict | None:
   if out.exists():
     return safeio.load_json(out, what="export result", keys=("parity_images",))
   jax_logits, _ = run.jax_outputs()
+  provenance.record(out, config, DEPS["export.json"])
   n_cal = min(config.export.calibration_images, len(test_ds))
   n_par = len(test_ds) if not config.export.parity_images else min(config.export.parity_images, len(test_ds))
   x_all = np.asarray(prep(test_ds.images[:n_par]))
@@ -270,6 +292,7 @@ def run_all(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str,
   returns the final metrics (also in workdir/final_metrics.json)."""
   validate(config)
   workdir = Path(workdir)
+  preflight(config, workdir)
   from common.cli import save_config
 
   save_config(config, workdir)

@@ -44,6 +44,7 @@ APP = app.App(
   pipeline.STEPS,
   default_config="branching/configs/quick.py",
   validate=lambda config: pipeline.validate(config, _overrides()),
+  preflight=lambda config, workdir: pipeline.preflight(config, workdir, _overrides()),
   context=lambda config, workdir: pipeline.Run(config, workdir, _overrides()),
   doc=__doc__.splitlines()[0],
 )

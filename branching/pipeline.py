@@ -32,7 +32,7 @@ from branching import costmodel, flops, measure, network, search
 from branching import export as bexport
 from branching import report as breport
 from branching import train as btrain
-from common import app, safeio
+from common import app, provenance, safeio
 from common import config as ccfg
 from common import export as cexport
 from common import report as report_lib
@@ -107,6 +107,35 @@ def check_settings(s: Settings) -> None:
     raise ConfigError(f"{where}: {e}") from None
 
 
+# The config sections each output is made from (the networks by their content, not their file
+# names; `search` is the settings of count/search/calibrate); a reused output must match.
+_TRAIN = ("seed", "data", "train", "-train.show_progress", "-train.checkpoint_every")
+_BOTH = (*_TRAIN, "original", "stretched")
+DEPS = {
+  "original": (*_TRAIN, "original"),
+  "stretched": (*_TRAIN, "stretched"),
+  "train.json": _BOTH,
+  "export.json": _BOTH,
+  "measure.json": (*_BOTH, "run"),
+  "search.json": ("search",),
+}
+
+
+def provenance_view(config: ml_collections.ConfigDict, s: Settings) -> dict:
+  """The config as the outputs depend on it: network YAMLs replaced by what they hold."""
+  view = config.to_dict()
+  for role in ("original", "stretched"):
+    view[role] = network.to_dict(network.load(config[role]))
+  view["search"] = {k: v for k, v in dataclasses.asdict(s).items() if k not in ("out", "flags")}
+  view["search"]["network"] = network.to_dict(network.load(s.network))
+  return view
+
+
+def preflight(config: ml_collections.ConfigDict, workdir: Path, overrides: Mapping | None = None) -> None:
+  """Refuses a workdir whose outputs were made from other config values (before anything is written)."""
+  provenance.check(workdir, provenance_view(config, settings(config, overrides)), DEPS)
+
+
 def validate(config: ml_collections.ConfigDict, overrides: Mapping | None = None) -> None:
   """Checks every key the steps read and the flag overrides, before anything is written."""
   btrain.validate(config)
@@ -131,6 +160,13 @@ class Run:
     self.config, self.workdir = config, Path(workdir)
     self.settings = settings(config, overrides)
     self._trained: dict | None = None
+    self._view: dict | None = None
+
+  def stamp(self, *names: str) -> None:
+    """Stamps outputs `names` with the config they are about to be made from (see DEPS)."""
+    if self._view is None:
+      self._view = provenance_view(self.config, self.settings)
+    provenance.record_all(self.workdir, self._view, DEPS, *names)
 
   def path(self, name: str) -> Path:
     return self.workdir / name
@@ -140,6 +176,7 @@ class Run:
     first call also writes train.json."""
     if self._trained is None:
       c, t0 = self.config, time.time()
+      self.stamp("original", "stretched", "train.json")
       self._trained = btrain.train_and_evaluate(c, self.workdir, show_progress=c.train.show_progress)
       if not self.path("train.json").exists():
         keys = ("name", "ema_accuracy", "accuracy", "macs", "params")
@@ -259,7 +296,9 @@ def step_export(run: Run) -> dict:
   if done is not None:
     return _export_summary(done)
   size, out, exports = run.config.data.image_size, {}, run.path("exports")
-  for role, r in run.trained().items():
+  trained = run.trained()
+  run.stamp("export.json")
+  for role, r in trained.items():
     tfl = bexport.export_model(r["model"], r["variables"], size, mean=r["mean"], std=r["std"])
     path = cexport.write_atomic(exports / f"{role}.tflite", tfl)
     segs = bexport.export_segments(r["model"], r["variables"], size, mean=r["mean"], std=r["std"])
@@ -288,6 +327,7 @@ def step_measure(run: Run) -> dict:
     return done
   rc, ex = run.config.run, step_export(run)
   o, s = run.trained()["original"], run.trained()["stretched"]
+  run.stamp("measure.json")
   host, cal_rows = measure.calibrate_host(
     o["model"].config, rc.image_size, n_models=rc.calibration_models, repeats=rc.repeats, threads=rc.threads
   )
@@ -317,6 +357,7 @@ def step_run(run: Run) -> dict:
   step_export(run)
   found = _cached(run.path("search.json"), "search_speedup", "log")
   if found is None:
+    run.stamp("search.json")
     net, found = stretch(run.settings)
     network.save(net, run.path(f"{net.name}.yaml"))
     report_lib.write_json(run.path("search.json"), found)

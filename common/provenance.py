@@ -34,9 +34,39 @@ def _plain(value: Any) -> Any:
   return json.loads(json.dumps(value, sort_keys=True, default=str))  # tuples -> lists, numbers canonical
 
 
+def _get(config: Any, dotted: str) -> tuple[bool, Any]:
+  node = config
+  for part in dotted.split("."):
+    if not hasattr(node, "keys") or part not in node:
+      return False, None
+    node = node[part]
+  return True, node
+
+
 def sections(config: Mapping[str, Any], keys: Iterable[str]) -> dict[str, Any]:
-  """The named top-level sections (or keys) of `config`, as plain JSON values."""
-  return {k: _plain(config[k]) if k in config else None for k in keys}
+  """The named sections (or keys) of `config`, as plain JSON values.
+
+  A key may be dotted (`metrics.classifiers`: that subsection alone) or start with `-`: a key left
+  out of the sections named before it because the output does not depend on it
+  (`("dqn", "-dqn.iterations")`: a checkpoint of the first iterations serves a longer run).
+  """
+  out: dict[str, Any] = {}
+  for key in keys:
+    if key.startswith("-"):
+      dotted = key[1:]
+      top = max((k for k in out if dotted.startswith(k + ".")), key=len, default=None)
+      if top is None:
+        continue
+      *parents, leaf = dotted[len(top) + 1 :].split(".")
+      node = out[top]
+      for part in parents:
+        node = node.get(part) if isinstance(node, dict) else None
+      if isinstance(node, dict):
+        node.pop(leaf, None)
+      continue
+    found, value = _get(config, key)
+    out[key] = _plain(value) if found else None
+  return out
 
 
 def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
@@ -60,6 +90,15 @@ def record(out: str | os.PathLike, config: Mapping[str, Any], keys: Sequence[str
 
   data = json.dumps(sections(config, keys), indent=2, sort_keys=True).encode()
   return write_atomic(stamp_path(out), data)
+
+
+def record_all(
+  workdir: str | os.PathLike, config: Mapping[str, Any], deps: Mapping[str, Sequence[str]], *names: str
+) -> None:
+  """Stamps the outputs `names` of `deps` before a step starts making them (a stamp without its
+  output is ignored by `check`, an output without its stamp is refused)."""
+  for name in names:
+    record(Path(workdir) / name, config, deps[name])
 
 
 def check(workdir: str | os.PathLike, config: Mapping[str, Any], deps: Mapping[str, Sequence[str]]) -> None:

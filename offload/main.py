@@ -18,6 +18,7 @@ APP = app.App(
   pipeline.STEPS,
   default_config="offload/configs/quick.py",
   validate=pipeline.validate,
+  preflight=pipeline.preflight,
   context=pipeline.Run,
   all_steps=pipeline.ALL,
   doc=__doc__.splitlines()[0],

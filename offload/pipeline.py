@@ -22,7 +22,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from common import app, cli, micro, safeio
+from common import app, cli, micro, provenance, safeio
 from common import config as cfg_lib
 from common import report as report_lib
 from common.errors import ConfigError
@@ -93,6 +93,25 @@ def validate(c: ml_collections.ConfigDict) -> None:
     cfg_lib.check_range(c, f"dqn.{k}", 0, integer=True)
 
 
+# The config sections each output is made from; a reused output must have been made from the same.
+# The DQN checkpoints serve a longer run (dqn.iterations raised) with another learning rate.
+_CLASSIFIERS = ("seed", "metrics.classifiers", "-metrics.classifiers.checkpoint_every")
+_DQN = ("seed", "metrics", "bucket", "stream", "dqn", "-metrics.classifiers.checkpoint_every",
+        *(f"-dqn.{k}" for k in ("iterations", "learning_rate", "log_every", "checkpoint_every")))  # fmt: skip
+DEPS = {
+  "weak": _CLASSIFIERS,
+  "strong": _CLASSIFIERS,
+  "metrics": _CLASSIFIERS,
+  "checkpoints": _DQN,
+  "results.json": (*_DQN, "mdp", "export"),
+}
+
+
+def preflight(c: ml_collections.ConfigDict, workdir: Path) -> None:
+  """Refuses a workdir whose outputs were made from other config values (before anything is written)."""
+  provenance.check(workdir, c, DEPS)
+
+
 def metrics_path(c: ml_collections.ConfigDict, workdir: Path) -> Path:
   return workdir / "metrics" / f"fold{c.metrics.fold}_cost{om.COSTS[c.metrics.cost]}.npz"
 
@@ -131,6 +150,7 @@ def step_metrics(run: Run) -> dict:
     return {"source": "digits", "skipped": True, "file": str(path)}
   from offload import classifiers
 
+  provenance.record_all(workdir, c, DEPS, "weak", "strong", "metrics")
   info = classifiers.make_metrics(c, workdir, show_progress=run.show)
   report_lib.write_json(workdir / "metrics" / "classifiers.json", info)
   return {"source": "digits", "files": len(info["files"]), "weak_accuracy": info["weak_accuracy"],
@@ -141,7 +161,9 @@ def step_train(run: Run) -> dict:
   done = train_lib.trained_iterations(run.workdir)
   if done is not None and done >= run.config.dqn.iterations:
     return {"iterations": done, "skipped": True}
-  return train_lib.train(run.config, run.data(), run.workdir, show_progress=run.show)
+  data = run.data()  # (the metrics step first, when its files are missing)
+  provenance.record_all(run.workdir, run.config, DEPS, "checkpoints")
+  return train_lib.train(run.config, data, run.workdir, show_progress=run.show)
 
 
 def evaluate_policies(c, d: odata.MetricsData, tint, seq, iv, setts, net=None, state=None) -> dict:
@@ -234,6 +256,7 @@ def step_simulate(run: Run) -> dict:
   d = run.data()
   setts = train_lib.settings(c)
   net, state = train_lib.restore_dqn(c, workdir)
+  provenance.record(workdir / "results.json", c, DEPS["results.json"])
   _, tint = train_lib.training_pool(c, d.train)
   s = c.stream
   seq, iv = train_lib.streams(
@@ -289,6 +312,7 @@ def run_steps(names, config, workdir, *, show_progress: bool = True, title: str 
   """Runs steps as `edgeinfer offload` does (validate, save config.json, one Run); returns their results."""
   validate(config)
   workdir = Path(workdir)
+  preflight(config, workdir)
   cli.save_config(config, workdir)
   run = Run(config, workdir, show_progress=show_progress, title=title)
   return {name: STEPS[name].fn(run) for name in names}

@@ -25,5 +25,6 @@ def run(workdir: Path, *, fast: bool = False) -> dict:
 
   config = app.load_config_file(f"branching/configs/quick.py:{'fast' if fast else 'quickstart'}")
   pipeline.validate(config)  # before anything is written: a rejected config leaves the workdir as it was
+  pipeline.preflight(config, Path(workdir))
   cli.save_config(config, Path(workdir))
   return pipeline.step_run(pipeline.Run(config, Path(workdir)))

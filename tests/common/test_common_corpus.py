@@ -216,7 +216,125 @@ def _other_cases() -> list[Case]:
   ]
 
 
-CASES = _config_file_cases() + _other_cases()
+def _stamp(tech: str, *names: str, files: dict[str, bytes | str] | None = None, dirs: tuple[str, ...] = ()):
+  """Writes `files` and `dirs` into the workdir and stamps `names` as made from the technique's
+  default config (and saves that config, so a rejected run would have to change config.json)."""
+
+  def setup(work: Path, tmp: Path) -> None:
+    sys.path.insert(0, str(ROOT))
+    import importlib
+
+    from common import app, cli, provenance
+
+    pipeline = importlib.import_module(f"{tech}.pipeline")
+    config = app.load_config_file(f"{tech}/configs/quick.py")
+    for rel, data in (files or {}).items():
+      (work / rel).parent.mkdir(parents=True, exist_ok=True)
+      (work / rel).write_bytes(data.encode() if isinstance(data, str) else data)
+    for rel in dirs:
+      (work / rel).mkdir(parents=True, exist_ok=True)
+    view = config
+    if tech == "branching":
+      view = pipeline.provenance_view(config, pipeline.settings(config))
+    provenance.record_all(work, view, pipeline.DEPS, *names)
+    cli.save_config(config, work)
+
+  return setup
+
+
+GOOD_AGILE = {"train.json": '{"accuracy": 0.5, "k": 3}'}
+GOOD_BRANCHING = {"train.json": '{"original": {}, "stretched": {}}'}
+GARBAGE = b"\x00\x9f garbage {"
+
+
+def _workdir_cases() -> list[Case]:
+  """Classes 3 and 6 in the techniques that skip steps whose outputs exist: a result changed by
+  another config, a result without its stamp, a damaged result file, a damaged checkpoint."""
+  agile = ("agile.main", "train", "--workdir=WORK")
+  coinfer = ("coinfer.main", "init", "--workdir=WORK")
+  branching = ("branching.main", "train", "--workdir=WORK")
+  return [
+    Case(
+      "agile-stale-train-result",
+      (*agile, "--config.train.lam=0.5"),
+      "train.lam",
+      _stamp("agile", "train.json", "agile_variables", files=GOOD_AGILE, dirs=("agile_variables",)),
+    ),
+    Case(
+      "agile-stale-reference",
+      (*agile, "--config.reference.epochs=3"),
+      "reference.epochs",
+      _stamp("agile", "reference", dirs=("reference/checkpoints",)),
+    ),
+    Case(
+      "agile-train-result-garbage",
+      agile,
+      "train.json",
+      _stamp(
+        "agile", "train.json", "agile_variables", files={"train.json": GARBAGE}, dirs=("agile_variables",)
+      ),
+    ),
+    Case(
+      "agile-train-result-without-stamp", agile, "train.json", _write("train.json", GOOD_AGILE["train.json"])
+    ),
+    Case(
+      "coinfer-stale-init-result",
+      (*coinfer, "--config.init.lr=0.5"),
+      "init.lr",
+      _stamp("coinfer", "init.json", files={"init.json": "{}"}),
+    ),
+    Case(
+      "coinfer-init-result-garbage",
+      coinfer,
+      "init.json",
+      _stamp("coinfer", "init.json", files={"init.json": GARBAGE}),
+    ),
+    Case(
+      "coinfer-checkpoint-garbage",
+      ("coinfer.main", "cluster", "--workdir=WORK"),
+      "init",
+      _stamp("coinfer", files={"init/2/default/_METADATA": GARBAGE, "init/2/_CHECKPOINT_METADATA": GARBAGE}),
+    ),
+    Case(
+      "branching-stale-train-result",
+      (*branching, "--config.train.base_lr=0.5"),
+      "train.base_lr",
+      _stamp("branching", "train.json", files=GOOD_BRANCHING),
+    ),
+    Case(
+      "branching-stale-network",
+      (*branching, "--config.stretched=tiny/R-tiny-C.yaml"),
+      "stretched",
+      _stamp("branching", "train.json", files=GOOD_BRANCHING),
+    ),
+    Case(
+      "branching-train-result-garbage",
+      branching,
+      "train.json",
+      _stamp("branching", "train.json", files={"train.json": GARBAGE}),
+    ),
+    Case(
+      "offload-stale-dqn-checkpoints",
+      ("offload.main", "train", "--workdir=WORK", "--config.dqn.discount=0.5"),
+      "dqn.discount",
+      _stamp("offload", "checkpoints", dirs=("checkpoints",)),
+    ),
+    Case(
+      "offload-stale-classifiers",
+      ("offload.main", "metrics", "--workdir=WORK", "--config.metrics.classifiers.num_epochs=3"),
+      "classifiers.num_epochs",
+      _stamp("offload", "weak", "strong", "metrics", dirs=("weak", "metrics")),
+    ),
+    Case(
+      "offload-results-garbage",
+      ("offload.main", "simulate", "--workdir=WORK"),
+      "results.json",
+      _stamp("offload", "results.json", files={"results.json": GARBAGE}),
+    ),
+  ]
+
+
+CASES = _config_file_cases() + _other_cases() + _workdir_cases()
 
 
 def _snapshot(d: Path) -> dict[str, str]:

@@ -140,3 +140,29 @@ def test_provenance_names_the_changed_key(tmp_path):
   changed["knapsack"]["budgets"] = [0.3]
   with pytest.raises(ConfigError, match=r"config\.knapsack\.budgets was \[0\.25, 0\.5\], now \[0\.3\]"):
     provenance.check(tmp_path, changed, deps)
+
+
+def test_provenance_dotted_sections_and_keys_left_out(tmp_path):
+  out = tmp_path / "checkpoints"
+  out.mkdir()
+  config = {
+    "seed": 0,
+    "metrics": {"classifiers": {"num_epochs": 2, "checkpoint_every": 5}, "fold": 0},
+    "dqn": {"iterations": 10, "discount": 0.9},
+  }
+  keys = ("seed", "metrics.classifiers", "-metrics.classifiers.checkpoint_every", "dqn", "-dqn.iterations")
+  assert provenance.sections(config, keys) == {
+    "seed": 0,
+    "metrics.classifiers": {"num_epochs": 2},
+    "dqn": {"discount": 0.9},
+  }
+  deps = {"checkpoints": keys}
+  provenance.record_all(tmp_path, config, deps, "checkpoints")
+  longer = json.loads(json.dumps(config))
+  longer["dqn"]["iterations"] = 100  # a longer run continues from the checkpoints
+  longer["metrics"]["classifiers"]["checkpoint_every"] = 1
+  longer["metrics"]["fold"] = 3  # not a dependency
+  provenance.check(tmp_path, longer, deps)
+  longer["metrics"]["classifiers"]["num_epochs"] = 3
+  with pytest.raises(ConfigError, match=r"config\.metrics\.classifiers\.num_epochs was 2, now 3"):
+    provenance.check(tmp_path, longer, deps)
