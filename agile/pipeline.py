@@ -54,6 +54,11 @@ def preflight(config: ml_collections.ConfigDict, workdir: Path) -> None:
 def validate(config: ml_collections.ConfigDict) -> None:
   """Checks every user-settable value once; raises ConfigError naming key, value and range."""
   cfg.check_seed(config)
+  cfg.check_numbers(config)
+  for key in ("model.remote_last_channels", "model.remote_stem_channels", "reference.top_channels"):
+    cfg.check_range(config, key, 1, integer=True)
+  cfg.check_range(config, "reference.bn_momentum", 0.0, 1.0, hi_open=True)
+  cfg.check_range(config, "export.target_ram_bytes", 1024, integer=True)
   cfg.check_choice(config, "dataset", agile_data.DATASETS)
   cfg.check_range(config, "input_size", 8, 1024, integer=True)
   cfg.check_range(config, "limit", 0, None, integer=True)

@@ -43,6 +43,7 @@ class EmaState:
 def validate(config: ml_collections.ConfigDict) -> None:
   """Checks every training key (ConfigError naming key, value and range)."""
   ccfg.check_seed(config)
+  ccfg.check_numbers(config)
   ccfg.check_range(config, "data.image_size", 8, 1024, integer=True)
   ccfg.check_range(config, "data.limit", 0, integer=True)
   ccfg.check_range(config, "train.num_epochs", 1, 10_000, integer=True)

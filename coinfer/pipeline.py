@@ -60,6 +60,21 @@ DEPS = {
 def validate(config: ml_collections.ConfigDict) -> None:
   """Checks the keys the steps read (ConfigError names key, value and what is allowed)."""
   cfg_lib.check_seed(config, "seed")
+  cfg_lib.check_numbers(config)
+  for key in ("init", "distill", "individual", "baselines"):
+    cfg_lib.check_range(config, f"{key}.max_steps", 0, integer=True)
+  cfg_lib.check_range(config, "distill.calibrate_batches", 1, integer=True)
+  cfg_lib.check_range(config, "baselines.spinn_exit_weight", 0.0)
+  cfg_lib.check_range(config, "model.last_channels", 1, integer=True)
+  cfg_lib.check_range(config, "model.stride_cap", 1, integer=True)
+  cfg_lib.check_range(config, "stream.frames", 1, integer=True)
+  cfg_lib.check_range(config, "stream.history", 1, integer=True)
+  for key in ("device_macs_per_s", "server_macs_per_s"):
+    cfg_lib.check_range(config, f"stream.{key}", 0.0, lo_open=True)
+  cfg_lib.check_range(config, "train.log_every", 0, integer=True)
+  cfg_lib.check_range(config, "train.weight_decay", 0.0)
+  cfg_lib.check_range(config, "export.parity_images", 0, integer=True)
+  cfg_lib.check_range(config, "export.target_ram_bytes", 1024, integer=True)
   cfg_lib.check_range(config, "data.image_size", 1, 512, integer=True)
   if config.data.limit is not None:
     cfg_lib.check_range(config, "data.limit", 0, integer=True)

@@ -189,8 +189,8 @@ def load_config_file(value: str, *, lock: bool = True):
 def help_text(spec: App) -> str:
   width = max(len(s) for s in spec.step_names())
   lines = [
-    f"usage: edgeinfer {spec.name} <step> [--config=FILE[:VARIANT]] [--workdir=DIR] [--config.KEY=VALUE ...]",
-    f"       (or python -m {spec.name}.main <step> ...)",
+    f"usage: edgeinfer {spec.name} <step> [<step> ...] [--config=FILE[:VARIANT]] [--workdir=DIR] [--config.KEY=VALUE ...]",
+    f"       (or python -m {spec.name}.main <step> ...; several steps run in the order given)",
   ]
   if spec.doc:
     lines += ["", spec.doc.strip()]
@@ -256,16 +256,20 @@ def main(spec: App, argv: Sequence[str]) -> int:
     return 0
   rest, config = parse_command(argv, spec.default_config)
   names = spec.step_names()
-  if len(rest) != 2 or rest[1] not in names:
-    got = " ".join(rest[1:]) or "nothing"
-    raise ConfigError(f"expected one step, one of {names}; got {got} (see edgeinfer {spec.name} --help)")
-  step = rest[1]
+  asked = rest[1:]
+  bad = [a for a in asked if a not in names]
+  if not asked or bad or ("all" in asked and len(asked) > 1):
+    got = " ".join(asked) or "nothing"
+    raise ConfigError(
+      f"expected a step (or several, run in the order given), one of {names}, or all alone; got {got} "
+      f"(see edgeinfer {spec.name} --help)"
+    )
   if spec.validate is not None:
     spec.validate(config)
   if not FLAGS.workdir:
     raise ConfigError(f"--workdir is required, e.g. --workdir=runs/{spec.name}")
   workdir = Path(FLAGS.workdir)
-  todo = list(spec.all_steps) if step == "all" else [step]
+  todo = list(spec.all_steps) if asked == ["all"] else list(dict.fromkeys(asked))
   if any(spec.steps[s].needs_workdir for s in todo):
     if workdir.exists() and not workdir.is_dir():
       raise ConfigError(f"--workdir {workdir}: exists and is not a directory")

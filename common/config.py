@@ -83,6 +83,32 @@ def check_seed(config: ml_collections.ConfigDict, key: str = "seed") -> None:
   check_range(config, key, 0, SEED_MAX, integer=True)
 
 
+INT_MAX = 2**31 - 1  # counts, sizes, steps: what a config int may hold (seeds excepted, see SEED_MAX)
+
+
+def check_numbers(config: ml_collections.ConfigDict, *, seeds: Iterable[str] = ("seed",)) -> None:
+  """Checks every number in `config` (nested sections, lists and tuples too): floats finite, ints
+  within +-INT_MAX (the keys `seeds` are checked by `check_seed`). A NaN or a 30-digit count is
+  never meant, and would otherwise surface deep inside a run (an overflow, a huge allocation)."""
+  seeds = set(seeds)
+
+  def walk(value: Any, key: str) -> None:
+    if isinstance(value, bool) or key in seeds:
+      return
+    if isinstance(value, float) and not math.isfinite(value):
+      raise ConfigError(f"config.{key} = {value!r}: must be a finite number")
+    if isinstance(value, int) and abs(value) > INT_MAX:
+      raise ConfigError(f"config.{key} = {value}: too large (at most {INT_MAX} in magnitude)")
+    if isinstance(value, list | tuple):
+      for i, v in enumerate(value):
+        walk(v, f"{key}[{i}]")
+    elif hasattr(value, "items"):
+      for k, v in value.items():
+        walk(v, f"{key}.{k}" if key else str(k))
+
+  walk(config, "")
+
+
 def check_choice(config: ml_collections.ConfigDict, key: str, choices: Iterable[Any]) -> None:
   """Checks that a config value is one of `choices`."""
   value = get(config, key)

@@ -39,6 +39,10 @@ POLICIES = oreport.POLICIES
 def validate(c: ml_collections.ConfigDict) -> None:
   """Checks every key (ConfigError names key, value and allowed range)."""
   cfg_lib.check_seed(c)
+  cfg_lib.check_numbers(c)
+  cfg_lib.check_range(c, "metrics.classifiers.batch_size", 1, integer=True)
+  cfg_lib.check_range(c, "metrics.classifiers.learning_rate", 0.0, lo_open=True)
+  cfg_lib.check_range(c, "export.target_ram_bytes", 1024, integer=True)
   cfg_lib.check_choice(c, "metrics.source", ["digits", "npz", "synthetic"])
   if c.metrics.source == "npz" and not c.metrics.file:
     raise ConfigError("config.metrics.file is empty: source 'npz' needs the path of a metrics npz file")

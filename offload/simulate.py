@@ -37,12 +37,19 @@ def _bucket_scan(n0, want_fn, xs, q, p, m):
   """Scans the bucket over time (xs time-major: "r", "iv" [T, S] and what want_fn reads).
 
   The per-stream step is vmapped over streams. want_fn(n_S, x_t) -> send wanted [S].
-  Returns the final n [S] and the per-stream sums [S, 3] of (reward, sends, occupancy).
+  Returns the final n [S] and the per-stream sums [S, 4] of (reward, sends, occupancy, decisions):
+  a decision is a step with n >= p, the only steps whose send wish matters.
   """
 
   def one(n, want, r, iv):
     n_next, sent = bucket.step(n, want, iv, q, p, m)
-    return n_next, jnp.stack([jnp.where(sent, r, 0.0), sent.astype(jnp.float32), n.astype(jnp.float32)])
+    inc = [
+      jnp.where(sent, r, 0.0),
+      sent.astype(jnp.float32),
+      n.astype(jnp.float32),
+      (n >= p).astype(jnp.float32),
+    ]
+    return n_next, jnp.stack(inc)
 
   def step(carry, x):
     n, acc = carry
@@ -50,13 +57,14 @@ def _bucket_scan(n0, want_fn, xs, q, p, m):
     n, inc = jax.vmap(one)(n, want_fn(n, x), x["r"], iv)
     return (n, acc + inc), None
 
-  (n, acc), _ = jax.lax.scan(step, (n0, jnp.zeros((n0.shape[0], 3), jnp.float32)), xs)
+  (n, acc), _ = jax.lax.scan(step, (n0, jnp.zeros((n0.shape[0], 4), jnp.float32)), xs)
   return n, acc
 
 
 @partial(jax.jit, static_argnames=("net", "block"))
 def _simulate(policy_params, metrics, rewards, seq, iseq, q, p, m, *, net: QNetwork | None, block: int):
-  """Per-stream totals [num, 3]: (reward sum, sends, occupancy sum) for [num, T] streams (T % block == 0)."""
+  """Per-stream totals [num, 4]: (reward sum, sends, occupancy sum, decisions) for [num, T] streams
+  (T % block == 0)."""
   num, length = seq.shape
   n0 = jnp.full((num,), m, jnp.int32)
   if net is None:
@@ -84,7 +92,7 @@ def _simulate(policy_params, metrics, rewards, seq, iseq, q, p, m, *, net: QNetw
     n, acc_b = _bucket_scan(n, want_fn, xs, q, p, m)
     return (n, acc + acc_b), None
 
-  (_, acc), _ = jax.lax.scan(block_body, (n0, jnp.zeros((num, 3), jnp.float32)), jnp.arange(length // block))
+  (_, acc), _ = jax.lax.scan(block_body, (n0, jnp.zeros((num, 4), jnp.float32)), jnp.arange(length // block))
   return acc
 
 
@@ -101,7 +109,9 @@ def simulate(
     block: time steps per block (the largest divisor of T not above it is used).
 
   Returns:
-    {"reward", "offload_fraction", "occupancy"} averaged over all images.
+    {"reward", "offload_fraction", "occupancy", "decision_fraction"} averaged over all images
+    (decision_fraction: the steps with n >= p, where the policy's wish to send matters; a DQN's
+    Q values are needed on those steps only).
   """
   q, p, m = bucket.discretize(rate, depth)
   seq = np.asarray(sequence)
@@ -134,9 +144,14 @@ def simulate(
     ),
     np.float64,
   )
-  reward, sent, occ = sums.sum(0)
+  reward, sent, occ, decisions = sums.sum(0)
   total = num * length
-  return {"reward": reward / total, "offload_fraction": sent / total, "occupancy": occ / total / m}
+  return {
+    "reward": reward / total,
+    "offload_fraction": sent / total,
+    "occupancy": occ / total / m,
+    "decision_fraction": decisions / total,
+  }
 
 
 def _divisor_at_most(n: int, k: int) -> int:

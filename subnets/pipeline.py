@@ -47,6 +47,13 @@ DEPS = {
 def validate(config: ml_collections.ConfigDict) -> None:
   """Checks every key the pipeline reads (ConfigError names key, value, allowed range)."""
   cfg_lib.check_seed(config)
+  cfg_lib.check_numbers(config)
+  for key in ("pretrain.max_steps", "finetune.max_steps", "baselines.scratch_epochs"):
+    cfg_lib.check_range(config, key, 0, integer=True)
+  cfg_lib.check_range(config, "export.representative_examples", 1, integer=True)
+  if "alpha" in config.model:
+    cfg_lib.check_range(config, "model.alpha", 0.0, 4.0, lo_open=True)  # MobileNet's width multiplier
+  cfg_lib.check_range(config, "export.target_ram_bytes", 1024, integer=True)
   cfg_lib.check_choice(config, "data.name", ("digits", "cifar10", "fashion_mnist", "speech_commands"))
   cfg_lib.check_range(config, "data.image_size", 0, 512, integer=True)
   cfg_lib.check_range(config, "data.limit", 0, integer=True)

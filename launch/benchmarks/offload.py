@@ -358,6 +358,10 @@ def bench_simulation(
     net.config.nhist1,
   )
   ref_dqn_per_image = (time.perf_counter() - t0) / (100 * ref_dqn_len)
+  # Work removal: Q values matter only at decisions (n >= p); the fraction bounds what skipping the
+  # network elsewhere could save (the MDP's fraction: where a trained DQN that behaves like it lands).
+  dqn_dec = simulate.simulate(pol, ts.metrics, ts.rewards, sseq, None, RATE, DEPTH)["decision_fraction"]
+  mdp_dec = simulate.simulate(th, ts.metrics, ts.rewards, sseq, None, RATE, DEPTH)["decision_fraction"]
   return {
     "streams": list(sseq.shape),
     "threshold_policy": {
@@ -376,6 +380,10 @@ def bench_simulation(
       "numpy_reference_measured_on": [100, ref_dqn_len],
       "speedup_vs_numpy_reference": ref_dqn_per_image * images / ours_dqn_sim["median_s"],
       "speedup_vs_published_original": [t / ours_dqn_sim["median_s"] for t in PUBLISHED["simulation_s"]],
+      "decision_fraction": dqn_dec,
+      "mdp_decision_fraction": mdp_dec,
+      "network_work_removal_bound": 1.0 / max(dqn_dec, 1e-9),
+      "network_work_removal_bound_at_mdp_fraction": 1.0 / max(mdp_dec, 1e-9),
     },
     "target": ">= 20x in images per second",
   }

@@ -24,6 +24,7 @@ from common import train as train_lib
 def validate(config: ml_collections.ConfigDict) -> None:
   """Checks every key the stage reads (raises ConfigError naming key, value, range)."""
   cfg.check_seed(config)
+  cfg.check_numbers(config)
   cfg.check_range(config, "data.image_size", 8, 512, integer=True)
   cfg.check_range(config, "data.limit", 0, integer=True)
   cfg.check_positive_ints(config, "model.widths")

@@ -101,8 +101,9 @@ BAD = [
   (["a", "--config=SYNTAX"], "SyntaxError"),
   (["a", "--config=NOGET"], "no get_config"),
   (["nope"], "nope"),
-  ([], "expected one step"),
-  (["a", "b"], "expected one step"),
+  ([], "expected a step"),
+  (["a", "all"], "all alone"),
+  (["a", "nope"], "nope"),
   (["a", "--bogus_flag=1"], "bogus_flag"),
   (["b"], "step b refuses"),
 ]
@@ -165,3 +166,12 @@ def test_edgeinfer_help_lists_every_technique_and_its_steps():
     [sys.executable, "-m", "launch.edgeinfer", "bogus"], capture_output=True, text=True, cwd=ROOT
   )
   assert r.returncode == 2 and "bogus" in r.stderr
+
+
+def test_several_steps_run_in_the_order_given(pkg, tmp_path):
+  w = tmp_path / "w"
+  r = run(pkg, "a", "b", f"--workdir={w}")  # a runs (writes a.json), then b refuses
+  assert r.returncode == 2 and "step b refuses" in r.stderr, r.stderr
+  assert r.stdout.startswith("a: ") and (w / "a.json").exists(), r.stdout
+  r = run(pkg, "b", "a", f"--workdir={tmp_path / 'v'}")  # b first: a never runs
+  assert r.returncode == 2 and not (tmp_path / "v" / "a.json").exists()

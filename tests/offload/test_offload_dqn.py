@@ -139,13 +139,14 @@ def test_simulation_matches_per_image_reference():
   q, p, m = bucket.discretize(rate, depth)
   th = np.full(m + 1, np.inf)
   th[p:] = np.linspace(1.0, -0.5, m + 1 - p)
-  total, sent, occ = 0.0, 0, 0
+  total, sent, occ, decisions = 0.0, 0, 0, 0
   for s in range(3):
     n = m
     for t in range(400):
       x = seq[s, t]
       go = n >= p and metrics[x] >= th[n]
       occ += n
+      decisions += n >= p
       total += rewards[x] if go else 0.0
       sent += go
       n = min(m, n - p * go + q * iv[s, t])
@@ -153,6 +154,8 @@ def test_simulation_matches_per_image_reference():
   assert res["reward"] == pytest.approx(total / 1200, rel=1e-5)
   assert res["offload_fraction"] == pytest.approx(sent / 1200)
   assert res["occupancy"] == pytest.approx(occ / 1200 / m)
+  assert res["decision_fraction"] == pytest.approx(decisions / 1200)
+  assert 0 < decisions < 1200  # the bucket both runs dry and holds tokens in this stream
 
 
 def test_int8_dqn_runs_under_tflite_micro_and_is_refused_when_ram_is_short(trained, tmp_path):
