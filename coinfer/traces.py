@@ -134,6 +134,11 @@ def synthetic(kind: str, seed: int, seconds: float = 120.0) -> Trace:
 MAX_TRACE_S = 86_400  # a longer trace file is refused (a typo'd timestamp would allocate its bins)
 
 
+def _check_length(path: Path, seconds: float) -> None:
+  if seconds > MAX_TRACE_S:
+    raise DataError(f"{path}: the trace lasts {seconds:.3g} s; at most {MAX_TRACE_S} s (one day) is read")
+
+
 def load_mahimahi(path: str | Path, *, bin_ms: int = 100) -> Trace:
   """A Mahimahi packet-delivery trace: one integer millisecond per line, each line one
   1500-byte delivery opportunity, non-decreasing; binned to `bin_ms` rates."""
@@ -156,10 +161,7 @@ def load_mahimahi(path: str | Path, *, bin_ms: int = 100) -> Trace:
   if not stamps:
     raise DataError(f"{path}: no delivery timestamps; a Mahimahi trace has one integer ms per line")
   period_ms = max(stamps[-1], 1)
-  if period_ms > MAX_TRACE_S * 1000:
-    raise DataError(
-      f"{path}: the trace lasts {period_ms / 1000:.0f} s; at most {MAX_TRACE_S} s (one day) is read"
-    )
+  _check_length(path, period_ms / 1000)
   nbins = int(math.ceil(period_ms / bin_ms))
   counts = np.bincount(np.minimum(np.asarray(stamps) // bin_ms, nbins - 1), minlength=nbins)
   rates = counts * MTU_BITS / (bin_ms / 1000.0)
@@ -200,10 +202,7 @@ def load_csv(path: str | Path) -> Trace:
     rates.append(r * 1e6)
   if len(times) < 2:
     raise DataError(f"{path}: a CSV trace needs at least 2 rows of (time_s, mbps)")
-  if times[-1] - times[0] > MAX_TRACE_S:
-    raise DataError(
-      f"{path}: the trace lasts {times[-1] - times[0]:.3g} s; at most {MAX_TRACE_S} s (one day) is read"
-    )
+  _check_length(path, times[-1] - times[0])
   t = np.asarray(times) - times[0]
   step_s = float(np.mean(np.diff(t)))
   return Trace(path.stem, t, np.asarray(rates), float(t[-1] + step_s))

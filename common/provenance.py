@@ -19,6 +19,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from common import config as config_lib
 from common.errors import ConfigError, DataError
 from common.safeio import load_json, quote
 
@@ -32,15 +33,6 @@ def _plain(value: Any) -> Any:
   if hasattr(value, "to_dict"):
     value = value.to_dict()
   return json.loads(json.dumps(value, sort_keys=True, default=str))  # tuples -> lists, numbers canonical
-
-
-def _get(config: Any, dotted: str) -> tuple[bool, Any]:
-  node = config
-  for part in dotted.split("."):
-    if not hasattr(node, "keys") or part not in node:
-      return False, None
-    node = node[part]
-  return True, node
 
 
 def sections(config: Mapping[str, Any], keys: Iterable[str]) -> dict[str, Any]:
@@ -64,8 +56,10 @@ def sections(config: Mapping[str, Any], keys: Iterable[str]) -> dict[str, Any]:
       if isinstance(node, dict):
         node.pop(leaf, None)
       continue
-    found, value = _get(config, key)
-    out[key] = _plain(value) if found else None
+    try:
+      out[key] = _plain(config_lib.get(config, key))
+    except ConfigError:
+      out[key] = None  # a section this config does not have
   return out
 
 

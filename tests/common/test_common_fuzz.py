@@ -41,8 +41,13 @@ def test_mahimahi_trace_loads_valid_or_raises_data_error(tmp_path, lines):
   assert math.isfinite(tr.period_s) and tr.period_s > 0
 
 
+_ROWS = st.lists(st.floats(-10, 10) | st.sampled_from([math.nan, math.inf]), min_size=2, max_size=8).map(
+  lambda rates: [f"{t},{r!r}" for t, r in enumerate(rates)]
+)  # well-formed rows with fuzzed rates (negative, NaN, inf)
+
+
 @FUZZ
-@given(lines=st.lists(st.one_of(_LINE, st.tuples(_LINE, _LINE).map(",".join)), max_size=30))
+@given(lines=st.lists(st.one_of(_LINE, st.tuples(_LINE, _LINE).map(",".join)), max_size=30) | _ROWS)
 def test_csv_trace_loads_valid_or_raises_data_error(tmp_path, lines):
   from coinfer import traces
 
@@ -84,6 +89,7 @@ def test_network_document_with_mutated_keys_builds_or_raises_config_error(data):
 _KEYS = ("metric_tr", "metric_ts", "wcost_tr", "wcost_ts", "scost_tr", "scost_ts")
 _ARRAY = st.one_of(
   st.lists(st.floats(allow_nan=True, allow_infinity=True), max_size=6).map(np.asarray),
+  st.lists(st.floats(allow_nan=True, allow_infinity=True), min_size=4, max_size=4).map(np.asarray),
   st.lists(st.integers(-3, 3), max_size=6).map(np.asarray),
   st.lists(st.lists(st.floats(-1, 1), min_size=2, max_size=2), max_size=3).map(np.asarray),
   st.text(max_size=4).map(np.asarray),
@@ -91,10 +97,18 @@ _ARRAY = st.one_of(
 
 
 @FUZZ
-@given(arrays=st.dictionaries(st.sampled_from(_KEYS), _ARRAY, min_size=4))
-def test_metrics_arrays_validate_or_raise_data_error(arrays):
+@given(
+  mutated=st.dictionaries(st.sampled_from(_KEYS), _ARRAY, max_size=3),
+  dropped=st.sets(st.sampled_from(_KEYS), max_size=1),
+)
+def test_metrics_arrays_validate_or_raise_data_error(mutated, dropped):
   from offload import data as odata
 
+  # a valid file (4 images per split), some arrays replaced by fuzzed ones, maybe one key dropped
+  arrays = {k: np.linspace(0.1, 0.9, 4) for k in _KEYS}
+  arrays.update(mutated)
+  for k in dropped:
+    arrays.pop(k)
   try:
     out = odata.validate(arrays, "fuzz.npz")
   except DataError:
