@@ -172,7 +172,7 @@ def from_dict(d: Mapping[str, Any], name: str = "config") -> NetConfig:
       dep = _pos_int(name, f"DEPTHS[{i}][{j}]", depths[i][j])
       w = _pos_int(name, f"WIDTHS[{i}][{j}]", widths[i][j])
       s = strides[i][j]
-      if s not in (1, 2):
+      if isinstance(s, bool) or not isinstance(s, int) or s not in (1, 2):
         raise _err(name, f"STRIDES[{i}][{j}]", s, "must be 1 or 2")
       bm = bot[i][j]
       if isinstance(bm, bool) or not isinstance(bm, int | float) or bm <= 0:

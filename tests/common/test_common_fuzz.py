@@ -8,6 +8,7 @@ exception, no hang, no huge allocation.
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -75,15 +76,29 @@ def test_network_document_with_mutated_keys_builds_or_raises_config_error(data):
 
   base = network.to_dict(network.load("tiny/R-tiny-CD.yaml"))
   doc = {sec: dict(v) if isinstance(v, dict) else v for sec, v in base.items()}
+  anynet = doc["ANYNET"] = json.loads(json.dumps(doc["ANYNET"]))  # a deep copy, lists and all
   for _ in range(data.draw(st.integers(1, 3))):
-    sec = data.draw(st.sampled_from(sorted(k for k, v in doc.items() if isinstance(v, dict))))
-    key = data.draw(st.sampled_from(sorted(doc[sec]) + ["BOGUS"]))
-    doc[sec][key] = data.draw(_VALUE)
+    if data.draw(st.booleans()):  # a whole key (any section), or a new one
+      sec = data.draw(st.sampled_from(sorted(k for k, v in doc.items() if isinstance(v, dict))))
+      key = data.draw(st.sampled_from(sorted(doc[sec]) + ["BOGUS"]))
+      doc[sec][key] = data.draw(_VALUE)
+    else:  # one entry of a per-stage list (a depth, width, stride, ... of one stage or branch)
+      key = data.draw(st.sampled_from(sorted(k for k, v in anynet.items() if isinstance(v, list) and v)))
+      i = data.draw(st.integers(0, len(anynet[key]) - 1))
+      if isinstance(anynet[key][i], list) and anynet[key][i]:
+        anynet[key][i][data.draw(st.integers(0, len(anynet[key][i]) - 1))] = data.draw(_SCALAR)
+      else:
+        anynet[key][i] = data.draw(_SCALAR)
   try:
     net = network.from_dict(doc, "fuzz.yaml")
   except ConfigError:
     return
   assert network.from_dict(network.to_dict(net), "fuzz.yaml") == net
+  assert net.stem_w >= 1 and net.stages and all(stage.branches for stage in net.stages)
+  for b in (b for stage in net.stages for b in stage.branches):
+    assert all(
+      isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in (b.depth, b.width, b.stride)
+    )
 
 
 _KEYS = ("metric_tr", "metric_ts", "wcost_tr", "wcost_ts", "scost_tr", "scost_ts")
