@@ -91,6 +91,8 @@ class Client:
     self.down_until = 0.0
     self.backoff = backoff_s
     self.reconnects = 0
+    self._lock = threading.Lock()
+    self._probing = False
 
   def _make(self):
     import tritonclient.grpc as tg
@@ -133,25 +135,39 @@ class Client:
 
   def mark_down(self) -> None:
     """The server went away: drop the channel, retry after the current backoff."""
-    if self.down_until:
-      return
-    self.down_until = time.monotonic() + self.backoff
-    old, self.client = self.client, None
+    with self._lock:
+      if self.down_until:
+        return
+      self.down_until = time.monotonic() + self.backoff
+      old, self.client = self.client, None
     if old is not None:
       threading.Thread(target=old.close, daemon=True).start()
 
   def available(self) -> bool:
-    """False while down and before the next retry; a due retry reconnects (or doubles the backoff)."""
-    if not self.down_until:
-      return True
-    if time.monotonic() < self.down_until:
-      return False
-    if self.try_connect():
-      self.reconnects += 1
-      return True
-    self.backoff = min(self.backoff * 2, self.max_backoff)
-    self.down_until = time.monotonic() + self.backoff
+    """False while down; never blocks. A due retry probes the server in a background thread (a
+    probe can take its whole timeout while a server starts), which reconnects or doubles the
+    backoff, so the frames that arrive meanwhile are counted at once instead of queueing behind it."""
+    with self._lock:
+      if not self.down_until:
+        return True
+      if self._probing or time.monotonic() < self.down_until:
+        return False
+      self._probing = True
+    threading.Thread(target=self._probe, daemon=True).start()
     return False
+
+  def _probe(self) -> None:
+    try:
+      live = self.try_connect()
+    except Exception:  # any failure of the probe is one more failed retry
+      live = False
+    with self._lock:
+      if live:
+        self.reconnects += 1
+      else:
+        self.backoff = min(self.backoff * 2, self.max_backoff)
+        self.down_until = time.monotonic() + self.backoff
+      self._probing = False
 
   def base_rtt_s(self, n: int = 10) -> float:
     ts = []
