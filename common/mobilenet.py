@@ -26,6 +26,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from common.xla_cpu import fusion_boundary
+
 # (t, c, n, s) rows of the ImageNet MobileNetV2 after the 32-channel stem.
 MOBILENET_V2_SETTINGS: tuple[tuple[int, int, int, int], ...] = (
   (1, 16, 1, 1),
@@ -66,12 +68,23 @@ def _pads(padding: Padding, h: int, w: int, kh: int, kw: int, stride: int) -> tu
 
 
 def depthwise_conv(
-  x_BHWC: jax.Array, kernel_KK1C: jax.Array, stride: int = 1, padding: Padding = "SAME"
+  x_BHWC: jax.Array,
+  kernel_KK1C: jax.Array,
+  stride: int = 1,
+  padding: Padding = "SAME",
+  *,
+  boundaries: bool = True,
 ) -> jax.Array:
   """Depthwise convolution as a sum over taps of shifted slices times the tap's weights.
 
   `padding` is "SAME", "VALID" or ((top, bottom), (left, right)), as in `lax.conv_general_dilated`.
+  `boundaries`: the input and the output pass through `common.xla_cpu.fusion_boundary`, so
+  XLA:CPU reads each from a buffer instead of recomputing its producer once per tap (the same
+  numbers; 5.5 s -> 3.1 s for AgileNN's full step, docs/agile.md).
   """
+  if boundaries:
+    pred = jnp.isfinite(jax.lax.stop_gradient(kernel_KK1C).reshape(-1)[0])
+    x_BHWC = fusion_boundary(x_BHWC, pred)
   kh, kw = kernel_KK1C.shape[:2]
   _, h, w, _ = x_BHWC.shape
   ph, pw = _pads(padding, h, w, kh, kw, stride)
@@ -84,7 +97,7 @@ def depthwise_conv(
       tap = xp[:, i : i + (oh - 1) * stride + 1 : stride, j : j + (ow - 1) * stride + 1 : stride, :]
       term = tap * kernel_KK1C[i, j, 0]
       out = term if out is None else out + term
-  return out
+  return fusion_boundary(out, pred) if boundaries else out
 
 
 def grouped_depthwise_conv(

@@ -157,9 +157,11 @@ class Client:
     return False
 
   def _probe(self) -> None:
+    from tritonclient.utils import InferenceServerException
+
     try:
       live = self.try_connect()
-    except Exception:  # any failure of the probe is one more failed retry
+    except (InferenceServerException, OSError, ValueError, RuntimeError):  # one more failed retry
       live = False
     with self._lock:
       if live:

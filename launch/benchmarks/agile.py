@@ -11,9 +11,10 @@ all in this one process:
   shifted        + shifted depthwise convs (`common.mobilenet.DepthwiseConv`)
   shifted_flags  + the launchers' XLA:CPU options (`common.xla_cpu.CPU_OPTIONS`)
   fast           + the IG baseline gradients from the per-class table (what training runs)
+  fast_ynn_off   fast under `YNN_OFF_OPTIONS` (YNN fusion off entirely: the options before)
 
 and the same step without the XAI terms (CE only: no evaluator, no
-grad-of-grad) as reference and fast. Each variant's XLA FLOP count, its
+grad-of-grad) as reference, fast and fast_ynn_off. Each variant's XLA FLOP count, its
 achieved FLOP/s and that as a fraction of a float32 matmul measured in the same
 run (with the fast options) are reported, and the reference / fast ratio.
 `--profile` adds the per-op breakdown (`common.profile`) of the reference and
@@ -27,7 +28,7 @@ import argparse
 import dataclasses
 
 TF2_STEP_S = (3.6, 3.9)
-VARIANTS = ("reference", "shifted", "shifted_flags", "fast")
+VARIANTS = ("reference", "shifted", "shifted_flags", "fast", "fast_ynn_off")
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
@@ -38,7 +39,9 @@ def add_args(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--ig_steps", type=int, default=2)
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--matmul_n", type=int, default=2048)
-  parser.add_argument("--variants", default="reference,fast", help=f"comma-separated, from {VARIANTS}")
+  parser.add_argument(
+    "--variants", default="reference,fast,fast_ynn_off", help=f"comma-separated, from {VARIANTS}"
+  )
   parser.add_argument(
     "--profile", action="store_true", help="per-op breakdown of the reference and fast steps"
   )
@@ -59,13 +62,17 @@ def _matmul_peak(n: int, repeats: int, options: dict) -> dict:
 
 
 def conv_ops(repeats: int) -> dict:
-  """Single ops of the evaluator's shapes (batch 64) with XLA:CPU's defaults and with CPU_OPTIONS:
-  a 3x3 conv 24 -> 96 at 32x32 (forward, filter and input gradients), a 1x1 conv 256 -> 1024 at
-  16x16 (forward, filter gradient), the same 1x1 conv as an einsum, and a 2048^2 matmul."""
+  """Single ops of the evaluator's shapes (batch 64) with XLA:CPU's defaults, CPU_OPTIONS and
+  YNN_OFF_OPTIONS: a 3x3 conv 24 -> 96 at 32x32 (forward, filter and input gradients), a 1x1 conv
+  256 -> 1024 at 16x16 (forward, filter gradient), the same 1x1 conv as an einsum, a training
+  BatchNorm's statistics (sum and sum of squares over batch and space of 64x32x32x96), the
+  shifted depthwise conv's filter gradient at that shape, and a 2048^2 matmul. Milliseconds each,
+  and GFLOP/s where XLA counts FLOPs (convs, dots)."""
   import jax
   import jax.numpy as jnp
 
-  from common.xla_cpu import CPU_OPTIONS
+  from common.mobilenet import depthwise_conv
+  from common.xla_cpu import CPU_OPTIONS, YNN_OFF_OPTIONS
   from launch.bench import measure
 
   conv = lambda x, k: jax.lax.conv_general_dilated(
@@ -74,22 +81,30 @@ def conv_ops(repeats: int) -> dict:
   dot = lambda x, k: jnp.einsum("bhwc,cd->bhwd", x, k[0, 0])
   wgrad = lambda f: lambda x, k: jax.grad(lambda k: f(x, k).sum())(k)
   igrad = lambda f: lambda x, k: jax.grad(lambda x: f(x, k).sum())(x)
+  bn_stats = lambda x: (x.sum(axis=(0, 1, 2)), jnp.square(x).sum(axis=(0, 1, 2)))
+  dw_wgrad = lambda x, k, g: jax.vjp(lambda k: depthwise_conv(x, k), k)[1](g)[0]
   r = lambda i, s: jax.random.normal(jax.random.key(i), s, jnp.float32)
   a3, a1 = (r(0, (64, 32, 32, 24)), r(1, (3, 3, 24, 96))), (r(2, (64, 16, 16, 256)), r(3, (1, 1, 256, 1024)))
+  x96 = r(6, (64, 32, 32, 96))
   mm = (r(4, (2048, 2048)), r(5, (2048, 2048)))
   ops = {
     "conv3x3_forward": (conv, a3), "conv3x3_filter_grad": (wgrad(conv), a3), "conv3x3_input_grad": (igrad(conv), a3),
     "conv1x1_forward": (conv, a1), "conv1x1_filter_grad": (wgrad(conv), a1),
-    "einsum1x1_forward": (dot, a1), "einsum1x1_filter_grad": (wgrad(dot), a1), "matmul2048": (jnp.matmul, mm),
+    "einsum1x1_forward": (dot, a1), "einsum1x1_filter_grad": (wgrad(dot), a1),
+    "batchnorm_statistics": (bn_stats, (x96,)), "depthwise3x3_filter_grad": (dw_wgrad, (x96, r(7, (3, 3, 1, 96)), x96)),
+    "matmul2048": (jnp.matmul, mm),
   }  # fmt: skip
   out = {}
   for name, (f, args) in ops.items():
     row = {}
-    for label, options in (("default", {}), ("cpu_options", CPU_OPTIONS)):
+    for label, options in (("default", {}), ("cpu_options", CPU_OPTIONS), ("ynn_off", YNN_OFF_OPTIONS)):
       c = jax.jit(f).lower(*args).compile(options)
       t = measure(lambda c=c, args=args: jax.block_until_ready(c(*args)), repeats=max(repeats, 5), warmup=1)
-      row[f"{label}_gflops_per_s"] = _flops(c) / t["min_s"] / 1e9
-    row["ratio"] = row["cpu_options_gflops_per_s"] / row["default_gflops_per_s"]
+      row[f"{label}_ms"] = t["min_s"] * 1e3
+      if _flops(c):
+        row[f"{label}_gflops_per_s"] = _flops(c) / t["min_s"] / 1e9
+    row["speedup_vs_default"] = row["default_ms"] / row["cpu_options_ms"]
+    row["speedup_vs_ynn_off"] = row["ynn_off_ms"] / row["cpu_options_ms"]
     out[name] = row
   return out
 
@@ -146,13 +161,16 @@ def _setup(args):
   }
 
 
-def _variant(name: str) -> tuple[bool, bool, bool]:
-  """(shifted depthwise, XLA CPU options, baseline table) of a variant."""
+def _variant(name: str) -> tuple[bool, dict, bool]:
+  """(shifted depthwise, XLA:CPU compiler options, baseline table) of a variant."""
+  from common.xla_cpu import CPU_OPTIONS, YNN_OFF_OPTIONS
+
   return {
-    "reference": (False, False, False),
-    "shifted": (True, False, False),
-    "shifted_flags": (True, True, False),
-    "fast": (True, True, True),
+    "reference": (False, {}, False),
+    "shifted": (True, {}, False),
+    "shifted_flags": (True, CPU_OPTIONS, False),
+    "fast": (True, CPU_OPTIONS, True),
+    "fast_ynn_off": (True, YNN_OFF_OPTIONS, True),
   }[name]
 
 
@@ -165,16 +183,15 @@ def _full_step(s: dict, name: str, args):
   from agile.models import AgileNN
   from common import train as train_lib
   from common.mobilenet import count_grouped_convs
-  from common.xla_cpu import CPU_OPTIONS
 
-  shifted, flags, table = _variant(name)
+  shifted, options, table = _variant(name)
   model = AgileNN(dataclasses.replace(s["mcfg"], shifted_depthwise=shifted))
   step = agile_train.make_train_step(model, s["eval_loss"], s["tx"], s["prep"], ig_steps=args.ig_steps)
   state = train_lib.create_train_state(jax.tree.map(jnp.array, s["variables"]), s["tx"])
   ev = s["table_vars"] if table else s["eval_vars"]
   step_args = (state, s["batch"], jax.random.key(0), s["hp"], ev)
   grouped = count_grouped_convs(step, *step_args)  # 0 when the shifted depthwise path is in effect
-  compiled = step.lower(*step_args).compile(CPU_OPTIONS if flags else {})
+  compiled = step.lower(*step_args).compile(options)
   return compiled, state, ev, grouped
 
 
@@ -211,7 +228,7 @@ def run(args) -> dict:
   import jax
 
   from common import profile
-  from common.xla_cpu import CPU_OPTIONS
+  from common.xla_cpu import CPU_OPTIONS, YNN_OFF_OPTIONS
   from launch.bench import measure
 
   if args.ops_only:
@@ -248,7 +265,12 @@ def run(args) -> dict:
     out["full_step"][name] = row
     del compiled, holder
   out["ce_only_step"] = {}
-  for name, shifted, options in (("reference", False, {}), ("fast", True, CPU_OPTIONS)):
+  ce_variants = [
+    ("reference", False, {}),
+    ("fast", True, CPU_OPTIONS),
+    ("fast_ynn_off", True, YNN_OFF_OPTIONS),
+  ]
+  for name, shifted, options in ce_variants:
     compiled, state = _ce_step(s, shifted, options)
     holder = {"s": state}
 
@@ -274,7 +296,10 @@ def run(args) -> dict:
   med = lambda part, name: out[part][name]["step_s"]["median_s"] if name in out[part] else None
   if med("full_step", "reference") and med("full_step", "fast"):
     out["full_step_speedup_fast_vs_reference"] = med("full_step", "reference") / med("full_step", "fast")
+  if med("full_step", "fast_ynn_off") and med("full_step", "fast"):
+    out["full_step_speedup_fast_vs_ynn_off"] = med("full_step", "fast_ynn_off") / med("full_step", "fast")
   out["ce_only_speedup_fast_vs_reference"] = med("ce_only_step", "reference") / med("ce_only_step", "fast")
+  out["ce_only_speedup_fast_vs_ynn_off"] = med("ce_only_step", "fast_ynn_off") / med("ce_only_step", "fast")
   if med("full_step", "fast"):
     fast = med("full_step", "fast")
     out["xai_grad_of_grad_share_fast"] = max(0.0, 1.0 - med("ce_only_step", "fast") / fast)

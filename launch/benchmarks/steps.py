@@ -41,14 +41,19 @@ def time_step(step, args: tuple, options: dict, repeats: int) -> dict[str, Any]:
 
 
 def before_after(make: Callable[[bool], tuple[Any, tuple]], repeats: int) -> dict[str, Any]:
-  """`make(shifted_depthwise) -> (jitted step, args)`; the reference and fast steps and their ratio."""
-  from common.xla_cpu import CPU_OPTIONS
+  """`make(shifted_depthwise) -> (jitted step, args)`; the reference and fast steps and their ratio,
+  and the fast step under YNN_OFF_OPTIONS (the launchers' options before YNN's reductions came back)."""
+  from common.xla_cpu import CPU_OPTIONS, YNN_OFF_OPTIONS
 
   ref = time_step(*make(False), {}, repeats)
   fast = time_step(*make(True), CPU_OPTIONS, repeats)
+  ynn_off = time_step(*make(True), YNN_OFF_OPTIONS, repeats)
+  median = lambda r: r["step_s"]["median_s"]
   return {
     "reference": ref,
     "fast": fast,
-    "speedup": ref["step_s"]["median_s"] / fast["step_s"]["median_s"],
+    "fast_ynn_off": ynn_off,
+    "speedup": median(ref) / median(fast),
+    "speedup_vs_ynn_off": median(ynn_off) / median(fast),
     "fast_options": CPU_OPTIONS,
   }

@@ -1,4 +1,5 @@
-"""common.mobilenet: the shifted depthwise form equals the grouped convolution, and the flag selects it."""
+"""common.mobilenet: the shifted depthwise form equals the grouped convolution, and the flag selects it;
+its fusion boundaries change no number (to second order) and are in the compiled XLA:CPU program."""
 
 import jax
 import jax.numpy as jnp
@@ -70,6 +71,38 @@ def test_shifted_depthwise_body_equals_grouped_conv_body():
   np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
   np.testing.assert_allclose(la, lb, rtol=1e-4, atol=1e-5)
   jax.tree.map(lambda p, q: np.testing.assert_allclose(p, q, rtol=1e-3, atol=1e-4), ga, gb)
+
+
+def _second_order(boundaries: bool):
+  """grad_k |d/dx sum(silu(dw(silu(x))))|^2: the grad-of-grad shape of AgileNN's XAI terms."""
+
+  def inner(x, k):
+    return jnp.sum(jax.nn.silu(mobilenet.depthwise_conv(jax.nn.silu(x), k, 2, boundaries=boundaries)))
+
+  def outer(k, x):
+    g = jax.grad(inner)(x, k)
+    return jnp.sum(g**2), g
+
+  return jax.jit(jax.value_and_grad(outer, has_aux=True))
+
+
+def test_fusion_boundaries_keep_every_number_and_reach_the_compiled_program():
+  """With and without the boundaries: the same conv, first-order and second-order gradients; the
+  boundaried program holds XLA conditionals (4 per conv in this grad-of-grad), the other none."""
+  x = jax.random.normal(jax.random.key(0), (2, 9, 9, 4))
+  k = jax.random.normal(jax.random.key(1), (3, 3, 1, 4))
+  on, off = _second_order(True), _second_order(False)
+  (va, ga), da = on(k, x)
+  (vb, gb), db = off(k, x)
+  np.testing.assert_allclose(va, vb, rtol=1e-6)
+  np.testing.assert_allclose(ga, gb, rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(da, db, rtol=1e-5, atol=1e-6)
+  hlo = lambda f: f.lower(k, x).compile().as_text()
+  assert hlo(on).count(" conditional(") >= 4 and hlo(off).count(" conditional(") == 0
+  np.testing.assert_array_equal(
+    jax.jit(lambda x: jax.vmap(lambda x: mobilenet.depthwise_conv(x[None], k)[0])(x))(x),
+    jax.jit(lambda x: mobilenet.depthwise_conv(x, k, boundaries=False))(x),
+  )
 
 
 def test_make_divisible():
