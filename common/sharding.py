@@ -264,6 +264,16 @@ class Step:
       devices = devices[: math.gcd(rows, len(devices))]
     return make_mesh(devices)
 
+  def lower(self, *args, **kwargs):
+    """`jax.jit(...).lower` of the step; on one device without a call first (the benchmarks
+    compile a step with their own XLA options)."""
+    if self._plain is None and self._last is None and self.mesh is None and jax.device_count() == 1:
+      self._plain = jax.jit(self.fn, donate_argnums=self.donate_argnums)
+    target = self._plain or self._last
+    if target is None:
+      raise AttributeError("lower: call the step once first")
+    return target.lower(*args, **kwargs)
+
   def __getattr__(self, name):
     if name.startswith("__"):
       raise AttributeError(name)

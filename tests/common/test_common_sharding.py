@@ -45,3 +45,23 @@ def test_multihost_flags_are_checked(flags, message):
   res = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120)
   assert res.returncode == 2, res.stderr[-2000:]
   assert message in res.stderr and "Traceback" not in res.stderr, res.stderr[-2000:]
+
+
+def test_step_lowers_before_its_first_call_on_one_device():
+  """`jit_step(f).lower(...)` works before any call (the benchmarks compile steps with their own
+  XLA options) and the compiled step gives the called step's result."""
+  import jax.numpy as jnp
+  import numpy as np
+
+  from common import sharding
+
+  def f(state, batch):
+    return state + batch.sum(), batch * 2
+
+  step = sharding.jit_step(f)
+  args = (jnp.float32(1.0), jnp.arange(4.0))
+  compiled = step.lower(*args).compile()
+  got = compiled(jnp.float32(1.0), jnp.arange(4.0))
+  want = sharding.jit_step(f)(*args)
+  np.testing.assert_array_equal(got[0], want[0])
+  np.testing.assert_array_equal(got[1], want[1])

@@ -20,6 +20,14 @@ def test_set_cpu_flags_adds_once_and_keeps_the_users_value():
   env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
   xla_cpu.set_cpu_flags(env)
   assert env["XLA_FLAGS"] == "--xla_force_host_platform_device_count=8 " + xla_cpu.flags_text()
+  for technique, value in (
+    ("agile", "LIBRARY_FUSION_TYPE_REDUCE"),
+    ("coinfer", "LIBRARY_FUSION_TYPE_REDUCE"),
+    ("subnets", ""),
+  ):
+    env = {}
+    xla_cpu.set_cpu_flags(env, technique=technique)
+    assert env["XLA_FLAGS"] == f"--xla_cpu_experimental_ynn_fusion_type={value}", technique
 
 
 def test_cpu_options_give_the_default_results():
