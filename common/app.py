@@ -297,7 +297,7 @@ def run(spec: App, argv: Sequence[str] | None = None) -> None:
   """The entry point of `<package>/main.py`: runs `main` with the project's error handling."""
   from common.xla_cpu import set_cpu_flags
 
-  set_cpu_flags(technique=spec.name)  # before JAX starts its backend: the XLA:CPU options (common/xla_cpu.py)
+  set_cpu_flags()  # before JAX starts its backend: the commands' XLA:CPU options (common/xla_cpu.py)
   define_flags()
   argv = list(sys.argv if argv is None else argv)
   cli.run_main(lambda: main(spec, argv))

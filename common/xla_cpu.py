@@ -1,50 +1,40 @@
 """XLA:CPU options the launchers set (jaxlib 0.10.2), measured by `python -m launch.bench <technique>`.
 
-`--xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_REDUCE` (`CPU_OPTIONS`) keeps the
-YNNPACK fusions of reductions only, so XLA:CPU's own (Eigen) kernels run the convolutions and
-dots. Both halves matter for AgileNN and RTCoInfer on this 2-core machine: with YNN fusion on
-everywhere (the default) the convolutions' filter gradients run several times slower than
-Eigen's, and with YNN fusion off entirely (`YNN_OFF_OPTIONS`, the launchers' option before)
-every reduction over batch and space (each training BatchNorm's statistics, each shifted
-depthwise filter gradient) runs many times slower than YNN's (`python -m launch.bench agile
---ops_only` times single ops under the three settings). The training steps of REDS and
-NN-Stretch ran faster with YNN fusion off entirely (`python -m launch.bench subnets` /
-`branching`, `train_step`), so those keep it (`TECHNIQUE_OPTIONS`), and offload, not
-re-measured, keeps the previous option. docs/agile.md has the step-level figures.
+`CPU_OPTIONS` (`--xla_cpu_experimental_ynn_fusion_type=`, YNN fusion off) is what every
+command sets: XLA:CPU's own (Eigen) kernels run the convolutions and dots, whose filter
+gradients run several times slower under YNN fusion (the default). `REDUCE_OPTIONS`
+(`LIBRARY_FUSION_TYPE_REDUCE`) keeps YNN for reductions only: with YNN fusion off every
+reduction over batch and space (each training BatchNorm's statistics, each shifted depthwise
+filter gradient) runs many times slower than YNN's (`python -m launch.bench agile --ops_only`).
+Which is faster depends on the model's size: at the paper's shapes REDUCE_OPTIONS made
+AgileNN's training step 1.20x faster and RTCoInfer's benchmark step 1.25-1.39x, while the quick
+configs on digits trained slower with it (the quickstart's common stage 53 s against 41 s), so
+the commands keep YNN fusion off and a paper-scale run opts in with
+`XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_REDUCE` (a value already
+in XLA_FLAGS is kept). docs/agile.md has the figures.
 
-Every command calls `set_cpu_flags(technique=...)` before JAX starts its backend
-(`common.app.run`, so `edgeinfer <technique>` and `python -m <technique>.main`, and
-`launch.train`); `launch.quickstart` runs every stage in one process with `CPU_OPTIONS`. Tests
-do not, so they run XLA's defaults. The benchmarks compare the option sets in one process by
-passing them as per-executable compiler options (`jit(f).lower(...).compile(options)`).
+Every command (`common.app.run`, so `edgeinfer <technique>` and `python -m <technique>.main`,
+and `launch.train`, `launch.quickstart`) calls `set_cpu_flags()` before JAX starts its backend;
+tests do not, so they run XLA's defaults. The benchmarks compare the option sets in one process
+by passing them as per-executable compiler options (`jit(f).lower(...).compile(options)`).
 """
 
 from __future__ import annotations
 
 import os
 
-CPU_OPTIONS: dict[str, str] = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_REDUCE"}
-YNN_OFF_OPTIONS: dict[str, str] = {"xla_cpu_experimental_ynn_fusion_type": ""}  # YNN fusion off entirely
-TECHNIQUE_OPTIONS: dict[str, dict[str, str]] = {
-  "subnets": YNN_OFF_OPTIONS,
-  "branching": YNN_OFF_OPTIONS,
-  "offload": YNN_OFF_OPTIONS,
-}
-
-
-def cpu_options(technique: str | None = None) -> dict[str, str]:
-  """The XLA:CPU options the launchers use for `technique` (CPU_OPTIONS unless listed)."""
-  return TECHNIQUE_OPTIONS.get(technique or "", CPU_OPTIONS)
+CPU_OPTIONS: dict[str, str] = {"xla_cpu_experimental_ynn_fusion_type": ""}  # YNN fusion off
+REDUCE_OPTIONS: dict[str, str] = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_REDUCE"}
 
 
 def flags_text(options: dict[str, str] = CPU_OPTIONS) -> str:
   return " ".join(f"--{k}={v}" for k, v in options.items())
 
 
-def set_cpu_flags(environ=os.environ, technique: str | None = None) -> None:
-  """Adds `cpu_options(technique)` to XLA_FLAGS (an option already there is left as the user set it)."""
+def set_cpu_flags(environ=os.environ) -> None:
+  """Adds CPU_OPTIONS to XLA_FLAGS (an option already there is left as the user set it)."""
   current = environ.get("XLA_FLAGS", "")
-  extra = [f"--{k}={v}" for k, v in cpu_options(technique).items() if f"--{k}=" not in current]
+  extra = [f"--{k}={v}" for k, v in CPU_OPTIONS.items() if f"--{k}=" not in current]
   if extra:
     environ["XLA_FLAGS"] = " ".join([current, *extra]).strip()
 

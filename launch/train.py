@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> None:
   args, rest = parse(sys.argv[1:] if argv is None else argv)
   from common.xla_cpu import set_cpu_flags
 
-  set_cpu_flags(technique=args.technique)  # before JAX starts its backend
+  set_cpu_flags()  # before JAX starts its backend
   if args.platform:
     os.environ["JAX_PLATFORMS"] = args.platform
   start_multihost(args.multihost, args.coordinator, args.num_processes, args.process_id)

@@ -11,10 +11,10 @@ all in this one process:
   shifted        + shifted depthwise convs (`common.mobilenet.DepthwiseConv`)
   shifted_flags  + the launchers' XLA:CPU options (`common.xla_cpu.CPU_OPTIONS`)
   fast           + the IG baseline gradients from the per-class table (what training runs)
-  fast_ynn_off   fast under `YNN_OFF_OPTIONS` (YNN fusion off entirely: the options before)
+  fast_ynn_reduce  fast under `REDUCE_OPTIONS` (YNN's reductions kept: the opt-in for paper-scale runs)
 
 and the same step without the XAI terms (CE only: no evaluator, no
-grad-of-grad) as reference, fast and fast_ynn_off. Each variant's XLA FLOP count, its
+grad-of-grad) as reference, fast and fast_ynn_reduce. Each variant's XLA FLOP count, its
 achieved FLOP/s and that as a fraction of a float32 matmul measured in the same
 run (with the fast options) are reported, and the reference / fast ratio.
 `--profile` adds the per-op breakdown (`common.profile`) of the reference and
@@ -28,7 +28,7 @@ import argparse
 import dataclasses
 
 TF2_STEP_S = (3.6, 3.9)
-VARIANTS = ("reference", "shifted", "shifted_flags", "fast", "fast_ynn_off")
+VARIANTS = ("reference", "shifted", "shifted_flags", "fast", "fast_ynn_reduce")
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
@@ -40,7 +40,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--matmul_n", type=int, default=2048)
   parser.add_argument(
-    "--variants", default="reference,fast,fast_ynn_off", help=f"comma-separated, from {VARIANTS}"
+    "--variants", default="reference,fast,fast_ynn_reduce", help=f"comma-separated, from {VARIANTS}"
   )
   parser.add_argument(
     "--profile", action="store_true", help="per-op breakdown of the reference and fast steps"
@@ -63,7 +63,7 @@ def _matmul_peak(n: int, repeats: int, options: dict) -> dict:
 
 def conv_ops(repeats: int) -> dict:
   """Single ops of the evaluator's shapes (batch 64) with XLA:CPU's defaults, CPU_OPTIONS and
-  YNN_OFF_OPTIONS: a 3x3 conv 24 -> 96 at 32x32 (forward, filter and input gradients), a 1x1 conv
+  REDUCE_OPTIONS: a 3x3 conv 24 -> 96 at 32x32 (forward, filter and input gradients), a 1x1 conv
   256 -> 1024 at 16x16 (forward, filter gradient), the same 1x1 conv as an einsum, a training
   BatchNorm's statistics (sum and sum of squares over batch and space of 64x32x32x96), the
   shifted depthwise conv's filter gradient at that shape, and a 2048^2 matmul. Milliseconds each,
@@ -72,7 +72,7 @@ def conv_ops(repeats: int) -> dict:
   import jax.numpy as jnp
 
   from common.mobilenet import depthwise_conv
-  from common.xla_cpu import CPU_OPTIONS, YNN_OFF_OPTIONS
+  from common.xla_cpu import CPU_OPTIONS, REDUCE_OPTIONS
   from launch.bench import measure
 
   conv = lambda x, k: jax.lax.conv_general_dilated(
@@ -97,14 +97,14 @@ def conv_ops(repeats: int) -> dict:
   out = {}
   for name, (f, args) in ops.items():
     row = {}
-    for label, options in (("default", {}), ("cpu_options", CPU_OPTIONS), ("ynn_off", YNN_OFF_OPTIONS)):
+    for label, options in (("default", {}), ("cpu_options", CPU_OPTIONS), ("ynn_reduce", REDUCE_OPTIONS)):
       c = jax.jit(f).lower(*args).compile(options)
       t = measure(lambda c=c, args=args: jax.block_until_ready(c(*args)), repeats=max(repeats, 5), warmup=1)
       row[f"{label}_ms"] = t["min_s"] * 1e3
       if _flops(c):
         row[f"{label}_gflops_per_s"] = _flops(c) / t["min_s"] / 1e9
     row["speedup_vs_default"] = row["default_ms"] / row["cpu_options_ms"]
-    row["speedup_vs_ynn_off"] = row["ynn_off_ms"] / row["cpu_options_ms"]
+    row["ynn_reduce_vs_cpu_options"] = row["cpu_options_ms"] / row["ynn_reduce_ms"]
     out[name] = row
   return out
 
@@ -163,14 +163,14 @@ def _setup(args):
 
 def _variant(name: str) -> tuple[bool, dict, bool]:
   """(shifted depthwise, XLA:CPU compiler options, baseline table) of a variant."""
-  from common.xla_cpu import CPU_OPTIONS, YNN_OFF_OPTIONS
+  from common.xla_cpu import CPU_OPTIONS, REDUCE_OPTIONS
 
   return {
     "reference": (False, {}, False),
     "shifted": (True, {}, False),
     "shifted_flags": (True, CPU_OPTIONS, False),
     "fast": (True, CPU_OPTIONS, True),
-    "fast_ynn_off": (True, YNN_OFF_OPTIONS, True),
+    "fast_ynn_reduce": (True, REDUCE_OPTIONS, True),
   }[name]
 
 
@@ -228,7 +228,7 @@ def run(args) -> dict:
   import jax
 
   from common import profile
-  from common.xla_cpu import CPU_OPTIONS, YNN_OFF_OPTIONS
+  from common.xla_cpu import CPU_OPTIONS, REDUCE_OPTIONS
   from launch.bench import measure
 
   if args.ops_only:
@@ -268,7 +268,7 @@ def run(args) -> dict:
   ce_variants = [
     ("reference", False, {}),
     ("fast", True, CPU_OPTIONS),
-    ("fast_ynn_off", True, YNN_OFF_OPTIONS),
+    ("fast_ynn_reduce", True, REDUCE_OPTIONS),
   ]
   for name, shifted, options in ce_variants:
     compiled, state = _ce_step(s, shifted, options)
@@ -296,10 +296,14 @@ def run(args) -> dict:
   med = lambda part, name: out[part][name]["step_s"]["median_s"] if name in out[part] else None
   if med("full_step", "reference") and med("full_step", "fast"):
     out["full_step_speedup_fast_vs_reference"] = med("full_step", "reference") / med("full_step", "fast")
-  if med("full_step", "fast_ynn_off") and med("full_step", "fast"):
-    out["full_step_speedup_fast_vs_ynn_off"] = med("full_step", "fast_ynn_off") / med("full_step", "fast")
+  if med("full_step", "fast_ynn_reduce") and med("full_step", "fast"):
+    out["full_step_speedup_ynn_reduce_vs_fast"] = med("full_step", "fast") / med(
+      "full_step", "fast_ynn_reduce"
+    )
   out["ce_only_speedup_fast_vs_reference"] = med("ce_only_step", "reference") / med("ce_only_step", "fast")
-  out["ce_only_speedup_fast_vs_ynn_off"] = med("ce_only_step", "fast_ynn_off") / med("ce_only_step", "fast")
+  out["ce_only_speedup_ynn_reduce_vs_fast"] = med("ce_only_step", "fast") / med(
+    "ce_only_step", "fast_ynn_reduce"
+  )
   if med("full_step", "fast"):
     fast = med("full_step", "fast")
     out["xai_grad_of_grad_share_fast"] = max(0.0, 1.0 - med("ce_only_step", "fast") / fast)

@@ -53,7 +53,7 @@ def train_step_speed(repeats: int) -> dict:
     step, _, _ = btrain.make_steps(model, tx, mean=0.5, std=0.25, ema_decay=0.98)
     return step, (state, batch, jax.random.key(1))
 
-  return {"net": c.stretched, "batch": 64, **steps.before_after(make, repeats, "branching")}
+  return {"net": c.stretched, "batch": 64, **steps.before_after(make, repeats)}
 
 
 def run(args) -> dict:

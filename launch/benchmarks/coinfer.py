@@ -102,7 +102,7 @@ def train_step_speed(repeats: int) -> dict:
     step = T.make_train_step(ctx, tx, lambda rng: ids, teacher=teacher)
     return step, (state, batch, jax.random.key(1))
 
-  return {"batch": bs, "setups_per_step": int(ids.shape[0]), **steps.before_after(make, repeats, "coinfer")}
+  return {"batch": bs, "setups_per_step": int(ids.shape[0]), **steps.before_after(make, repeats)}
 
 
 def run(args) -> dict:

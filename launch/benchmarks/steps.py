@@ -2,8 +2,8 @@
 
 "reference" is the step with XLA's grouped depthwise convolutions and XLA:CPU's
 default options; "fast" is the step as the launchers train it: shifted
-depthwise convolutions (`common.mobilenet.DepthwiseConv`) and the technique's
-`common.xla_cpu.cpu_options`. The options are per-executable compiler options,
+depthwise convolutions (`common.mobilenet.DepthwiseConv`) and
+`common.xla_cpu.CPU_OPTIONS`. The options are per-executable compiler options,
 so both run in the same process (the benchmark harness does not set XLA_FLAGS).
 """
 
@@ -40,24 +40,20 @@ def time_step(step, args: tuple, options: dict, repeats: int) -> dict[str, Any]:
   return {"step_s": t, "compile_s": compile_s, "step_flops": flops, "flops_per_s": flops / t["median_s"]}
 
 
-def before_after(make: Callable[[bool], tuple[Any, tuple]], repeats: int, technique: str) -> dict[str, Any]:
-  """`make(shifted_depthwise) -> (jitted step, args)`; the reference step, the fast step under both
-  option sets (YNN's reductions kept, CPU_OPTIONS; YNN fusion off entirely, YNN_OFF_OPTIONS), and
-  "fast" as `technique`'s launcher runs it (`common.xla_cpu.cpu_options`)."""
-  from common.xla_cpu import CPU_OPTIONS, YNN_OFF_OPTIONS, cpu_options
+def before_after(make: Callable[[bool], tuple[Any, tuple]], repeats: int) -> dict[str, Any]:
+  """`make(shifted_depthwise) -> (jitted step, args)`; the reference step, the fast step as the
+  launchers train it (CPU_OPTIONS) and the fast step under REDUCE_OPTIONS (YNN's reductions kept)."""
+  from common.xla_cpu import CPU_OPTIONS, REDUCE_OPTIONS
 
   ref = time_step(*make(False), {}, repeats)
-  reduce_ = time_step(*make(True), CPU_OPTIONS, repeats)
-  ynn_off = time_step(*make(True), YNN_OFF_OPTIONS, repeats)
-  options = cpu_options(technique)
-  fast = reduce_ if options == CPU_OPTIONS else ynn_off
+  fast = time_step(*make(True), CPU_OPTIONS, repeats)
+  reduce_ = time_step(*make(True), REDUCE_OPTIONS, repeats)
   median = lambda r: r["step_s"]["median_s"]
   return {
     "reference": ref,
     "fast": fast,
     "fast_ynn_reduce": reduce_,
-    "fast_ynn_off": ynn_off,
     "speedup": median(ref) / median(fast),
-    "ynn_reduce_vs_ynn_off": median(ynn_off) / median(reduce_),
-    "fast_options": options,
+    "ynn_reduce_vs_fast": median(fast) / median(reduce_),
+    "fast_options": CPU_OPTIONS,
   }

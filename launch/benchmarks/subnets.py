@@ -206,7 +206,7 @@ def train_step_speed(repeats: int) -> dict:
     "model": "ds_cnn_s",
     "subnetworks": len(widths_list),
     "batch": 64,
-    **steps.before_after(make, repeats, "subnets"),
+    **steps.before_after(make, repeats),
   }
 
 

@@ -10,9 +10,9 @@ from common import xla_cpu
 def test_set_cpu_flags_adds_once_and_keeps_the_users_value():
   env = {}
   xla_cpu.set_cpu_flags(env)
-  assert env["XLA_FLAGS"] == "--xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_REDUCE"
+  assert env["XLA_FLAGS"] == "--xla_cpu_experimental_ynn_fusion_type="
   xla_cpu.set_cpu_flags(env)
-  assert env["XLA_FLAGS"] == "--xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_REDUCE"
+  assert env["XLA_FLAGS"] == "--xla_cpu_experimental_ynn_fusion_type="
   mine = "--xla_force_host_platform_device_count=8 --xla_cpu_experimental_ynn_fusion_type=dot"
   env = {"XLA_FLAGS": mine}
   xla_cpu.set_cpu_flags(env)
@@ -20,14 +20,6 @@ def test_set_cpu_flags_adds_once_and_keeps_the_users_value():
   env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
   xla_cpu.set_cpu_flags(env)
   assert env["XLA_FLAGS"] == "--xla_force_host_platform_device_count=8 " + xla_cpu.flags_text()
-  for technique, value in (
-    ("agile", "LIBRARY_FUSION_TYPE_REDUCE"),
-    ("coinfer", "LIBRARY_FUSION_TYPE_REDUCE"),
-    ("subnets", ""),
-  ):
-    env = {}
-    xla_cpu.set_cpu_flags(env, technique=technique)
-    assert env["XLA_FLAGS"] == f"--xla_cpu_experimental_ynn_fusion_type={value}", technique
 
 
 def test_cpu_options_give_the_default_results():
@@ -46,6 +38,6 @@ def test_cpu_options_give_the_default_results():
   ]
   g = jax.jit(jax.value_and_grad(f, argnums=(1, 2)))
   default = g.lower(*args).compile()(*args)
-  for options in (xla_cpu.CPU_OPTIONS, xla_cpu.YNN_OFF_OPTIONS):
+  for options in (xla_cpu.CPU_OPTIONS, xla_cpu.REDUCE_OPTIONS):
     ours = g.lower(*args).compile(options)(*args)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4), ours, default)
