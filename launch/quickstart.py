@@ -8,8 +8,9 @@
 Each stage trains, decides, exports and writes its own report under
 runs/quickstart/<stage>/; this writes runs/quickstart/report.md linking them,
 with the time of each stage. The goal is under 10 minutes on 2 quiet CPU cores; measured
-8 min 2 s wall (`/usr/bin/time python -m launch.quickstart`, load average 1.1 at the start):
-common 22 s, agile 89 s, offload 38 s, coinfer 128 s, subnets 108 s, branching 56 s, deploy 36 s.
+8 min 19 s wall (`time python -m launch.quickstart`, December 2026, load average 0.1 at the
+start): common 25 s, agile 81 s, offload 34 s, coinfer 130 s, subnets 117 s, branching 71 s,
+deploy 36 s.
 """
 
 from __future__ import annotations
