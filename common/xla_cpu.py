@@ -7,9 +7,10 @@ gradients run several times slower under YNN fusion (the default). `REDUCE_OPTIO
 reduction over batch and space (each training BatchNorm's statistics, each shifted depthwise
 filter gradient) runs many times slower than YNN's (`python -m launch.bench agile --ops_only`).
 Which is faster depends on the model's size: at the paper's shapes REDUCE_OPTIONS made
-AgileNN's training step 1.20x faster and RTCoInfer's benchmark step 1.25-1.39x, while the quick
-configs on digits trained slower with it (the quickstart's common stage 53 s against 41 s), so
-the commands keep YNN fusion off and a paper-scale run opts in with
+AgileNN's training step 1.20x faster and RTCoInfer's benchmark step 1.25-1.39x; at the quick
+configs' scale one quickstart run with it was slower on a drifting machine and an interleaved
+comparison of the common stage then showed no difference (docs/agile.md). Until the other
+stages are compared, the commands keep YNN fusion off and a paper-scale run opts in with
 `XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_REDUCE` (a value already
 in XLA_FLAGS is kept). docs/agile.md has the figures.
 
