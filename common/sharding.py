@@ -206,11 +206,14 @@ class Step:
     self._placed: dict[int, tuple[Any, jax.Array]] = {}
     self.mesh: Mesh | None = None
 
-  def __call__(self, *args, **kwargs):
-    if self._plain is not None:
-      return self._plain(*args, **kwargs)
-    if self.mesh is None and jax.device_count() == 1:
+  def _single_device(self) -> Callable | None:
+    """The plain `jax.jit` of the step when it runs on one device (made once), else None."""
+    if self._plain is None and self.mesh is None and jax.device_count() == 1:
       self._plain = jax.jit(self.fn, donate_argnums=self.donate_argnums)
+    return self._plain
+
+  def __call__(self, *args, **kwargs):
+    if self._single_device() is not None:
       return self._plain(*args, **kwargs)
     if kwargs:
       args = inspect.signature(self.fn).bind(*args, **kwargs).args
@@ -267,9 +270,7 @@ class Step:
   def lower(self, *args, **kwargs):
     """`jax.jit(...).lower` of the step; on one device without a call first (the benchmarks
     compile a step with their own XLA options)."""
-    if self._plain is None and self._last is None and self.mesh is None and jax.device_count() == 1:
-      self._plain = jax.jit(self.fn, donate_argnums=self.donate_argnums)
-    target = self._plain or self._last
+    target = self._single_device() or self._last
     if target is None:
       raise AttributeError("lower: call the step once first")
     return target.lower(*args, **kwargs)

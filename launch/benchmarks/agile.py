@@ -101,8 +101,9 @@ def conv_ops(repeats: int) -> dict:
       c = jax.jit(f).lower(*args).compile(options)
       t = measure(lambda c=c, args=args: jax.block_until_ready(c(*args)), repeats=max(repeats, 5), warmup=1)
       row[f"{label}_ms"] = t["min_s"] * 1e3
-      if _flops(c):
-        row[f"{label}_gflops_per_s"] = _flops(c) / t["min_s"] / 1e9
+      flops = _flops(c)
+      if flops:
+        row[f"{label}_gflops_per_s"] = flops / t["min_s"] / 1e9
     row["speedup_vs_default"] = row["default_ms"] / row["cpu_options_ms"]
     row["ynn_reduce_vs_cpu_options"] = row["cpu_options_ms"] / row["ynn_reduce_ms"]
     out[name] = row
