@@ -20,6 +20,7 @@ sit behind `common.xla_cpu.fusion_boundary` (see `depthwise_conv`).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
@@ -68,6 +69,99 @@ def _pads(padding: Padding, h: int, w: int, kh: int, kw: int, stride: int) -> tu
   return tuple((int(a), int(b)) for a, b in padding)
 
 
+def _taps(xp_BHWC, stride: int, oh: int, ow: int, kh: int, kw: int):
+  """The kh * kw strided windows of the padded input, each (B, oh, ow, C), tap (i, j) in row-major order."""
+  return [
+    xp_BHWC[:, i : i + (oh - 1) * stride + 1 : stride, j : j + (ow - 1) * stride + 1 : stride, :]
+    for i in range(kh)
+    for j in range(kw)
+  ]
+
+
+def _tap_sum(xp_BHWC, kernel_KK1C, stride: int, oh: int, ow: int):
+  """sum_ij window_ij(xp) * kernel[i, j, 0]: the depthwise conv of the padded input."""
+  kh, kw = kernel_KK1C.shape[:2]
+  out = None
+  for t, tap in enumerate(_taps(xp_BHWC, stride, oh, ow, kh, kw)):
+    term = tap * kernel_KK1C[t // kw, t % kw, 0]
+    out = term if out is None else out + term
+  return out
+
+
+def _tap_sum_transpose(g_BHWC, kernel_KK1C, stride: int, padded_hw: tuple[int, int]):
+  """The transpose of `_tap_sum` in its input: each window's cotangent padded back into place."""
+  kh, kw = kernel_KK1C.shape[:2]
+  _, oh, ow, _ = g_BHWC.shape
+  hp, wp = padded_hw
+  zero = jnp.zeros((), g_BHWC.dtype)
+  out = None
+  for i in range(kh):
+    for j in range(kw):
+      config = (
+        (0, 0, 0),
+        (i, hp - i - (oh - 1) * stride - 1, stride - 1),
+        (j, wp - j - (ow - 1) * stride - 1, stride - 1),
+        (0, 0, 0),
+      )
+      term = jax.lax.pad(g_BHWC * kernel_KK1C[i, j, 0], zero, config)
+      out = term if out is None else out + term
+  return out
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _tap_correlation(xp_BHWC, g_BHWC, stride: int, kh: int, kw: int):
+  """dk[i, j, 0, c] = sum_{b, h, w} window_ij(xp)[b, h, w, c] g[b, h, w, c]: the filter gradient.
+
+  One multi-output reduction over space (the kh * kw products of the windows and g, fused; g read
+  once), then a sum over the batch. Written so because XLA:CPU's autodiff form, a separate
+  reduction per tap, materializes every window as a buffer of its own under YNN's reductions and
+  runs its own reduction emitter slowly without them (`python -m launch.bench agile --ops_only`).
+  Its VJP is the bilinear one (`_tap_correlation_bwd`), so grad-of-grad works.
+  """
+  _, oh, ow, _ = g_BHWC.shape
+  prods = tuple(tap * g_BHWC for tap in _taps(xp_BHWC, stride, oh, ow, kh, kw))
+  zero = jnp.zeros((), g_BHWC.dtype)
+  add = lambda a, b: tuple(u + v for u, v in zip(a, b, strict=True))
+  sums = jax.lax.reduce(prods, (zero,) * len(prods), add, (1, 2))
+  return jnp.stack(sums).sum(1).reshape(kh, kw, 1, -1)
+
+
+def _tap_correlation_fwd(xp_BHWC, g_BHWC, stride, kh, kw):
+  return _tap_correlation(xp_BHWC, g_BHWC, stride, kh, kw), (xp_BHWC, g_BHWC)
+
+
+def _tap_correlation_bwd(stride, kh, kw, res, dk_KK1C):
+  xp_BHWC, g_BHWC = res
+  _, oh, ow, _ = g_BHWC.shape
+  d_xp = _tap_sum_transpose(g_BHWC, dk_KK1C, stride, xp_BHWC.shape[1:3])
+  d_g = _tap_sum(xp_BHWC, dk_KK1C, stride, oh, ow)
+  return d_xp, d_g
+
+
+_tap_correlation.defvjp(_tap_correlation_fwd, _tap_correlation_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _tap_sum_fast(xp_BHWC, kernel_KK1C, stride: int, oh: int, ow: int):
+  """`_tap_sum` whose VJP keeps only the padded input (not its kh * kw windows) for the backward pass."""
+  return _tap_sum(xp_BHWC, kernel_KK1C, stride, oh, ow)
+
+
+def _tap_sum_fast_fwd(xp_BHWC, kernel_KK1C, stride, oh, ow):
+  return _tap_sum(xp_BHWC, kernel_KK1C, stride, oh, ow), (xp_BHWC, kernel_KK1C)
+
+
+def _tap_sum_fast_bwd(stride, oh, ow, res, g_BHWC):
+  xp_BHWC, kernel_KK1C = res
+  kh, kw = kernel_KK1C.shape[:2]
+  d_xp = _tap_sum_transpose(g_BHWC, kernel_KK1C, stride, xp_BHWC.shape[1:3])
+  d_k = _tap_correlation(xp_BHWC, g_BHWC, stride, kh, kw)
+  return d_xp, d_k.astype(kernel_KK1C.dtype)
+
+
+_tap_sum_fast.defvjp(_tap_sum_fast_fwd, _tap_sum_fast_bwd)
+
+
 def depthwise_conv(
   x_BHWC: jax.Array,
   kernel_KK1C: jax.Array,
@@ -75,6 +169,7 @@ def depthwise_conv(
   padding: Padding = "SAME",
   *,
   boundaries: bool = True,
+  fused_filter_gradient: bool = True,
 ) -> jax.Array:
   """Depthwise convolution as a sum over taps of shifted slices times the tap's weights.
 
@@ -82,6 +177,9 @@ def depthwise_conv(
   `boundaries`: the input and the output pass through `common.xla_cpu.fusion_boundary`, so
   XLA:CPU reads each from a buffer instead of recomputing its producer once per tap (the same
   numbers; AgileNN's paper-shaped full step 7.87 s -> 4.17 s, docs/agile.md).
+  `fused_filter_gradient`: the VJP computes the filter gradient as one multi-output reduction
+  from the padded input (`_tap_correlation`) instead of autodiff's reduction per tap, whose
+  residuals are the kh * kw windows (the same numbers up to summation order).
   """
   if boundaries:
     pred = jnp.isfinite(jax.lax.stop_gradient(kernel_KK1C).reshape(-1)[0])
@@ -92,12 +190,8 @@ def depthwise_conv(
   xp = jnp.pad(x_BHWC, ((0, 0), ph, pw, (0, 0)))
   oh = (h + sum(ph) - kh) // stride + 1
   ow = (w + sum(pw) - kw) // stride + 1
-  out = None
-  for i in range(kh):
-    for j in range(kw):
-      tap = xp[:, i : i + (oh - 1) * stride + 1 : stride, j : j + (ow - 1) * stride + 1 : stride, :]
-      term = tap * kernel_KK1C[i, j, 0]
-      out = term if out is None else out + term
+  tap_sum = _tap_sum_fast if fused_filter_gradient else _tap_sum
+  out = tap_sum(xp, kernel_KK1C, stride, oh, ow)
   return fusion_boundary(out, pred) if boundaries else out
 
 

@@ -107,3 +107,30 @@ def test_fusion_boundaries_keep_every_number_and_reach_the_compiled_program():
 
 def test_make_divisible():
   assert [mobilenet.make_divisible(v) for v in (3, 16 * 0.35, 32 * 0.75, 100)] == [8, 8, 24, 104]
+
+
+@pytest.mark.parametrize(
+  "size,stride,padding",
+  [(9, 1, "SAME"), (9, 2, "SAME"), (8, 2, "SAME"), (7, 3, ((0, 2), (1, 0))), (6, 1, "VALID")],
+)
+def test_fused_filter_gradient_equals_autodiff_to_second_order(size, stride, padding):
+  """The custom VJP (filter gradient as one multi-output reduction, its own bilinear VJP) gives
+  autodiff's numbers in float64: the first-order gradients and the grad-of-grad in input and kernel."""
+  with jax.enable_x64(True):
+    x = jax.random.normal(jax.random.key(0), (2, size, size + 1, 4), jnp.float64)
+    k = jax.random.normal(jax.random.key(1), (3, 3, 1, 4), jnp.float64)
+
+    def inner(x, k, fused):
+      y = mobilenet.depthwise_conv(jax.nn.silu(x), k, stride, padding, fused_filter_gradient=fused)
+      return jnp.sum(jax.nn.silu(y) ** 2)
+
+    def outer(x, k, fused):
+      gx, gk = jax.grad(inner, (0, 1))(x, k, fused)
+      return jnp.sum(gx**2) + jnp.sum(jnp.sin(gk))
+
+    for f in (inner, outer):
+      step = jax.jit(jax.value_and_grad(f, (0, 1)), static_argnums=2)
+      (va, ga), (vb, gb) = step(x, k, True), step(x, k, False)
+      np.testing.assert_allclose(va, vb, rtol=1e-10)
+      for a, b in zip(ga, gb, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
