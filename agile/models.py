@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from common.batchnorm import BatchNorm
 from common.mobilenet import DepthwiseConv, MobileNetV2Body
 
 GLOROT = nn.initializers.xavier_uniform()
@@ -102,7 +103,7 @@ class FeatureExtractor(nn.Module):
 
   @nn.compact
   def __call__(self, x_BHWC: jax.Array, *, train: bool) -> jax.Array:
-    bn = lambda name: nn.BatchNorm(not train, momentum=self.bn_momentum, epsilon=BN_EPS, name=name)
+    bn = lambda name: BatchNorm(not train, momentum=self.bn_momentum, epsilon=BN_EPS, name=name)
     x = SeparableConv(4, self.stride, self.shifted_depthwise, name="sep1")(x_BHWC)
     x = nn.relu6(bn("bn1")(x))
     x = SeparableConv(self.channels, 1, self.shifted_depthwise, name="sep2")(x)
@@ -118,7 +119,7 @@ class LocalPredictor(nn.Module):
   @nn.compact
   def __call__(self, f_BHWK: jax.Array, *, train: bool) -> jax.Array:
     x = nn.Dense(self.num_classes, kernel_init=GLOROT, name="dense")(f_BHWK.mean(axis=(1, 2)))
-    return nn.BatchNorm(not train, momentum=self.bn_momentum, epsilon=BN_EPS, name="bn")(x)
+    return BatchNorm(not train, momentum=self.bn_momentum, epsilon=BN_EPS, name="bn")(x)
 
 
 class RemotePredictor(nn.Module):
@@ -142,7 +143,7 @@ class RemotePredictor(nn.Module):
       name="body",
     )(x, train=train)
     x = nn.Dense(self.num_classes, kernel_init=GLOROT, name="dense")(x.mean(axis=(1, 2)))
-    return nn.BatchNorm(not train, momentum=self.bn_momentum, epsilon=BN_EPS, name="bn")(x)
+    return BatchNorm(not train, momentum=self.bn_momentum, epsilon=BN_EPS, name="bn")(x)
 
 
 def centroids_from_logits(q_logits: jax.Array) -> jax.Array:

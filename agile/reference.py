@@ -19,6 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from common.batchnorm import BatchNorm
 from common.mobilenet import DepthwiseConv
 
 # (block type, expansion, kernel, stride, out channels, repeats, SE ratio) after the stem.
@@ -66,7 +67,7 @@ class ReferenceConfig:
 
 
 def _bn(train: bool, momentum: float, name: str) -> nn.BatchNorm:
-  return nn.BatchNorm(not train, momentum=momentum, epsilon=1e-3, name=name)
+  return BatchNorm(not train, momentum=momentum, epsilon=1e-3, name=name)
 
 
 class SqueezeExcite(nn.Module):

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 
 from branching.flops import make_divisible
 from branching.network import NetConfig
+from common.batchnorm import BatchNorm
 from common.models import count_params as param_count  # noqa: F401 - the package's counter
 
 
@@ -58,7 +59,7 @@ class ConvBN(nn.Module):
       use_bias=False,
       name="conv",
     )(x)
-    x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name="bn")(x)
+    x = BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name="bn")(x)
     return _ACTS[self.act](x) if self.act else x
 
 

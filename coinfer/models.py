@@ -9,7 +9,7 @@ Channel truncation is a mask (channels >= c are zero), so c and b are traced sca
 one compiled step serves every setup; zero channels are constant and pass the quantiser
 unchanged, and a zero input channel of the dense conv equals slicing its weights.
 
-Switchable BN: the modules use ordinary `nn.BatchNorm`; the *statistics* pytree carries a
+Switchable BN: the modules use ordinary BN (`common.batchnorm.BatchNorm`, flax's); the *statistics* pytree carries a
 leading setup axis [S, ...] (`stack_stats`), and a setup is run with `select_stats(stats, i)`.
 The scale and shift are ordinary shared parameters. Switching setups is choosing an index.
 """
@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from coinfer import compress
+from common.batchnorm import BatchNorm
 from common.mobilenet import MOBILENET_V2_SETTINGS, MobileNetV2Body
 
 BN_MOMENTUM = 0.9
@@ -56,7 +57,7 @@ class ModelConfig:
 
 
 def _bn(train: bool, name: str) -> nn.BatchNorm:
-  return nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, name=name)
+  return BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, name=name)
 
 
 class DevicePart(nn.Module):
@@ -152,8 +153,8 @@ class ClioNet(nn.Module):
   def setup(self):
     cfg = self.config
     self.stem = nn.Conv(cfg.stem_channels, (3, 3), strides=2, padding=((1, 1), (1, 1)), use_bias=False)
-    self.stem_bn = nn.BatchNorm(momentum=BN_MOMENTUM)
-    self.slice_bn = [nn.BatchNorm(momentum=BN_MOMENTUM) for _ in self.widths]
+    self.stem_bn = BatchNorm(momentum=BN_MOMENTUM)
+    self.slice_bn = [BatchNorm(momentum=BN_MOMENTUM) for _ in self.widths]
     self.servers = [ServerPart(cfg, decoder_kernel=1) for _ in self.widths]
 
   def device(self, x, *, train: bool):

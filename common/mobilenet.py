@@ -28,6 +28,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from common.batchnorm import BatchNorm
 from common.xla_cpu import fusion_boundary
 
 # (t, c, n, s) rows of the ImageNet MobileNetV2 after the 32-channel stem.
@@ -259,7 +260,7 @@ class InvertedResidual(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     in_channels = x.shape[-1]
-    bn = lambda name: nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum, name=name)
+    bn = lambda name: BatchNorm(use_running_average=not train, momentum=self.bn_momentum, name=name)
     h = x
     if self.expansion != 1:
       h = nn.Conv(in_channels * self.expansion, (1, 1), use_bias=False, name="expand")(h)
@@ -304,5 +305,5 @@ class MobileNetV2Body(nn.Module):
         i += 1
     last = make_divisible(self.last_channels * max(1.0, self.width_mult))
     x = nn.Conv(last, (1, 1), use_bias=False, name="last_conv")(x)
-    x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum, name="last_bn")(x)
+    x = BatchNorm(use_running_average=not train, momentum=self.bn_momentum, name="last_bn")(x)
     return nn.relu6(x)

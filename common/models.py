@@ -8,6 +8,8 @@ import flax.linen as nn
 import jax
 import numpy as np
 
+from common.batchnorm import BatchNorm
+
 
 class SmallCNN(nn.Module):
   """Conv-BN-ReLU blocks with 2x2 average pooling, global pooling and a dense head.
@@ -25,7 +27,7 @@ class SmallCNN(nn.Module):
     x = x_BHWC
     for i, w in enumerate(self.widths):
       x = nn.Conv(w, (3, 3), use_bias=False, name=f"conv{i}")(x)
-      x = nn.BatchNorm(use_running_average=not train, momentum=0.9, name=f"bn{i}")(x)
+      x = BatchNorm(use_running_average=not train, momentum=0.9, name=f"bn{i}")(x)
       x = nn.relu(x)
       x = nn.avg_pool(x, (2, 2), (2, 2))
     features = x.mean(axis=(1, 2))

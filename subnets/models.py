@@ -23,6 +23,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from common.batchnorm import BatchNorm
 from common.errors import ConfigError
 from common.mobilenet import DepthwiseConv
 
@@ -115,7 +116,7 @@ BN_MOMENTUM = 0.9
 
 
 def _bn(train: bool, name: str):
-  return nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=1e-5, name=name)
+  return BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=1e-5, name=name)
 
 
 class RedsNet(nn.Module):
