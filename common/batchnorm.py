@@ -24,6 +24,8 @@ import jax
 import jax.numpy as jnp
 from flax.linen import normalization as flax_norm
 
+from common.xla_cpu import fused_reductions
+
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def channel_sums(shape: tuple[int, ...], *xs: jax.Array) -> tuple[jax.Array, ...]:
@@ -95,9 +97,11 @@ class BatchNorm(nn.BatchNorm):
 
   def uses_fast_path(self, x, use_running_average: bool) -> bool:
     """Whether `batch_norm_train` runs: training mode, a float NHWC input, channels last, scale,
-    bias, fast variance, no named axis, and parameters of the input's dtype (float32 or float64)."""
+    bias, fast variance, no named axis, parameters of the input's dtype (float32 or float64), and
+    not inside `common.xla_cpu.autodiff_reductions()`."""
     return (
-      not use_running_average
+      fused_reductions()
+      and not use_running_average
       and self.axis_name is None
       and x.ndim == 4
       and self.axis in (-1, 3)

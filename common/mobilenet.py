@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 
 from common.batchnorm import BatchNorm
-from common.xla_cpu import fusion_boundary
+from common.xla_cpu import fused_reductions, fusion_boundary
 
 # (t, c, n, s) rows of the ImageNet MobileNetV2 after the 32-channel stem.
 MOBILENET_V2_SETTINGS: tuple[tuple[int, int, int, int], ...] = (
@@ -170,7 +170,7 @@ def depthwise_conv(
   padding: Padding = "SAME",
   *,
   boundaries: bool = True,
-  fused_filter_gradient: bool = True,
+  fused_filter_gradient: bool | None = None,
 ) -> jax.Array:
   """Depthwise convolution as a sum over taps of shifted slices times the tap's weights.
 
@@ -180,7 +180,8 @@ def depthwise_conv(
   numbers; AgileNN's paper-shaped full step 7.87 s -> 4.17 s, docs/agile.md).
   `fused_filter_gradient`: the VJP computes the filter gradient as one multi-output reduction
   from the padded input (`_tap_correlation`) instead of autodiff's reduction per tap, whose
-  residuals are the kh * kw windows (the same numbers up to summation order).
+  residuals are the kh * kw windows (the same numbers up to summation order). None (the
+  default): `common.xla_cpu.fused_reductions()`, True unless inside `autodiff_reductions()`.
   """
   if boundaries:
     pred = jnp.isfinite(jax.lax.stop_gradient(kernel_KK1C).reshape(-1)[0])
@@ -191,6 +192,8 @@ def depthwise_conv(
   xp = jnp.pad(x_BHWC, ((0, 0), ph, pw, (0, 0)))
   oh = (h + sum(ph) - kh) // stride + 1
   ow = (w + sum(pw) - kw) // stride + 1
+  if fused_filter_gradient is None:
+    fused_filter_gradient = fused_reductions()
   tap_sum = _tap_sum_fast if fused_filter_gradient else _tap_sum
   out = tap_sum(xp, kernel_KK1C, stride, oh, ow)
   return fusion_boundary(out, pred) if boundaries else out

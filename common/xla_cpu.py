@@ -22,6 +22,7 @@ by passing them as per-executable compiler options (`jit(f).lower(...).compile(o
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 CPU_OPTIONS: dict[str, str] = {"xla_cpu_experimental_ynn_fusion_type": ""}  # YNN fusion off
@@ -38,6 +39,32 @@ def set_cpu_flags(environ=os.environ) -> None:
   extra = [f"--{k}={v}" for k, v in CPU_OPTIONS.items() if f"--{k}=" not in current]
   if extra:
     environ["XLA_FLAGS"] = " ".join([current, *extra]).strip()
+
+
+_FUSED_REDUCTIONS = [True]
+
+
+def fused_reductions() -> bool:
+  """Whether `common.mobilenet.depthwise_conv` and `common.batchnorm.BatchNorm` trace their
+  multi-output reductions (the default) or plain autodiff (inside `autodiff_reductions()`)."""
+  return _FUSED_REDUCTIONS[-1]
+
+
+@contextlib.contextmanager
+def autodiff_reductions():
+  """Within it, functions traced use autodiff's per-sum reductions for the depthwise filter
+  gradient and for BatchNorm (flax's code): the slower form the benchmarks time as a reference.
+  Read at trace time, so it applies to what is traced (jitted) inside the block; JAX's caches are
+  cleared on entry and exit, so no trace made on one side of it is reused on the other."""
+  import jax
+
+  jax.clear_caches()
+  _FUSED_REDUCTIONS.append(False)
+  try:
+    yield
+  finally:
+    _FUSED_REDUCTIONS.pop()
+    jax.clear_caches()
 
 
 def _conditional_identity(x, pred):

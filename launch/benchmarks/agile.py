@@ -7,14 +7,18 @@ all in this one process:
 
   reference      the step before the speed work: grouped depthwise convs in the
                  remote predictor, the IG baseline gradient computed every step,
-                 XLA:CPU's default options
+                 XLA:CPU's default options, autodiff's reductions (flax's BatchNorm)
   shifted        + shifted depthwise convs (`common.mobilenet.DepthwiseConv`)
   shifted_flags  + the launchers' XLA:CPU options (`common.xla_cpu.CPU_OPTIONS`)
-  fast           + the IG baseline gradients from the per-class table (what training runs)
-  fast_ynn_reduce  fast under `REDUCE_OPTIONS` (YNN's reductions kept: the opt-in for paper-scale runs)
+  fast_autodiff_reductions  + the IG baseline gradients from the per-class table
+                 (the fast step before the multi-output reductions)
+  fast           + the multi-output reductions: the depthwise filter gradient
+                 (`common.mobilenet`) and BatchNorm (`common.batchnorm`); what training runs
+  fast_ynn_reduce  fast under `REDUCE_OPTIONS` (YNN's reductions kept)
 
 and the same step without the XAI terms (CE only: no evaluator, no
-grad-of-grad) as reference, fast and fast_ynn_reduce. Each variant's XLA FLOP count, its
+grad-of-grad) as reference, fast_autodiff_reductions, fast and fast_ynn_reduce.
+Autodiff's reductions are traced inside `common.xla_cpu.autodiff_reductions()`. Each variant's XLA FLOP count, its
 achieved FLOP/s and that as a fraction of a float32 matmul measured in the same
 run (with the fast options) are reported, and the reference / fast ratio.
 `--profile` adds the per-op breakdown (`common.profile`) of the reference and
@@ -28,7 +32,7 @@ import argparse
 import dataclasses
 
 TF2_STEP_S = (3.6, 3.9)
-VARIANTS = ("reference", "shifted", "shifted_flags", "fast", "fast_ynn_reduce")
+VARIANTS = ("reference", "shifted", "shifted_flags", "fast_autodiff_reductions", "fast", "fast_ynn_reduce")
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
@@ -40,7 +44,9 @@ def add_args(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--matmul_n", type=int, default=2048)
   parser.add_argument(
-    "--variants", default="reference,fast,fast_ynn_reduce", help=f"comma-separated, from {VARIANTS}"
+    "--variants",
+    default="reference,fast_autodiff_reductions,fast,fast_ynn_reduce",
+    help=f"comma-separated, from {VARIANTS}",
   )
   parser.add_argument(
     "--profile", action="store_true", help="per-op breakdown of the reference and fast steps"
@@ -65,12 +71,14 @@ def conv_ops(repeats: int) -> dict:
   """Single ops of the evaluator's shapes (batch 64) with XLA:CPU's defaults, CPU_OPTIONS and
   REDUCE_OPTIONS: a 3x3 conv 24 -> 96 at 32x32 (forward, filter and input gradients), a 1x1 conv
   256 -> 1024 at 16x16 (forward, filter gradient), the same 1x1 conv as an einsum, a training
-  BatchNorm's statistics (sum and sum of squares over batch and space of 64x32x32x96), the
-  shifted depthwise conv's filter gradient at that shape, and a 2048^2 matmul. Milliseconds each,
+  BatchNorm's statistics (sum and sum of squares over batch and space of 64x32x32x96) as two
+  reductions and as `common.batchnorm.channel_sums`' two-output one, the shifted depthwise conv's
+  filter gradient at that shape by autodiff and fused, and a 2048^2 matmul. Milliseconds each,
   and GFLOP/s where XLA counts FLOPs (convs, dots)."""
   import jax
   import jax.numpy as jnp
 
+  from common.batchnorm import channel_sums
   from common.mobilenet import depthwise_conv
   from common.xla_cpu import CPU_OPTIONS, REDUCE_OPTIONS
   from launch.bench import measure
@@ -82,7 +90,11 @@ def conv_ops(repeats: int) -> dict:
   wgrad = lambda f: lambda x, k: jax.grad(lambda k: f(x, k).sum())(k)
   igrad = lambda f: lambda x, k: jax.grad(lambda x: f(x, k).sum())(x)
   bn_stats = lambda x: (x.sum(axis=(0, 1, 2)), jnp.square(x).sum(axis=(0, 1, 2)))
-  dw_wgrad = lambda x, k, g: jax.vjp(lambda k: depthwise_conv(x, k), k)[1](g)[0]
+  bn_sums = lambda x: channel_sums(x.shape, x, x * x)
+  dw_wgrad = lambda x, k, g: jax.vjp(lambda k: depthwise_conv(x, k, fused_filter_gradient=False), k)[1](g)[0]
+  dw_wgrad_fused = lambda x, k, g: jax.vjp(lambda k: depthwise_conv(x, k, fused_filter_gradient=True), k)[1](
+    g
+  )[0]
   r = lambda i, s: jax.random.normal(jax.random.key(i), s, jnp.float32)
   a3, a1 = (r(0, (64, 32, 32, 24)), r(1, (3, 3, 24, 96))), (r(2, (64, 16, 16, 256)), r(3, (1, 1, 256, 1024)))
   x96 = r(6, (64, 32, 32, 96))
@@ -91,7 +103,9 @@ def conv_ops(repeats: int) -> dict:
     "conv3x3_forward": (conv, a3), "conv3x3_filter_grad": (wgrad(conv), a3), "conv3x3_input_grad": (igrad(conv), a3),
     "conv1x1_forward": (conv, a1), "conv1x1_filter_grad": (wgrad(conv), a1),
     "einsum1x1_forward": (dot, a1), "einsum1x1_filter_grad": (wgrad(dot), a1),
-    "batchnorm_statistics": (bn_stats, (x96,)), "depthwise3x3_filter_grad": (dw_wgrad, (x96, r(7, (3, 3, 1, 96)), x96)),
+    "batchnorm_statistics": (bn_stats, (x96,)), "batchnorm_statistics_two_output": (bn_sums, (x96,)),
+    "depthwise3x3_filter_grad": (dw_wgrad, (x96, r(7, (3, 3, 1, 96)), x96)),
+    "depthwise3x3_filter_grad_fused": (dw_wgrad_fused, (x96, r(7, (3, 3, 1, 96)), x96)),
     "matmul2048": (jnp.matmul, mm),
   }  # fmt: skip
   out = {}
@@ -162,17 +176,26 @@ def _setup(args):
   }
 
 
-def _variant(name: str) -> tuple[bool, dict, bool]:
-  """(shifted depthwise, XLA:CPU compiler options, baseline table) of a variant."""
+def _variant(name: str) -> tuple[bool, dict, bool, bool]:
+  """(shifted depthwise, XLA:CPU compiler options, baseline table, autodiff's reductions) of a variant."""
   from common.xla_cpu import CPU_OPTIONS, REDUCE_OPTIONS
 
   return {
-    "reference": (False, {}, False),
-    "shifted": (True, {}, False),
-    "shifted_flags": (True, CPU_OPTIONS, False),
-    "fast": (True, CPU_OPTIONS, True),
-    "fast_ynn_reduce": (True, REDUCE_OPTIONS, True),
+    "reference": (False, {}, False, True),
+    "shifted": (True, {}, False, True),
+    "shifted_flags": (True, CPU_OPTIONS, False, True),
+    "fast_autodiff_reductions": (True, CPU_OPTIONS, True, True),
+    "fast": (True, CPU_OPTIONS, True, False),
+    "fast_ynn_reduce": (True, REDUCE_OPTIONS, True, False),
   }[name]
+
+
+def _tracing(autodiff: bool):
+  import contextlib
+
+  from common.xla_cpu import autodiff_reductions
+
+  return autodiff_reductions() if autodiff else contextlib.nullcontext()
 
 
 def _full_step(s: dict, name: str, args):
@@ -185,18 +208,19 @@ def _full_step(s: dict, name: str, args):
   from common import train as train_lib
   from common.mobilenet import count_grouped_convs
 
-  shifted, options, table = _variant(name)
+  shifted, options, table, autodiff = _variant(name)
   model = AgileNN(dataclasses.replace(s["mcfg"], shifted_depthwise=shifted))
   step = agile_train.make_train_step(model, s["eval_loss"], s["tx"], s["prep"], ig_steps=args.ig_steps)
   state = train_lib.create_train_state(jax.tree.map(jnp.array, s["variables"]), s["tx"])
   ev = s["table_vars"] if table else s["eval_vars"]
   step_args = (state, s["batch"], jax.random.key(0), s["hp"], ev)
-  grouped = count_grouped_convs(step, *step_args)  # 0 when the shifted depthwise path is in effect
-  compiled = step.lower(*step_args).compile(options)
+  with _tracing(autodiff):
+    grouped = count_grouped_convs(step, *step_args)  # 0 when the shifted depthwise path is in effect
+    compiled = step.lower(*step_args).compile(options)
   return compiled, state, ev, grouped
 
 
-def _ce_step(s: dict, shifted: bool, options: dict):
+def _ce_step(s: dict, shifted: bool, options: dict, autodiff: bool):
   import jax
   import jax.numpy as jnp
 
@@ -218,7 +242,8 @@ def _ce_step(s: dict, shifted: bool, options: dict):
     return train_lib.apply_gradients(st, g, tx, batch_stats=stats), loss
 
   state = train_lib.create_train_state(jax.tree.map(jnp.array, s["variables"]), tx)
-  compiled = jax.jit(ce_step, donate_argnums=0).lower(state, s["batch"], jax.random.key(0)).compile(options)
+  with _tracing(autodiff):
+    compiled = jax.jit(ce_step, donate_argnums=0).lower(state, s["batch"], jax.random.key(0)).compile(options)
   return compiled, state
 
 
@@ -267,12 +292,13 @@ def run(args) -> dict:
     del compiled, holder
   out["ce_only_step"] = {}
   ce_variants = [
-    ("reference", False, {}),
-    ("fast", True, CPU_OPTIONS),
-    ("fast_ynn_reduce", True, REDUCE_OPTIONS),
+    ("reference", False, {}, True),
+    ("fast_autodiff_reductions", True, CPU_OPTIONS, True),
+    ("fast", True, CPU_OPTIONS, False),
+    ("fast_ynn_reduce", True, REDUCE_OPTIONS, False),
   ]
-  for name, shifted, options in ce_variants:
-    compiled, state = _ce_step(s, shifted, options)
+  for name, shifted, options, autodiff in ce_variants:
+    compiled, state = _ce_step(s, shifted, options, autodiff)
     holder = {"s": state}
 
     def one_ce(compiled=compiled, holder=holder):

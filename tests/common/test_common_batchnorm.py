@@ -97,3 +97,19 @@ def test_call_time_flag_and_setup_names():
   assert not np.allclose(new["batch_stats"]["mean"], 0.0)
   y = bn.apply(v, x, use_running_average=True)
   np.testing.assert_allclose(y, x / np.sqrt(1 + 1e-5), rtol=1e-6)
+
+
+def test_autodiff_reductions_context_traces_flax_and_is_undone():
+  """Inside common.xla_cpu.autodiff_reductions() the module traces flax's per-sum reductions (the
+  benchmarks' reference rows); outside it, the two-output ones again (no stale trace reused)."""
+  from common import xla_cpu
+
+  bn = batchnorm.BatchNorm(use_running_average=False)
+  x = jax.random.normal(jax.random.key(0), (4, 3, 3, 2))
+  v = bn.init(jax.random.key(1), x)
+  step = jax.jit(lambda v, x: jax.grad(lambda x: bn.apply(v, x, mutable=["batch_stats"])[0].sum() ** 2)(x))
+  fused = lambda: ":2 = stablehlo.reduce(" in step.lower(v, x).as_text()
+  assert fused()
+  with xla_cpu.autodiff_reductions():
+    assert not fused() and not bn.uses_fast_path(x, False)
+  assert fused()

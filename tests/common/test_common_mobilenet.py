@@ -134,3 +134,15 @@ def test_fused_filter_gradient_equals_autodiff_to_second_order(size, stride, pad
       np.testing.assert_allclose(va, vb, rtol=1e-10)
       for a, b in zip(ga, gb, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+
+
+def test_autodiff_reductions_context_selects_autodiffs_filter_gradient():
+  """The default form is the custom VJP; inside common.xla_cpu.autodiff_reductions() it is autodiff's."""
+  from common import xla_cpu
+
+  x = jax.random.normal(jax.random.key(0), (2, 6, 6, 3))
+  k = jax.random.normal(jax.random.key(1), (3, 3, 1, 3))
+  text = lambda: str(jax.make_jaxpr(jax.grad(lambda k: mobilenet.depthwise_conv(x, k).sum()))(k))
+  assert "custom_vjp_call" in text()
+  with xla_cpu.autodiff_reductions():
+    assert "custom_vjp_call" not in text()
