@@ -327,6 +327,11 @@ def run(args) -> dict:
     out["full_step_speedup_ynn_reduce_vs_fast"] = med("full_step", "fast") / med(
       "full_step", "fast_ynn_reduce"
     )
+  for part in ("full_step", "ce_only_step"):
+    if med(part, "fast_autodiff_reductions") and med(part, "fast"):
+      out[f"{part}_multi_output_reductions_speedup"] = med(part, "fast_autodiff_reductions") / med(
+        part, "fast"
+      )
   out["ce_only_speedup_fast_vs_reference"] = med("ce_only_step", "reference") / med("ce_only_step", "fast")
   out["ce_only_speedup_ynn_reduce_vs_fast"] = med("ce_only_step", "fast") / med(
     "ce_only_step", "fast_ynn_reduce"
