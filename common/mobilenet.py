@@ -15,7 +15,8 @@ form, which matters wherever a step differentiates through depthwise layers
 convolution, which the TFLite converter maps to DEPTHWISE_CONV_2D: train with
 the shifted form, export with the grouped one; the parameters are the same.
 The blocks pass their `shifted_depthwise` flag through. The shifted form's input and output
-sit behind `common.xla_cpu.fusion_boundary` (see `depthwise_conv`).
+sit behind `common.xla_cpu.fusion_boundary`, and its filter gradient is one multi-output
+reduction (see `depthwise_conv`).
 """
 
 from __future__ import annotations

@@ -2,17 +2,16 @@
 
 `CPU_OPTIONS` (`--xla_cpu_experimental_ynn_fusion_type=`, YNN fusion off) is what every
 command sets: XLA:CPU's own (Eigen) kernels run the convolutions and dots, whose filter
-gradients run several times slower under YNN fusion (the default). `REDUCE_OPTIONS`
-(`LIBRARY_FUSION_TYPE_REDUCE`) keeps YNN for reductions only: with YNN fusion off every
-reduction over batch and space (each training BatchNorm's statistics, each shifted depthwise
-filter gradient) runs many times slower than YNN's (`python -m launch.bench agile --ops_only`).
-Which is faster depends on the model's size: at the paper's shapes REDUCE_OPTIONS made
-AgileNN's training step 1.20x faster and RTCoInfer's benchmark step 1.25-1.39x; at the quick
-configs' scale one quickstart run with it was slower on a drifting machine and an interleaved
-comparison of the common stage then showed no difference (docs/agile.md). Until the other
-stages are compared, the commands keep YNN fusion off and a paper-scale run opts in with
+gradients run several times slower under YNN fusion (the default). With YNN fusion off, XLA's
+own emitter runs the reductions; a reduction over batch and space per sum, as autodiff writes
+BatchNorm and the shifted depthwise filter gradient, is slow there, so the trained code computes
+those as multi-output reductions over space (`common.batchnorm`, `common.mobilenet`), which it
+runs fast. `autodiff_reductions()` traces the autodiff form instead (the benchmarks' reference
+rows). `REDUCE_OPTIONS` (`LIBRARY_FUSION_TYPE_REDUCE`) keeps YNN for the remaining reductions:
+on AgileNN's paper-shaped step it is 1.10x faster, on the CE-only step 0.89x, on RTCoInfer's and
+REDS' benchmark steps 1.05x and 0.93x (docs/agile.md), so it stays an opt-in:
 `XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_REDUCE` (a value already
-in XLA_FLAGS is kept). docs/agile.md has the figures.
+in XLA_FLAGS is kept).
 
 Every command (`common.app.run`, so `edgeinfer <technique>` and `python -m <technique>.main`,
 and `launch.train`, `launch.quickstart`) calls `set_cpu_flags()` before JAX starts its backend;
