@@ -8,9 +8,9 @@
 Each stage trains, decides, exports and writes its own report under
 runs/quickstart/<stage>/; this writes runs/quickstart/report.md linking them,
 with the time of each stage. The goal is under 10 minutes on 2 quiet CPU cores; measured
-8 min 19 s wall (`time python -m launch.quickstart`, December 2026, load average 0.1 at the
-start): common 25 s, agile 81 s, offload 34 s, coinfer 130 s, subnets 117 s, branching 71 s,
-deploy 36 s.
+8 min 39 s wall (`time python -m launch.quickstart`, December 2026, after the multi-output
+reductions, load average 1.6 at the start): common 27 s, agile 82 s, offload 35 s, coinfer 134 s,
+subnets 121 s, branching 76 s, deploy 38 s.
 """
 
 from __future__ import annotations
