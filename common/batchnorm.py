@@ -2,10 +2,11 @@
 
 `BatchNorm` is a drop-in for `flax.linen.BatchNorm` (same fields, same variables: params
 scale and bias, batch_stats mean and var; the same running-average update and fast variance
-E[x^2] - E[x]^2 clipped at 0). For a float32 NHWC input in training mode it runs
-`batch_norm_train`, a custom VJP: the statistics are one reduction over space with two outputs
-(sum x, sum x^2, fused with their producers) and a sum over the batch, and the backward pass is
-the closed-form BN gradient with one two-output reduction (sum g, sum g * xhat). Autodiff of
+E[x^2] - E[x]^2 clipped at 0). For a float NHWC input in training mode it runs
+`batch_norm_train`, a custom VJP: the statistics are one reduction over the width with two
+outputs (sum x, sum x^2, fused with their producers; `channel_sums`) and sums of its rows, and
+the backward pass is the closed-form BN gradient with one two-output reduction (sum g,
+sum g * xhat). Autodiff of
 flax's form instead emits a separate reduction over batch and space for every sum (the mean,
 the mean square, and in the backward pass the bias, scale, mean and variance cotangents), which
 XLA:CPU's own reduction emitter runs slowly (with YNN fusion off, the launchers' option: 43 ms
@@ -66,7 +67,7 @@ def _statistics(x, epsilon):
   reads quantised features all near one centroid at the start of training: unshifted, a
   sequential sum lost 18x more accuracy there than XLA's reduction, against float64).
   """
-  n = x.shape[0] * x.shape[1] * x.shape[2]
+  n = _count(x)
   shift = jax.lax.stop_gradient(x[0, 0, 0])
   d = x - shift
   s1, s2 = channel_sums(x.shape, d, d * d)
@@ -74,7 +75,11 @@ def _statistics(x, epsilon):
   mean = shift + mean_d
   excess = s2 / n - mean_d * mean_d  # flax's fast variance, before the clip at 0
   var = jnp.maximum(0.0, excess)
-  return n, mean, excess, var, jax.lax.rsqrt(var + epsilon)
+  return mean, excess, var, jax.lax.rsqrt(var + epsilon)
+
+
+def _count(x_BHWC) -> int:
+  return x_BHWC.shape[0] * x_BHWC.shape[1] * x_BHWC.shape[2]
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
@@ -82,12 +87,11 @@ def batch_norm_train(
   x_BHWC: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: float
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
   """(y, batch mean, batch variance) of training-mode BatchNorm over batch and space, as flax computes them."""
-  _, mean, _, var, rstd = _statistics(x_BHWC, epsilon)
-  return (x_BHWC - mean) * (rstd * scale) + bias, mean, var
+  return _batch_norm_fwd(x_BHWC, scale, bias, epsilon)[0]
 
 
 def _batch_norm_fwd(x, scale, bias, epsilon):
-  n, mean, excess, var, rstd = _statistics(x, epsilon)
+  mean, excess, var, rstd = _statistics(x, epsilon)
   y = (x - mean) * (rstd * scale) + bias
   return (y, mean, var), (x, scale, mean, excess, rstd)
 
@@ -95,7 +99,7 @@ def _batch_norm_fwd(x, scale, bias, epsilon):
 def _batch_norm_bwd(epsilon, res, cts):
   x, scale, mean, excess, rstd = res
   gy, g_mean, g_var = cts
-  n = x.shape[0] * x.shape[1] * x.shape[2]
+  n = _count(x)
   centred = x - mean
   sum_g, sum_g_xhat = channel_sums(x.shape, gy, gy * (centred * rstd))
   # jnp.maximum(0, excess)'s derivative: 1 above 0, 1/2 at 0 (JAX's convention), 0 below
@@ -133,45 +137,15 @@ class BatchNorm(nn.BatchNorm):
 
   @nn.compact
   def __call__(self, x, use_running_average: bool | None = None, *, mask=None):
+    """flax.linen.BatchNorm.__call__'s body (flax 0.12), with `batch_norm_train` where it applies."""
     use_running_average = nn.merge_param("use_running_average", self.use_running_average, use_running_average)
-    fast = mask is None and self.uses_fast_path(x, use_running_average)
-    feature_shape = tuple(x.shape[a] for a in flax_norm._canonicalize_axes(x.ndim, self.axis))
+    feature_axes = flax_norm._canonicalize_axes(x.ndim, self.axis)
+    reduction_axes = tuple(i for i in range(x.ndim) if i not in feature_axes)
+    feature_shape = tuple(x.shape[a] for a in feature_axes)
     stat_dtype = jnp.float32 if self.force_float32_reductions else self.param_dtype
     ra_mean = self.variable("batch_stats", "mean", lambda s: jnp.zeros(s, stat_dtype), feature_shape)
     ra_var = self.variable("batch_stats", "var", lambda s: jnp.ones(s, stat_dtype), feature_shape)
-    if not fast:
-      return self._flax(x, use_running_average, mask, ra_mean, ra_var)
-    scale = self.param("scale", self.scale_init, feature_shape, self.param_dtype)
-    bias = self.param("bias", self.bias_init, feature_shape, self.param_dtype)
-    y, mean, var = batch_norm_train(x, scale, bias, self.epsilon)
-    if not self.is_initializing():
-      ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
-      ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
-    return y
-
-  def _flax(self, x, use_running_average, mask, ra_mean, ra_var):
-    """flax.linen.BatchNorm.__call__'s body (flax 0.12), for every case the fast path does not take."""
-    feature_axes = flax_norm._canonicalize_axes(x.ndim, self.axis)
-    reduction_axes = tuple(i for i in range(x.ndim) if i not in feature_axes)
-    if use_running_average:
-      mean, var = ra_mean.value, ra_var.value
-      if not self.force_float32_reductions:
-        mean, var = jnp.asarray(mean, self.param_dtype), jnp.asarray(var, self.param_dtype)
-    else:
-      mean, var = flax_norm._compute_stats(
-        x,
-        reduction_axes,
-        dtype=self.dtype,
-        axis_name=self.axis_name if not self.is_initializing() else None,
-        axis_index_groups=self.axis_index_groups,
-        use_fast_variance=self.use_fast_variance,
-        mask=mask,
-        force_float32_reductions=self.force_float32_reductions,
-      )
-      if not self.is_initializing():
-        ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
-        ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
-    return flax_norm._normalize(
+    normalize = lambda mean, var: flax_norm._normalize(
       self,
       x,
       mean,
@@ -187,3 +161,28 @@ class BatchNorm(nn.BatchNorm):
       self.scale_init,
       self.force_float32_reductions,
     )
+    if use_running_average:
+      mean, var = ra_mean.value, ra_var.value
+      if not self.force_float32_reductions:
+        mean, var = jnp.asarray(mean, self.param_dtype), jnp.asarray(var, self.param_dtype)
+      return normalize(mean, var)
+    if mask is None and self.uses_fast_path(x, use_running_average):
+      scale = self.param("scale", self.scale_init, feature_shape, self.param_dtype)
+      bias = self.param("bias", self.bias_init, feature_shape, self.param_dtype)
+      y, mean, var = batch_norm_train(x, scale, bias, self.epsilon)
+    else:
+      mean, var = flax_norm._compute_stats(
+        x,
+        reduction_axes,
+        dtype=self.dtype,
+        axis_name=self.axis_name if not self.is_initializing() else None,
+        axis_index_groups=self.axis_index_groups,
+        use_fast_variance=self.use_fast_variance,
+        mask=mask,
+        force_float32_reductions=self.force_float32_reductions,
+      )
+      y = normalize(mean, var)
+    if not self.is_initializing():
+      ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
+      ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
+    return y

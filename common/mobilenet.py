@@ -115,9 +115,10 @@ def _tap_correlation(xp_BHWC, g_BHWC, stride: int, kh: int, kw: int):
   """dk[i, j, 0, c] = sum_{b, h, w} window_ij(xp)[b, h, w, c] g[b, h, w, c]: the filter gradient.
 
   One multi-output reduction over the width (the kh * kw products of the windows and g, fused; g
-  read once; `common.batchnorm.row_sums`), then sums over height and batch. Written so because XLA:CPU's autodiff form, a separate
-  reduction per tap, materializes every window as a buffer of its own under YNN's reductions and
-  runs its own reduction emitter slowly without them (`python -m launch.bench agile --ops_only`).
+  read once; `common.batchnorm.row_sums`), then sums over height and batch. Written so because
+  XLA:CPU's autodiff form, a separate reduction per tap, materializes every window as a buffer of
+  its own under YNN's reductions and runs its own reduction emitter slowly without them
+  (`python -m launch.bench agile --ops_only`).
   Its VJP is the bilinear one (`_tap_correlation_bwd`), so grad-of-grad works.
   """
   _, oh, ow, _ = g_BHWC.shape

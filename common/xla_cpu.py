@@ -50,12 +50,17 @@ def fused_reductions() -> bool:
 
 
 @contextlib.contextmanager
-def autodiff_reductions():
+def autodiff_reductions(enabled: bool = True):
   """Within it, functions traced use autodiff's per-sum reductions for the depthwise filter
   gradient and for BatchNorm (flax's code): the slower form the benchmarks time as a reference.
   Read at trace time, so it applies to what is traced (jitted) inside the block; JAX's caches are
-  cleared on entry and exit, so no trace made on one side of it is reused on the other."""
+  cleared on entry and exit, so no trace made on one side of it is reused on the other.
+  `enabled=False`: does nothing (the benchmarks pass each variant's flag)."""
   import jax
+
+  if not enabled:
+    yield
+    return
 
   jax.clear_caches()
   _FUSED_REDUCTIONS.append(False)

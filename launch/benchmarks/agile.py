@@ -190,14 +190,6 @@ def _variant(name: str) -> tuple[bool, dict, bool, bool]:
   }[name]
 
 
-def _tracing(autodiff: bool):
-  import contextlib
-
-  from common.xla_cpu import autodiff_reductions
-
-  return autodiff_reductions() if autodiff else contextlib.nullcontext()
-
-
 def _full_step(s: dict, name: str, args):
   """(compiled step, its arguments after the state) of variant `name`."""
   import jax
@@ -207,6 +199,7 @@ def _full_step(s: dict, name: str, args):
   from agile.models import AgileNN
   from common import train as train_lib
   from common.mobilenet import count_grouped_convs
+  from common.xla_cpu import autodiff_reductions
 
   shifted, options, table, autodiff = _variant(name)
   model = AgileNN(dataclasses.replace(s["mcfg"], shifted_depthwise=shifted))
@@ -214,7 +207,7 @@ def _full_step(s: dict, name: str, args):
   state = train_lib.create_train_state(jax.tree.map(jnp.array, s["variables"]), s["tx"])
   ev = s["table_vars"] if table else s["eval_vars"]
   step_args = (state, s["batch"], jax.random.key(0), s["hp"], ev)
-  with _tracing(autodiff):
+  with autodiff_reductions(autodiff):
     grouped = count_grouped_convs(step, *step_args)  # 0 when the shifted depthwise path is in effect
     compiled = step.lower(*step_args).compile(options)
   return compiled, state, ev, grouped
@@ -226,6 +219,7 @@ def _ce_step(s: dict, shifted: bool, options: dict, autodiff: bool):
 
   from agile.models import AgileNN
   from common import train as train_lib
+  from common.xla_cpu import autodiff_reductions
 
   model = AgileNN(dataclasses.replace(s["mcfg"], shifted_depthwise=shifted))
   tx, prep = s["tx"], s["prep"]
@@ -242,7 +236,7 @@ def _ce_step(s: dict, shifted: bool, options: dict, autodiff: bool):
     return train_lib.apply_gradients(st, g, tx, batch_stats=stats), loss
 
   state = train_lib.create_train_state(jax.tree.map(jnp.array, s["variables"]), tx)
-  with _tracing(autodiff):
+  with autodiff_reductions(autodiff):
     compiled = jax.jit(ce_step, donate_argnums=0).lower(state, s["batch"], jax.random.key(0)).compile(options)
   return compiled, state
 

@@ -23,15 +23,13 @@ def time_step(step, args: tuple, options: dict, repeats: int, autodiff: bool = F
   The state (args[0]) is donated by the step: each call feeds the previous call's state back.
   `autodiff`: traced inside `common.xla_cpu.autodiff_reductions()`.
   """
-  import contextlib
-
   import jax
 
   from common.xla_cpu import autodiff_reductions
   from launch.bench import measure
 
   t0 = time.perf_counter()
-  with autodiff_reductions() if autodiff else contextlib.nullcontext():
+  with autodiff_reductions(autodiff):
     compiled = step.lower(*args).compile(options)
   compile_s = time.perf_counter() - t0
   holder = [args[0]]
