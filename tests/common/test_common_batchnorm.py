@@ -123,3 +123,37 @@ def test_multi_output_reduction_sums_rows_not_whole_images():
   text = jax.jit(lambda x: batchnorm.channel_sums(x.shape, x, x * x)).lower(x).as_text()
   variadic = [line for line in text.splitlines() if ":2 = stablehlo.reduce(" in line]
   assert len(variadic) == 1 and "across dimensions = [2]" in variadic[0], variadic
+
+
+def test_float32_training_path_is_accurate_for_a_small_spread_against_the_mean():
+  """Against float64, the fast path's float32 statistics and gradients stay accurate for channels
+  whose spread is 1e-3 of their mean (AgileNN's remote predictor reads quantised features near one
+  centroid): flax's E[x^2] - E[x]^2 loses about 2% there (measured: 0.21 in the variance, 3.7e-3 in the scale gradient),
+  the shifted sums and the centred backward pass keep it near float32's own rounding."""
+  rng = np.random.default_rng(0)
+  shape = (32, 16, 16, 8)
+  x = (2.0 * rng.normal(size=shape[-1:]) + 1e-3 * rng.normal(size=shape)).astype(np.float32)
+  g = rng.normal(size=shape).astype(np.float32)
+
+  def grads(module, dtype):
+    v = module.init(jax.random.key(0), jnp.asarray(x, dtype))
+    p = jax.tree.map(lambda t: jnp.asarray(t, dtype) * 1.3, v["params"])
+
+    def f(p, x):
+      y, s = module.apply({"params": p, "batch_stats": v["batch_stats"]}, x, mutable=["batch_stats"])
+      return (y * g.astype(dtype)).sum(), s["batch_stats"]
+
+    (_, stats), grad = jax.jit(jax.value_and_grad(f, argnums=(0, 1), has_aux=True))(p, jnp.asarray(x, dtype))
+    return stats, grad
+
+  kw = dict(use_running_average=False, momentum=0.0)
+  with jax.enable_x64(True):
+    truth = jax.tree.map(np.asarray, grads(nn.BatchNorm(**kw, param_dtype=jnp.float64), jnp.float64))
+  ours = jax.tree.map(lambda a: np.asarray(a, np.float64), grads(batchnorm.BatchNorm(**kw), jnp.float32))
+  rel = lambda a, b: np.linalg.norm(a - b) / np.linalg.norm(b)
+  (s_true, (p_true, x_true)), (s_ours, (p_ours, x_ours)) = truth, ours
+  assert rel(s_ours["mean"], s_true["mean"]) < 1e-6
+  assert rel(s_ours["var"], s_true["var"]) < 1e-5
+  assert rel(p_ours["scale"], p_true["scale"]) < 1e-4
+  assert rel(p_ours["bias"], p_true["bias"]) < 1e-6
+  assert rel(x_ours, x_true) < 1e-6
