@@ -118,7 +118,8 @@ class BatchNorm(nn.BatchNorm):
 
   def uses_fast_path(self, x, use_running_average: bool) -> bool:
     """Whether `batch_norm_train` runs: training mode, a float NHWC input, channels last, scale,
-    bias, fast variance, no named axis, parameters of the input's dtype (float32 or float64), and
+    bias, fast variance, no named axis, a float32 or float64 input whose dtype holds the
+    parameters' (float32 parameters of a float64 input are promoted, as flax promotes them), and
     not inside `common.xla_cpu.autodiff_reductions()`."""
     return (
       fused_reductions()
@@ -127,7 +128,7 @@ class BatchNorm(nn.BatchNorm):
       and x.ndim == 4
       and self.axis in (-1, 3)
       and x.dtype in (jnp.float32, jnp.float64)
-      and self.param_dtype == x.dtype
+      and jnp.promote_types(self.param_dtype, x.dtype) == x.dtype
       and self.dtype in (None, x.dtype)
       and self.use_bias
       and self.use_scale
@@ -169,7 +170,7 @@ class BatchNorm(nn.BatchNorm):
     if mask is None and self.uses_fast_path(x, use_running_average):
       scale = self.param("scale", self.scale_init, feature_shape, self.param_dtype)
       bias = self.param("bias", self.bias_init, feature_shape, self.param_dtype)
-      y, mean, var = batch_norm_train(x, scale, bias, self.epsilon)
+      y, mean, var = batch_norm_train(x, scale.astype(x.dtype), bias.astype(x.dtype), self.epsilon)
     else:
       mean, var = flax_norm._compute_stats(
         x,

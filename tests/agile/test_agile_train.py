@@ -125,6 +125,31 @@ def _compare_fast_and_reference_steps():
   assert float(parts_f["skew_loss"] + parts_f["disorder_loss"]) > 0  # the XAI terms take part
 
 
+def test_multi_output_reductions_keep_the_step():
+  """The step as trained (BatchNorm's and the depthwise filter gradient's multi-output reductions)
+  gives the loss, metrics, batch statistics and gradients of the same step traced inside
+  `autodiff_reductions()` (flax's BatchNorm, autodiff's per-tap filter gradient), in float64; the
+  two programs differ (two-output reductions in one only)."""
+  from common.xla_cpu import autodiff_reductions
+
+  with jax.enable_x64(True):
+    model, v, eval_vars, x, y = _setup(jnp.float64)
+    _, eval_loss = reference.make_evaluator(RCFG)
+    table_vars = reference.with_baseline_gradients(RCFG, eval_vars, (6, 6, CFG.feature_channels))
+    hp = {"lam": jnp.float64(0.5), "rho": jnp.float64(0.9)}
+    loss_fn = agile_train.make_loss_fn(model, eval_loss, ig_steps=2)
+    step = jax.value_and_grad(lambda p: loss_fn(p, v["batch_stats"], table_vars, x, y, hp), has_aux=True)
+    fused_text = jax.jit(step).lower(v["params"]).as_text()
+    fused = jax.jit(step)(v["params"])
+    with autodiff_reductions():
+      plain_text = jax.jit(step).lower(v["params"]).as_text()
+      plain = jax.jit(step)(v["params"])
+  pairs = lambda text: text.count(":2 = stablehlo.reduce(")  # the quantiser's argmin is one in both
+  assert pairs(fused_text) > pairs(plain_text)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12), fused, plain)
+  assert float(fused[0][1][0]["skew_loss"] + fused[0][1][0]["disorder_loss"]) > 0
+
+
 def test_sgdw_is_decoupled_weight_decay():
   tx = agile_train.sgdw(0.1, 100, momentum=0.9, weight_decay=5e-4)
   p = {"w": jnp.array([2.0])}
