@@ -8,9 +8,9 @@
 Each stage trains, decides, exports and writes its own report under
 runs/quickstart/<stage>/; this writes runs/quickstart/report.md linking them,
 with the time of each stage. The goal is under 10 minutes on 2 quiet CPU cores; measured
-8 min 39 s wall (`time python -m launch.quickstart`, December 2026, with the multi-output
-reductions before their accuracy fix, load average 1.6 at the start): common 27 s, agile 82 s, offload 35 s, coinfer 134 s,
-subnets 121 s, branching 76 s, deploy 38 s.
+8 min 24 s wall (`time python -m launch.quickstart`, December 2026, final code with the
+multi-output reductions, quiet machine): common 24 s, agile 78 s, offload 34 s, coinfer 134 s,
+subnets 113 s, branching 77 s, deploy 37 s.
 """
 
 from __future__ import annotations
