@@ -8,8 +8,8 @@ BatchNorm and the shifted depthwise filter gradient, is slow there, so the train
 those as multi-output reductions over space (`common.batchnorm`, `common.mobilenet`), which it
 runs fast. `autodiff_reductions()` traces the autodiff form instead (the benchmarks' reference
 rows). `REDUCE_OPTIONS` (`LIBRARY_FUSION_TYPE_REDUCE`) keeps YNN for the remaining reductions:
-on AgileNN's paper-shaped step 0.94x, on its CE-only step 0.98x (docs/agile.md), so it stays an
-opt-in that no longer helps:
+on AgileNN's paper-shaped step 0.84-0.96x, on its CE-only step 0.88-1.14x (two runs,
+docs/agile.md; subnets' step 1.22x, branching's 1.11x), so it stays an opt-in:
 `XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_REDUCE` (a value already
 in XLA_FLAGS is kept).
 
