@@ -29,7 +29,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from common.batchnorm import BatchNorm, row_sums
+from common.batchnorm import BatchNorm, channel_sums
 from common.xla_cpu import fused_reductions, fusion_boundary
 
 # (t, c, n, s) rows of the ImageNet MobileNetV2 after the 32-channel stem.
@@ -115,7 +115,7 @@ def _tap_correlation(xp_BHWC, g_BHWC, stride: int, kh: int, kw: int):
   """dk[i, j, 0, c] = sum_{b, h, w} window_ij(xp)[b, h, w, c] g[b, h, w, c]: the filter gradient.
 
   One multi-output reduction over the width (the kh * kw products of the windows and g, fused; g
-  read once; `common.batchnorm.row_sums`), then sums over height and batch. Written so because
+  read once), then sums over height and batch: `common.batchnorm.channel_sums`. Written so because
   XLA:CPU's autodiff form, a separate reduction per tap, materializes every window as a buffer of
   its own under YNN's reductions and runs its own reduction emitter slowly without them
   (`python -m launch.bench agile --ops_only`).
@@ -123,7 +123,7 @@ def _tap_correlation(xp_BHWC, g_BHWC, stride: int, kh: int, kw: int):
   """
   _, oh, ow, _ = g_BHWC.shape
   prods = tuple(tap * g_BHWC for tap in _taps(xp_BHWC, stride, oh, ow, kh, kw))
-  return jnp.stack([r.sum((0, 1)) for r in row_sums(*prods)]).reshape(kh, kw, 1, -1)
+  return jnp.stack(channel_sums(g_BHWC.shape, *prods)).reshape(kh, kw, 1, -1)
 
 
 def _tap_correlation_fwd(xp_BHWC, g_BHWC, stride, kh, kw):
