@@ -4,8 +4,8 @@ choosing the compression setup (channels x bits) of every frame. See docs/coinfe
 Public API: `compress.quantize`, `compress.residual_rate`, `controller.make_mpc`, `simulate.run`.
 """
 
-from coinfer import compress, controller, simulate, traces
+from coinfer import compress, controller, simulate
 from coinfer.compress import quantize, residual_rate
 from coinfer.controller import make_mpc
 
-__all__ = ["compress", "controller", "make_mpc", "quantize", "residual_rate", "simulate", "traces"]
+__all__ = ["compress", "controller", "make_mpc", "quantize", "residual_rate", "simulate"]

@@ -30,13 +30,13 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from coinfer import baselines, compress, simulate, traces
+from coinfer import baselines, compress, simulate
 from coinfer import controller as C
 from coinfer import export as export_lib
 from coinfer import models as models_lib
 from coinfer import report as report_lib
 from coinfer import train as T
-from common import app, checkpoint, provenance, safeio
+from common import app, checkpoint, provenance, safeio, traces
 from common import config as cfg_lib
 from common import report as common_report
 from common import train as train_lib

@@ -14,7 +14,7 @@ import numpy as np
 from coinfer import compress
 from coinfer import controller as C
 from coinfer.controller import ControlState, Profile
-from coinfer.traces import Trace
+from common.traces import Trace
 
 
 def controllers(prof: Profile, trace: Trace, s) -> dict:

@@ -51,7 +51,7 @@ def load_trace(args):
 
   import numpy as np
 
-  from coinfer import traces
+  from common import traces
 
   if not args.trace_scale > 0:
     raise ConfigError(f"--trace-scale {args.trace_scale}: must be > 0")

@@ -1,5 +1,12 @@
 """The uplink between device and server, following a bandwidth trace (`coinfer.traces.Trace`).
 
+One `Link` interface for every kind (`LINKS`: `pacer`, `tc`, `none`), passed to the device
+runtime as one object. The deploy runner asks a link for its `network()` (where the server
+listens, how the server and device processes are started, and a JSON `spec` from which the device
+process rebuilds its side with `from_spec`); the device runtime calls `start(t0)`, `hand_over`
+for each request (when the sender may put it on the socket, and the link time it knows),
+`backlog_bits` for the controller and `stop()`. A new link kind is one class here.
+
 `Pacer`: a user-space FIFO link inside the device's sender. A payload handed over at t starts
 when the link is free, s = max(t, free), and has arrived at e = trace.transfer_end(s, bits);
 the sender holds the request until e, then sends it over loopback. Deterministic given the
@@ -14,6 +21,8 @@ namespaces removes the veth pair and its qdiscs) runs on exit, on errors and on 
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import os
 import shutil
 import subprocess
@@ -218,3 +227,111 @@ class TcShaper:
     self._stop.set()
     if self._thread.is_alive():
       self._thread.join(timeout=2)
+
+
+# ---------------------------------------------------------------- the Link interface
+
+
+@dataclasses.dataclass(frozen=True)
+class Network:
+  """Where the server listens and how each process is started on a link's network."""
+
+  server_host: str
+  server_port: int  # 0: the server picks a free port
+  server_prefix: tuple = ()  # command prefix of the server process (e.g. `ip netns exec NS`)
+  device_prefix: tuple = ()
+  spec: dict = dataclasses.field(default_factory=dict)  # the device side, for `from_spec`
+
+
+class Link:
+  """The uplink's interface (the base class is the unshaped network, kind `none`)."""
+
+  kind = "none"
+  paced = False  # True: the link holds each request in user space and knows its transfer time
+
+  def __init__(self, trace):
+    self.trace = trace
+    self.changes = 0  # rate changes applied (tc)
+
+  @contextlib.contextmanager
+  def network(self):
+    yield Network("127.0.0.1", 0, spec={"kind": self.kind})
+
+  def start(self, t0: float) -> None:
+    """The stream starts at monotonic time t0 (times below are seconds since then)."""
+
+  def stop(self) -> None:
+    """The stream ended (also on errors)."""
+
+  def hand_over(self, ready_s: float, bits: float) -> tuple[float, float]:
+    """A request of `bits` is ready at `ready_s`: (when to send it, its transfer start)."""
+    return ready_s, ready_s
+
+  def backlog_bits(self, t_s: float, unanswered_bits: float) -> float:
+    """Bits handed over and not yet delivered (pacer) or answered (others) at t_s."""
+    return unanswered_bits
+
+
+class PacerLink(Link):
+  """The user-space FIFO `Pacer` inside the device's sender, over loopback."""
+
+  kind, paced = "pacer", True
+
+  def start(self, t0: float) -> None:
+    self.pacer = Pacer(self.trace)
+
+  def hand_over(self, ready_s: float, bits: float) -> tuple[float, float]:
+    start, end = self.pacer.schedule(ready_s, bits)
+    return end, start
+
+  def backlog_bits(self, t_s: float, unanswered_bits: float) -> float:
+    return self.pacer.backlog_bits(t_s)
+
+
+class TcLink(Link):
+  """The kernel's tbf token bucket on a veth pair between two namespaces, its rate following the
+  trace (`TcNetwork`, `TcShaper`); `delay_ms` adds netem's delay where the kernel has it."""
+
+  kind = "tc"
+
+  def __init__(self, trace, *, delay_ms: float = 0.0, netns: str = "", iface: str = "", parent=("root",)):
+    super().__init__(trace)
+    self.delay_ms, self.netns, self.iface, self.parent = delay_ms, netns, iface, tuple(parent)
+    self.shaper = None
+
+  @contextlib.contextmanager
+  def network(self):
+    with TcNetwork(self.trace.rate_at(0.0), delay_ms=self.delay_ms) as net:
+      spec = {"kind": self.kind, "netns": net.device_ns, "iface": net.device_iface, "parent": list(net.tbf_parent)}
+      yield Network(SERVER_ADDR, 8001, tuple(net.exec_prefix(net.server_ns)), tuple(net.exec_prefix(net.device_ns)), spec)
+
+  def start(self, t0: float) -> None:
+    if not (self.netns and self.iface):
+      raise ServingError("the tc link needs the device's namespace and interface (the deploy step sets them up)")
+    self.shaper = TcShaper(self.trace, self.netns, self.iface, self.parent)
+    self.shaper.start(t0)
+
+  def stop(self) -> None:
+    if self.shaper is not None:
+      self.shaper.stop()
+      self.changes = self.shaper.changes
+
+
+LINKS = {"pacer": PacerLink, "tc": TcLink, "none": Link}
+
+
+def make(kind: str, trace, *, delay_ms: float = 0.0) -> Link:
+  """The link of `kind` (one of LINKS) along `trace`, for the deploy runner."""
+  if kind not in LINKS:
+    raise ServingError(f"link {kind!r}: must be one of {list(LINKS)}")
+  if kind == "tc":
+    require_tc()
+    return TcLink(trace, delay_ms=delay_ms)
+  return LINKS[kind](trace)
+
+
+def from_spec(spec: dict, trace) -> Link:
+  """The device side of a link from its `Network.spec` (in the device process)."""
+  if spec.get("kind") == "tc":
+    return TcLink(trace, netns=spec["netns"], iface=spec["iface"], parent=spec.get("parent", ("root",)))
+  return LINKS[spec.get("kind", "none")](trace)

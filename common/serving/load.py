@@ -86,11 +86,12 @@ def stream(
   frames: int,
   fps: float,
   deadline_s: float,
-  pacer=None,
+  link=None,
   stop: threading.Event | None = None,
   connect_timeout_s: float = 10.0,
 ) -> dict:
-  """One device stream against `url`; returns `record` plus the client's reconnects."""
+  """One device stream against `url` over `link` (None: the network as it is); returns `record` plus
+  the client's reconnects."""
   client = dev.Client(url)
   client.connect(connect_timeout_s)
   picks = [pick(sid, k, len(inputs)) for k in range(frames)]
@@ -101,7 +102,7 @@ def stream(
 
   try:
     results = dev.run_stream(
-      client, step, frames=frames, fps=fps, deadline_s=deadline_s, pacer=pacer, stop=stop
+      client, step, frames=frames, fps=fps, deadline_s=deadline_s, link=link, stop=stop
     )
   finally:
     client.close()
@@ -113,7 +114,7 @@ def run_streams(
   url: str, repo, model_name: str, *, streams: int, first: int = 0, seed: int = 0, **kw
 ) -> list:
   """`streams` concurrent `stream`s (threads of this process), ids first .. first + streams - 1."""
-  model = _model(repo, model_name)
+  model = served_model(repo, model_name)
   inputs, expected = pool(model, seed=seed)
   out: list = [None] * streams
   errors: list = []
@@ -159,7 +160,7 @@ def merge(records: list[dict], wall_s: float) -> dict:
   return out
 
 
-def _model(repo, name: str) -> repository.Model:
+def served_model(repo, name: str) -> repository.Model:
   from pathlib import Path
 
   versions = repository.load_model(Path(repo) / name)
@@ -265,7 +266,7 @@ def main(argv=None) -> int:
   from common.report import write_json
 
   if a.garbage > 0:
-    model = _model(a.repository, a.model)
+    model = served_model(a.repository, a.model)
     stop = threading.Event()
     threading.Timer(a.garbage, stop.set).start()
     write_json(a.out, garbage(a.url, model, pool(model, 1, a.seed)[0][0], stop, a.seed))

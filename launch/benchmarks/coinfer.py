@@ -106,7 +106,8 @@ def train_step_speed(repeats: int) -> dict:
 
 
 def run(args) -> dict:
-  from coinfer import compress, simulate, traces
+  from coinfer import compress, simulate
+  from common import traces
   from coinfer import controller as C
 
   prof = _profile(args.workdir)

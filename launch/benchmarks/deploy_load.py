@@ -150,7 +150,7 @@ def run_restarts(
   """A stream while the server is SIGKILLed and restarted (same port) `kills` times: each kill
   `up_s` after the server (re)started answering the stream, each restart `down_s` after the
   kill; the stream stops `up_s` after the last restart answered."""
-  m = load._model(repo, model)
+  m = load.served_model(repo, model)
   inputs, expected = load.pool(m)
   workdir = Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
@@ -197,7 +197,7 @@ def run_restarts(
 
 
 def outage_trace(rate_bps: float, start_s: float, length_s: float, seconds: float):
-  from coinfer.traces import Trace
+  from common.traces import Trace
 
   times = np.asarray([0.0, start_s, start_s + length_s])
   rates = np.asarray([rate_bps, 0.0, rate_bps])
@@ -218,7 +218,7 @@ def run_outage(
   """A stream over the pacer whose trace has zero rate in [start_s, start_s + length_s)."""
   from common.serving import link
 
-  m = load._model(repo, model)
+  m = load.served_model(repo, model)
   inputs, expected = load.pool(m)
   trace = outage_trace(rate_bps, start_s, length_s, seconds)
   proc, port = start_server(repo)
@@ -232,7 +232,7 @@ def run_outage(
       frames=int(round(seconds * fps)),
       fps=fps,
       deadline_s=deadline_s,
-      pacer=link.Pacer(trace),
+      link=link.PacerLink(trace),
     )
   finally:
     stop_server(proc)

@@ -12,7 +12,7 @@ import pytest
 
 from agile import deploy
 from agile import export as agile_export
-from coinfer.traces import Trace
+from common.traces import Trace
 from common.serving import device as dev
 from launch.deploy import _env, start_server, stop_server
 

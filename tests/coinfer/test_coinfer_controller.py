@@ -3,8 +3,9 @@
 import numpy as np
 import pytest
 
-from coinfer import compress, simulate, traces
+from coinfer import compress, simulate
 from coinfer import controller as C
+from common import traces
 
 
 def _profile(setups=None):

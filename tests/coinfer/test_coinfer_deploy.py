@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from coinfer import deploy
-from coinfer.traces import Trace
+from common.traces import Trace
 from common.serving import device as dev
 from launch.deploy import _env, start_server, stop_server
 

@@ -29,7 +29,7 @@ _LINE = st.one_of(
 @FUZZ
 @given(lines=st.lists(_LINE, max_size=30))
 def test_mahimahi_trace_loads_valid_or_raises_data_error(tmp_path, lines):
-  from coinfer import traces
+  from common import traces
 
   p = tmp_path / "t.log"
   p.write_text("\n".join(lines), encoding="utf-8")
@@ -50,7 +50,7 @@ _ROWS = st.lists(st.floats(-10, 10) | st.sampled_from([math.nan, math.inf]), min
 @FUZZ
 @given(lines=st.lists(st.one_of(_LINE, st.tuples(_LINE, _LINE).map(",".join)), max_size=30) | _ROWS)
 def test_csv_trace_loads_valid_or_raises_data_error(tmp_path, lines):
-  from coinfer import traces
+  from common import traces
 
   p = tmp_path / "t.csv"
   p.write_text("\n".join(lines), encoding="utf-8")

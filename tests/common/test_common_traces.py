@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from coinfer import traces
+from common import traces
 from common.errors import DataError
 
 
