@@ -28,7 +28,7 @@ MODEL = "agile_remote"
 
 
 @dataclasses.dataclass
-class Deployment:
+class Exports:
   workdir: Path
   metrics: dict  # final_metrics.json
   meta: dict  # exports/agile_meta.json
@@ -75,7 +75,7 @@ def write_repository(workdir: str | Path, meta: dict, codec: str) -> Path:
   return repo
 
 
-def load(workdir: str | Path, *, int8: bool = True) -> Deployment:
+def load(workdir: str | Path, *, int8: bool = True) -> Exports:
   """The exports of an agile run and its parity images (raises CheckpointError naming the step)."""
   from agile import data as agile_data
   from common import export as export_lib
@@ -102,16 +102,20 @@ def load(workdir: str | Path, *, int8: bool = True) -> Deployment:
   prep = agile_data.make_preprocess(config["dataset"], config["input_size"])
   images = np.asarray(prep(test.images[:n]), np.float32)
   codec = metrics["payload"]["best_codec"]
-  return Deployment(workdir, metrics, meta, codec, runner, int8, images, np.asarray(test.labels[:n]))
+  return Exports(workdir, metrics, meta, codec, runner, int8, images, np.asarray(test.labels[:n]))
 
 
-def run(dep: Deployment, client: dev.Client, trace, *, frames: int, fps: float, deadline_s: float,
-        link: str = "pacer", shaper=None, progress=None) -> dict:  # fmt: skip
-  """Streams `frames` frames (the parity images in order, cycling); per-frame records and summary."""
-  from common.serving import link as link_lib
+FRAME_FIELDS = ("status", "arrival_s", "latency_s", "wait_s", "device_s", "link_s", "server_s", "wire_bytes")
 
+
+def run(dep: Exports, client: dev.Client, link, *, frames: int, fps: float, deadline_s: float,
+        progress=None) -> dict:  # fmt: skip
+  """Streams `frames` frames (the parity images in order, cycling) over `link`; per-frame records
+  and summary."""
   if frames < 1 or not fps > 0 or not deadline_s > 0:
-    raise ConfigError(f"--frames {frames}, --fps {fps}, --deadline {deadline_s}: must be >= 1, > 0, > 0")
+    raise ConfigError(
+      f"config.deploy: frames {frames}, fps {fps}, deadline {deadline_s}: must be >= 1, > 0, > 0"
+    )
   n = len(dep.images)
   locals_: dict[int, np.ndarray] = {}
 
@@ -123,10 +127,26 @@ def run(dep: Deployment, client: dev.Client, trace, *, frames: int, fps: float, 
     return dev.Request(MODEL, feeds, "LOGITS", device_s=time.perf_counter() - t)
 
   rtt = client.base_rtt_s()
-  pacer = link_lib.Pacer(trace) if link == "pacer" else None
-  results = dev.run_stream(client, step, frames=frames, fps=fps, deadline_s=deadline_s, pacer=pacer,
-                           shaper=shaper, rtt_s=rtt, progress=progress)  # fmt: skip
-  labels = dep.labels[np.arange(frames) % n]
+  results = dev.run_stream(client, step, frames=frames, fps=fps, deadline_s=deadline_s, link=link, rtt_s=rtt,
+                           progress=progress)  # fmt: skip
+  summ, frames_out = _account(dep, results, locals_, deadline_s)
+  summ["reconnects"] = client.reconnects
+  return {
+    "summary": summ,
+    "frames": frames_out,
+    "rtt_s": rtt,
+    "int8": dep.int8,
+    "codec": dep.codec,
+    "trace": {"name": link.trace.name, "mean_bps": link.trace.mean_bps()},
+    "link": link.kind,
+    "stream": {"fps": fps, "deadline_s": deadline_s},
+  }
+
+
+def _account(dep: Exports, results, locals_: dict, deadline_s: float) -> tuple[dict, dict]:
+  """(summary, per-frame records): the combined prediction, or the local one where the answer missed."""
+  frames = len(results)
+  labels = dep.labels[np.arange(frames) % len(dep.images)]
   pred, fell_back = np.zeros(frames, int), np.zeros(frames, bool)
   for r in results:
     if r.status == "ok":
@@ -140,24 +160,14 @@ def run(dep: Deployment, client: dev.Client, trace, *, frames: int, fps: float, 
     fallbacks=int(fell_back.sum()),
     fallback_rate=float(fell_back.mean()),
     answer_p50_latency_s=float(np.percentile(lat, 50)),
-    reconnects=client.reconnects,
   )
-  frames_out = {f: [getattr(r, f) for r in results] for f in
-                ("status", "arrival_s", "latency_s", "wait_s", "device_s", "link_s", "server_s", "wire_bytes")}  # fmt: skip
+  summ.update(dev.overhead(results))
+  frames_out = {f: [getattr(r, f) for r in results] for f in FRAME_FIELDS}
   frames_out.update(prediction=pred.tolist(), label=labels.tolist(), fallback=fell_back.tolist())
-  return {
-    "summary": summ,
-    "frames": frames_out,
-    "rtt_s": rtt,
-    "int8": dep.int8,
-    "codec": dep.codec,
-    "trace": {"name": trace.name, "mean_bps": trace.mean_bps()},
-    "link": link,
-    "stream": {"fps": fps, "deadline_s": deadline_s},
-  }
+  return summ, frames_out
 
 
-def predict(dep: Deployment, out: dict, trace) -> dict:
+def predict(dep: Exports, out: dict, trace) -> dict:
   """What the run's own figures predict for the same images: the split parity accuracy of the
   same device part, and the latency model's per-image time with the link at the trace's mean rate
   and the bytes measured on the wire."""
@@ -231,8 +241,42 @@ def write_report(out_dir: Path, out: dict, pred: dict, server_stats: dict | None
   rep.heading("End-to-end latency (frames on time; the curve tops out at 1 - miss rate)")
   sr.save(rep, fig, [ax], "latency_cdf.png", "latency CDF")
   if server_stats:
-    rep.text(
-      f"Server: {server_stats.get('requests', 0)} requests, {server_stats.get('failed', 0)} failed; "
-      f"server-side latency p50 {server_stats.get('p50_ms', float('nan')):.3f} ms."
-    )
+    rep.text(sr.server_text(server_stats))
   return rep.write()
+
+
+class AgileDeployment:
+  """agile's `common.serving.runner.Deployment`: the device part local, the symbols to the server."""
+
+  technique = "agile"
+
+  def prepare(self, workdir: Path, settings: dict) -> dict:
+    dep = load(workdir, int8=settings["int8"])
+    write_repository(workdir, dep.meta, dep.codec)
+    return {}
+
+  def device(self, workdir: Path, settings: dict, client, link, progress) -> dict:
+    dep = load(workdir, int8=settings["int8"])
+    return run(dep, client, link, frames=settings["frames"], fps=settings["fps"], deadline_s=settings["deadline"],
+               progress=progress)  # fmt: skip
+
+  def predict(self, workdir: Path, settings: dict, record: dict, trace) -> dict:
+    return predict(load(workdir, int8=settings["int8"]), record, trace)
+
+  def summary(self, record: dict, prediction: dict, info: dict) -> dict:
+    return {"measured": record["summary"], "predicted": prediction}
+
+  def report(self, out_dir: Path, record: dict, prediction: dict, trace, server_stats, info: dict) -> Path:
+    return write_report(out_dir, record, prediction, server_stats)
+
+  def figures(self, record: dict, prediction: dict) -> dict:
+    m = record["summary"]
+    return {
+      "accuracy": m["accuracy"],
+      "split_parity_accuracy": prediction["accuracy"],
+      "fallbacks": m["fallbacks"],
+      "bytes_per_frame": m["bytes_per_frame"],
+    }
+
+
+DEPLOYMENT = AgileDeployment()

@@ -32,6 +32,7 @@ from common import config as cfg
 from common import data as data_lib
 from common.models import count_params
 from common.report import write_json
+from common.serving import runner
 
 # The config sections each output is made from; a reused output must have been made from the same.
 _DATA = ("seed", "dataset", "data_dir", "limit", "input_size")
@@ -55,6 +56,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   """Checks every user-settable value once; raises ConfigError naming key, value and range."""
   cfg.check_seed(config)
   cfg.check_numbers(config)
+  runner.validate(config)
   for key in ("model.remote_last_channels", "model.remote_stem_channels", "reference.top_channels"):
     cfg.check_range(config, key, 1, integer=True)
   cfg.check_range(config, "reference.bn_momentum", 0.0, 1.0, hi_open=True)
@@ -288,6 +290,7 @@ STEPS = {
   "export": app.Step(
     _reported(step_export), "device TFLite float/int8 + TFLM, remote ONNX, parity; export.json"
   ),
+  **runner.app_steps("agile", lambda run: run.config),
 }
 ALL = ("train", "evaluate", "export")
 

@@ -36,7 +36,7 @@ CONTROLLERS = ("mpc", "rate", "buffer", "fixed:<setup>")
 
 
 @dataclasses.dataclass
-class Deployment:
+class Exports:
   """What the device holds: per exported setup its name, (c, b), model and device runner."""
 
   workdir: Path
@@ -57,7 +57,7 @@ class Deployment:
     return {"PAYLOAD": np.frombuffer(payload, np.uint8), "RANGES": ranges}
 
 
-def load(workdir: str | Path, *, int8: bool = True) -> Deployment:
+def load(workdir: str | Path, *, int8: bool = True) -> Exports:
   """The exports of a coinfer run (raises CheckpointError saying which step to run)."""
   from common import data as data_lib
   from common import export as export_lib
@@ -103,7 +103,7 @@ def load(workdir: str | Path, *, int8: bool = True) -> Deployment:
   index = {s.name: i for i, s in enumerate(grid)}
   every = safeio.load_array(cpath, what="per-image results", shape=(len(grid), len(test)))
   correct = every[[index[n] for n in names]].astype(bool)
-  return Deployment(
+  return Exports(
     workdir,
     config,
     names,
@@ -118,10 +118,8 @@ def load(workdir: str | Path, *, int8: bool = True) -> Deployment:
   )
 
 
-def calibrate(dep: Deployment, client: dev.Client, *, repeats: int = 15) -> C.Profile:
+def calibrate(dep: Exports, client: dev.Client, *, repeats: int = 15) -> C.Profile:
   """Bytes on the wire, median device seconds and median server answer seconds per setup."""
-  import tritonclient.grpc as tg
-
   bits, t_dev, t_srv = [], [], []
   for i in range(len(dep.names)):
     td, ts = [], []
@@ -131,12 +129,7 @@ def calibrate(dep: Deployment, client: dev.Client, *, repeats: int = 15) -> C.Pr
       feeds = dep.encode(i, image)
       td.append(time.perf_counter() - t)
       t = time.perf_counter()
-      client.client.infer(
-        dep.models[i],
-        dev._infer_inputs(feeds),
-        outputs=[tg.InferRequestedOutput("LOGITS")],
-        client_timeout=5.0,
-      )
+      client.infer(dev.Request(dep.models[i], feeds, "LOGITS"), timeout_s=5.0)
       ts.append(time.perf_counter() - t)
     bits.append(8.0 * dev.request_bytes(dev.Request(dep.models[i], feeds, "LOGITS")))
     t_dev.append(float(np.median(td)))
@@ -170,7 +163,7 @@ def make_controller(spec: str, prof: C.Profile, stream: dict):
   )
 
 
-def make_step(dep: Deployment, controller: C.Controller):
+def make_step(dep: Exports, controller: C.Controller):
   """The device's per-frame step, and a function returning the controller's state so far."""
   held = [controller.init()]
 
@@ -189,7 +182,7 @@ def make_step(dep: Deployment, controller: C.Controller):
   return step, lambda: held[0]
 
 
-def stream_settings(dep: Deployment, *, fps: float | None, deadline_s: float | None) -> dict:
+def stream_settings(dep: Exports, *, fps: float | None, deadline_s: float | None) -> dict:
   s = dict(dep.config["stream"])
   s["fps"] = float(fps or s["fps"])
   s["deadline_s"] = float(deadline_s or s["deadline_s"])
@@ -198,26 +191,10 @@ def stream_settings(dep: Deployment, *, fps: float | None, deadline_s: float | N
   return s
 
 
-def run(
-  dep: Deployment,
-  client: dev.Client,
-  trace,
-  *,
-  frames: int,
-  controller: str,
-  stream: dict,
-  link: str = "pacer",
-  shaper=None,
-  progress=None,
-) -> dict:
-  """Calibrates, streams `frames` frames, and returns per-frame records, summary and profile."""
-  from common.serving import link as link_lib
-
-  if frames < 1:
-    raise ConfigError(f"--frames {frames}: must be >= 1")
+def calibrated_profile(dep: Exports, client: dev.Client, controller: str, stream: dict) -> C.Profile:
+  """`calibrate`, with the controller's own decision time added to the device time (it runs
+  before the device part, so the controller plans with both)."""
   prof = calibrate(dep, client)
-  rtt = client.base_rtt_s()
-  # the controller's own decision time runs before the device part: plan with both
   probe = make_controller(controller, prof, stream)
   state = C.ControlState(0, 0.0, 0.0, (float(np.median(prof.bits)) * stream["fps"],))
   t_ctl, probe_state = [], probe.init()
@@ -225,78 +202,64 @@ def run(
     t = time.perf_counter()
     _, probe_state = probe.update(state, probe_state)
     t_ctl.append(time.perf_counter() - t)
-  prof = dataclasses.replace(prof, t_dev=prof.t_dev + float(np.median(t_ctl)))
+  return dataclasses.replace(prof, t_dev=prof.t_dev + float(np.median(t_ctl)))
+
+
+FRAME_FIELDS = ("setup", "status", "arrival_s", "latency_s", "wait_s", "control_s", "device_s", "link_s",
+                "server_s", "wire_bytes")  # fmt: skip
+
+
+def run(dep: Exports, client: dev.Client, link, *, frames: int, controller: str, stream: dict,
+        progress=None) -> dict:  # fmt: skip
+  """Calibrates, streams `frames` frames over `link` (`common.serving.link.Link`, along its trace),
+  and returns per-frame records, summary and profile."""
+  if frames < 1:
+    raise ConfigError(f"config.deploy.frames = {frames}: must be >= 1")
+  prof = calibrated_profile(dep, client, controller, stream)
+  rtt = client.base_rtt_s()
   step, controller_state = make_step(dep, make_controller(controller, prof, stream))
-  pacer = link_lib.Pacer(trace) if link == "pacer" else None
-  results = dev.run_stream(
-    client,
-    step,
-    frames=frames,
-    fps=stream["fps"],
-    deadline_s=stream["deadline_s"],
-    pacer=pacer,
-    shaper=shaper,
-    rtt_s=rtt,
-    history=11,
-    progress=progress,
-  )
-  n = len(dep.images)
-  pred = np.asarray([int(np.argmax(r.output)) if r.output is not None else -1 for r in results])
-  labels = dep.labels[np.arange(frames) % n]
-  answered = pred >= 0
-  ok = np.asarray([r.status == "ok" for r in results])
-  summ = dev.summary(results, stream["deadline_s"])
-  summ.update(
-    accuracy=float((pred[answered] == labels[answered]).mean()) if answered.any() else 0.0,
-    timely_accuracy=float(((pred == labels) & ok).mean()),
-    expected_accuracy=float(prof.accuracy[[r.setup for r in results]].mean()),
-    reconnects=client.reconnects,
-    fallbacks=int(controller_state().fallbacks),
-  )
-  overhead = [
-    r.latency_s - r.wait_s - r.control_s - r.device_s - r.link_s - r.server_s
-    for r in results
-    if r.status == "ok"
-  ]
-  if overhead:
-    summ["overhead_p50_ms"] = float(np.percentile(overhead, 50) * 1e3)
-    summ["overhead_p99_ms"] = float(np.percentile(overhead, 99) * 1e3)
-  frames_out = {
-    f: [getattr(r, f) for r in results]
-    for f in (
-      "setup",
-      "status",
-      "arrival_s",
-      "latency_s",
-      "wait_s",
-      "control_s",
-      "device_s",
-      "link_s",
-      "server_s",
-      "wire_bytes",
-    )
-  }
+  results = dev.run_stream(client, step, frames=frames, fps=stream["fps"], deadline_s=stream["deadline_s"],
+                           link=link, rtt_s=rtt, history=11, progress=progress)  # fmt: skip
+  summ, pred, labels = stream_summary(dep, results, prof, stream["deadline_s"])
+  summ.update(reconnects=client.reconnects, fallbacks=int(controller_state().fallbacks))
+  frames_out = {f: [getattr(r, f) for r in results] for f in FRAME_FIELDS}
   frames_out["prediction"], frames_out["label"] = pred.tolist(), labels.tolist()
+  names = ("names", "bits", "accuracy", "t_dev", "t_srv")
+  profile = {
+    n: (list(v) if n == "names" else v.tolist())
+    for n, v in zip(names, dataclasses.astuple(prof), strict=True)
+  }
   return {
     "summary": summ,
     "frames": frames_out,
-    "profile": {
-      "names": list(prof.names),
-      "bits": prof.bits.tolist(),
-      "accuracy": prof.accuracy.tolist(),
-      "t_dev": prof.t_dev.tolist(),
-      "t_srv": prof.t_srv.tolist(),
-    },
+    "profile": profile,
     "rtt_s": rtt,
     "int8": dep.int8,
-    "trace": {"name": trace.name, "mean_bps": trace.mean_bps()},
-    "link": link,
+    "trace": {"name": link.trace.name, "mean_bps": link.trace.mean_bps()},
+    "link": link.kind,
     "controller": controller,
     "stream": stream,
   }
 
 
-def predict(dep: Deployment, out: dict, trace) -> dict:
+def stream_summary(dep: Exports, results, prof: C.Profile, deadline_s: float):
+  """(summary, predictions, labels) of a finished stream: miss rate, accuracies, overhead."""
+  frames, n = len(results), len(dep.images)
+  pred = np.asarray([int(np.argmax(r.output)) if r.output is not None else -1 for r in results])
+  labels = dep.labels[np.arange(frames) % n]
+  answered = pred >= 0
+  ok = np.asarray([r.status == "ok" for r in results])
+  summ = dev.summary(results, deadline_s)
+  summ.update(
+    accuracy=float((pred[answered] == labels[answered]).mean()) if answered.any() else 0.0,
+    timely_accuracy=float(((pred == labels) & ok).mean()),
+    expected_accuracy=float(prof.accuracy[[r.setup for r in results]].mean()),
+  )
+  summ.update(dev.overhead(results))
+  return summ, pred, labels
+
+
+def predict(dep: Exports, out: dict, trace) -> dict:
   """The simulator on the same trace, profile, controller and images as the measured run."""
   p = out["profile"]
   prof = C.Profile(
@@ -323,25 +286,8 @@ def predict(dep: Deployment, out: dict, trace) -> dict:
   return {"summary": summ, "setup": sim["setup"].astype(int).tolist(), "latency_s": sim["latency_s"].tolist()}
 
 
-def write_report(out_dir: Path, out: dict, pred: dict, trace, server_stats: dict | None) -> Path:
-  """out_dir/report.md: measured figures beside the simulator's, latency CDF, setup vs bandwidth."""
-  import matplotlib
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
-  from common.report import Report
-
-  out_dir = Path(out_dir)
+def _figure_rows(out: dict, pred: dict) -> list:
   s, m, p = out["stream"], out["summary"], pred["summary"]
-  rep = Report("coinfer on the serving runtime", out_dir)
-  kind = "int8" if all(out["int8"]) else ("float" if not any(out["int8"]) else "int8 where exported")
-  rep.text(
-    f"{m['frames']} frames at {s['fps']:g} fps, deadline {s['deadline_s'] * 1e3:.0f} ms, controller `{out['controller']}`, "
-    f"link `{out['link']}` on trace `{trace.name}` (mean {trace.mean_bps() / 1e6:.3f} Mbit/s), device parts {kind}. "
-    "Server and device ran as separate processes; the simulator ran `coinfer.simulate` on the same trace with the "
-    "profile calibrated on this system (below) and the same controller and images."
-  )
   rows = [
     ["deadline-miss rate", m["deadline_miss_rate"], p["deadline_miss_rate"]],
     ["accuracy of the returned predictions", m["accuracy"], p["accuracy"]],
@@ -359,21 +305,16 @@ def write_report(out_dir: Path, out: dict, pred: dict, trace, server_stats: dict
       [f"p{q} latency of on-time frames (ms)"]
       + [float(np.percentile(v, q) * 1e3) if v.size else "-" for v in (vm, vp)]
     )
-  rep.heading("Measured against the simulator")
-  rep.table(["figure", "measured", "simulator"], rows)
-  rep.text(
-    f"Frames: {m['status']['ok']} answered in time, {m['status']['late']} late, {m['status']['lost']} lost "
-    f"(reconnects {m['reconnects']}). A frame the server never answers has no latency and counts as a miss; "
-    "the measured accuracy is over the answered frames, the simulator's over all frames."
-  )
-  if "overhead_p50_ms" in m:
-    rep.text(
-      f"Runtime overhead per answered frame (end-to-end minus controller, device TFLite, link and server ONNX "
-      f"time): p50 {m['overhead_p50_ms']:.3f} ms, p99 {m['overhead_p99_ms']:.3f} ms."
-    )
+  return rows
+
+
+def _plots(rep, out: dict, pred: dict, trace) -> None:
+  import matplotlib.pyplot as plt
+
+  s = out["stream"]
   fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
-  _cdf(ax, lat_m, "measured")
-  _cdf(ax, lat_p, "simulator")
+  _cdf(ax, _on_time(out["frames"]["latency_s"], s["deadline_s"]), "measured")
+  _cdf(ax, _on_time(pred["latency_s"], s["deadline_s"]), "simulator")
   ax.axvline(s["deadline_s"] * 1e3, color="k", ls="--", lw=1, label="deadline")
   ax.set_xlabel("end-to-end latency (ms)")
   ax.set_ylabel("fraction of frames")
@@ -390,18 +331,79 @@ def write_report(out_dir: Path, out: dict, pred: dict, trace, server_stats: dict
   a2.set_xlabel("time (s)")
   rep.heading("Chosen setup against the bandwidth")
   _save(rep, fig, [a1, a2], "setup_vs_bandwidth.png", "setup vs bandwidth")
+
+
+def write_report(out_dir: Path, out: dict, pred: dict, trace, server_stats: dict | None) -> Path:
+  """out_dir/report.md: measured figures beside the simulator's, latency CDF, setup vs bandwidth."""
+  import matplotlib
+
+  matplotlib.use("Agg")
+  from common.report import Report
+  from common.serving import report as sr
+
+  s, m = out["stream"], out["summary"]
+  rep = Report("coinfer on the serving runtime", Path(out_dir))
+  kind = "int8" if all(out["int8"]) else ("float" if not any(out["int8"]) else "int8 where exported")
+  rep.text(
+    f"{m['frames']} frames at {s['fps']:g} fps, deadline {s['deadline_s'] * 1e3:.0f} ms, controller `{out['controller']}`, "
+    f"link `{out['link']}` on trace `{trace.name}` (mean {trace.mean_bps() / 1e6:.3f} Mbit/s), device parts {kind}. "
+    "Server and device ran as separate processes; the simulator ran `coinfer.simulate` on the same trace with the "
+    "profile calibrated on this system (below) and the same controller and images."
+  )
+  rep.heading("Measured against the simulator")
+  rep.table(["figure", "measured", "simulator"], _figure_rows(out, pred))
+  rep.text(
+    sr.frames_text(m) + " The measured accuracy is over the answered frames, the simulator's over all frames."
+  )
+  if "overhead_p50_ms" in m:
+    rep.text(sr.overhead_text(m))
+  _plots(rep, out, pred, trace)
   pr = out["profile"]
   rep.heading("Profile calibrated on this system (what the controller and the simulator plan with)")
   rep.table(
     ["setup", "bytes on the wire", "SW-CNN accuracy", "controller + device ms", "server answer ms"],
-    [
-      [n, b / 8, a, d * 1e3, v * 1e3]
-      for n, b, a, d, v in zip(pr["names"], pr["bits"], pr["accuracy"], pr["t_dev"], pr["t_srv"], strict=True)
-    ],
-  )
+    [[n, b / 8, a, d * 1e3, v * 1e3] for n, b, a, d, v in
+     zip(pr["names"], pr["bits"], pr["accuracy"], pr["t_dev"], pr["t_srv"], strict=True)],
+  )  # fmt: skip
   if server_stats:
-    rep.text(
-      f"Server: {server_stats.get('requests', 0)} requests, {server_stats.get('failed', 0)} failed; "
-      f"server-side latency p50 {server_stats.get('p50_ms', float('nan')):.3f} ms, p99 {server_stats.get('p99_ms', float('nan')):.3f} ms."
-    )
+    rep.text(sr.server_text(server_stats))
   return rep.write()
+
+
+class CoinferDeployment:
+  """coinfer's `common.serving.runner.Deployment`: the MPC (or a baseline) picks each frame's setup."""
+
+  technique = "coinfer"
+
+  def prepare(self, workdir: Path, settings: dict) -> dict:
+    load(workdir, int8=settings["int8"])  # the exports are complete (CheckpointError names the step)
+    return {}
+
+  def device(self, workdir: Path, settings: dict, client, link, progress) -> dict:
+    dep = load(workdir, int8=settings["int8"])
+    stream = stream_settings(dep, fps=settings["fps"], deadline_s=settings["deadline"])
+    return run(dep, client, link, frames=settings["frames"], controller=settings["controller"], stream=stream,
+               progress=progress)  # fmt: skip
+
+  def predict(self, workdir: Path, settings: dict, record: dict, trace) -> dict:
+    return predict(load(workdir, int8=settings["int8"]), record, trace)
+
+  def summary(self, record: dict, prediction: dict, info: dict) -> dict:
+    return {"measured": record["summary"], "simulator": prediction["summary"]}
+
+  def report(self, out_dir: Path, record: dict, prediction: dict, trace, server_stats, info: dict) -> Path:
+    return write_report(out_dir, record, prediction, trace, server_stats)
+
+  def figures(self, record: dict, prediction: dict) -> dict:
+    m, s = record["summary"], prediction["summary"]
+    return {
+      "miss_rate": m["deadline_miss_rate"],
+      "sim_miss_rate": s["deadline_miss_rate"],
+      "accuracy": m["accuracy"],
+      "sim_accuracy": s["accuracy"],
+      "bytes_per_frame": m["bytes_per_frame"],
+      "overhead_p50_ms": m.get("overhead_p50_ms", float("nan")),
+    }
+
+
+DEPLOYMENT = CoinferDeployment()

@@ -37,7 +37,7 @@ APP = app.App(
   validate=pipeline.validate,
   preflight=_preflight,
   context=_context,
-  all_steps=tuple(pipeline.STEPS),
+  all_steps=pipeline.TRAINING,
   doc=__doc__.splitlines()[0],
 )
 

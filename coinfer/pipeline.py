@@ -41,6 +41,7 @@ from common import config as cfg_lib
 from common import report as common_report
 from common import train as train_lib
 from common.errors import CheckpointError, ConfigError
+from common.serving import runner
 
 _INIT = ("seed", "data", "setups", "model", "train", "init")
 _SW = (*_INIT, "cluster", "distill")
@@ -61,6 +62,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   """Checks the keys the steps read (ConfigError names key, value and what is allowed)."""
   cfg_lib.check_seed(config, "seed")
   cfg_lib.check_numbers(config)
+  runner.validate(config)
   for key in ("init", "distill", "individual", "baselines"):
     cfg_lib.check_range(config, f"{key}.max_steps", 0, integer=True)
   cfg_lib.check_range(config, "distill.calibrate_batches", 1, integer=True)
@@ -385,10 +387,12 @@ STEPS = {
   "simulate": app.Step(step_simulate, "the controllers over the configured traces; simulate.json"),
   "export": app.Step(step_export, "device TFLite/int8/TFLite Micro + server ONNX per setup; export.json"),
   "report": app.Step(step_report, "report.md and its plots from what the steps wrote"),
+  **runner.app_steps("coinfer", lambda run: run.ctx.config),
 }
+TRAINING = tuple(s for s in STEPS if s not in ("deploy", "device"))  # the steps of `all`
 
 
-def run_steps(config, workdir: Path, names=tuple(STEPS), *, ablation: str | None = None) -> dict:
+def run_steps(config, workdir: Path, names=TRAINING, *, ablation: str | None = None) -> dict:
   """Runs steps as the command line does (validate, preflight, config.json, one Run): for the
   quickstart stage and tests."""
   from common import cli

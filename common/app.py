@@ -34,6 +34,15 @@ from common import cli
 from common.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent  # the checkout: config paths are also looked up here
+# every technique package (`<name>/main.py` offers `APP`): the one list each launcher reads
+TECHNIQUES = ("agile", "offload", "coinfer", "subnets", "branching")
+
+
+def deployable() -> tuple[str, ...]:
+  """The techniques whose app has the `deploy` step (a `<name>/deploy.py` with `DEPLOYMENT`)."""
+  return tuple(t for t in TECHNIQUES if (ROOT / t / "deploy.py").exists())
+
+
 FLAGS = flags.FLAGS
 
 

@@ -214,3 +214,22 @@ def load(spec: str, *, seed: int = 0, seconds: float = 120.0) -> Trace:
     return synthetic(spec, seed, seconds)
   p = Path(spec)
   return load_csv(p) if p.suffix.lower() == ".csv" else load_mahimahi(p)
+
+
+def shifted(trace: Trace, *, start_s: float = 0.0, scale: float = 1.0) -> Trace:
+  """`trace` as a stream starting `start_s` seconds into it sees it (the period wraps around),
+  its rates multiplied by `scale`; the trace itself when neither changes it."""
+  if start_s < 0 or not scale > 0:
+    raise ConfigError(f"trace start {start_s} s and scale {scale}: must be >= 0 and > 0")
+  start = float(start_s) % trace.period_s
+  if start == 0.0 and scale == 1.0:
+    return trace
+  starts, ends, rates = trace.segments()
+  after = ends > start
+  times = np.concatenate(
+    [np.maximum(starts[after], start) - start, starts[starts < start] + trace.period_s - start]
+  )
+  new_rates = np.concatenate([rates[after], rates[starts < start]]) * scale
+  keep = np.append(True, np.diff(times) > 0)
+  name = trace.name + (f"@{start_s:g}s" if start else "") + (f"x{scale:g}" if scale != 1.0 else "")
+  return Trace(name, times[keep], new_rates[keep], trace.period_s)

@@ -19,10 +19,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from common.app import TECHNIQUES
 from common.cli import ArgumentParser, run_main
 from common.export import write_atomic
 
-TECHNIQUES = ("agile", "offload", "coinfer", "subnets", "branching", "deploy")
+BENCHMARKS = (*TECHNIQUES, "deploy")
 # Further benchmarks inside a technique's module: name -> (module, its add_args, its run).
 EXTRA = {
   "branching_parallel": ("branching", "add_parallel_args", "run_parallel"),
@@ -70,7 +71,7 @@ def machine_info() -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
   parser = ArgumentParser(prog="python -m launch.bench", description=__doc__.splitlines()[0])
-  parser.add_argument("technique", choices=TECHNIQUES + tuple(EXTRA))
+  parser.add_argument("technique", choices=BENCHMARKS + tuple(EXTRA))
   parser.add_argument("--out", default=None, help="JSON output path")
   args, rest = parser.parse_known_args(argv)
   mod_name, add_name, run_name = EXTRA.get(args.technique, (args.technique, "add_args", "run"))

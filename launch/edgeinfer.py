@@ -4,7 +4,8 @@
   edgeinfer quickstart [--only=common,agile] [--fast]
   edgeinfer bench <technique> [...]
   edgeinfer train <technique> [--platform=gpu] [--multihost ...] -- <step> --config=... --workdir=...
-  edgeinfer serve|device|deploy ...         (the device-to-server runtime, docs/deploy.md)
+  edgeinfer <technique> deploy|device ...   (the device-to-server runtime, docs/deploy.md)
+  edgeinfer serve --repository=DIR [--port=8001 ...]
 
 `edgeinfer <command> --help` shows a command's steps and flags. Each command is also
 `python -m <technique>.main` or `python -m launch.<command>`, with the same flags.
@@ -16,15 +17,15 @@ import importlib
 import runpy
 import sys
 
-TECHNIQUES = ("agile", "offload", "coinfer", "subnets", "branching")
+from common.app import TECHNIQUES
+
 LAUNCHERS = {
   "quickstart": "launch.quickstart",
   "bench": "launch.bench",
   "train": "launch.train",
   "serve": "launch.serve",
-  "device": "launch.device",
-  "deploy": "launch.deploy",
 }
+STEP_ALIASES = ("deploy", "device")  # `edgeinfer deploy coinfer ...` = `edgeinfer coinfer deploy ...`
 
 
 def help_text() -> str:
@@ -33,8 +34,20 @@ def help_text() -> str:
   for name in TECHNIQUES:
     spec = importlib.import_module(f"{name}.main").APP
     lines.append(f"  {name:10s} {' | '.join(spec.step_names())}")
-  lines += ["", f"launchers: {', '.join(LAUNCHERS)}"]
+  lines += ["", f"launchers: {', '.join([*LAUNCHERS, *STEP_ALIASES])}"]
   return "\n".join(lines)
+
+
+def step_alias(step: str, argv: list[str]) -> None:
+  """`<alias> <technique> FLAGS` runs `edgeinfer <technique> <step> FLAGS` (techniques with that step)."""
+  from common.app import deployable
+
+  names = deployable()
+  if not argv or argv[0] not in names:
+    got = repr(argv[0]) if argv else "nothing"
+    print(f"error: expected a technique with a {step} step, one of {list(names)}; got {got}", file=sys.stderr)
+    sys.exit(2)
+  importlib.import_module(f"{argv[0]}.main").main([f"edgeinfer {argv[0]}", step, *argv[1:]])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -46,12 +59,15 @@ def main(argv: list[str] | None = None) -> None:
   if command in TECHNIQUES:
     importlib.import_module(f"{command}.main").main([f"edgeinfer {command}", *rest])
     return
+  if command in STEP_ALIASES:
+    step_alias(command, rest)
+    return
   if command in LAUNCHERS:
     sys.argv = [f"edgeinfer {command}", *rest]
     runpy.run_module(LAUNCHERS[command], run_name="__main__", alter_sys=True)
     return
   print(
-    f"error: unknown command {command!r}; use one of {[*TECHNIQUES, *LAUNCHERS]} (edgeinfer --help)",
+    f"error: unknown command {command!r}; use one of {[*TECHNIQUES, *LAUNCHERS, *STEP_ALIASES]} (edgeinfer --help)",
     file=sys.stderr,
   )
   sys.exit(2)

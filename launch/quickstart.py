@@ -25,7 +25,7 @@ from absl import flags
 
 from common import app, cli, report
 
-STAGES = ("common", "agile", "offload", "coinfer", "subnets", "branching", "deploy")
+STAGES = ("common", *app.TECHNIQUES, "deploy")
 
 _ONLY = flags.DEFINE_list("only", list(STAGES), f"stages to run, from {STAGES}")
 _FAST = flags.DEFINE_bool("fast", False, "shrink every stage to a smoke run")

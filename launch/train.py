@@ -25,9 +25,8 @@ import os
 import runpy
 import sys
 
+from common.app import TECHNIQUES
 from common.cli import ArgumentParser
-
-TECHNIQUES = ("agile", "offload", "coinfer", "subnets", "branching")
 
 
 def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:

@@ -24,7 +24,7 @@ from offload import data as odata
 from offload import metrics as om
 
 
-def _train_one(name, widths, ds, test_ds, cfg, key, workdir: Path, mean, std, show_progress):
+def train_one(name, widths, ds, test_ds, cfg, key, workdir: Path, mean, std, show_progress):
   model = SmallCNN(widths=tuple(widths), num_classes=ds.num_classes)
   steps = data.num_batches(len(ds), cfg.batch_size, drop_last=True) * cfg.num_epochs
   tx = optax.adam(optax.cosine_decay_schedule(cfg.learning_rate, max(steps, 1)))
@@ -74,8 +74,8 @@ def make_metrics(config: ml_collections.ConfigDict, workdir: Path, *, show_progr
   labels = np.concatenate([train_ds.labels[perm[n_cls:]], test_ds.labels])
   mean, std = data.channel_stats(cls_ds)
   held = data.Dataset(images, labels, train_ds.num_classes, c.dataset)
-  wpred, wev = _train_one("weak", c.widths_weak, cls_ds, held, c, k_weak, workdir, mean, std, show_progress)
-  spred, sev = _train_one(
+  wpred, wev = train_one("weak", c.widths_weak, cls_ds, held, c, k_weak, workdir, mean, std, show_progress)
+  spred, sev = train_one(
     "strong", c.widths_strong, cls_ds, held, c, k_strong, workdir, mean, std, show_progress
   )
   wlogits = np.concatenate([np.asarray(wpred(images[i : i + 256])) for i in range(0, len(images), 256)])

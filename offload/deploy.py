@@ -87,7 +87,7 @@ def _restore(name, widths, cls_ds, held, c, key, workdir: Path, mean, std):
   if not ck.is_dir() or not any(p.name.isdigit() for p in ck.iterdir()):
     raise CheckpointError(f"no {name} classifier checkpoint in {ck}; run `edgeinfer offload train` first")
   # the classifier's own training entry: with its checkpoint at the last step it only restores
-  predict, _ = classifiers._train_one(
+  predict, _ = classifiers.train_one(
     name, widths, cls_ds, held, c.metrics.classifiers, key, workdir, mean, std, False
   )
   return predict
@@ -136,7 +136,7 @@ def export_classifiers(workdir: str | Path) -> dict:
 
 
 @dataclasses.dataclass
-class Deployment:
+class Exports:
   workdir: Path
   config: object  # the run's ConfigDict
   data: object  # offload.data.MetricsData (test split metric-sorted)
@@ -157,7 +157,7 @@ class Deployment:
     return logits, (m - self.data.mean) / self.data.std
 
 
-def load(workdir: str | Path) -> Deployment:
+def load(workdir: str | Path) -> Exports:
   """The run's metrics, classifiers and policies (CheckpointError names the step to run)."""
   from common import export as cexport
   from offload import pipeline
@@ -171,14 +171,14 @@ def load(workdir: str | Path) -> Deployment:
   if "mtog" not in f or "tinv" not in f:
     raise CheckpointError(f"{mfile} has no metric table (mtog, tinv); rerun `edgeinfer offload metrics`")
   table, tinv, raw_ts = np.asarray(f["mtog"], np.float64), float(f["tinv"]), np.asarray(f["metric_ts"])
-  step = f"run `python -m launch.deploy offload --workdir {workdir}` (it exports the classifiers)"
+  step = f"run `edgeinfer offload deploy --config=... --workdir={workdir}` (it exports the classifiers)"
   weak = cexport.make_tflite_runner(_need(workdir / "exports" / WEAK_FILE, step).read_bytes())
   _, held, fold, *_ = metric_images(c)
   idx = np.nonzero(fold == c.metrics.fold)[0]  # the fold's images in metric_ts order (kfold_metrics)
   if len(idx) != len(raw_ts):
     raise CheckpointError(f"{mfile} holds {len(raw_ts)} test metrics, the fold has {len(idx)} images")
   order = np.argsort((raw_ts - d.mean) / d.std, kind="stable")  # offload.data.prepare's sort
-  dep = Deployment(workdir, c, d, otrain.settings(c), weak, tinv, table, held.images[idx[order]].astype(np.float32),
+  dep = Exports(workdir, c, d, otrain.settings(c), weak, tinv, table, held.images[idx[order]].astype(np.float32),
                    np.asarray(held.labels)[idx[order]], 0.0)  # fmt: skip
   z = np.asarray([dep.metric(x)[1] for x in dep.images])
   dep.metric_check = float(np.abs(z - d.test.metrics).max())
@@ -189,7 +189,7 @@ def load(workdir: str | Path) -> Deployment:
   return dep
 
 
-def make_policy(dep: Deployment, name: str, setting: int):
+def make_policy(dep: Exports, name: str, setting: int):
   """(want(k, z, n, history) -> bool, the same policy for `offload.simulate`)."""
   from common import export as cexport
   from offload import simulate
@@ -207,10 +207,10 @@ def make_policy(dep: Deployment, name: str, setting: int):
     th_z = (raw - dep.data.mean) / dep.data.std
     return (lambda k, z, n, hist: z * dep.data.std + dep.data.mean >= raw[n]), th_z
   if name != "dqn":
-    raise ConfigError(f"--policy {name!r}: must be one of {list(POLICIES)} or 'all'")
+    raise ConfigError(f"config.deploy.policy = {name!r}: must be one of {list(POLICIES)} or 'all'")
   if setting != 0:
     raise ConfigError(
-      f"--setting {setting}: the exported DQN is setting 0's; use --policy mdp for the others"
+      f"config.deploy.setting = {setting}: the exported DQN is setting 0's; use config.deploy.policy = 'mdp' for the others"
     )
   from offload import train as otrain
 
@@ -232,7 +232,7 @@ def make_policy(dep: Deployment, name: str, setting: int):
   return want, simulate.DQNPolicy(params, net)
 
 
-def draw_stream(dep: Deployment, frames: int, seed: int, *, order=None, arrivals=None):
+def draw_stream(dep: Exports, frames: int, seed: int, *, order=None, arrivals=None):
   """One stream (test-split image indices, intervals in slots) drawn as the simulator draws its own."""
   import copy
 
@@ -244,7 +244,7 @@ def draw_stream(dep: Deployment, frames: int, seed: int, *, order=None, arrivals
   for key, value, allowed in (("order", order, otrain.ORDERS), ("arrivals", arrivals, otrain.ARRIVALS)):
     if value is not None:
       if value not in allowed:
-        raise ConfigError(f"--{key} {value!r}: must be one of {list(allowed)}")
+        raise ConfigError(f"config.deploy.{key} = {value!r}: must be one of {list(allowed)}")
       c.stream[key] = value
   key = jax.random.fold_in(otrain.keys(c)["test"], 1000 + seed)
   seq, iv = otrain.streams(c, key, len(dep.data.test.metrics), 1, frames)
@@ -253,11 +253,8 @@ def draw_stream(dep: Deployment, frames: int, seed: int, *, order=None, arrivals
 
 def _warm_up(client: dev.Client, x: np.ndarray, n: int = 3) -> None:
   """A few requests before the stream, so that no frame pays the first call's setup."""
-  import tritonclient.grpc as tg
-
   for _ in range(n):
-    client.client.infer(MODEL, dev._infer_inputs({"IMAGE": x[None]}), outputs=[tg.InferRequestedOutput("LOGITS")],
-                        client_timeout=10.0)  # fmt: skip
+    client.infer(dev.Request(MODEL, {"IMAGE": x[None]}, "LOGITS"), timeout_s=10.0)
 
 
 def _cost(logits: np.ndarray, label: int, ctype: int) -> float:
@@ -267,29 +264,15 @@ def _cost(logits: np.ndarray, label: int, ctype: int) -> float:
   return float(om.costs(rank, rank, ctype)[0][0])
 
 
-def run(dep: Deployment, client: dev.Client, trace, *, policy: str, setting: int, frames: int, fps: float,
-        deadline_s: float, stream_seed: int = 0, order=None, arrivals=None, link: str = "pacer", shaper=None,
-        progress=None) -> dict:  # fmt: skip
-  """One stream under one policy; per-frame records (decision, bucket, answer, loss) and summary."""
+def make_step(dep: Exports, want_fn, seq, iv, qpm, ctype: int):
+  """The device's per-frame step (weak TFLite, metric, policy, token bucket) and its records."""
   import jax.numpy as jnp
 
-  from common.serving import link as link_lib
   from offload import bucket
-  from offload import metrics as om
 
-  if frames < 2 or not fps > 0 or not deadline_s > 0:
-    raise ConfigError(f"--frames {frames}, --fps {fps}, --deadline {deadline_s}: must be >= 2, > 0, > 0")
-  if not 0 <= setting < len(dep.settings):
-    raise ConfigError(
-      f"--setting {setting}: the run has settings 0..{len(dep.settings) - 1} (config.bucket.rates, .depths)"
-    )
-  r, b, (q, p, m) = dep.settings[setting]
-  want_fn, _ = make_policy(dep, policy, setting)
-  seq, iv, c = draw_stream(dep, frames, stream_seed, order=order, arrivals=arrivals)
-  times = np.concatenate([[0.0], np.cumsum(iv[:-1])]) / fps  # an image every `interval` slots
-  ctype = om.COSTS[c.metrics.cost]
+  q, p, m = qpm
+  frames = len(seq)
   rec = {k: np.zeros(frames) for k in ("metric", "tokens", "want", "sent", "weak_cost", "device_s")}
-  logits_w: dict[int, np.ndarray] = {}
   zs: list[float] = []
   state = {"n": m}
 
@@ -302,7 +285,6 @@ def run(dep: Deployment, client: dev.Client, trace, *, policy: str, setting: int
     want = bool(want_fn(k, z, n, (zs, iv)))
     n_next, sent = bucket.step(jnp.int32(n), jnp.bool_(want), jnp.int32(iv[k]), q, p, m)
     state["n"], sent = int(n_next), bool(sent)
-    logits_w[k] = lw
     rec["metric"][k], rec["tokens"][k], rec["want"][k], rec["sent"][k] = z, n, want, sent
     rec["weak_cost"][k] = _cost(lw, dep.labels[seq[k]], ctype)
     rec["device_s"][k] = time.perf_counter() - t
@@ -310,11 +292,55 @@ def run(dep: Deployment, client: dev.Client, trace, *, policy: str, setting: int
       return None
     return dev.Request(MODEL, {"IMAGE": x[None]}, "LOGITS", setup=1, device_s=rec["device_s"][k])
 
+  return step, rec
+
+
+def _check_stream(dep: Exports, setting: int, frames: int, fps: float, deadline_s: float) -> None:
+  if frames < 2 or not fps > 0 or not deadline_s > 0:
+    raise ConfigError(
+      f"config.deploy: frames {frames}, fps {fps}, deadline {deadline_s}: must be >= 2, > 0, > 0"
+    )
+  if not 0 <= setting < len(dep.settings):
+    raise ConfigError(
+      f"config.deploy.setting = {setting}: the run has settings 0..{len(dep.settings) - 1} (config.bucket.rates, .depths)"
+    )
+
+
+def run(dep: Exports, client: dev.Client, link, *, policy: str, setting: int, frames: int, fps: float,
+        deadline_s: float, stream_seed: int = 0, order=None, arrivals=None, progress=None) -> dict:  # fmt: skip
+  """One stream under one policy over `link`; per-frame records (decision, bucket, answer, loss) and summary."""
+  from offload import metrics as om
+
+  _check_stream(dep, setting, frames, fps, deadline_s)
+  r, b, qpm = dep.settings[setting]
+  want_fn, _ = make_policy(dep, policy, setting)
+  seq, iv, c = draw_stream(dep, frames, stream_seed, order=order, arrivals=arrivals)
+  times = np.concatenate([[0.0], np.cumsum(iv[:-1])]) / fps  # an image every `interval` slots
+  step, rec = make_step(dep, want_fn, seq, iv, qpm, om.COSTS[c.metrics.cost])
   _warm_up(client, dep.images[seq[0]])
   rtt = client.base_rtt_s()
-  pacer = link_lib.Pacer(trace) if link == "pacer" else None
-  results = dev.run_stream(client, step, frames=frames, fps=fps, deadline_s=deadline_s, pacer=pacer,
-                           shaper=shaper, rtt_s=rtt, progress=progress, arrivals_s=times)  # fmt: skip
+  results = dev.run_stream(client, step, frames=frames, fps=fps, deadline_s=deadline_s, link=link, rtt_s=rtt,
+                           progress=progress, arrivals_s=times)  # fmt: skip
+  summ, frames_out = _account(dep, results, rec, seq, iv, om.COSTS[c.metrics.cost], qpm[2], deadline_s)
+  summ["reconnects"] = client.reconnects
+  stream = {"fps": fps, "deadline_s": deadline_s, "seed": stream_seed, "order": c.stream.order,
+            "arrivals": c.stream.arrivals}  # fmt: skip
+  return {
+    "summary": summ,
+    "frames": frames_out,
+    "policy": policy,
+    "setting": {"index": setting, "tr": r, "tb": b, "qpm": list(qpm)},
+    "stream": stream,
+    "rtt_s": rtt,
+    "trace": {"name": link.trace.name, "mean_bps": link.trace.mean_bps()},
+    "link": link.kind,
+    "metric_check": dep.metric_check,
+  }
+
+
+def _account(dep: Exports, results, rec: dict, seq, iv, ctype: int, m: int, deadline_s: float):
+  """(summary, per-frame records): each frame's loss, the strong answer's where it came in time."""
+  frames = len(seq)
   loss, fell_back = rec["weak_cost"].copy(), np.zeros(frames, bool)
   for res in results:
     if rec["sent"][res.frame]:
@@ -329,33 +355,16 @@ def run(dep: Deployment, client: dev.Client, trace, *, policy: str, setting: int
     offload_fraction=float(rec["sent"].mean()),
     occupancy=float(rec["tokens"].mean() / m),
     fallbacks=int(fell_back.sum()),
-    reconnects=client.reconnects,
     bytes_per_offload=float(np.mean([x.wire_bytes for x in results if x.wire_bytes] or [0.0])),
   )
   frames_out = {f: [getattr(x, f) for x in results] for f in
                 ("status", "arrival_s", "latency_s", "wait_s", "link_s", "server_s", "wire_bytes")}  # fmt: skip
   frames_out.update({k: v.tolist() for k, v in rec.items()})
   frames_out.update(image=seq.tolist(), interval=iv.tolist(), loss=loss.tolist(), fallback=fell_back.tolist())
-  return {
-    "summary": summ,
-    "frames": frames_out,
-    "policy": policy,
-    "setting": {"index": setting, "tr": r, "tb": b, "qpm": [q, p, m]},
-    "stream": {
-      "fps": fps,
-      "deadline_s": deadline_s,
-      "seed": stream_seed,
-      "order": c.stream.order,
-      "arrivals": c.stream.arrivals,
-    },
-    "rtt_s": rtt,
-    "trace": {"name": trace.name, "mean_bps": trace.mean_bps()},
-    "link": link,
-    "metric_check": dep.metric_check,
-  }
+  return summ, frames_out
 
 
-def predict(dep: Deployment, out: dict) -> dict:
+def predict(dep: Exports, out: dict) -> dict:
   """`offload.simulate` with the same policy on the same stream (the images and intervals the
   device saw), and the run's own figure on its test streams (results.json)."""
   from offload import simulate
@@ -376,3 +385,57 @@ def predict(dep: Deployment, out: dict) -> dict:
     "test_streams_loss": runs[s["index"]] if runs else None,
     "test_streams": res.get("streams"),
   }
+
+
+def policies(dep: Exports, policy: str, setting: int) -> list[str]:
+  """The policies a deploy streams in turn: `all` is every exported one (the DQN is setting 0's)."""
+  if policy == "all":
+    return list(POLICIES) if setting == 0 else ["mdp"]
+  if policy not in POLICIES:
+    raise ConfigError(f"config.deploy.policy = {policy!r}: must be one of {list(POLICIES)} or 'all'")
+  return [policy]
+
+
+class OffloadDeployment:
+  """offload's `common.serving.runner.Deployment`: one stream per policy, in turn, on the same images."""
+
+  technique = "offload"
+
+  def prepare(self, workdir: Path, settings: dict) -> dict:
+    return export_classifiers(workdir)
+
+  def device(self, workdir: Path, settings: dict, client, link, progress) -> dict:
+    dep = load(workdir)
+    s = settings
+    runs = {
+      pol: run(dep, client, link, policy=pol, setting=s["setting"], frames=s["frames"], fps=s["fps"],
+               deadline_s=s["deadline"], stream_seed=s["stream_seed"], order=s["order"] or None,
+               arrivals=s["arrivals"] or None, progress=progress)
+      for pol in policies(dep, s["policy"], s["setting"])
+    }  # fmt: skip
+    return {"policies": runs, "summary": {p: r["summary"] for p, r in runs.items()}}
+
+  def predict(self, workdir: Path, settings: dict, record: dict, trace) -> dict:
+    dep = load(workdir)
+    return {p: predict(dep, out) for p, out in record["policies"].items()}
+
+  def summary(self, record: dict, prediction: dict, info: dict) -> dict:
+    from offload import deploy_report
+
+    runs = record["policies"]
+    return {"measured": record["summary"], "simulator": prediction, "gap": deploy_report.gaps(runs, prediction),
+            "export": info}  # fmt: skip
+
+  def report(self, out_dir: Path, record: dict, prediction: dict, trace, server_stats, info: dict) -> Path:
+    from offload import deploy_report
+
+    return deploy_report.write_report(out_dir, record["policies"], prediction, server_stats, info)
+
+  def figures(self, record: dict, prediction: dict) -> dict:
+    out = {}
+    for p, r in record["policies"].items():
+      out[f"{p}_loss"], out[f"{p}_sim_loss"] = r["summary"]["loss"], prediction[p]["loss"]
+    return out
+
+
+DEPLOYMENT = OffloadDeployment()

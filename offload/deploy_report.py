@@ -102,8 +102,5 @@ def write_report(
   rep.heading("Loss beside the simulator's, and the bucket over time")
   sr.save(rep, fig, [a1, a2], "loss_vs_simulator.png", "loss and bucket")
   if server_stats:
-    rep.text(
-      f"Server: {server_stats.get('requests', 0)} requests, {server_stats.get('failed', 0)} failed; "
-      f"server-side latency p50 {server_stats.get('p50_ms', float('nan')):.3f} ms."
-    )
+    rep.text(sr.server_text(server_stats))
   return rep.write()

@@ -27,6 +27,7 @@ from common import config as cfg_lib
 from common import report as report_lib
 from common.errors import ConfigError
 from common.export import write_atomic
+from common.serving import runner
 from offload import data as odata
 from offload import mdp, simulate
 from offload import metrics as om
@@ -40,6 +41,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
   """Checks every key (ConfigError names key, value and allowed range)."""
   cfg_lib.check_seed(c)
   cfg_lib.check_numbers(c)
+  _validate_deploy(c)
   cfg_lib.check_range(c, "metrics.classifiers.batch_size", 1, integer=True)
   cfg_lib.check_range(c, "metrics.classifiers.learning_rate", 0.0, lo_open=True)
   cfg_lib.check_range(c, "export.target_ram_bytes", 1024, integer=True)
@@ -109,6 +111,17 @@ DEPS = {
   "checkpoints": _DQN,
   "results.json": (*_DQN, "mdp", "export"),
 }
+
+
+def _validate_deploy(c: ml_collections.ConfigDict) -> None:
+  from offload import train as otrain
+
+  runner.validate(c)
+  cfg_lib.check_choice(c, "deploy.policy", ("all", "mdp", "dqn"))
+  cfg_lib.check_range(c, "deploy.setting", 0, len(c.bucket.rates) - 1, integer=True)
+  cfg_lib.check_range(c, "deploy.stream_seed", 0, cfg_lib.SEED_MAX, integer=True)
+  cfg_lib.check_choice(c, "deploy.order", ("", *otrain.ORDERS))
+  cfg_lib.check_choice(c, "deploy.arrivals", ("", *otrain.ARRIVALS))
 
 
 def preflight(c: ml_collections.ConfigDict, workdir: Path) -> None:
@@ -308,6 +321,7 @@ STEPS = {
   "simulate": app.Step(
     _reported(step_simulate), "every policy on the test streams, exports; results.json, report.md"
   ),
+  **runner.app_steps("offload", lambda run: run.config),
 }
 ALL = ("metrics", "train", "simulate")
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import ml_collections
 
 from common import config as config_lib
+from common.serving import runner
 
 VARIANTS = ("quickstart", "fast", "smoke", "tiny")
 
@@ -85,6 +86,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.export.parity_images = 0  # 0 = the whole test set
   # RAM of the target MCU, the most tensor arena TFLite Micro gets: STM32F746 (320 KB SRAM)
   c.export.target_ram_bytes = 320 * 1024
+  c.deploy = runner.config_section(fps=10.0, deadline=0.5)  # the deploy and device steps
 
   if arg in ("quickstart", "fast", "smoke"):
     c.reference.epochs = 8

@@ -9,6 +9,7 @@ dominate).
 import ml_collections
 
 from common.config import variant
+from common.serving import runner
 
 
 def get_config(arg=None) -> ml_collections.ConfigDict:
@@ -64,4 +65,6 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
   # target_ram_bytes: RAM of the camera-side MCU, the most tensor arena TFLite Micro gets for the
   # int8 device part (an STM32F746-class Cortex-M7: 320 KB SRAM)
   c.export = dict(setups=((1, 1), (4, 4), (32, 8)), int8=True, parity_images=200, target_ram_bytes=320 * 1024)
+  # the deploy and device steps (common.serving.runner): fps and deadline default to stream.*
+  c.deploy = runner.config_section(controller="mpc")  # mpc | rate | buffer | fixed:<setup>
   return c

@@ -31,6 +31,8 @@ def get_config(arg=None):
   c.stream.frames = 200
   c.stream.trace_seconds = 30.0
   c.export.parity_images = 60
+  c.deploy.trace_scale = 0.05  # the small payloads (0.1-2.4 kB): a Markov trace of 0.06-0.6 Mbit/s
+  c.deploy.fps = 10.0
   if arg in ("fast", "tiny"):
     # steps per training, images, batch, frames per trace
     steps, limit, batch, frames = {"fast": (3, 128, 32, 60), "tiny": (2, 64, 16, 40)}[arg]
@@ -52,4 +54,5 @@ def get_config(arg=None):
     c.export.parity_images = 40
     c.data.limit, c.train.batch_size = limit, batch
     c.stream.frames, c.stream.trace_seconds = frames, 10.0
+    c.deploy.frames, c.deploy.fps = 60, 20.0
   return c

@@ -426,7 +426,9 @@ def run_stream(
   link = link_lib.Link(None) if link is None else link
   clock = FrameClock(frames, fps, arrivals_s)
   results = [FrameResult(k, arrival_s=clock.times[k]) for k in range(frames)]
-  ledger = Ledger(results, clock, deadline_s=deadline_s, rtt_s=rtt_s, from_answers=not link.paced, client=client)
+  ledger = Ledger(
+    results, clock, deadline_s=deadline_s, rtt_s=rtt_s, from_answers=not link.paced, client=client
+  )
   sender = Sender(client, ledger)
   link.start(clock.t0)
   produced = frames
@@ -448,6 +450,22 @@ def run_stream(
     if r.status == "pending":
       r.status, r.error = "lost", "no answer"
   return results
+
+
+def overhead(results: list[FrameResult]) -> dict:
+  """The runtime's own time per answered frame (end-to-end minus waiting for the device loop, the
+  controller, the device part, the link and the server's compute), p50 and p99 in ms."""
+  x = [
+    r.latency_s - r.wait_s - r.control_s - r.device_s - r.link_s - r.server_s
+    for r in results
+    if r.status == "ok"
+  ]
+  if not x:
+    return {}
+  return {
+    "overhead_p50_ms": float(np.percentile(x, 50) * 1e3),
+    "overhead_p99_ms": float(np.percentile(x, 99) * 1e3),
+  }
 
 
 def summary(results: list[FrameResult], deadline_s: float) -> dict:

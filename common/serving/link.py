@@ -302,12 +302,21 @@ class TcLink(Link):
   @contextlib.contextmanager
   def network(self):
     with TcNetwork(self.trace.rate_at(0.0), delay_ms=self.delay_ms) as net:
-      spec = {"kind": self.kind, "netns": net.device_ns, "iface": net.device_iface, "parent": list(net.tbf_parent)}
-      yield Network(SERVER_ADDR, 8001, tuple(net.exec_prefix(net.server_ns)), tuple(net.exec_prefix(net.device_ns)), spec)
+      spec = {
+        "kind": self.kind,
+        "netns": net.device_ns,
+        "iface": net.device_iface,
+        "parent": list(net.tbf_parent),
+      }
+      yield Network(
+        SERVER_ADDR, 8001, tuple(net.exec_prefix(net.server_ns)), tuple(net.exec_prefix(net.device_ns)), spec
+      )
 
   def start(self, t0: float) -> None:
     if not (self.netns and self.iface):
-      raise ServingError("the tc link needs the device's namespace and interface (the deploy step sets them up)")
+      raise ServingError(
+        "the tc link needs the device's namespace and interface (the deploy step sets them up)"
+      )
     self.shaper = TcShaper(self.trace, self.netns, self.iface, self.parent)
     self.shaper.start(t0)
 

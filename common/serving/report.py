@@ -32,3 +32,27 @@ def save(rep, fig, axes, filename: str, caption: str) -> None:
   save_figure(fig, rep.workdir / filename)
   plt.close(fig)
   rep.image(filename, caption)
+
+
+def frames_text(m: dict) -> str:
+  """How the frames of a stream ended (a summary of `common.serving.device.summary`)."""
+  st = m["status"]
+  return (
+    f"Frames: {st['ok']} answered in time, {st['late']} late, {st['lost']} lost (reconnects "
+    f"{m.get('reconnects', 0)}). A frame the server never answers has no latency and counts as a miss."
+  )
+
+
+def overhead_text(m: dict) -> str:
+  return (
+    "Runtime overhead per answered frame (end-to-end minus controller, device TFLite, link and server "
+    f"compute time): p50 {m['overhead_p50_ms']:.3f} ms, p99 {m['overhead_p99_ms']:.3f} ms."
+  )
+
+
+def server_text(stats: dict) -> str:
+  nan = float("nan")
+  return (
+    f"Server: {stats.get('requests', 0)} requests, {stats.get('failed', 0)} failed; server-side latency "
+    f"p50 {stats.get('p50_ms', nan):.3f} ms, p99 {stats.get('p99_ms', nan):.3f} ms."
+  )

@@ -107,8 +107,8 @@ def train_step_speed(repeats: int) -> dict:
 
 def run(args) -> dict:
   from coinfer import compress, simulate
-  from common import traces
   from coinfer import controller as C
+  from common import traces
 
   prof = _profile(args.workdir)
   H = args.horizon

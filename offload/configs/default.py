@@ -20,6 +20,7 @@ the simulation of 100 x 100k test images takes seconds per policy.
 import ml_collections
 
 from common import config as cfg_lib
+from common.serving import runner
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -90,4 +91,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       "target_ram_bytes": 320 * 1024,
     }
   )
+  # the deploy and device steps (common.serving.runner); fps: arrival slots per second
+  c.deploy = runner.config_section(fps=20.0, deadline=0.5)
+  c.deploy.policy = "all"  # mdp | dqn | all (one stream each, in turn)
+  c.deploy.setting = 0  # index of the (bucket.rates, bucket.depths) setting
+  c.deploy.stream_seed = 0  # seed of the image and interval stream
+  c.deploy.order = ""  # iid | location_reset; "" = config.stream.order
+  c.deploy.arrivals = ""  # periodic | markov; "" = config.stream.arrivals
   return c

@@ -12,8 +12,8 @@ import pytest
 
 from agile import deploy
 from agile import export as agile_export
-from common.traces import Trace
 from common.serving import device as dev
+from common.traces import Trace
 from launch.deploy import _env, start_server, stop_server
 
 FAST_LINK = Trace("fast", np.asarray([0.0]), np.asarray([1e9]), 10.0)

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from coinfer import deploy
-from common.traces import Trace
 from common.serving import device as dev
+from common.traces import Trace
 from launch.deploy import _env, start_server, stop_server
 
 FAST_LINK = Trace("fast", np.asarray([0.0]), np.asarray([1e9]), 10.0)
