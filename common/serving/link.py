@@ -81,11 +81,13 @@ def delivered_bits(trace, start_s: float, until_s: float) -> float:
 
 
 def require_tc() -> None:
-  """Raises ServingError naming `--link pacer` unless root, `ip` and `tc` are available."""
+  """Raises ServingError naming the pacer link unless root, `ip` and `tc` are available."""
   missing = [t for t in ("ip", "tc") if shutil.which(t) is None]
   if os.geteuid() != 0 or missing:
     why = f"{' and '.join(missing)} not found (install iproute2)" if missing else "it needs root"
-    raise ServingError(f"--link tc shapes the kernel's network: {why}; run with --link pacer instead")
+    raise ServingError(
+      f"the tc link shapes the kernel's network: {why}; run with --config.deploy.link=pacer instead"
+    )
 
 
 def _run(*cmd: str) -> None:

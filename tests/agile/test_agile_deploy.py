@@ -1,7 +1,7 @@
 """AgileNN on the serving runtime, with real processes and sockets: the accuracy through server
 and device equals the run's split parity figure on the same images (float and int8), every
 prediction equals the in-process split inference's; a missed deadline falls back to the local
-prediction and is counted; `launch.deploy agile` writes its report over a 1 Mbit/s link."""
+prediction and is counted; `edgeinfer agile deploy` writes its report over a 1 Mbit/s link."""
 
 import json
 import subprocess
@@ -13,10 +13,12 @@ import pytest
 from agile import deploy
 from agile import export as agile_export
 from common.serving import device as dev
+from common.serving.link import Link
+from common.serving.process import env, start_server, stop_server
 from common.traces import Trace
-from launch.deploy import _env, start_server, stop_server
 
-FAST_LINK = Trace("fast", np.asarray([0.0]), np.asarray([1e9]), 10.0)
+FAST_LINK = Link(Trace("fast", np.asarray([0.0]), np.asarray([1e9]), 10.0))
+CONFIG = "agile/configs/quick.py:fast"
 
 
 @pytest.fixture(scope="module")
@@ -68,19 +70,23 @@ def test_missed_deadline_answers_with_local_prediction(agile_fast_run, served):
   assert s["accuracy"] == float((local == dep.labels).mean())
 
 
-def test_launch_deploy_agile_on_a_1mbit_link(agile_fast_run, tmp_path):
-  csv = tmp_path / "one_mbit.csv"
-  csv.write_text("time_s,mbps\n0,1\n60,1\n")
-  r = subprocess.run(
-    [sys.executable, "-m", "launch.deploy", "agile", "--workdir", str(agile_fast_run[0]), "--trace", str(csv)]
-    + ["--frames", "32", "--fps", "20", "--out", str(tmp_path / "rep")],
+def _deploy(*args):
+  return subprocess.run(
+    [sys.executable, "-m", "agile.main", "deploy", f"--config={CONFIG}", *args],
     capture_output=True,
     text=True,
-    env=_env(),
+    env=env(),
     timeout=300,
   )
+
+
+def test_deploy_step_on_a_1mbit_link(agile_fast_run, tmp_path):
+  csv = tmp_path / "one_mbit.csv"
+  csv.write_text("time_s,mbps\n0,1\n60,1\n")
+  sets = {"trace": csv, "frames": 32, "fps": 20.0, "out": tmp_path / "rep"}
+  r = _deploy(f"--workdir={agile_fast_run[0]}", *(f"--config.deploy.{k}={v}" for k, v in sets.items()))
   assert r.returncode == 0, r.stderr[-2000:]
-  assert "split parity" in r.stdout
+  assert "split_parity_accuracy=" in r.stdout
   text = (tmp_path / "rep" / "report.md").read_text()
   for needle in ("fallbacks to the local prediction", "latency model", "latency_cdf.png", "1.000 Mbit/s"):
     assert needle in text, needle
@@ -89,14 +95,8 @@ def test_launch_deploy_agile_on_a_1mbit_link(agile_fast_run, tmp_path):
 
 
 def test_missing_exports_is_one_line_exit_2(tmp_path):
-  r = subprocess.run(
-    [sys.executable, "-m", "launch.deploy", "agile", "--workdir", str(tmp_path)],
-    capture_output=True,
-    text=True,
-    env=_env(),
-    timeout=120,
-  )
-  assert r.returncode == 2 and "config.json is missing" in r.stderr and "Traceback" not in r.stderr
+  r = _deploy(f"--workdir={tmp_path}")
+  assert r.returncode == 2 and "is missing" in r.stderr and "Traceback" not in r.stderr, r.stderr[-2000:]
 
 
 def test_garbage_device_beside_a_healthy_one(agile_fast_run, served):

@@ -14,15 +14,17 @@ import pytest
 
 from coinfer import deploy
 from common.serving import device as dev
+from common.serving.link import Link
+from common.serving.process import env, start_server, stop_server
 from common.traces import Trace
-from launch.deploy import _env, start_server, stop_server
 
-FAST_LINK = Trace("fast", np.asarray([0.0]), np.asarray([1e9]), 10.0)
+FAST_LINK = Link(Trace("fast", np.asarray([0.0]), np.asarray([1e9]), 10.0))
+FAST = "--config=coinfer/configs/quick.py:fast"
 
 
 def _cli(module, *args, timeout=300):
   return subprocess.run(
-    [sys.executable, "-m", module, *args], capture_output=True, text=True, env=_env(), timeout=timeout
+    [sys.executable, "-m", module, *args], capture_output=True, text=True, env=env(), timeout=timeout
   )
 
 
@@ -96,25 +98,11 @@ def test_server_killed_mid_stream_device_reconnects_and_finishes(deploy_run, tmp
   port = _free_port()
   proc, _ = start_server(repo, port=port)
   out = tmp_path / "device.json"
-  args = ["coinfer", "--workdir", str(deploy_run), "--server", f"127.0.0.1:{port}", "--frames", "200"]
-  args += [
-    "--fps",
-    "20",
-    "--trace",
-    "markov",
-    "--trace-scale",
-    "100",
-    "--controller",
-    "fixed:N4Q8",
-    "--out",
-    str(out),
-  ]
+  args = ["device", FAST, f"--workdir={deploy_run}", f"--config.deploy.server=127.0.0.1:{port}"]
+  sets = {"frames": 200, "fps": 20.0, "trace_scale": 100.0, "controller": "fixed:N4Q8", "out": tmp_path}
+  args += [f"--config.deploy.{k}={v}" for k, v in sets.items()]
   device = subprocess.Popen(
-    [sys.executable, "-m", "launch.device", *args],
-    stdout=subprocess.PIPE,
-    stderr=subprocess.PIPE,
-    text=True,
-    env=_env(),
+    [sys.executable, "-m", "coinfer.main", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env()
   )
   try:
     assert device.stdout.readline().strip() == "stream started"
@@ -137,7 +125,7 @@ def test_server_killed_mid_stream_device_reconnects_and_finishes(deploy_run, tmp
 
 
 def test_quickstart_deploy_stage_writes_report_beside_simulator(deploy_run, tmp_path):
-  """The quickstart's deploy stage (launch.deploy with the pacer) on the coinfer stage's exports."""
+  """The quickstart's deploy stage (the coinfer app's deploy step, the pacer) on the coinfer stage's exports."""
   from launch.stages import deploy as stage
 
   (tmp_path / "coinfer").symlink_to(deploy_run)
@@ -155,20 +143,18 @@ def test_quickstart_deploy_stage_writes_report_beside_simulator(deploy_run, tmp_
 def test_bad_input_is_one_line_exit_2(deploy_run, tmp_path):
   bad = tmp_path / "bad.csv"
   bad.write_text("0,1.0\n1,abc\n")
+  run = f"--workdir={deploy_run}"
   cases = [
-    ("launch.deploy", ["coinfer", "--workdir", str(deploy_run), "--trace", str(bad)], "not numbers"),
-    ("launch.deploy", ["coinfer", "--workdir", str(tmp_path)], "repository"),
+    ("launch.deploy", ["coinfer", FAST, run, f"--config.deploy.trace={bad}"], "not numbers"),
+    ("launch.deploy", ["coinfer", FAST, f"--workdir={tmp_path / 'empty'}"], "export.json is missing"),
+    ("coinfer.main", ["deploy", FAST, run, "--config.deploy.link=carrier-pigeon"], "config.deploy.link"),
+    ("coinfer.main", ["deploy", FAST, run, "--config.deploy.trace_scale=0"], "config.deploy.trace_scale"),
+    ("coinfer.main", ["device", FAST, run, "--config.deploy.server=nohost"], "HOST:PORT"),
+    ("coinfer.main", ["device", FAST, run], "--config.deploy.server"),
+    ("launch.deploy", ["subnets", "--workdir=x"], "one of ['agile', 'offload', 'coinfer']"),
     (
       "launch.device",
-      [
-        "coinfer",
-        "--workdir",
-        str(deploy_run),
-        "--server",
-        f"127.0.0.1:{_free_port()}",
-        "--connect-timeout",
-        "1",
-      ],
+      ["coinfer", FAST, run, f"--config.deploy.server=127.0.0.1:{_free_port()}", "--config.deploy.connect_timeout=1"],
       "not reachable",
     ),
   ]

@@ -22,11 +22,11 @@ def tiny_run(tmp_path_factory):
 
 def test_runtime_loss_matches_the_simulator_on_the_same_stream(tiny_run, tmp_path):
   """One test (one fixture on one worker): the deploy, then the user errors on the same run."""
-  from launch import deploy
-
   out = tiny_run / "deploy"
-  args = ["offload", "--workdir", str(tiny_run), "--frames", "300", "--fps=200", "--deadline=2.0"]
-  assert deploy.main([*args, "--arrivals", "markov", "--stream-seed", "3"]) == 0  # Markov-modulated arrivals
+  c = quick.get_config("deploy")  # the deploy step, Markov-modulated arrivals
+  c.deploy.update(frames=300, fps=200.0, deadline=2.0, arrivals="markov", stream_seed=3)
+  figures = pipeline.run_steps(["deploy"], c, tiny_run, show_progress=False)["deploy"]
+  assert set(figures) >= {"report", "mdp_loss", "mdp_sim_loss", "dqn_loss", "dqn_sim_loss"}
   summary = json.loads((out / "summary.json").read_text())
   assert set(summary["gap"]) == {"mdp", "dqn"}
   for pol, gap in summary["gap"].items():
@@ -48,9 +48,9 @@ def test_runtime_loss_matches_the_simulator_on_the_same_stream(tiny_run, tmp_pat
   for word in ("simulator, same stream", "latency_cdf.png", "loss_vs_simulator.png", "bytes per frame"):
     assert word in text
   dep = odeploy.load(tiny_run)
-  with pytest.raises(ConfigError, match="--setting 1"):
+  with pytest.raises(ConfigError, match="config.deploy.setting = 1"):
     odeploy.make_policy(dep, "dqn", 1)
-  with pytest.raises(ConfigError, match="--policy 'greedy'"):
+  with pytest.raises(ConfigError, match="config.deploy.policy = 'greedy'"):
     odeploy.make_policy(dep, "greedy", 0)
   (tmp_path / "config.json").write_text(json.dumps({"metrics": {"source": "synthetic"}, "seed": 0}))
   with pytest.raises(ConfigError, match="source 'digits'"):

@@ -3,7 +3,7 @@
 import pytest
 
 from common.serving import repository
-from launch.deploy import start_server, stop_server
+from common.serving.process import start_server, stop_server
 from tests.serving.tiny_models import add_model, slow_model
 
 

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from common.serving import link, repository
-from launch.deploy import _env, start_server, stop_server
+from common.serving.process import env, start_server, stop_server
+from common.traces import Trace
 from tests.serving.tiny_models import echo_model
 
 NBYTES = 64_000
@@ -23,13 +24,16 @@ DEVICE = """
 import json, sys
 import numpy as np
 from common.serving import device as dev
+from common.serving import link
+from common.traces import Trace
 url, n, frames, fps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+tc = link.from_spec(json.loads(sys.argv[5]), Trace("1mbit", np.asarray([0.0]), np.asarray([1e6]), 60.0))
 client = dev.Client(url)
 client.connect()
 rtt = client.base_rtt_s()
 payload = np.random.default_rng(0).integers(0, 256, n, dtype=np.uint8)
 step = lambda k, obs: dev.Request("echo", {"X": payload}, "Y")
-res = dev.run_stream(client, step, frames=frames, fps=fps, deadline_s=30.0, rtt_s=rtt)
+res = dev.run_stream(client, step, frames=frames, fps=fps, deadline_s=30.0, link=tc, rtt_s=rtt)
 print(json.dumps({"status": [r.status for r in res], "bits": [8 * r.wire_bytes for r in res],
                   "link_s": [r.link_s for r in res], "rtt_s": rtt}))
 """
@@ -50,35 +54,24 @@ _WHY = _tc_available()
 
 @pytest.mark.skipif(bool(_WHY), reason=_WHY or "tc available")
 def test_constant_1mbit_link_measures_1mbit(tmp_path):
+  """Through the Link interface, as the deploy runner uses it: the network, then the device's side
+  rebuilt from its spec in the device's namespace (the shaper holds the trace's 1 Mbit/s)."""
   repository.write_model(tmp_path / "repo", "echo", echo_model(NBYTES))
-  with link.TcNetwork(1e6, tag=f"eit{os.getpid() % 10000}") as net:
-    server, port = start_server(
-      tmp_path / "repo", host=link.SERVER_ADDR, port=8001, prefix=net.exec_prefix(net.server_ns)
-    )
+  tc = link.make("tc", Trace("1mbit", np.asarray([0.0]), np.asarray([1e6]), 60.0))
+  with tc.network() as net:
+    server, port = start_server(tmp_path / "repo", host=net.server_host, port=net.server_port, prefix=net.server_prefix)
     try:
+      args = [f"{net.server_host}:{port}", str(NBYTES), "12", str(FPS), json.dumps(net.spec)]
       r = subprocess.run(
-        [
-          *net.exec_prefix(net.device_ns),
-          sys.executable,
-          "-c",
-          DEVICE,
-          f"{link.SERVER_ADDR}:{port}",
-          str(NBYTES),
-          "12",
-          str(FPS),
-        ],
-        capture_output=True,
-        text=True,
-        env=_env(),
-        timeout=120,
+        [*net.device_prefix, sys.executable, "-c", DEVICE, *args], capture_output=True, text=True, env=env(), timeout=120
       )
     finally:
       stop_server(server)
     assert r.returncode == 0, r.stderr[-2000:]
     out = json.loads(r.stdout.strip().splitlines()[-1])
     names = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    assert net.device_ns in names
-  assert net.device_ns not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert net.spec["netns"] in names
+  assert net.spec["netns"] not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
   assert out["status"] == ["ok"] * 12
   tp = np.asarray(out["bits"][1:]) / np.asarray(out["link_s"][1:])  # the first rides the full token bucket
   print(f"tc link at 1 Mbit/s: measured median {np.median(tp) / 1e6:.3f} Mbit/s over {tp.size} requests")
@@ -86,27 +79,13 @@ def test_constant_1mbit_link_measures_1mbit(tmp_path):
 
 
 def test_tc_without_iproute2_is_one_line_naming_pacer(tmp_path):
-  env = {**_env(), "PATH": str(tmp_path)}  # no ip, no tc
+  no_tc = {**env(), "PATH": str(tmp_path)}  # no ip, no tc
+  args = ["deploy", "--config=agile/configs/quick.py:fast", f"--workdir={tmp_path}", "--config.deploy.link=tc"]
   r = subprocess.run(
-    [
-      sys.executable,
-      "-m",
-      "launch.device",
-      "coinfer",
-      "--workdir",
-      str(tmp_path),
-      "--server",
-      "127.0.0.1:1",
-      "--link",
-      "tc",
-    ],
-    capture_output=True,
-    text=True,
-    env=env,
-    timeout=120,
+    [sys.executable, "-m", "agile.main", *args], capture_output=True, text=True, env=no_tc, timeout=120
   )
   assert r.returncode == 2 and "Traceback" not in r.stderr
-  assert "--link pacer" in r.stderr.strip().splitlines()[-1], r.stderr
+  assert "--config.deploy.link=pacer" in r.stderr.strip().splitlines()[-1], r.stderr
 
 
 @pytest.mark.skipif(bool(_WHY), reason=_WHY or "tc available")
