@@ -397,6 +397,7 @@ class CoinferDeployment:
   def figures(self, record: dict, prediction: dict) -> dict:
     m, s = record["summary"], prediction["summary"]
     return {
+      "frames": m["frames"],
       "miss_rate": m["deadline_miss_rate"],
       "sim_miss_rate": s["deadline_miss_rate"],
       "accuracy": m["accuracy"],

@@ -1,4 +1,4 @@
-"""The report of `python -m launch.deploy offload`: each policy's loss through the runtime beside the
+"""The report of `edgeinfer offload deploy`: each policy's loss through the runtime beside the
 simulator's on the same stream, misses, bytes per frame, the latency CDF and the bucket over time."""
 
 from __future__ import annotations
@@ -15,25 +15,12 @@ def gaps(runs: dict, preds: dict) -> dict:
   return {p: abs(runs[p]["summary"]["loss"] - preds[p]["loss"]) for p in runs}
 
 
-def write_report(
-  out_dir: Path, runs: dict, preds: dict, server_stats: dict | None, export_info: dict
-) -> Path:
-  """out_dir/report.md for {policy: device record} and {policy: offload.deploy.predict}."""
-  import matplotlib
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
-  from common.report import Report
-  from common.serving import report as sr
-
-  out_dir = Path(out_dir)
+def _intro(runs: dict) -> str:
   first = next(iter(runs.values()))
   s, st = first["setting"], first["stream"]
-  rep = Report("Offloading under a token bucket on the serving runtime", out_dir)
   order = {"iid": "i.i.d.", "location_reset": "location-reset"}.get(st["order"], st["order"])
   arr = {"periodic": "periodic", "markov": "Markov-modulated"}.get(st["arrivals"], st["arrivals"])
-  rep.text(
+  return (
     f"{first['summary']['frames']} images per policy, {order} order, {arr} arrivals (slot {1e3 / st['fps']:.0f} ms, "
     f"stream seed {st['seed']}), deadline {st['deadline_s'] * 1e3:.0f} ms, token bucket r = {s['tr']}, b = {s['tb']} "
     f"((q, p, m) = {tuple(s['qpm'])}), link `{first['link']}` on trace `{first['trace']['name']}` "
@@ -41,7 +28,10 @@ def write_report(
     "policy's export, the server the strong classifier's ONNX, as separate processes; the simulator ran "
     "`offload.simulate` with the same policy on the same images and intervals."
   )
-  rep.heading("Average loss: through the runtime and the simulator on the same stream")
+
+
+def _loss_table(rep, runs: dict, preds: dict) -> None:
+  first = next(iter(runs.values()))
   rows = []
   for p, out in runs.items():
     m, pr = out["summary"], preds[p]
@@ -49,6 +39,7 @@ def write_report(
                  "-" if pr["test_streams_loss"] is None else pr["test_streams_loss"]])  # fmt: skip
   rows.append(["weak only", first["summary"]["weak_loss"], preds[next(iter(preds))]["weak_loss"], "", ""])
   streams = preds[next(iter(preds))]["test_streams"]
+  rep.heading("Average loss: through the runtime and the simulator on the same stream")
   rep.table(
     ["policy", "runtime", "simulator, same stream", "gap", f"simulator, test streams {streams}"], rows
   )
@@ -57,12 +48,16 @@ def write_report(
     "the exported models' float results differ from JAX's, or where an answer missed its deadline and the weak "
     "prediction stood in). The last column is the run's own simulation (`results.json`) on its longer test streams."
   )
-  rep.heading("Decisions, misses and bytes")
+
+
+def _decision_table(rep, runs: dict, preds: dict, export_info: dict) -> None:
+  first = next(iter(runs.values()))
   rows = []
   for p, out in runs.items():
     m, pr = out["summary"], preds[p]
     rows.append([p.upper(), m["offload_fraction"], pr["offload_fraction"], m["occupancy"], pr["occupancy"],
                  m["fallbacks"], m["deadline_miss_rate"], m["bytes_per_frame"], m["bytes_per_offload"]])  # fmt: skip
+  rep.heading("Decisions, misses and bytes")
   rep.table(
     ["policy", "offloaded", "offloaded (simulator)", "mean n/m", "mean n/m (simulator)", "answers past the deadline",
      "deadline-miss rate", "bytes per frame", "bytes per offload"],
@@ -75,6 +70,15 @@ def write_report(
     f"{export_info.get('weak_max_abs_err', float('nan')):.2g}), strong ONNX max |logit error| "
     f"{export_info.get('strong_max_abs_err', float('nan')):.2g}."
   )
+
+
+def _plots(rep, runs: dict, preds: dict) -> None:
+  import matplotlib.pyplot as plt
+
+  from common.serving import report as sr
+
+  first = next(iter(runs.values()))
+  s, st = first["setting"], first["stream"]
   fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
   for p, out in runs.items():
     sent = np.asarray(out["frames"]["sent"], bool)
@@ -101,6 +105,23 @@ def write_report(
   a2.set_ylabel("bucket n / m at decision")
   rep.heading("Loss beside the simulator's, and the bucket over time")
   sr.save(rep, fig, [a1, a2], "loss_vs_simulator.png", "loss and bucket")
+
+
+def write_report(
+  out_dir: Path, runs: dict, preds: dict, server_stats: dict | None, export_info: dict
+) -> Path:
+  """out_dir/report.md for {policy: device record} and {policy: offload.deploy.predict}."""
+  import matplotlib
+
+  matplotlib.use("Agg")
+  from common.report import Report
+  from common.serving import report as sr
+
+  rep = Report("Offloading under a token bucket on the serving runtime", Path(out_dir))
+  rep.text(_intro(runs))
+  _loss_table(rep, runs, preds)
+  _decision_table(rep, runs, preds, export_info)
+  _plots(rep, runs, preds)
   if server_stats:
     rep.text(sr.server_text(server_stats))
   return rep.write()

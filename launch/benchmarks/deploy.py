@@ -155,28 +155,38 @@ def run_load(args) -> dict:
   return out
 
 
+def run_deployment(args) -> dict:
+  """The coinfer deploy step (pacer link) on the run, its summary.json."""
+  from common import safeio
+  from common.serving import runner
+
+  config = safeio.load_json(Path(args.workdir) / "config.json", what="run config")
+  settings = {**runner.config_section(controller="mpc").to_dict(), **config.get("deploy", {})}
+  settings.update(link="pacer", trace=args.trace, trace_scale=args.trace_scale)
+  settings.update(frames=args.frames, fps=args.fps, out=args.out)
+  runner.deploy(runner.deployment("coinfer"), settings, Path(args.workdir))
+  return json.loads((Path(args.out) / "summary.json").read_text())
+
+
 def run(args) -> dict:
   if args.load:
     return run_load(args)
   from coinfer import deploy as coinfer_deploy
-  from launch import deploy
+  from common.serving import process
 
   workdir = Path(args.workdir)
   dep = coinfer_deploy.load(workdir)
   big = int(np.argmax([c * b for c, b in zip(dep.channels, dep.bits, strict=True)]))
   feeds = dep.encode(big, dep.images[0])
-  proc, port = deploy.start_server(workdir / "exports" / "repository")
+  proc, port = process.start_server(workdir / "exports" / "repository")
   try:
     load = [
       _load(f"127.0.0.1:{port}", dep.models[big], feeds, int(n), args.seconds)
       for n in args.streams.split(",")
     ]
   finally:
-    deploy.stop_server(proc)
-  argv = ["coinfer", "--workdir", str(workdir), "--out", args.out, "--link", "pacer", "--trace", args.trace]
-  argv += ["--trace-scale", str(args.trace_scale), "--frames", str(args.frames), f"--fps={args.fps}"]
-  deploy.main(argv)
-  summary = json.loads((Path(args.out) / "summary.json").read_text())
+    process.stop_server(proc)
+  summary = run_deployment(args)
   m, s = summary["measured"], summary["simulator"]
   import os
 

@@ -102,7 +102,11 @@ def test_server_killed_mid_stream_device_reconnects_and_finishes(deploy_run, tmp
   sets = {"frames": 200, "fps": 20.0, "trace_scale": 100.0, "controller": "fixed:N4Q8", "out": tmp_path}
   args += [f"--config.deploy.{k}={v}" for k, v in sets.items()]
   device = subprocess.Popen(
-    [sys.executable, "-m", "coinfer.main", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env()
+    [sys.executable, "-m", "coinfer.main", *args],
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+    env=env(),
   )
   try:
     assert device.stdout.readline().strip() == "stream started"
@@ -154,7 +158,13 @@ def test_bad_input_is_one_line_exit_2(deploy_run, tmp_path):
     ("launch.deploy", ["subnets", "--workdir=x"], "one of ['agile', 'offload', 'coinfer']"),
     (
       "launch.device",
-      ["coinfer", FAST, run, f"--config.deploy.server=127.0.0.1:{_free_port()}", "--config.deploy.connect_timeout=1"],
+      [
+        "coinfer",
+        FAST,
+        run,
+        f"--config.deploy.server=127.0.0.1:{_free_port()}",
+        "--config.deploy.connect_timeout=1",
+      ],
       "not reachable",
     ),
   ]

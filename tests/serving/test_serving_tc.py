@@ -59,11 +59,17 @@ def test_constant_1mbit_link_measures_1mbit(tmp_path):
   repository.write_model(tmp_path / "repo", "echo", echo_model(NBYTES))
   tc = link.make("tc", Trace("1mbit", np.asarray([0.0]), np.asarray([1e6]), 60.0))
   with tc.network() as net:
-    server, port = start_server(tmp_path / "repo", host=net.server_host, port=net.server_port, prefix=net.server_prefix)
+    server, port = start_server(
+      tmp_path / "repo", host=net.server_host, port=net.server_port, prefix=net.server_prefix
+    )
     try:
       args = [f"{net.server_host}:{port}", str(NBYTES), "12", str(FPS), json.dumps(net.spec)]
       r = subprocess.run(
-        [*net.device_prefix, sys.executable, "-c", DEVICE, *args], capture_output=True, text=True, env=env(), timeout=120
+        [*net.device_prefix, sys.executable, "-c", DEVICE, *args],
+        capture_output=True,
+        text=True,
+        env=env(),
+        timeout=120,
       )
     finally:
       stop_server(server)
@@ -71,7 +77,9 @@ def test_constant_1mbit_link_measures_1mbit(tmp_path):
     out = json.loads(r.stdout.strip().splitlines()[-1])
     names = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert net.spec["netns"] in names
-  assert net.spec["netns"] not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+  assert (
+    net.spec["netns"] not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+  )
   assert out["status"] == ["ok"] * 12
   tp = np.asarray(out["bits"][1:]) / np.asarray(out["link_s"][1:])  # the first rides the full token bucket
   print(f"tc link at 1 Mbit/s: measured median {np.median(tp) / 1e6:.3f} Mbit/s over {tp.size} requests")
@@ -80,7 +88,12 @@ def test_constant_1mbit_link_measures_1mbit(tmp_path):
 
 def test_tc_without_iproute2_is_one_line_naming_pacer(tmp_path):
   no_tc = {**env(), "PATH": str(tmp_path)}  # no ip, no tc
-  args = ["deploy", "--config=agile/configs/quick.py:fast", f"--workdir={tmp_path}", "--config.deploy.link=tc"]
+  args = [
+    "deploy",
+    "--config=agile/configs/quick.py:fast",
+    f"--workdir={tmp_path}",
+    "--config.deploy.link=tc",
+  ]
   r = subprocess.run(
     [sys.executable, "-m", "agile.main", *args], capture_output=True, text=True, env=no_tc, timeout=120
   )
