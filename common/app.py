@@ -242,6 +242,22 @@ def _parse(argv: list[str]) -> list[str]:
     raise _explain_load_failure(_config_arg(argv), argv, e) from None
 
 
+def bool_flag(argv: Sequence[str], name: str) -> bool | None:
+  """The value a boolean flag `name` has in argv, read the way absl reads it (`--name`,
+  `--noname`, `--name=true|false|1|0`; the last one wins), before the full parse needs it; None
+  when argv does not set it."""
+  value = None
+  for a in argv:
+    if a in (f"--{name}", f"-{name}"):
+      value = True
+    elif a in (f"--no{name}", f"-no{name}"):
+      value = False
+    elif a.startswith((f"--{name}=", f"-{name}=")):
+      text = a.split("=", 1)[1].lower()
+      value = {"true": True, "1": True, "t": True, "false": False, "0": False, "f": False}.get(text, value)
+  return value
+
+
 def parse_command(argv: Sequence[str], default_config: str | None) -> tuple[list[str], Any]:
   """Parses `argv` (argv[0] the program) and loads the config: (positional arguments, config).
 
@@ -250,10 +266,13 @@ def parse_command(argv: Sequence[str], default_config: str | None) -> tuple[list
   """
   define_flags()
   argv = list(argv)
-  if "--debug" in argv:
+  if bool_flag(argv, "debug"):
     os.environ["EDGEINFER_DEBUG"] = "1"  # before parsing, so parse errors show their traceback too
   argv = _with_config_path(argv, default_config)  # FILE looked up once, the default added
-  return _parse(argv), load_config(argv)
+  rest = _parse(argv)
+  if FLAGS.debug:
+    os.environ["EDGEINFER_DEBUG"] = "1"
+  return rest, load_config(argv)
 
 
 def main(spec: App, argv: Sequence[str]) -> int:
@@ -275,11 +294,12 @@ def main(spec: App, argv: Sequence[str]) -> int:
     )
   if spec.validate is not None:
     spec.validate(config)
-  if not FLAGS.workdir:
-    raise ConfigError(f"--workdir is required, e.g. --workdir=runs/{spec.name}")
-  workdir = Path(FLAGS.workdir)
   todo = list(spec.all_steps) if asked == ["all"] else list(dict.fromkeys(asked))
-  if any(spec.steps[s].needs_workdir for s in todo):
+  needs_workdir = any(spec.steps[s].needs_workdir for s in todo)
+  if needs_workdir and not FLAGS.workdir:
+    raise ConfigError(f"--workdir is required, e.g. --workdir=runs/{spec.name}")
+  workdir = Path(FLAGS.workdir or ".")  # steps that write nothing there may still read it
+  if needs_workdir:
     if workdir.exists() and not workdir.is_dir():
       raise ConfigError(f"--workdir {workdir}: exists and is not a directory")
     if spec.preflight is not None:

@@ -72,7 +72,9 @@ def _run(config) -> int:
 def _main(argv: list[str]) -> int:
   from common.errors import ConfigError
 
-  default = DEFAULT_CONFIG + (":fast" if "--fast" in argv else "")  # the common stage's fast variant
+  default = DEFAULT_CONFIG + (
+    ":fast" if app.bool_flag(argv, "fast") else ""
+  )  # the common stage's fast variant
   rest, config = app.parse_command(argv, default)
   if len(rest) > 1:
     raise ConfigError(f"unexpected arguments: {rest[1:]} (edgeinfer quickstart --help)")

@@ -35,7 +35,11 @@ def step_a(ctx):
 def step_b(ctx):
   raise ConfigError("step b refuses")
 
-APP = app.App("fakepkg", {"a": app.Step(step_a, "writes a.json"), "b": app.Step(step_b, "always refuses")},
+def step_c(ctx):
+  return {"workdir": str(ctx.workdir)}
+
+APP = app.App("fakepkg", {"a": app.Step(step_a, "writes a.json"), "b": app.Step(step_b, "always refuses"),
+                          "c": app.Step(step_c, "writes nothing", needs_workdir=False)},
               default_config="CONFIG", validate=validate, all_steps=("a", "b"), doc="A test package.")
 
 def main(argv=None):
@@ -134,9 +138,12 @@ def test_bad_input_is_one_line_exit_2_and_the_workdir_is_unchanged(pkg, tmp_path
     assert (w / "config.json").read_text() == '{"good": 1}'
 
 
-def test_debug_shows_the_traceback(pkg, tmp_path):
-  r = run(pkg, "a", f"--workdir={tmp_path}", "--config.train.lr=-1", "--debug")
+@pytest.mark.parametrize("flag", ["--debug", "--debug=true", "--debug=1"])
+def test_debug_shows_the_traceback(pkg, tmp_path, flag):
+  r = run(pkg, "a", f"--workdir={tmp_path}", "--config.train.lr=-1", flag)
   assert r.returncode != 0 and "Traceback" in r.stderr and "ConfigError" in r.stderr
+  r = run(pkg, "a", f"--workdir={tmp_path}", "--config.train.lr=-1", flag, "--nodebug")
+  assert r.returncode == 2 and "Traceback" not in r.stderr
   r = run(pkg, "a", f"--workdir={tmp_path}", "--config.train.lr=-1", env={"EDGEINFER_DEBUG": "1"})
   assert "Traceback" in r.stderr
 
@@ -175,3 +182,17 @@ def test_several_steps_run_in_the_order_given(pkg, tmp_path):
   assert r.stdout.startswith("a: ") and (w / "a.json").exists(), r.stdout
   r = run(pkg, "b", "a", f"--workdir={tmp_path / 'v'}")  # b first: a never runs
   assert r.returncode == 2 and not (tmp_path / "v" / "a.json").exists()
+
+
+def test_a_step_that_writes_nothing_needs_no_workdir(pkg, tmp_path):
+  r = run(pkg, "c")
+  assert r.returncode == 0 and r.stdout.startswith("c: workdir=."), r.stderr
+  r = run(pkg, "a")
+  assert r.returncode == 2 and "--workdir is required" in r.stderr
+
+
+def test_boolean_flags_are_read_as_absl_reads_them():
+  from common.app import bool_flag
+
+  assert bool_flag(["p", "--fast"], "fast") is True and bool_flag(["p", "--fast=false"], "fast") is False
+  assert bool_flag(["p", "--fast=1", "--nofast"], "fast") is False and bool_flag(["p", "--faster"], "fast") is None
