@@ -61,7 +61,7 @@ def _load(url: str, model: str, feeds: dict, streams: int, seconds: float) -> di
 
   def worker(i):
     c = tg.InferenceServerClient(url)
-    inputs = dev._infer_inputs(feeds)
+    inputs = dev.infer_inputs(feeds)
     out = [tg.InferRequestedOutput("LOGITS")]
     c.infer(model, inputs, outputs=out)  # connect and warm up
     start.wait()
