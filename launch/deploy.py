@@ -18,63 +18,15 @@ are removed when the run ends, fails or is stopped.
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 from common.cli import run_main
 from common.errors import ServingError
-
-PY = [sys.executable]
-
-
-def _env() -> dict:
-  env = dict(os.environ)
-  root = str(Path(__file__).resolve().parents[1])
-  env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-  env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-  return env
-
-
-def start_server(
-  repo: Path,
-  *,
-  host: str = "127.0.0.1",
-  port: int = 0,
-  prefix=(),
-  stats: Path | None = None,
-  timeout_s: float = 60.0,
-  extra=(),
-):
-  """Starts `launch.serve` and waits for its `serving ... on HOST:PORT` line; returns (proc, port)."""
-  cmd = [*prefix, *PY, "-m", "launch.serve", "--repository", str(repo), "--host", host, "--port", str(port)]
-  if stats:
-    cmd += ["--stats", str(stats)]
-  cmd += list(extra)
-  proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
-  line: list[str] = []
-  reader = threading.Thread(target=lambda: line.append(proc.stdout.readline()), daemon=True)
-  reader.start()
-  reader.join(timeout_s)
-  if not line or not line[0].startswith("serving"):
-    proc.kill()
-    err = proc.stderr.read().strip().splitlines()
-    raise ServingError(f"the server did not start: {err[-1] if err else 'no output'}")
-  threading.Thread(target=proc.stderr.read, daemon=True).start()  # drain the log
-  return proc, int(line[0].rsplit(":", 1)[1])
-
-
-def stop_server(proc, timeout_s: float = 10.0) -> None:
-  if proc.poll() is None:
-    proc.send_signal(signal.SIGTERM)
-    try:
-      proc.wait(timeout_s)
-    except subprocess.TimeoutExpired:
-      proc.kill()
-      proc.wait()
+from common.serving.process import PY, start_server, stop_server
+from common.serving.process import child_env as _env
 
 
 def run_device(argv: list[str], prefix=(), timeout_s: float = 3600.0) -> None:

@@ -159,20 +159,21 @@ def run(args) -> dict:
   if args.load:
     return run_load(args)
   from coinfer import deploy as coinfer_deploy
+  from common.serving import process
   from launch import deploy
 
   workdir = Path(args.workdir)
   dep = coinfer_deploy.load(workdir)
   big = int(np.argmax([c * b for c, b in zip(dep.channels, dep.bits, strict=True)]))
   feeds = dep.encode(big, dep.images[0])
-  proc, port = deploy.start_server(workdir / "exports" / "repository")
+  proc, port = process.start_server(workdir / "exports" / "repository")
   try:
     load = [
       _load(f"127.0.0.1:{port}", dep.models[big], feeds, int(n), args.seconds)
       for n in args.streams.split(",")
     ]
   finally:
-    deploy.stop_server(proc)
+    process.stop_server(proc)
   argv = ["coinfer", "--workdir", str(workdir), "--out", args.out, "--link", "pacer", "--trace", args.trace]
   argv += ["--trace-scale", str(args.trace_scale), "--frames", str(args.frames), f"--fps={args.fps}"]
   deploy.main(argv)

@@ -14,7 +14,7 @@ from agile import deploy
 from agile import export as agile_export
 from coinfer.traces import Trace
 from common.serving import device as dev
-from launch.deploy import _env, start_server, stop_server
+from common.serving.process import child_env, start_server, stop_server
 
 FAST_LINK = Trace("fast", np.asarray([0.0]), np.asarray([1e9]), 10.0)
 
@@ -76,7 +76,7 @@ def test_launch_deploy_agile_on_a_1mbit_link(agile_fast_run, tmp_path):
     + ["--frames", "32", "--fps", "20", "--out", str(tmp_path / "rep")],
     capture_output=True,
     text=True,
-    env=_env(),
+    env=child_env(),
     timeout=300,
   )
   assert r.returncode == 0, r.stderr[-2000:]
@@ -93,7 +93,7 @@ def test_missing_exports_is_one_line_exit_2(tmp_path):
     [sys.executable, "-m", "launch.deploy", "agile", "--workdir", str(tmp_path)],
     capture_output=True,
     text=True,
-    env=_env(),
+    env=child_env(),
     timeout=120,
   )
   assert r.returncode == 2 and "config.json is missing" in r.stderr and "Traceback" not in r.stderr

@@ -15,14 +15,14 @@ import pytest
 from coinfer import deploy
 from coinfer.traces import Trace
 from common.serving import device as dev
-from launch.deploy import _env, start_server, stop_server
+from common.serving.process import child_env, start_server, stop_server
 
 FAST_LINK = Trace("fast", np.asarray([0.0]), np.asarray([1e9]), 10.0)
 
 
 def _cli(module, *args, timeout=300):
   return subprocess.run(
-    [sys.executable, "-m", module, *args], capture_output=True, text=True, env=_env(), timeout=timeout
+    [sys.executable, "-m", module, *args], capture_output=True, text=True, env=child_env(), timeout=timeout
   )
 
 
@@ -114,7 +114,7 @@ def test_server_killed_mid_stream_device_reconnects_and_finishes(deploy_run, tmp
     stdout=subprocess.PIPE,
     stderr=subprocess.PIPE,
     text=True,
-    env=_env(),
+    env=child_env(),
   )
   try:
     assert device.stdout.readline().strip() == "stream started"

@@ -3,7 +3,7 @@
 import pytest
 
 from common.serving import repository
-from launch.deploy import start_server, stop_server
+from common.serving.process import start_server, stop_server
 from tests.serving.tiny_models import add_model, slow_model
 
 
@@ -20,7 +20,7 @@ def server(tiny_repo, tmp_path_factory):
   """A `python -m launch.serve` process on 127.0.0.1 (free port) with a 64 KiB message limit."""
   stats = tmp_path_factory.mktemp("stats") / "stats.json"
   proc, port = start_server(
-    tiny_repo, stats=stats, extra=["--max-message-bytes", str(64 << 10), "--stats-every", "0.2"]
+    tiny_repo, stats=stats, extra=[f"--max_message_bytes={64 << 10}", "--stats_every=0.2"]
   )
   yield {"proc": proc, "port": port, "url": f"127.0.0.1:{port}", "stats": stats}
   stop_server(proc)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from common.serving import link, repository
-from launch.deploy import _env, start_server, stop_server
+from common.serving.process import child_env, start_server, stop_server
 from tests.serving.tiny_models import echo_model
 
 NBYTES = 64_000
@@ -69,7 +69,7 @@ def test_constant_1mbit_link_measures_1mbit(tmp_path):
         ],
         capture_output=True,
         text=True,
-        env=_env(),
+        env=child_env(),
         timeout=120,
       )
     finally:
@@ -86,7 +86,7 @@ def test_constant_1mbit_link_measures_1mbit(tmp_path):
 
 
 def test_tc_without_iproute2_is_one_line_naming_pacer(tmp_path):
-  env = {**_env(), "PATH": str(tmp_path)}  # no ip, no tc
+  env = {**child_env(), "PATH": str(tmp_path)}  # no ip, no tc
   r = subprocess.run(
     [
       sys.executable,
