@@ -1,7 +1,8 @@
 """Serve a model repository over the Open Inference Protocol v2: gRPC, and HTTP/REST with /metrics.
 
-  edgeinfer serve --repository=runs/quickstart/coinfer/exports/repository [--host=127.0.0.1 --port=8001 \
-      --http_port=8000 --max_message_bytes=4194304 --workers=16 --grace=5 --stats=stats.json --stats_every=10]
+  edgeinfer serve --repository=runs/quickstart/coinfer/exports/repository
+      [--host=127.0.0.1 --port=8001 --http_port=8000 --max_message_bytes=4194304 --workers=16 --grace=5
+       --stats=stats.json --stats_every=10]
   python -m launch.serve ...        (the same command)
 
 Prints `serving N models on HOST:PORT` once ready (with --port=0, the port picked), or with
