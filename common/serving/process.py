@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 from common.errors import ServingError
@@ -33,18 +34,25 @@ def child_env() -> dict:
 
 
 def _wait_ready(proc, timeout_s: float, what: str) -> re.Match:
-  """The process's first stdout line, parsed as the ready line (ServingError if it never comes)."""
-  line: list[str] = []
-  reader = threading.Thread(target=lambda: line.append(proc.stdout.readline()), daemon=True)
-  reader.start()
-  reader.join(timeout_s)
-  ready = _READY.match(line[0]) if line else None
-  if ready is None:
+  """The ready line among the process's stdout lines (ServingError if it does not come in time);
+  the rest of stdout and stderr are drained in the background."""
+  box: list[re.Match] = []
+
+  def read():
+    for line in proc.stdout:
+      if not box and _READY.match(line):
+        box.append(_READY.match(line))
+
+  threading.Thread(target=read, daemon=True).start()
+  t_end = time.monotonic() + timeout_s
+  while not box and proc.poll() is None and time.monotonic() < t_end:
+    time.sleep(0.02)
+  if not box:
     proc.kill()
     err = proc.stderr.read().strip().splitlines()
     raise ServingError(f"{what} did not start: {err[-1] if err else 'no output'}")
   threading.Thread(target=proc.stderr.read, daemon=True).start()  # drain the log
-  return ready
+  return box[0]
 
 
 def start_server(
@@ -90,6 +98,7 @@ def start_triton(
   proc = subprocess.Popen(
     cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env(), start_new_session=True
   )
+  proc.group = True  # stop_server ends tritonserver with it, should the launcher not stop in time
   ready = _wait_ready(proc, timeout_s, "the Triton server")
   proc.http_port = int(ready.group(4))
   return proc, int(ready.group(2))
@@ -102,5 +111,7 @@ def stop_server(proc, timeout_s: float = 10.0) -> None:
     try:
       proc.wait(timeout_s)
     except subprocess.TimeoutExpired:
+      if getattr(proc, "group", False):
+        os.killpg(proc.pid, signal.SIGKILL)
       proc.kill()
       proc.wait()
