@@ -24,7 +24,7 @@ from common.serving.metrics import Metrics
 
 SERVER_NAME = "edgeinfer"
 SERVER_VERSION = "1"
-EXTENSIONS = ("model_repository", "statistics", "binary_tensor_data")
+EXTENSIONS = ("statistics", "binary_tensor_data")  # not model_repository: no index, load or unload
 
 
 class RequestError(Exception):

@@ -3,7 +3,10 @@ and plain HTTP requests get health, metadata and answers (JSON tensors and Trito
 a bad request is HTTP 400 / 404 / 413 with the protocol's {"error": ...} body and the same message
 as over gRPC; the Prometheus counts move with the requests."""
 
+import concurrent.futures as cf
 import json
+import signal
+import time
 import urllib.error
 import urllib.request
 
@@ -13,6 +16,8 @@ import pytest
 import tritonclient.grpc as tg
 import tritonclient.http as th
 from prometheus_client.parser import text_string_to_metric_families
+
+from common.serving.process import start_server
 
 X = np.asarray([1, 2, 3, 4], np.uint8)
 B = np.full(4, 0.5, np.float32)
@@ -193,3 +198,18 @@ def test_statistics_over_http(http_server):
   assert st["name"] == "add" and st["inference_stats"]["success"]["count"] == before + 2
   every = c.get_inference_statistics()["model_stats"]
   assert sorted(s["name"] for s in every) == ["add", "slow"]
+
+
+def test_sigterm_finishes_in_flight_http_request(tiny_repo):
+  proc, _ = start_server(tiny_repo, http_port=0)
+  body = json.dumps({"inputs": [{"name": "X", "datatype": "FP32", "shape": [1, 1024], "data": [1.0] * 1024}]})
+  server = {"http": f"127.0.0.1:{proc.http_port}"}
+  with cf.ThreadPoolExecutor(1) as ex:
+    fut = ex.submit(lambda: (*_http(server, "/v2/models/slow/infer", body.encode()), time.monotonic()))
+    time.sleep(0.1)  # the request is running (it takes about 0.3 s)
+    proc.send_signal(signal.SIGTERM)
+    signalled = time.monotonic()
+    status, text, _, answered = fut.result()
+  assert status == 200 and json.loads(text)["outputs"][0]["shape"] == [1, 1024]
+  assert answered > signalled  # it was in flight when the signal came
+  assert proc.wait(20) == 0
