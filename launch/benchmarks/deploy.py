@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -49,51 +47,13 @@ def add_args(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--load-processes", type=int, default=4, help="device processes the streams share")
 
 
-def _load(url: str, model: str, feeds: dict, streams: int, seconds: float) -> dict:
-  import tritonclient.grpc as tg
+def _load(url: str, repo: Path, model: str, feeds: dict, streams: int, seconds: float) -> dict:
+  """`launch.benchmarks.serve.throughput` of gRPC clients sending `feeds` to `model` at `url`."""
+  from common.serving import repository
+  from launch.benchmarks import serve
 
-  from common.serving import device as dev
-
-  lat: list[list[float]] = [[] for _ in range(streams)]
-  errors = [0] * streams
-  start = threading.Barrier(streams + 1)
-  stop_at = [0.0]
-
-  def worker(i):
-    c = tg.InferenceServerClient(url)
-    inputs = dev.infer_inputs(feeds)
-    out = [tg.InferRequestedOutput("LOGITS")]
-    c.infer(model, inputs, outputs=out)  # connect and warm up
-    start.wait()
-    while time.perf_counter() < stop_at[0]:
-      t = time.perf_counter()
-      try:
-        c.infer(model, inputs, outputs=out, client_timeout=10.0)
-      except Exception:  # noqa: BLE001 - counted, the load goes on
-        errors[i] += 1
-        continue
-      lat[i].append(time.perf_counter() - t)
-    c.close()
-
-  threads = [threading.Thread(target=worker, args=(i,)) for i in range(streams)]
-  for t in threads:
-    t.start()
-  stop_at[0] = time.perf_counter() + 1e9
-  start.wait()
-  t0 = time.perf_counter()
-  stop_at[0] = t0 + seconds
-  for t in threads:
-    t.join()
-  wall = time.perf_counter() - t0
-  every = np.concatenate([np.asarray(x) for x in lat]) * 1e3
-  return {
-    "streams": streams,
-    "requests": int(every.size),
-    "errors": int(sum(errors)),
-    "requests_per_s": float(every.size / wall),
-    "p50_ms": float(np.percentile(every, 50)),
-    "p99_ms": float(np.percentile(every, 99)),
-  }
+  m = repository.load_model(repo / model)[-1]
+  return serve.throughput(serve.client_call("grpc", url, m, feeds, m.run(feeds)[0]), streams, seconds)
 
 
 def _load_model(args) -> tuple[Path, str]:
@@ -181,7 +141,9 @@ def run(args) -> dict:
   proc, port = process.start_server(workdir / "exports" / "repository")
   try:
     load = [
-      _load(f"127.0.0.1:{port}", dep.models[big], feeds, int(n), args.seconds)
+      _load(
+        f"127.0.0.1:{port}", workdir / "exports" / "repository", dep.models[big], feeds, int(n), args.seconds
+      )
       for n in args.streams.split(",")
     ]
   finally:

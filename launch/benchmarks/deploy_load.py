@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from common.serving import load, repository, wire
-from launch.deploy import PY, _env, start_server, stop_server
+from common.serving.process import PY, child_env, start_server, stop_server
 
 WIRE_MODEL = "wire_decoder"
 
@@ -60,7 +60,7 @@ def run_load(
   workdir = Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   stats = workdir / "load_server_stats.json"
-  proc, port = start_server(repo, stats=stats, extra=["--workers", str(max(16, streams))])
+  proc, port = start_server(repo, stats=stats, extra=[f"--workers={max(16, streams)}"])
   frames = int(round(seconds * fps))
   per = [streams // processes + (i < streams % processes) for i in range(processes)]
   workers, outs, first = [], [], 0
@@ -73,7 +73,7 @@ def run_load(
       cmd = [*PY, "-m", "common.serving.load", "--url", f"127.0.0.1:{port}", "--repository", str(repo)]
       cmd += ["--model", model, "--streams", str(n), "--first-stream", str(first), "--frames", str(frames)]
       cmd += [f"--fps={fps}", f"--deadline={deadline_s}", "--out", str(out)]
-      workers.append(subprocess.Popen(cmd, env=_env(), stderr=subprocess.PIPE, text=True))
+      workers.append(subprocess.Popen(cmd, env=child_env(), stderr=subprocess.PIPE, text=True))
       outs.append(out)
       first += n
     errs = [w.communicate(timeout=seconds + 300)[1] for w in workers]
@@ -154,7 +154,7 @@ def run_restarts(
   inputs, expected = load.pool(m)
   workdir = Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
-  extra = ["--stats-every", "0.2"]
+  extra = ["--stats_every=0.2"]
   stats = [workdir / f"restart_stats_{i}.json" for i in range(kills + 1)]
   for f in stats:
     f.unlink(missing_ok=True)
@@ -258,11 +258,11 @@ def run_garbage(
   workdir.mkdir(parents=True, exist_ok=True)
   stats, sent = workdir / "garbage_server_stats.json", workdir / "garbage_sent.json"
   sent.unlink(missing_ok=True)
-  proc, port = start_server(repo, stats=stats, extra=["--stats-every", "0.5"])
+  proc, port = start_server(repo, stats=stats, extra=["--stats_every=0.5"])
   url = f"127.0.0.1:{port}"
   cmd = [*PY, "-m", "common.serving.load", "--url", url, "--repository", str(repo), "--model", model]
   cmd += ["--garbage", str(seconds + 1.0), "--out", str(sent)]
-  bad = subprocess.Popen(cmd, env=_env(), stderr=subprocess.PIPE, text=True)
+  bad = subprocess.Popen(cmd, env=child_env(), stderr=subprocess.PIPE, text=True)
   try:
     while not sent.exists() and bad.poll() is None and not _garbage_started(stats):
       time.sleep(0.1)

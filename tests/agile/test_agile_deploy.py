@@ -14,7 +14,7 @@ from agile import deploy
 from agile import export as agile_export
 from common.serving import device as dev
 from common.serving.link import Link
-from common.serving.process import env, start_server, stop_server
+from common.serving.process import child_env, start_server, stop_server
 from common.traces import Trace
 
 FAST_LINK = Link(Trace("fast", np.asarray([0.0]), np.asarray([1e9]), 10.0))
@@ -75,7 +75,7 @@ def _deploy(*args):
     [sys.executable, "-m", "agile.main", "deploy", f"--config={CONFIG}", *args],
     capture_output=True,
     text=True,
-    env=env(),
+    env=child_env(),
     timeout=300,
   )
 

@@ -15,7 +15,7 @@ import pytest
 from coinfer import deploy
 from common.serving import device as dev
 from common.serving.link import Link
-from common.serving.process import env, start_server, stop_server
+from common.serving.process import child_env, start_server, stop_server
 from common.traces import Trace
 
 FAST_LINK = Link(Trace("fast", np.asarray([0.0]), np.asarray([1e9]), 10.0))
@@ -24,7 +24,7 @@ FAST = "--config=coinfer/configs/quick.py:fast"
 
 def _cli(module, *args, timeout=300):
   return subprocess.run(
-    [sys.executable, "-m", module, *args], capture_output=True, text=True, env=env(), timeout=timeout
+    [sys.executable, "-m", module, *args], capture_output=True, text=True, env=child_env(), timeout=timeout
   )
 
 
@@ -106,7 +106,7 @@ def test_server_killed_mid_stream_device_reconnects_and_finishes(deploy_run, tmp
     stdout=subprocess.PIPE,
     stderr=subprocess.PIPE,
     text=True,
-    env=env(),
+    env=child_env(),
   )
   try:
     assert device.stdout.readline().strip() == "stream started"

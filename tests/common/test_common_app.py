@@ -195,4 +195,6 @@ def test_boolean_flags_are_read_as_absl_reads_them():
   from common.app import bool_flag
 
   assert bool_flag(["p", "--fast"], "fast") is True and bool_flag(["p", "--fast=false"], "fast") is False
-  assert bool_flag(["p", "--fast=1", "--nofast"], "fast") is False and bool_flag(["p", "--faster"], "fast") is None
+  assert (
+    bool_flag(["p", "--fast=1", "--nofast"], "fast") is False and bool_flag(["p", "--faster"], "fast") is None
+  )

@@ -212,6 +212,21 @@ def _other_cases() -> list[Case]:
     Case("bench-unknown-technique", ("launch.bench", "bogus"), "bogus"),
     Case("bench-unknown-flag", ("launch.bench", "offload", "--bogus"), "--bogus"),
     Case("serve-missing-repository", ("launch.serve", "--repository=TMP/none"), "none"),
+    Case("serve-unknown-flag", ("launch.serve", "--repository=TMP", "--bogus=1"), "bogus"),
+    Case(
+      "serve-dashed-flag", ("launch.serve", "--repository=TMP", "--max-message-bytes=5"), "max_message_bytes"
+    ),
+    Case("serve-port-out-of-range", ("launch.serve", "--repository=TMP", "--port=70000"), "--port"),
+    Case(
+      "serve-http-port-not-a-number", ("launch.serve", "--repository=TMP", "--http_port=abc"), "http_port"
+    ),
+    Case(
+      "serve-http-port-same-as-port",
+      ("launch.serve", "--repository=TMP", "--port=9", "--http_port=9"),
+      "--http_port",
+    ),
+    Case("serve-zero-workers", ("launch.serve", "--repository=TMP", "--workers=0"), "--workers"),
+    Case("serve-stray-argument", ("launch.serve", "--repository=TMP", "extra"), "extra"),
     Case("edgeinfer-unknown-command", ("launch.edgeinfer", "bogus"), "bogus"),
   ]
 

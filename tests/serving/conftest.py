@@ -20,7 +20,15 @@ def server(tiny_repo, tmp_path_factory):
   """A `python -m launch.serve` process on 127.0.0.1 (free port) with a 64 KiB message limit."""
   stats = tmp_path_factory.mktemp("stats") / "stats.json"
   proc, port = start_server(
-    tiny_repo, stats=stats, extra=["--max-message-bytes", str(64 << 10), "--stats-every", "0.2"]
+    tiny_repo, stats=stats, extra=[f"--max_message_bytes={64 << 10}", "--stats_every=0.2"]
   )
   yield {"proc": proc, "port": port, "url": f"127.0.0.1:{port}", "stats": stats}
+  stop_server(proc)
+
+
+@pytest.fixture(scope="module")
+def http_server(tiny_repo):
+  """A `python -m launch.serve` process with gRPC and HTTP (free ports), a 64 KiB message limit."""
+  proc, port = start_server(tiny_repo, http_port=0, extra=[f"--max_message_bytes={64 << 10}"])
+  yield {"proc": proc, "url": f"127.0.0.1:{port}", "http": f"127.0.0.1:{proc.http_port}"}
   stop_server(proc)

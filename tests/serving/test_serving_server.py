@@ -18,7 +18,7 @@ import tritonclient.grpc as tg
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from common.serving import repository
-from common.serving.process import env, start_server
+from common.serving.process import child_env, start_server
 from tests.serving.tiny_models import add_model
 
 
@@ -161,7 +161,11 @@ def test_sigterm_finishes_in_flight_requests(tiny_repo, tmp_path):
 
 def _serve_cli(*args):
   return subprocess.run(
-    [sys.executable, "-m", "launch.serve", *args], capture_output=True, text=True, env=env(), timeout=120
+    [sys.executable, "-m", "launch.serve", *args],
+    capture_output=True,
+    text=True,
+    env=child_env(),
+    timeout=120,
   )
 
 

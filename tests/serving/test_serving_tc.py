@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from common.serving import link, repository
-from common.serving.process import env, start_server, stop_server
+from common.serving.process import child_env, start_server, stop_server
 from common.traces import Trace
 from tests.serving.tiny_models import echo_model
 
@@ -68,7 +68,7 @@ def test_constant_1mbit_link_measures_1mbit(tmp_path):
         [*net.device_prefix, sys.executable, "-c", DEVICE, *args],
         capture_output=True,
         text=True,
-        env=env(),
+        env=child_env(),
         timeout=120,
       )
     finally:
@@ -87,7 +87,7 @@ def test_constant_1mbit_link_measures_1mbit(tmp_path):
 
 
 def test_tc_without_iproute2_is_one_line_naming_pacer(tmp_path):
-  no_tc = {**env(), "PATH": str(tmp_path)}  # no ip, no tc
+  no_tc = {**child_env(), "PATH": str(tmp_path)}  # no ip, no tc
   args = [
     "deploy",
     "--config=agile/configs/quick.py:fast",

@@ -1,0 +1,109 @@
+"""A stock Triton server on a model repository: NVIDIA's `tritonserver` (the one the
+`nvidia-pytriton` wheel ships, Python backend only) with each repository model bound as a Python
+callable that runs its `model.onnx` in onnxruntime, so that the device runtime and the
+benchmarks can be held against Triton itself.
+
+  <python with nvidia-pytriton> -m common.serving.triton --repository DIR [--host 127.0.0.1 --port 0 \
+      --http_port 0]
+
+prints `serving N models on HOST:PORT (gRPC) and HOST:M (HTTP)` once ready, like `edgeinfer
+serve`, and stops on SIGTERM. nvidia-pytriton 0.7 needs numpy < 2 and the project's JAX needs
+numpy >= 2, so this runs in an interpreter of its own (`pip install -r
+common/serving/triton-requirements.txt` in a second virtual environment; `start_triton` in
+common.serving.process starts it). It imports nothing from the project but the repository
+loader (numpy, onnxruntime, protobuf and tritonclient, which pytriton brings). The Python
+backend's stub links the system libpython3.x; an interpreter of another build (pyenv) needs
+its own LIBDIR first on LD_LIBRARY_PATH, which this sets before the server starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import sys
+import sysconfig
+import threading
+
+
+def _free_port(host: str) -> int:
+  with socket.socket() as s:
+    s.bind((host, 0))
+    return s.getsockname()[1]
+
+
+def infer_fn(model):
+  """pytriton's callable for one repository model: every request through its onnxruntime session."""
+
+  def infer(requests):
+    return [
+      dict(zip([o.name for o in model.outputs], model.run(dict(r.data)), strict=True)) for r in requests
+    ]
+
+  return infer
+
+
+def bind(triton, models: dict) -> None:
+  """Every version of every model of `repository.load_repository` bound with full shapes (no batching)."""
+  import numpy as np
+  from pytriton.model_config import ModelConfig, Tensor
+
+  from common.serving import repository
+
+  for versions in models.values():
+    for m in versions.values():
+      triton.bind(
+        model_name=m.name,
+        model_version=int(m.version),
+        infer_func=infer_fn(m),
+        inputs=[
+          Tensor(name=s.name, dtype=np.dtype(repository.NUMPY[s.datatype]), shape=s.shape) for s in m.inputs
+        ],
+        outputs=[
+          Tensor(name=s.name, dtype=np.dtype(repository.NUMPY[s.datatype]), shape=s.shape) for s in m.outputs
+        ],
+        config=ModelConfig(batching=False),
+        strict=True,
+      )
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(prog="python -m common.serving.triton", description=__doc__.splitlines()[0])
+  p.add_argument("--repository", required=True)
+  p.add_argument("--host", default="127.0.0.1")
+  p.add_argument("--port", type=int, default=0, help="gRPC (0 picks a free one)")
+  p.add_argument("--http_port", type=int, default=0, help="HTTP (0 picks a free one)")
+  a = p.parse_args(argv)
+  libdir = sysconfig.get_config_var("LIBDIR")
+  os.environ["LD_LIBRARY_PATH"] = os.pathsep.join(x for x in (libdir, os.environ.get("LD_LIBRARY_PATH")) if x)
+  from pytriton.triton import Triton, TritonConfig
+
+  from common.serving import repository
+
+  models = repository.load_repository(a.repository)
+  grpc_port, http_port = a.port or _free_port(a.host), a.http_port or _free_port(a.host)
+  config = TritonConfig(
+    grpc_address=a.host,
+    grpc_port=grpc_port,
+    http_address=a.host,
+    http_port=http_port,
+    metrics_port=_free_port(a.host),
+    log_verbose=0,
+  )
+  stop = threading.Event()
+  for sig in (signal.SIGTERM, signal.SIGINT):
+    signal.signal(sig, lambda *_: stop.set())
+  with Triton(config=config) as triton:
+    bind(triton, models)
+    triton.run()
+    print(
+      f"serving {len(models)} models on {a.host}:{grpc_port} (gRPC) and {a.host}:{http_port} (HTTP)",
+      flush=True,
+    )
+    stop.wait()
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

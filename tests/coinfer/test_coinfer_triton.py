@@ -1,0 +1,69 @@
+"""Conformance with a stock Triton server: the quick coinfer run's repository served by NVIDIA's
+`tritonserver` (the nvidia-pytriton wheel's, each model.onnx run in onnxruntime by a Python
+callable, `common.serving.triton`) and by edgeinfer's server; the device runtime streams every
+exported setup against both: every frame answered, the same predictions, accuracy and bytes per
+frame. Marked `triton` (its own CI tier): pytriton needs numpy < 2, so it lives in a second
+interpreter, EDGEINFER_TRITON_PYTHON (default .venv-triton/bin/python in the checkout; make it
+with `python3 -m venv .venv-triton && .venv-triton/bin/pip install -r requirements-triton.txt`)."""
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from coinfer import deploy
+from coinfer.traces import Trace
+from common.serving import device as dev
+from common.serving.process import ROOT, start_server, start_triton, stop_server
+
+pytestmark = pytest.mark.triton
+FAST_LINK = Trace("fast", np.asarray([0.0]), np.asarray([1e9]), 10.0)
+FRAMES = 48
+
+
+def triton_python() -> str:
+  path = os.environ.get("EDGEINFER_TRITON_PYTHON") or str(ROOT / ".venv-triton" / "bin" / "python")
+  if not Path(path).exists():
+    pytest.fail(
+      f"no interpreter with nvidia-pytriton at {path}: python3 -m venv .venv-triton && "
+      ".venv-triton/bin/pip install -r requirements-triton.txt (or set EDGEINFER_TRITON_PYTHON)"
+    )
+  return path
+
+
+def stream_every_setup(dep, url: str) -> dict:
+  """setup -> the device runtime's record of FRAMES frames with that setup fixed, against `url`."""
+  client = dev.Client(url)
+  client.connect(60.0)
+  stream = deploy.stream_settings(dep, fps=100.0, deadline_s=5.0)
+  try:
+    return {
+      name: deploy.run(dep, client, FAST_LINK, frames=FRAMES, controller=f"fixed:{name}", stream=stream)
+      for name in dep.names
+    }
+  finally:
+    client.close()
+
+
+def test_device_runtime_against_stock_triton_as_against_edgeinfer(coinfer_fast_run):
+  workdir = coinfer_fast_run[0]
+  repo = workdir / "exports" / "repository"
+  dep = deploy.load(workdir)
+  records = {}
+  for server, start in (
+    ("edgeinfer", start_server),
+    ("triton", lambda r: start_triton(r, python=triton_python())),
+  ):
+    proc, port = start(repo)
+    try:
+      records[server] = stream_every_setup(dep, f"127.0.0.1:{port}")
+    finally:
+      stop_server(proc)
+  for name in dep.names:
+    ours, theirs = records["edgeinfer"][name], records["triton"][name]
+    assert theirs["summary"]["status"]["ok"] == FRAMES, (name, theirs["summary"])
+    assert ours["summary"]["status"]["ok"] == FRAMES, (name, ours["summary"])
+    assert theirs["frames"]["prediction"] == ours["frames"]["prediction"], name
+    assert theirs["summary"]["accuracy"] == ours["summary"]["accuracy"], name
+    assert theirs["summary"]["bytes_per_frame"] == ours["summary"]["bytes_per_frame"], name
