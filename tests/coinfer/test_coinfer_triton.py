@@ -13,12 +13,13 @@ import numpy as np
 import pytest
 
 from coinfer import deploy
-from coinfer.traces import Trace
 from common.serving import device as dev
+from common.serving.link import Link
 from common.serving.process import ROOT, start_server, start_triton, stop_server
+from common.traces import Trace
 
 pytestmark = pytest.mark.triton
-FAST_LINK = Trace("fast", np.asarray([0.0]), np.asarray([1e9]), 10.0)
+FAST_LINK = Link(Trace("fast", np.asarray([0.0]), np.asarray([1e9]), 10.0))
 FRAMES = 48
 
 
