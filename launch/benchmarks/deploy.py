@@ -13,7 +13,7 @@
 
   python -m launch.bench deploy --load [--load-streams 32 --load-seconds 60 --load-fps 20]
 
-instead runs the runtime under load and faults (`launch.benchmarks.deploy_load`, full form):
+instead runs the runtime under load and faults (`common.serving.faults`, full form):
 32 device streams for 60 s against one server process, every answer checked against its own
 input's expected output; a stream through two server kills and restarts; a stream over a link
 at zero rate for 5 s; healthy streams beside a garbage-sending device. The model is the
@@ -57,8 +57,7 @@ def _load(url: str, repo: Path, model: str, feeds: dict, streams: int, seconds: 
 
 
 def _load_model(args) -> tuple[Path, str]:
-  from common.serving import repository
-  from launch.benchmarks import deploy_load
+  from common.serving import faults, repository
 
   repo = Path(args.workdir) / "exports" / "repository"
   if repo.is_dir():
@@ -69,7 +68,7 @@ def _load_model(args) -> tuple[Path, str]:
     }
     return repo, max(size, key=size.get)
   repo = Path(args.out) / "load_repository"
-  return repo, deploy_load.wire_repository(repo)
+  return repo, faults.wire_repository(repo)
 
 
 def _strip(rec: dict) -> dict:
@@ -80,7 +79,7 @@ def run_load(args) -> dict:
   """The full form of the load and fault scenarios (tests/serving/test_serving_faults.py: short)."""
   import os
 
-  from launch.benchmarks import deploy_load as dl
+  from common.serving import faults as dl
 
   if min(args.load_streams, args.load_processes) < 1 or not (args.load_seconds > 0 and args.load_fps > 0):
     from common.errors import ConfigError

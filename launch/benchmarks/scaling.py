@@ -6,7 +6,7 @@
 Each device count runs in its own process (the device count is fixed when JAX
 starts): on a CPU with `--xla_force_host_platform_device_count=N`, on GPUs with
 `CUDA_VISIBLE_DEVICES` set to the first N. Every step is the one its trainer
-builds (`common.sharding.jit_step`, see scaling_steps.py) on a tiny model, at
+builds (`common.sharding.jit_step`, see launch/tiny_steps.py) on a tiny model, at
 the same global batch for every device count; the median over `--repeats` of
 `--steps` steps is timed after a warm-up that compiles.
 
@@ -23,7 +23,7 @@ import os
 import subprocess
 import sys
 
-from launch.benchmarks.scaling_steps import BUILDERS
+from launch.tiny_steps import BUILDERS
 
 
 def add_args(parser) -> None:

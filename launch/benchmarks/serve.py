@@ -98,13 +98,12 @@ def client_call(protocol: str, url: str, model, feeds: dict, expected: np.ndarra
 
 def pick_model(workdir: Path, out_dir: Path):
   """(repository, Model): the largest model of the run's repository, else the wire decoder."""
-  from common.serving import repository
-  from launch.benchmarks import deploy_load
+  from common.serving import faults, repository
 
   repo = workdir / "exports" / "repository"
   if not repo.is_dir():
     repo = out_dir / "wire_repository"
-    deploy_load.wire_repository(repo)
+    faults.wire_repository(repo)
   newest = [max(v.values(), key=lambda m: int(m.version)) for v in repository.load_repository(repo).values()]
   return repo, max(newest, key=lambda m: sum(s.nbytes for s in m.inputs))
 

@@ -16,7 +16,7 @@ import optax
 from jax.sharding import PartitionSpec
 
 from common import sharding
-from launch.benchmarks.scaling_steps import BUILDERS, batch_of, copy
+from launch.tiny_steps import BUILDERS, batch_of, copy
 
 TOL = 2e-5  # float reassociation of the gradient all-reduce (float32)
 

@@ -6,7 +6,7 @@ is accounted for (ok, late or lost, with its reason). Real server processes on l
 import numpy as np
 import pytest
 
-from launch.benchmarks import deploy_load
+from common.serving import faults
 
 SHAPE = (4, 4, 8)  # 128 payload bytes + 64 bytes of ranges: the smallest wire decoder worth the name
 
@@ -14,7 +14,7 @@ SHAPE = (4, 4, 8)  # 128 payload bytes + 64 bytes of ranges: the smallest wire d
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory):
   d = tmp_path_factory.mktemp("faults_repo")
-  return d, deploy_load.wire_repository(d, SHAPE, 8)
+  return d, faults.wire_repository(d, SHAPE, 8)
 
 
 def _complete(rec, frames):
@@ -27,7 +27,7 @@ def _complete(rec, frames):
 
 def test_load_every_request_gets_its_own_answer(repo, tmp_path):
   d, model = repo
-  out = deploy_load.run_load(
+  out = faults.run_load(
     d, model, streams=8, seconds=3.0, fps=20.0, deadline_s=5.0, processes=2, workdir=tmp_path
   )
   assert out["frames"] == 8 * 60 and out["unaccounted"] == 0
@@ -39,7 +39,7 @@ def test_load_every_request_gets_its_own_answer(repo, tmp_path):
 
 def test_server_killed_and_restarted_twice(repo, tmp_path):
   d, model = repo
-  out = deploy_load.run_restarts(d, model, fps=20.0, deadline_s=1.0, up_s=1.0, down_s=0.5, workdir=tmp_path)
+  out = faults.run_restarts(d, model, fps=20.0, deadline_s=1.0, up_s=1.0, down_s=0.5, workdir=tmp_path)
   _complete(out, out["frames"])
   assert [e for e, _ in out["events"]] == ["killed", "serving again"] * 2
   assert out["status"]["lost"] >= 2 and out["recoveries"] == 2, out["statuses"]
@@ -51,7 +51,7 @@ def test_server_killed_and_restarted_twice(repo, tmp_path):
 
 def test_link_at_zero_rate_counts_the_frames_and_goes_on(repo):
   d, model = repo
-  out = deploy_load.run_outage(
+  out = faults.run_outage(
     d, model, seconds=6.0, fps=20.0, deadline_s=0.5, rate_bps=1e6, start_s=1.0, length_s=3.0
   )
   _complete(out, 120)
@@ -64,7 +64,7 @@ def test_link_at_zero_rate_counts_the_frames_and_goes_on(repo):
 
 def test_garbage_device_beside_healthy_ones(repo, tmp_path):
   d, model = repo
-  out = deploy_load.run_garbage(d, model, streams=3, seconds=3.0, fps=20.0, deadline_s=5.0, workdir=tmp_path)
+  out = faults.run_garbage(d, model, streams=3, seconds=3.0, fps=20.0, deadline_s=5.0, workdir=tmp_path)
   assert out["server_alive"] and out["healthy_errors"] == 0 and out["wrong"] == 0
   assert out["status"] == {"ok": 180, "late": 0, "lost": 0}, out
   g = out["garbage"]
