@@ -170,14 +170,42 @@ def served_model(repo, name: str) -> repository.Model:
 # ---------------------------------------------------------------- the garbage device
 
 
-def _request_bytes(model: repository.Model, feeds: dict) -> bytes:
+def _wrong_fields(good: bytes, rng) -> bytes:
+  """A valid request with one field made wrong: huge dims, a bad datatype, a name, the model, a cut."""
   from tritonclient.grpc import service_pb2
 
-  req = service_pb2.ModelInferRequest(model_name=model.name, id="g")
-  for s in model.inputs:
-    req.inputs.add(name=s.name, datatype=s.datatype, shape=s.shape)
-    req.raw_input_contents.append(np.ascontiguousarray(feeds[s.name]).tobytes())
+  req = service_pb2.ModelInferRequest.FromString(good)
+  t = req.inputs[int(rng.integers(len(req.inputs)))]
+  choice = int(rng.integers(5))
+  if choice == 0:
+    t.shape[:] = [int(rng.integers(1, 1 << 40)) for _ in range(int(rng.integers(1, 5)))]
+  elif choice == 1:
+    t.datatype = str(rng.choice(["FP64", "BYTES", "INT8", "", "\x00junk"]))
+  elif choice == 2:
+    t.name = bytes(rng.integers(0x20, 0x7F, 8, dtype=np.uint8)).decode()
+  elif choice == 3:
+    req.model_name = req.model_name + "x"
+  else:
+    req.raw_input_contents[0] = req.raw_input_contents[0][: int(rng.integers(len(req.raw_input_contents[0])))]
   return req.SerializeToString()
+
+
+def _flipped(good: bytes, rng) -> bytes:
+  b = bytearray(good)
+  for i in rng.integers(0, len(b), int(rng.integers(1, 16))):
+    b[i] = int(rng.integers(256))
+  return bytes(b[: int(rng.integers(1, len(b) + 1))])
+
+
+def _raw_tcp(url: str, rng, seen) -> None:
+  """512 random bytes on a plain TCP connection: not HTTP/2 at all."""
+  host, port = url.rsplit(":", 1)
+  try:
+    with socket.create_connection((host, int(port)), timeout=1) as s:
+      s.sendall(bytes(rng.integers(0, 256, 512, dtype=np.uint8)))
+    seen["raw tcp"]["sent"] += 1
+  except OSError as e:
+    seen["raw tcp"][type(e).__name__] += 1
 
 
 def garbage(url: str, model: repository.Model, feeds: dict, stop: threading.Event, seed: int = 0) -> dict:
@@ -185,57 +213,24 @@ def garbage(url: str, model: repository.Model, feeds: dict, stop: threading.Even
   no protobuf, valid requests with random bytes flipped or cut, requests with wrong shapes,
   datatypes, names and huge dims, and messages past the size limit. Returns {kind: {status: n}}."""
   import grpc
-  from tritonclient.grpc import service_pb2
 
   rng = np.random.default_rng(seed)
-  good = _request_bytes(model, feeds)
+  good = dev.infer_request(dev.Request(model.name, feeds, model.outputs[0].name), "g").SerializeToString()
   seen: dict = collections.defaultdict(collections.Counter)
-  host, port = url.rsplit(":", 1)
-  opts = [("grpc.max_send_message_length", 64 << 20)]
-  ch = grpc.insecure_channel(url, options=opts)
+  ch = grpc.insecure_channel(url, options=[("grpc.max_send_message_length", 64 << 20)])
   call = ch.unary_unary("/inference.GRPCInferenceService/ModelInfer")
-
-  def shaped():
-    req = service_pb2.ModelInferRequest.FromString(good)
-    t = req.inputs[int(rng.integers(len(req.inputs)))]
-    choice = int(rng.integers(5))
-    if choice == 0:
-      t.shape[:] = [int(rng.integers(1, 1 << 40)) for _ in range(int(rng.integers(1, 5)))]
-    elif choice == 1:
-      t.datatype = str(rng.choice(["FP64", "BYTES", "INT8", "", "\x00junk"]))
-    elif choice == 2:
-      t.name = bytes(rng.integers(0x20, 0x7F, 8, dtype=np.uint8)).decode()
-    elif choice == 3:
-      req.model_name = req.model_name + "x"
-    else:
-      req.raw_input_contents[0] = req.raw_input_contents[0][
-        : int(rng.integers(len(req.raw_input_contents[0])))
-      ]
-    return req.SerializeToString()
-
-  def flipped():
-    b = bytearray(good)
-    for i in rng.integers(0, len(b), int(rng.integers(1, 16))):
-      b[i] = int(rng.integers(256))
-    return bytes(b[: int(rng.integers(1, len(b) + 1))])
-
   kinds = {
     "not protobuf": lambda: b"\xff\xff\xff\xff\x0f" + bytes(rng.integers(0, 256, 64, dtype=np.uint8)),
-    "flipped bytes": flipped,
-    "wrong fields": shaped,
+    "flipped bytes": lambda: _flipped(good, rng),
+    "wrong fields": lambda: _wrong_fields(good, rng),
     "oversize": lambda: good + b"\x00" * (8 << 20),
   }
   try:
     n = 0
     while not stop.is_set():
       n += 1
-      if n % 10 == 0:  # not HTTP/2 at all
-        try:
-          with socket.create_connection((host, int(port)), timeout=1) as s:
-            s.sendall(bytes(rng.integers(0, 256, 512, dtype=np.uint8)))
-          seen["raw tcp"]["sent"] += 1
-        except OSError as e:
-          seen["raw tcp"][type(e).__name__] += 1
+      if n % 10 == 0:
+        _raw_tcp(url, rng, seen)
         continue
       kind = list(kinds)[n % len(kinds)]
       try:

@@ -82,38 +82,34 @@ def decode(payload: bytes | np.ndarray, ranges: np.ndarray, shape: tuple, bits: 
   return (mn + codes * safe / np.float32(2**bits - 1))[None].astype(np.float32)
 
 
-def onnx_decoder(shape: tuple, bits: int, *, out_name: str = "z", opset: int = 17):
-  """An ONNX graph (PAYLOAD uint8 [n], RANGES float [2, c]) -> `out_name` float [1, H, W, c]
-  equal to `decode`. Bits are taken out of each byte with BitShift and Mod 2, and each code
-  is the dot product of its b bits with the powers of two."""
-  import onnx
-  from onnx import TensorProto, helper, numpy_helper
+def _decoder_initializers(h: int, w: int, c: int, bits: int) -> list:
+  from onnx import numpy_helper
 
-  _check_bits(bits)
-  h, w, c = (int(v) for v in shape)
   count = h * w * c
   n = payload_bytes(count, bits)
+  consts = {
+    "shifts": np.arange(8, dtype=np.uint8)[None, :],
+    "two": np.asarray([2], np.uint8),
+    "flat": np.asarray([n * 8], np.int64),
+    "starts": np.asarray([0], np.int64),
+    "ends": np.asarray([count * bits], np.int64),
+    "code_shape": np.asarray([count, bits], np.int64),
+    "powers": (2.0 ** np.arange(bits, dtype=np.float32))[:, None].astype(np.float32),
+    "out_shape": np.asarray([1, h, w, c], np.int64),
+    "axis1": np.asarray([1], np.int64),
+    "guard": np.asarray(RANGE_GUARD, np.float32),
+    "one": np.asarray(1.0, np.float32),
+    "inv_levels": np.asarray(1.0 / (2**bits - 1), np.float32),
+    "idx0": np.asarray(0, np.int64),
+    "idx1": np.asarray(1, np.int64),
+  }
+  return [numpy_helper.from_array(np.asarray(v), k) for k, v in consts.items()]
 
-  def const(name, arr):
-    return numpy_helper.from_array(np.asarray(arr), name)
 
-  inits = [
-    const("shifts", np.arange(8, dtype=np.uint8)[None, :]),
-    const("two", np.asarray([2], np.uint8)),
-    const("flat", np.asarray([n * 8], np.int64)),
-    const("starts", np.asarray([0], np.int64)),
-    const("ends", np.asarray([count * bits], np.int64)),
-    const("code_shape", np.asarray([count, bits], np.int64)),
-    const("powers", (2.0 ** np.arange(bits, dtype=np.float32))[:, None].astype(np.float32)),
-    const("out_shape", np.asarray([1, h, w, c], np.int64)),
-    const("axis1", np.asarray([1], np.int64)),
-    const("guard", np.asarray(RANGE_GUARD, np.float32)),
-    const("one", np.asarray(1.0, np.float32)),
-    const("inv_levels", np.asarray(1.0 / (2**bits - 1), np.float32)),
-    const("idx0", np.asarray(0, np.int64)),
-    const("idx1", np.asarray(1, np.int64)),
-  ]
-  nodes = [
+def _decoder_nodes(out_name: str) -> list:
+  from onnx import TensorProto, helper
+
+  return [
     helper.make_node("Unsqueeze", ["PAYLOAD", "axis1"], ["p2"]),
     helper.make_node("BitShift", ["p2", "shifts"], ["sh"], direction="RIGHT"),
     helper.make_node("Mod", ["sh", "two"], ["bit"]),
@@ -132,15 +128,27 @@ def onnx_decoder(shape: tuple, bits: int, *, out_name: str = "z", opset: int = 1
     helper.make_node("Mul", ["q", "scale"], ["qs"]),
     helper.make_node("Add", ["qs", "mn"], [out_name]),
   ]
+
+
+def onnx_decoder(shape: tuple, bits: int, *, out_name: str = "z", opset: int = 17):
+  """An ONNX graph (PAYLOAD uint8 [n], RANGES float [2, c]) -> `out_name` float [1, H, W, c]
+  equal to `decode`. Bits are taken out of each byte with BitShift and Mod 2, and each code
+  is the dot product of its b bits with the powers of two."""
+  import onnx
+  from onnx import TensorProto, helper
+
+  _check_bits(bits)
+  h, w, c = (int(v) for v in shape)
+  n = payload_bytes(h * w * c, bits)
   graph = helper.make_graph(
-    nodes,
+    _decoder_nodes(out_name),
     "wire_decoder",
     [
       helper.make_tensor_value_info("PAYLOAD", TensorProto.UINT8, [n]),
       helper.make_tensor_value_info("RANGES", TensorProto.FLOAT, [2, c]),
     ],
     [helper.make_tensor_value_info(out_name, TensorProto.FLOAT, [1, h, w, c])],
-    initializer=inits,
+    initializer=_decoder_initializers(h, w, c, bits),
   )
   model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
   onnx.checker.check_model(model)
