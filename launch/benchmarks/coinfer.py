@@ -105,31 +105,30 @@ def train_step_speed(repeats: int) -> dict:
   return {"batch": bs, "setups_per_step": int(ids.shape[0]), **steps.before_after(make, repeats)}
 
 
-def run(args) -> dict:
+def _solver_timings(prof, horizon: int, n_states: int, n_reference: int) -> dict:
+  """Each MPC solver's decision time on states a DP-MPC meets on a Markov trace, and its first
+  choices and objectives against the plain MILP's."""
   from coinfer import compress, simulate
   from coinfer import controller as C
   from common import traces
 
-  prof = _profile(args.workdir)
-  H = args.horizon
-  # realistic states: those a DP-MPC meets on a Markov trace
   states = []
-  dp = C.make_mpc(prof, H, method="dp")
+  dp = C.make_mpc(prof, horizon, method="dp")
 
   def recording(s, state):
     states.append(s)
     return dp.update(s, state)
 
-  simulate.run(C.Controller(dp.init, recording), traces.markov(7, 120.0), profile=prof, frames=args.states)
-  ref_states = states[:: max(1, len(states) // args.reference_states)][: args.reference_states]
-  out = {"setups": len(prof.bits), "horizon": H}
-  plain = C.make_mpc(prof, H, method="milp", reduce=False)
+  simulate.run(C.Controller(dp.init, recording), traces.markov(7, 120.0), profile=prof, frames=n_states)
+  ref_states = states[:: max(1, len(states) // n_reference)][:n_reference]
+  out = {"setups": len(prof.bits), "horizon": horizon}
+  plain = C.make_mpc(prof, horizon, method="milp", reduce=False)
   out["plain_milp_50"], ref_picks, ref_values = _timed(plain, ref_states)
   methods = {
-    "pareto_milp": C.make_mpc(prof, H, method="milp"),
-    "pareto_relax_round": C.make_mpc(prof, H, method="relax"),
-    "pareto_dp": C.make_mpc(prof, H, method="dp"),
-    "full_dp": C.make_mpc(prof, H, method="dp", reduce=False),
+    "pareto_milp": C.make_mpc(prof, horizon, method="milp"),
+    "pareto_relax_round": C.make_mpc(prof, horizon, method="relax"),
+    "pareto_dp": C.make_mpc(prof, horizon, method="dp"),
+    "full_dp": C.make_mpc(prof, horizon, method="dp", reduce=False),
   }
   for name, ctl in methods.items():
     timing, _, _ = _timed(ctl, states)
@@ -151,50 +150,71 @@ def run(args) -> dict:
   out["pareto_setups"] = [
     prof.names[i] for i in compress.pareto_front(prof.bits, prof.accuracy, prof.t_dev + prof.t_srv)
   ]
-  # controllers on synthetic traces
+  return out
+
+
+KEYS = (
+  "accuracy",
+  "expected_accuracy",
+  "timely_accuracy",
+  "deadline_miss_rate",
+  "mean_latency_s",
+  "p95_latency_s",
+)
+
+
+def _controllers_on_traces(prof, horizon: int, seeds: int, frames: int) -> dict:
+  """Every controller on every synthetic trace kind and seed: {trace: {controller: summary}}."""
+  from coinfer import controller as C
+  from coinfer import simulate
+  from common import traces
+
   per = {}
   for kind in ("markov", "random_walk", "step"):
-    for seed in range(args.seeds):
+    for seed in range(seeds):
       tr = traces.synthetic(kind, seed, 120.0)
       ctls = {
-        "mpc": C.make_mpc(prof, H, method="dp"),
+        "mpc": C.make_mpc(prof, horizon, method="dp"),
         "rate": C.make_rate_based(prof),
         "buffer": C.make_buffer_based(prof),
         "fixed": C.make_fixed(int(np.argsort(prof.bits)[len(prof.bits) // 2])),
         "oracle": C.make_oracle(prof, tr),
       }
       per[tr.name] = {
-        n: simulate.run(c, tr, profile=prof, frames=args.frames, seed=seed)["summary"]
-        for n, c in ctls.items()
+        n: simulate.run(c, tr, profile=prof, frames=frames, seed=seed)["summary"] for n, c in ctls.items()
       }
-  keys = (
-    "accuracy",
-    "expected_accuracy",
-    "timely_accuracy",
-    "deadline_miss_rate",
-    "mean_latency_s",
-    "p95_latency_s",
-  )
+  return per
+
+
+def _compare(per: dict) -> dict:
   mean = {
-    n: {k: float(np.mean([p[n][k] for p in per.values()])) for k in keys} for n in next(iter(per.values()))
+    n: {k: float(np.mean([p[n][k] for p in per.values()])) for k in KEYS} for n in next(iter(per.values()))
   }
-  out["traces_mean"] = mean
-  out["mpc_vs_rate"] = {
-    "miss_rate_mpc": mean["mpc"]["deadline_miss_rate"],
-    "miss_rate_rate": mean["rate"]["deadline_miss_rate"],
-    "expected_accuracy_mpc": mean["mpc"]["expected_accuracy"],
-    "expected_accuracy_rate": mean["rate"]["expected_accuracy"],
-    "timely_accuracy_mpc": mean["mpc"]["timely_accuracy"],
-    "timely_accuracy_rate": mean["rate"]["timely_accuracy"],
-    "traces_mpc_fewer_misses": int(
+  out = {"traces_mean": mean}
+  names = {
+    "miss_rate": "deadline_miss_rate",
+    "expected_accuracy": "expected_accuracy",
+    "timely_accuracy": "timely_accuracy",
+  }
+  out["mpc_vs_rate"] = {f"{n}_{c}": mean[c][k] for n, k in names.items() for c in ("mpc", "rate")}
+  out["mpc_vs_rate"].update(
+    traces_mpc_fewer_misses=int(
       sum(p["mpc"]["deadline_miss_rate"] < p["rate"]["deadline_miss_rate"] for p in per.values())
     ),
-    "traces": len(per),
-  }
+    traces=len(per),
+  )
   out["mpc_margin_to_oracle"] = {
     k: mean["oracle"][k] - mean["mpc"][k]
     for k in ("timely_accuracy", "expected_accuracy", "deadline_miss_rate")
   }
+  return out
+
+
+def run(args) -> dict:
+  prof = _profile(args.workdir)
+  out = _solver_timings(prof, args.horizon, args.states, args.reference_states)
+  per = _controllers_on_traces(prof, args.horizon, args.seeds, args.frames)
+  out.update(_compare(per))
   out["per_trace"] = per
   out["targets"] = {
     "decision_median_under_5ms": out["pareto_dp"]["median_ms"] < 5.0,
