@@ -53,6 +53,7 @@ def preflight(config: ml_collections.ConfigDict, workdir: Path) -> None:
 
 def validate(config: ml_collections.ConfigDict) -> None:
   """Checks every user-settable value once; raises ConfigError naming key, value and range."""
+  cfg.check_types(config, app.load_config_file("agile/configs/quick.py"))
   cfg.check_seed(config)
   cfg.check_numbers(config)
   for key in ("model.remote_last_channels", "model.remote_stem_channels", "reference.top_channels"):

@@ -59,6 +59,7 @@ DEPS = {
 
 def validate(config: ml_collections.ConfigDict) -> None:
   """Checks the keys the steps read (ConfigError names key, value and what is allowed)."""
+  cfg_lib.check_types(config, app.load_config_file("coinfer/configs/quick.py"))
   cfg_lib.check_seed(config, "seed")
   cfg_lib.check_numbers(config)
   for key in ("init", "distill", "individual", "baselines"):
@@ -106,6 +107,24 @@ def validate(config: ml_collections.ConfigDict) -> None:
     )
   for ab in config.ablations:
     parse_ablation(ab, key="config.ablations")
+  _check_setups(config)
+
+
+def _check_setups(config: ml_collections.ConfigDict) -> None:
+  """The setup grid, the training bits and `individual.subset` against each other (the run's context
+  and the individual step would refuse them only after config.json is written)."""
+  setups = {s.name for s in compress.make_setups(config.setups.channels, config.setups.bits)}
+  if not set(config.setups.train_bits) & set(config.setups.bits):
+    raise ConfigError(
+      f"config.setups.train_bits = {list(config.setups.train_bits)}: none of them is in setups.bits"
+    )
+  for pair in config.individual.subset:
+    ok = isinstance(pair, list | tuple) and len(pair) == 2 and all(type(x) is int for x in pair)
+    if not ok or f"N{pair[0]}Q{pair[1]}" not in setups:
+      raise ConfigError(
+        f"config.individual.subset has {safeio.quote(pair)}: each entry must be a (channels, bits) "
+        "pair of the configured setups"
+      )
 
 
 def preflight(config, workdir: Path) -> None:

@@ -38,6 +38,7 @@ POLICIES = oreport.POLICIES
 
 def validate(c: ml_collections.ConfigDict) -> None:
   """Checks every key (ConfigError names key, value and allowed range)."""
+  cfg_lib.check_types(c, app.load_config_file("offload/configs/quick.py"))
   cfg_lib.check_seed(c)
   cfg_lib.check_numbers(c)
   cfg_lib.check_range(c, "metrics.classifiers.batch_size", 1, integer=True)

@@ -14,6 +14,7 @@ step rewrites report.md from what exists.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import jax
@@ -24,7 +25,7 @@ from common import app, checkpoint, cli, micro, provenance, safeio
 from common import config as cfg_lib
 from common import data as data_lib
 from common import report as report_lib
-from common.errors import DataError
+from common.errors import DataError, InfeasibleError
 from subnets import bnstats, knapsack, losses, models, surgery
 from subnets import train as train_lib
 from subnets.report import write_report
@@ -46,6 +47,7 @@ DEPS = {
 
 def validate(config: ml_collections.ConfigDict) -> None:
   """Checks every key the pipeline reads (ConfigError names key, value, allowed range)."""
+  cfg_lib.check_types(config, app.load_config_file("subnets/configs/quick.py"))
   cfg_lib.check_seed(config)
   cfg_lib.check_numbers(config)
   for key in ("pretrain.max_steps", "finetune.max_steps", "baselines.scratch_epochs"):
@@ -82,17 +84,17 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
 
 def load_data(config) -> tuple[data_lib.Dataset, data_lib.Dataset]:
-  limit = config.data.limit or None
-  if config.data.name == "speech_commands":
+  d = config.data
+  return _load_data(d.name, d.data_dir or None, d.image_size or None, d.limit or None)
+
+
+@functools.cache  # the preflight's feasibility check and the run's context read the same data once
+def _load_data(name: str, data_dir: str | None, image_size: int | None, limit: int | None):
+  if name == "speech_commands":
     from subnets.audio import load_speech_commands
 
-    return load_speech_commands(config.data.data_dir or None, limit)
-  return data_lib.load(
-    config.data.name,
-    data_dir=config.data.data_dir or None,
-    image_size=config.data.image_size or None,
-    limit=limit,
-  )
+    return load_speech_commands(data_dir, limit)
+  return data_lib.load(name, data_dir=data_dir, image_size=image_size, limit=limit)
 
 
 def model_config(config, num_classes: int) -> models.ModelConfig:
@@ -359,9 +361,26 @@ STEPS = {
 }
 
 
+def check_feasible(config) -> None:
+  """Refuses budgets the knapsack cannot meet (the smallest budget under the minimum widths' cost, a
+  peak-memory bound under them), naming config.knapsack.budgets and the smallest feasible budget."""
+  train_ds, _ = load_data(config)
+  costs = models.chain_costs(model_config(config, train_ds.num_classes), train_ds.image_shape)
+  k = config.knapsack
+  try:
+    knapsack.check_budgets(
+      list(model_config(config, train_ds.num_classes).widths), costs.pair, costs.unit, list(k.budgets),
+      in_width=costs.in_width, min_width=k.min_width, act_bytes=costs.act_bytes, peak_bytes=k.peak_bytes or None,
+    )  # fmt: skip
+  except InfeasibleError as e:
+    raise InfeasibleError(f"config.knapsack.budgets = {list(k.budgets)}: {e}") from None
+
+
 def preflight(config, workdir: Path) -> None:
-  """Refuses a workdir whose outputs were made from other config values (before anything is written)."""
+  """Everything that can refuse a run, before anything is written: outputs made from other config
+  values, and budgets the knapsack cannot meet."""
   provenance.check(workdir, config, DEPS)
+  check_feasible(config)
 
 
 def run_step(name: str, config, workdir, *, show_progress: bool = True) -> dict:

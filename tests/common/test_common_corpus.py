@@ -402,3 +402,57 @@ def test_malformed_input_is_one_line_exit_2_and_changes_nothing(case: Case, tmp_
 def test_the_corpus_holds_at_least_sixty_cases():
   assert len(CASES) >= 60
   assert len({c.id for c in CASES}) == len(CASES)
+
+
+# ---------------------------------------------------------------- every key set to a wrong type
+# In-process (a subprocess per key would cost minutes): each key of each config file and variant set
+# as a config file could set it, to a value of another type, must be refused by the validation that
+# runs before anything is written (`validate` of the technique; the quickstart's common stage), with
+# one line naming the key.
+WRONG = {bool: "yes", int: "abc", float: "abc", str: 3, tuple: 3, list: 3}
+VALIDATE = {
+  "launch": "launch.stages.common",  # the quickstart's config, validated by its common stage
+}
+# Keys whose validation lives where this change could not reach (launch/stages/common.py does not
+# check types yet: `cfg.check_types(config, app.load_config_file("launch/configs/quickstart.py"))`
+# first in its `validate` closes it). Listed exactly, so that closing a gap fails until it is removed.
+KNOWN_GAPS = {"launch": ["data.data_dir", "data.name", "export.enabled", "export.int8"]}
+
+
+def _wrong_type_cases() -> list[str]:
+  sys.path.insert(0, str(ROOT / "tests" / "common"))
+  from config_walk import config_args
+
+  return config_args()
+
+
+@pytest.mark.parametrize("config_arg", _wrong_type_cases())
+def test_every_key_set_to_a_wrong_type_is_one_line_naming_it(config_arg):
+  import importlib
+
+  from config_walk import field_type, leaves
+
+  from common import app
+  from common.errors import EdgeInferError
+
+  pkg = config_arg.split("/")[0]
+  validate = importlib.import_module(VALIDATE.get(pkg, f"{pkg}.pipeline")).validate
+  accepted, unnamed = [], []
+  for key, _ in leaves(app.load_config_file(config_arg)):
+    config = app.load_config_file(config_arg, lock=False)
+    *parents, leaf = key.split(".")
+    node = config
+    for part in parents:
+      node = node[part]
+    bad = WRONG[field_type(config, key)]
+    with node.ignore_type():
+      node[leaf] = bad
+    try:
+      validate(config)
+    except EdgeInferError as e:
+      if f"config.{key}" not in str(e) or "\n" in str(e):
+        unnamed.append((key, str(e)))
+      continue
+    accepted.append(key)
+  assert accepted == KNOWN_GAPS.get(pkg, []), f"{config_arg}: accepted a wrong type for {accepted}"
+  assert not unnamed, f"{config_arg}: the error does not name the key: {unnamed[:5]}"
