@@ -157,10 +157,22 @@ class Run:
     return obj
 
   def done(self, name: str, *also: str) -> dict | None:
-    """The result of `name` when it and the files `also` exist (the step then skips), else None."""
+    """The result of `name` when it and the files `also` exist (the step then skips), else None.
+
+    What a step skips to must be readable: each of `also` is read back (an `.npy` array or a
+    checkpoint folder), and a damaged one is an error naming it and the step that remakes it.
+    """
     if not all(self.path(a).exists() for a in also):
       return None
-    return safeio.load_json_if_present(self.path(f"{name}.json"), what=f"{name} result")
+    out = safeio.load_json_if_present(self.path(f"{name}.json"), what=f"{name} result")
+    if out is not None:
+      step = f"edgeinfer coinfer {name.split('_')[0]}"
+      for a in also:
+        if a.endswith(".npy"):
+          safeio.load_array(self.path(a), what=f"{name} result ({step} remakes it)")
+        else:
+          checkpoint.load_pytree(self.path(a), rerun=step)
+    return out
 
 
 def parse_ablation(name: str, *, key: str = "ablation") -> tuple[bool, bool, bool]:
@@ -385,7 +397,7 @@ def step_export(run: Run) -> dict:
   final = run.path("distill_I-D-C_final")
   if not final.exists():
     raise CheckpointError(f"no {final}; run `edgeinfer coinfer distill` first")
-  variables = checkpoint.load_pytree(final)
+  variables = checkpoint.load_pytree(final, rerun="edgeinfer coinfer distill")
   return run.save("export", export_lib.export_all(run.ctx, variables, run.workdir))
 
 

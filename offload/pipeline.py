@@ -165,6 +165,7 @@ def step_metrics(run: Run) -> dict:
 def step_train(run: Run) -> dict:
   done = train_lib.trained_iterations(run.workdir)
   if done is not None and done >= run.config.dqn.iterations:
+    train_lib.restore_dqn(run.config, run.workdir)  # what a step skips to must be readable
     return {"iterations": done, "skipped": True}
   data = run.data()  # (the metrics step first, when its files are missing)
   provenance.record_all(run.workdir, run.config, DEPS, "checkpoints")

@@ -243,7 +243,10 @@ def _perm_for(method: str, imp: dict, units) -> list[np.ndarray]:
 def step_finetune(run: Run) -> dict:
   out = run.path("finetune.json")
   if out.exists() and run.path("reds_variables").exists():
-    return safeio.load_json(out, what="fine-tuning result", keys=("dense_accuracy", "methods"))
+    result = safeio.load_json(out, what="fine-tuning result", keys=("dense_accuracy", "methods"))
+    reds_variables(run)  # what a step skips to must be readable
+    reds_bn_stats(run, result["methods"]["reds"]["widths"])
+    return result
   imp = step_importance(run)
   ks = step_knapsack(run, imp)
   c = run.config
@@ -310,7 +313,9 @@ def step_finetune(run: Run) -> dict:
 
 def reds_variables(run: Run) -> dict:
   like = models.init_variables(run.mcfg, jax.random.key(0), run.shape)
-  return checkpoint.load_pytree(run.path("reds_variables").absolute(), like)
+  return checkpoint.load_pytree(
+    run.path("reds_variables").absolute(), like, rerun="edgeinfer subnets finetune"
+  )
 
 
 def reds_bn_stats(run: Run, widths) -> list[dict] | None:
@@ -319,7 +324,7 @@ def reds_bn_stats(run: Run, widths) -> list[dict] | None:
     return None
   like = models.init_variables(run.mcfg, jax.random.key(0), run.shape)
   like = {str(k): surgery.slice_variables(like, run.mcfg, w)["batch_stats"] for k, w in enumerate(widths)}
-  got = checkpoint.load_pytree(run.path("reds_bn_stats").absolute(), like)
+  got = checkpoint.load_pytree(run.path("reds_bn_stats").absolute(), like, rerun="edgeinfer subnets finetune")
   return [got[str(k)] for k in range(len(widths))]
 
 
