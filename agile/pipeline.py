@@ -54,6 +54,7 @@ def preflight(config: ml_collections.ConfigDict, workdir: Path) -> None:
 
 def validate(config: ml_collections.ConfigDict) -> None:
   """Checks every user-settable value once; raises ConfigError naming key, value and range."""
+  cfg.check_types(config, app.load_config_file("agile/configs/quick.py"))
   cfg.check_seed(config)
   cfg.check_numbers(config)
   runner.validate(config)
@@ -126,7 +127,7 @@ class Run:
   @functools.cache  # noqa: B019 - one Run per command
   def _variables(self) -> dict:
     like = init_variables(self.model, jax.random.key(0), (self.config.input_size,) * 2 + (3,))
-    return ckpt_lib.load_pytree(self.path("agile_variables"), like)
+    return ckpt_lib.load_pytree(self.path("agile_variables"), like, rerun="edgeinfer agile train")
 
   @functools.cache  # noqa: B019
   def jax_outputs(self) -> tuple[np.ndarray, np.ndarray]:
@@ -175,7 +176,9 @@ def cost_summary(model: AgileNN, variables: dict, input_size: int) -> dict[str, 
 def step_train(run: Run) -> dict:
   out = run.path("train.json")
   if out.exists() and run.path("agile_variables").exists():
-    return safeio.load_json(out, what="training result", keys=("accuracy", "k"))
+    result = safeio.load_json(out, what="training result", keys=("accuracy", "k"))
+    run._variables()  # what a step skips to must be readable
+    return result
   provenance.record_all(
     run.workdir, run.config, DEPS, "reference", "checkpoints", "agile_variables", "train.json"
   )

@@ -17,15 +17,13 @@ from typing import Any
 
 import yaml
 
+from branching import netschema
+from branching.netschema import ACTIVATIONS, BLOCK_TYPES, DEVICES, STEM_TYPES  # noqa: F401 - re-exported
 from common import safeio
 from common.errors import ConfigError
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 PUBLISHED_DIR = CONFIG_DIR / "published"
-DEVICES = ("cpu", "gpu", "dsp")
-BLOCK_TYPES = ("res_basic_block", "res_bottleneck_block", "mbconv")
-STEM_TYPES = ("res_stem_in", "simple_stem_in")
-ACTIVATIONS = ("relu", "silu")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,71 +92,48 @@ def _err(name: str, key: str, value: Any, allowed: str) -> ConfigError:
   return ConfigError(f"{name}: ANYNET.{key} = {safeio.quote(value)}: {allowed}")
 
 
-def _pos_int(name, key, v, lo=1) -> int:
-  if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-    raise _err(name, key, v, f"must be an integer >= {lo}")
-  return v
-
-
-def _choice(name, key, v, choices) -> str:
-  if v not in choices:
-    raise _err(name, key, v, f"must be one of {list(choices)}")
-  return v
-
-
 def _nested(name, key, v, n_stages) -> list[list]:
   if not isinstance(v, list) or len(v) != n_stages:
     raise _err(name, key, v, f"must be a list of {n_stages} per-stage lists")
   return [x if isinstance(x, list) else [x] for x in v]
 
 
+def _per_stage(name, key, v, n_stages) -> list:
+  if len(v) != n_stages:
+    raise _err(name, key, v, f"must be a list of {n_stages} values, one per stage")
+  return v
+
+
 def from_dict(d: Mapping[str, Any], name: str = "config") -> NetConfig:
-  """Validates a parsed YAML document and builds the `NetConfig`."""
-  if not isinstance(d, Mapping) or not isinstance(d.get("ANYNET"), Mapping):
-    raise ConfigError(f"{name}: no ANYNET section; expected the pycls/NN-Stretch YAML schema")
+  """Validates a parsed YAML document (every key against `netschema.SCHEMA`, then the keys
+  against each other) and builds the `NetConfig`."""
+  netschema.check(d, name)
   a = dict(d["ANYNET"])
   model = dict(d.get("MODEL") or {})
-  required = ("STEM_TYPE", "STEM_W", "BLOCK_TYPE", "STRIDES", "DEPTHS", "WIDTHS", "BOT_MULS", "DEVICES")
-  missing = [k for k in required if k not in a]
-  if missing:
-    raise ConfigError(f"{name}: ANYNET is missing {missing}")
-  block = _choice(name, "BLOCK_TYPE", a["BLOCK_TYPE"], BLOCK_TYPES)
-  stem_type = _choice(name, "STEM_TYPE", a["STEM_TYPE"], STEM_TYPES)
-  devices = a["DEVICES"]
-  if not isinstance(devices, list) or not devices:
-    raise _err(name, "DEVICES", devices, f"must be a non-empty list from {list(DEVICES)}")
-  for dev in devices:
-    _choice(name, "DEVICES", dev, DEVICES)
-  depths = a["DEPTHS"]
-  if not isinstance(depths, list) or not depths:
-    raise _err(name, "DEPTHS", depths, "must be a non-empty list of per-stage lists")
-  n = len(depths)
-  depths = _nested(name, "DEPTHS", depths, n)
+  block, stem_type, devices = a["BLOCK_TYPE"], a["STEM_TYPE"], a["DEVICES"]
+  n = len(a["DEPTHS"])
+  depths = _nested(name, "DEPTHS", a["DEPTHS"], n)
   widths = _nested(name, "WIDTHS", a["WIDTHS"], n)
   strides = _nested(name, "STRIDES", a["STRIDES"], n)
   bot = a["BOT_MULS"]
-  if not isinstance(bot, list) or len(bot) != n:
+  if len(bot) != n:
     raise _err(name, "BOT_MULS", bot, f"must be a list of {n} numbers (or per-branch lists)")
   bot = [x if isinstance(x, list) else [x] * len(depths[i]) for i, x in enumerate(bot)]
   if block == "mbconv":
     gws = [[0] * len(dd) for dd in depths]
-    kernels = a.get("KERNELS")
-    if not isinstance(kernels, list) or len(kernels) != n:
-      raise _err(name, "KERNELS", kernels, f"mbconv needs a list of {n} kernel sizes")
+    if "KERNELS" not in a:
+      raise _err(name, "KERNELS", None, f"mbconv needs a list of {n} kernel sizes")
+    kernels = _per_stage(name, "KERNELS", a["KERNELS"], n)
   else:
     if "GROUP_WS" not in a:
       raise ConfigError(f"{name}: ANYNET.GROUP_WS is required for {block}")
     gws = _nested(name, "GROUP_WS", a["GROUP_WS"], n)
     kernels = [3] * n
   mb_ver = a.get("MB_VER", 2)
-  _choice(name, "MB_VER", mb_ver, (1, 2))
-  glob_act = a.get("ACTIVATION_FUN") if isinstance(a.get("ACTIVATION_FUN"), str) else None
-  glob_act = glob_act or model.get("ACTIVATION_FUN", "relu")
-  _choice(name, "MODEL.ACTIVATION_FUN", glob_act, ACTIVATIONS)
-  acts = a.get("ACTIVATION_FUN") if isinstance(a.get("ACTIVATION_FUN"), list) else []
-  widths_o = a.get("ORIGINAL_WIDTHS") or [sum(w) for w in widths]
-  if not isinstance(widths_o, list) or len(widths_o) != n:
-    raise _err(name, "ORIGINAL_WIDTHS", widths_o, f"must be a list of {n} widths")
+  act_a = a.get("ACTIVATION_FUN")
+  glob_act = (act_a if isinstance(act_a, str) else None) or model.get("ACTIVATION_FUN", "relu")
+  acts = act_a if isinstance(act_a, list) else []
+  widths_o = _per_stage(name, "ORIGINAL_WIDTHS", a.get("ORIGINAL_WIDTHS") or [sum(w) for w in widths], n)
   stages = []
   for i in range(n):
     nb = len(depths[i])
@@ -169,49 +144,30 @@ def from_dict(d: Mapping[str, Any], name: str = "config") -> NetConfig:
         raise _err(name, f"{key}[{i}]", lst[i], f"needs {nb} entries, one per branch of DEPTHS[{i}]")
     branches = []
     for j in range(nb):
-      dep = _pos_int(name, f"DEPTHS[{i}][{j}]", depths[i][j])
-      w = _pos_int(name, f"WIDTHS[{i}][{j}]", widths[i][j])
-      s = strides[i][j]
-      if isinstance(s, bool) or not isinstance(s, int) or s not in (1, 2):
-        raise _err(name, f"STRIDES[{i}][{j}]", s, "must be 1 or 2")
-      bm = bot[i][j]
-      if isinstance(bm, bool) or not isinstance(bm, int | float) or bm <= 0:
-        raise _err(name, f"BOT_MULS[{i}]", bm, "must be a positive number")
-      gw = gws[i][j]
-      if block != "mbconv":
-        _pos_int(name, f"GROUP_WS[{i}][{j}]", gw)
-        w_b = int(round(w * bm))
-        if w_b % gw:
-          raise _err(name, f"GROUP_WS[{i}][{j}]", gw, f"must divide the bottleneck width {w_b}")
+      w, bm, gw = widths[i][j], bot[i][j], gws[i][j]
+      if block != "mbconv" and int(round(w * bm)) % gw:
+        raise _err(name, f"GROUP_WS[{i}][{j}]", gw, f"must divide the bottleneck width {int(round(w * bm))}")
       act = acts[j] if j < len(acts) else glob_act
-      _choice(name, f"ACTIVATION_FUN[{j}]", act, ACTIVATIONS)
-      branches.append(Branch(devices[j], dep, w, s, float(bm), int(gw), act))
-    k = _pos_int(name, f"KERNELS[{i}]", kernels[i])
-    if k % 2 == 0:
-      raise _err(name, f"KERNELS[{i}]", k, "must be odd")
-    stages.append(Stage(tuple(branches), _pos_int(name, f"ORIGINAL_WIDTHS[{i}]", widths_o[i]), k))
-  tags = {}
-  for key in ("STEM_DEVICE", "HEAD_DEVICE", "MERGE_DEVICE"):
-    tags[key] = _choice(name, key, a.get(key, devices[0]), DEVICES)
-  other = {k: v for k, v in d.items() if k not in ("ANYNET",)}
+      branches.append(Branch(devices[j], depths[i][j], w, strides[i][j], float(bm), int(gw), act))
+    stages.append(Stage(tuple(branches), widths_o[i], kernels[i]))
   return NetConfig(
     name=name,
     block_type=block,
     stem_type=stem_type,
-    stem_w=_pos_int(name, "STEM_W", a["STEM_W"]),
-    stem_k=_pos_int(name, "STEM_K", a.get("STEM_K", 7 if stem_type == "res_stem_in" else 3)),
+    stem_w=a["STEM_W"],
+    stem_k=a.get("STEM_K", 7 if stem_type == "res_stem_in" else 3),
     stages=tuple(stages),
     devices=tuple(devices),
-    stem_device=tags["STEM_DEVICE"],
-    head_device=tags["HEAD_DEVICE"],
-    merge_device=tags["MERGE_DEVICE"],
-    num_classes=_pos_int(name, "MODEL.NUM_CLASSES", model.get("NUM_CLASSES", 1000), 2),
-    head_w=_pos_int(name, "HEAD_W", a.get("HEAD_W", 0), 0),
+    stem_device=a.get("STEM_DEVICE", devices[0]),
+    head_device=a.get("HEAD_DEVICE", devices[0]),
+    merge_device=a.get("MERGE_DEVICE", devices[0]),
+    num_classes=model.get("NUM_CLASSES", 1000),
+    head_w=a.get("HEAD_W", 0),
     mb_ver=mb_ver,
-    se_on=bool(a.get("SE_ON", False)),
+    se_on=a.get("SE_ON", False),
     se_r=float(a.get("SE_R", 0.25)),
     activation=glob_act,
-    other=other,
+    other={k: v for k, v in d.items() if k != "ANYNET"},
   )
 
 

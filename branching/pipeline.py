@@ -138,6 +138,7 @@ def preflight(config: ml_collections.ConfigDict, workdir: Path, overrides: Mappi
 
 def validate(config: ml_collections.ConfigDict, overrides: Mapping | None = None) -> None:
   """Checks every key the steps read and the flag overrides, before anything is written."""
+  ccfg.check_types(config, app.load_config_file("branching/configs/quick.py"))
   btrain.validate(config)
   ccfg.check_range(config, "run.image_size", 8, 1024, integer=True)
   ccfg.check_range(config, "run.threads", 1, 64, integer=True)

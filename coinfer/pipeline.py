@@ -60,6 +60,7 @@ DEPS = {
 
 def validate(config: ml_collections.ConfigDict) -> None:
   """Checks the keys the steps read (ConfigError names key, value and what is allowed)."""
+  cfg_lib.check_types(config, app.load_config_file("coinfer/configs/quick.py"))
   cfg_lib.check_seed(config, "seed")
   cfg_lib.check_numbers(config)
   runner.validate(config)
@@ -108,6 +109,24 @@ def validate(config: ml_collections.ConfigDict) -> None:
     )
   for ab in config.ablations:
     parse_ablation(ab, key="config.ablations")
+  _check_setups(config)
+
+
+def _check_setups(config: ml_collections.ConfigDict) -> None:
+  """The setup grid, the training bits and `individual.subset` against each other (the run's context
+  and the individual step would refuse them only after config.json is written)."""
+  setups = {s.name for s in compress.make_setups(config.setups.channels, config.setups.bits)}
+  if not set(config.setups.train_bits) & set(config.setups.bits):
+    raise ConfigError(
+      f"config.setups.train_bits = {list(config.setups.train_bits)}: none of them is in setups.bits"
+    )
+  for pair in config.individual.subset:
+    ok = isinstance(pair, list | tuple) and len(pair) == 2 and all(type(x) is int for x in pair)
+    if not ok or f"N{pair[0]}Q{pair[1]}" not in setups:
+      raise ConfigError(
+        f"config.individual.subset has {safeio.quote(pair)}: each entry must be a (channels, bits) "
+        "pair of the configured setups"
+      )
 
 
 def preflight(config, workdir: Path) -> None:
@@ -140,10 +159,22 @@ class Run:
     return obj
 
   def done(self, name: str, *also: str) -> dict | None:
-    """The result of `name` when it and the files `also` exist (the step then skips), else None."""
+    """The result of `name` when it and the files `also` exist (the step then skips), else None.
+
+    What a step skips to must be readable: each of `also` is read back (an `.npy` array or a
+    checkpoint folder), and a damaged one is an error naming it and the step that remakes it.
+    """
     if not all(self.path(a).exists() for a in also):
       return None
-    return safeio.load_json_if_present(self.path(f"{name}.json"), what=f"{name} result")
+    out = safeio.load_json_if_present(self.path(f"{name}.json"), what=f"{name} result")
+    if out is not None:
+      step = f"edgeinfer coinfer {name.split('_')[0]}"
+      for a in also:
+        if a.endswith(".npy"):
+          safeio.load_array(self.path(a), what=f"{name} result ({step} remakes it)")
+        else:
+          checkpoint.load_pytree(self.path(a), rerun=step)
+    return out
 
 
 def parse_ablation(name: str, *, key: str = "ablation") -> tuple[bool, bool, bool]:
@@ -368,7 +399,7 @@ def step_export(run: Run) -> dict:
   final = run.path("distill_I-D-C_final")
   if not final.exists():
     raise CheckpointError(f"no {final}; run `edgeinfer coinfer distill` first")
-  variables = checkpoint.load_pytree(final)
+  variables = checkpoint.load_pytree(final, rerun="edgeinfer coinfer distill")
   return run.save("export", export_lib.export_all(run.ctx, variables, run.workdir))
 
 

@@ -109,6 +109,62 @@ def check_numbers(config: ml_collections.ConfigDict, *, seeds: Iterable[str] = (
   walk(config, "")
 
 
+_KINDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string", tuple: "a sequence"}
+
+
+def _fits(value: Any, kind: type) -> bool:
+  if kind is bool:
+    return isinstance(value, bool)
+  if isinstance(value, bool):
+    return False
+  if kind is float:
+    return isinstance(value, int | float)
+  if kind is tuple:
+    return isinstance(value, list | tuple)
+  return isinstance(value, kind)
+
+
+def _kind(node: ml_collections.ConfigDict, key: str) -> type | None:
+  kind = node.get_type(key)
+  return tuple if kind is list else kind if kind in _KINDS else None
+
+
+def check_types(
+  config: ml_collections.ConfigDict, reference: ml_collections.ConfigDict, prefix: str = ""
+) -> None:
+  """Checks that every key of `config` that `reference` (the technique's default config) also has
+  holds a value of the reference's type: a bool, an integer, a number, a string or a sequence, and
+  a sequence's items the type of the reference's items. A typed placeholder
+  (`config_dict.placeholder(int)`) may also hold None. A config file can set any value; without
+  this a count given as "3" or a path given as 3 reaches the code that reads it.
+  """
+  for key in config.keys():
+    if key not in reference:
+      continue
+    value, ref, name = config[key], reference[key], f"{prefix}{key}"
+    if isinstance(ref, ml_collections.ConfigDict):
+      if not isinstance(value, ml_collections.ConfigDict):
+        raise ConfigError(f"config.{name} = {_short(value)}: must be a section (keys {sorted(ref.keys())})")
+      check_types(value, ref, f"{name}.")
+      continue
+    kind = _kind(reference, key)
+    if kind is None or (value is None and ref is None):
+      continue
+    if not _fits(value, kind):
+      raise ConfigError(f"config.{name} = {_short(value)}: must be {_KINDS[kind]}, as in the default config")
+    items = {type(x) for x in ref} if kind is tuple else set()
+    if len(items) == 1 and (item := items.pop()) in _KINDS and item is not tuple:
+      for i, x in enumerate(value):
+        if not _fits(x, item):
+          raise ConfigError(f"config.{name}[{i}] = {_short(x)}: must be {_KINDS[item]}")
+
+
+def _short(value: Any) -> str:
+  from common.safeio import quote
+
+  return quote(value, 80)
+
+
 def check_choice(config: ml_collections.ConfigDict, key: str, choices: Iterable[Any]) -> None:
   """Checks that a config value is one of `choices`."""
   value = get(config, key)

@@ -126,13 +126,13 @@ def tfds_examples(name: str, split: str, data_dir: str | None, limit: int | None
 
 
 def first_examples(ds, limit: int | None) -> tuple[list, list]:
-  """(inputs, labels) as numpy of the first `limit` (None: all) (input, label) pairs of a tf.data set."""
+  """(inputs, labels) as numpy of the first `limit` (None or 0: all) (input, label) pairs of a tf.data set."""
   import tensorflow_datasets as tfds
 
   inputs, labels = [], []
   # Iterate (batch_size=-1 aborts under tfds.testing.mock_data).
   for i, (x, y) in enumerate(tfds.as_numpy(ds)):
-    if limit is not None and i >= limit:
+    if limit and i >= limit:
       break
     inputs.append(x)
     labels.append(y)
@@ -166,14 +166,15 @@ def load(
     image_size: resize images to this square size (None keeps the native size;
       digits defaults to 32).
     channels: 3 repeats grey images to RGB; None keeps the native channels.
-    limit: read at most this many examples per split (for smoke runs).
+    limit: read at most this many examples per split (for smoke runs); None or 0 reads them all,
+      as `data.limit = 0` means in every technique's config.
 
   Raises:
     DataError: the data set is unknown or not prepared.
   """
   if name == "digits":
     train, test = load_digits(image_size or 32)
-    if limit is not None:
+    if limit:
       train, test = train.take(limit), test.take(limit)
     return train, test
   x_tr, y_tr, k = _tfds_split(name, "train", data_dir, limit)

@@ -108,25 +108,67 @@ def load_yaml(
     raise error(f"{what} {path}: nested deeper than {max_depth} levels") from None
   if root is None:
     return None
-  # Walk the node graph as the constructor would expand it, counting every alias use.
-  count, stack = 0, [(root, 1)]
-  while stack:
-    node, depth = stack.pop()
-    count += 1
-    if depth > max_depth:
-      raise error(f"{what} {path}: nested deeper than {max_depth} levels")
-    if count > max_nodes:
-      raise error(f"{what} {path}: expands to more than {max_nodes} nodes (nested aliases?)")
-    if isinstance(node, yaml.SequenceNode):
-      stack.extend((child, depth + 1) for child in node.value)
-    elif isinstance(node, yaml.MappingNode):
-      for k, v in node.value:
-        stack.append((k, depth + 1))
-        stack.append((v, depth + 1))
+  _check_expansion(root, path, what, max_depth, max_nodes, error)
   try:
     return yaml.SafeLoader(text).get_single_data()
   except (yaml.YAMLError, ValueError, TypeError) as e:
     raise error(f"{what} {path}: {quote(str(e), 300)}") from None
+
+
+def _node_key(node: Any) -> str:
+  value = getattr(node, "value", None)
+  return value if isinstance(value, str) else "<key>"
+
+
+def _children(node: Any) -> list:
+  import yaml
+
+  if isinstance(node, yaml.SequenceNode):
+    return list(node.value)
+  if isinstance(node, yaml.MappingNode):
+    return [n for pair in node.value for n in pair]
+  return []
+
+
+def _shared_nodes(root: Any) -> set[int]:
+  """The ids of the nodes used more than once (an anchor and its aliases)."""
+  uses: dict[int, int] = {}
+  stack = [root]
+  while stack:
+    node = stack.pop()
+    uses[id(node)] = uses.get(id(node), 0) + 1
+    if uses[id(node)] == 1:
+      stack.extend(_children(node))
+  return {i for i, n in uses.items() if n > 1}
+
+
+def _check_expansion(root: Any, path: Path, what: str, max_depth: int, max_nodes: int, error: type) -> None:
+  """Walks a composed YAML node graph as the constructor would expand it, counting every alias use.
+  An error names the key that holds the offending value (`i` in `i: [*h, *h, ...]`): the path from
+  the root down to the first node used more than once."""
+  import yaml
+
+  shared = _shared_nodes(root)
+  count, stack = 0, [(root, 1, "", False)]
+  while stack:
+    node, depth, key, frozen = stack.pop()
+    count += 1
+    where = f" (under the key {quote(key or '<root>', 80)})"
+    if depth > max_depth:
+      raise error(f"{what} {path}: nested deeper than {max_depth} levels{where}")
+    if count > max_nodes:
+      raise error(
+        f"{what} {path}: expands to more than {max_nodes} nodes{where}; use fewer nested aliases there"
+      )
+    if isinstance(node, yaml.SequenceNode):
+      for i, child in enumerate(node.value):
+        alias = frozen or id(child) in shared
+        stack.append((child, depth + 1, key if alias else f"{key}[{i}]", alias))
+    elif isinstance(node, yaml.MappingNode):
+      for k, v in node.value:
+        sub = key if frozen else (f"{key}.{_node_key(k)}" if key else _node_key(k))
+        stack.append((k, depth + 1, sub, frozen or id(k) in shared))
+        stack.append((v, depth + 1, sub, frozen or id(v) in shared))
 
 
 def load_json(
@@ -187,9 +229,10 @@ def load_npz(
   """All arrays of an `.npz` archive (no pickles), read eagerly; a damaged archive is named."""
   path = _regular_file(path, what, 1 << 34, DataError)
   try:
-    with np.load(path, allow_pickle=False) as z:
-      if not hasattr(z, "files"):
-        raise ValueError("a single .npy array, not an .npz archive")
+    z = np.load(path, allow_pickle=False)  # an .npy file (named .npz) loads as one array
+    if not isinstance(z, np.lib.npyio.NpzFile):
+      raise ValueError(f"it holds a single {type(z).__name__} (an .npy file?), not an .npz archive")
+    with z:
       return {k: np.asarray(z[k]) for k in z.files}
   except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
     raise DataError(f"{what} {path} is not a readable .npz archive ({quote(str(e), 200)}); {hint}") from None

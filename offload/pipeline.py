@@ -39,6 +39,7 @@ POLICIES = oreport.POLICIES
 
 def validate(c: ml_collections.ConfigDict) -> None:
   """Checks every key (ConfigError names key, value and allowed range)."""
+  cfg_lib.check_types(c, app.load_config_file("offload/configs/quick.py"))
   cfg_lib.check_seed(c)
   cfg_lib.check_numbers(c)
   _validate_deploy(c)
@@ -177,6 +178,7 @@ def step_metrics(run: Run) -> dict:
 def step_train(run: Run) -> dict:
   done = train_lib.trained_iterations(run.workdir)
   if done is not None and done >= run.config.dqn.iterations:
+    train_lib.restore_dqn(run.config, run.workdir)  # what a step skips to must be readable
     return {"iterations": done, "skipped": True}
   data = run.data()  # (the metrics step first, when its files are missing)
   provenance.record_all(run.workdir, run.config, DEPS, "checkpoints")

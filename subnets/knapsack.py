@@ -157,6 +157,64 @@ def solve_budget(
   return widths, solve_s, gap, prob.status
 
 
+def check_budgets(
+  units: Sequence[int],
+  pair_costs: Sequence[float],
+  unit_costs: Sequence[float],
+  budgets: Sequence[float],
+  *,
+  in_width: int,
+  min_width: int | Sequence[int] = 1,
+  max_width: Sequence[int] | None = None,
+  act_bytes: Sequence[float] | None = None,
+  peak_bytes: float | None = None,
+) -> tuple[list[int], list[int]]:
+  """The nested knapsack's infeasibilities that need no solve, found before anything is written.
+
+  The budgets must be increasing positive fractions, every layer must reach its minimum width
+  under the peak-memory bound, and the smallest budget must afford the minimum widths (then every
+  larger budget affords the subnetwork solved for the one below it, so no other budget is).
+
+  Returns:
+    (lower, upper): the width bounds of each layer for the first budget.
+
+  Raises:
+    ConfigError: the budgets are not increasing positive fractions, or the cost lists disagree.
+    InfeasibleError: a bound or the first budget cannot be met (the message names the smallest
+      feasible budget fraction).
+  """
+  n = len(units)
+  if not (len(pair_costs) == len(unit_costs) == n):
+    raise ConfigError(
+      f"scores, pair_costs, unit_costs have lengths {n}, {len(pair_costs)}, {len(unit_costs)}"
+    )
+  budgets = [float(b) for b in budgets]
+  increasing = all(b2 >= b1 for b1, b2 in zip(budgets, budgets[1:], strict=False))
+  if not budgets or any(b <= 0 for b in budgets) or not increasing:
+    raise ConfigError(f"budgets = {budgets}: must be positive fractions in increasing order")
+  mins = [min_width] * n if isinstance(min_width, int) else list(min_width)
+  upper = list(units) if max_width is None else [min(u, m) for u, m in zip(units, max_width, strict=True)]
+  if peak_bytes is not None:
+    if act_bytes is None:
+      raise ConfigError("peak_bytes needs act_bytes (activation bytes per unit of each layer)")
+    upper = [min(u, int(peak_bytes // a)) if a > 0 else u for u, a in zip(upper, act_bytes, strict=True)]
+  lower = [max(1, min(m, u)) for m, u in zip(mins, units, strict=True)]
+  bad = [l for l in range(n) if upper[l] < lower[l]]
+  if bad:
+    raise InfeasibleError(
+      f"layers {bad} cannot reach their minimum width {[lower[l] for l in bad]} under the peak-memory "
+      f"bound {peak_bytes} bytes; raise peak_bytes or lower min_width"
+    )
+  dense = chain_cost(list(units), pair_costs, unit_costs, in_width=in_width)
+  floor_cost = chain_cost(lower, pair_costs, unit_costs, in_width=in_width)
+  if floor_cost > budgets[0] * dense * (1 + 1e-12):
+    raise InfeasibleError(
+      f"budget {budgets[0]:.4g} of the dense MACs ({budgets[0] * dense:.0f} MACs) is infeasible: the minimum "
+      f"widths already cost {floor_cost:.0f} MACs; the smallest feasible budget is {floor_cost / dense:.4g}"
+    )
+  return lower, upper
+
+
 def solve_nested(
   scores: Sequence[np.ndarray],
   pair_costs: Sequence[float],
@@ -185,30 +243,13 @@ def solve_nested(
     InfeasibleError: a budget is below the smallest feasible cost (the message
       names the smallest feasible budget fraction).
   """
-  n = len(scores)
-  if not (len(pair_costs) == len(unit_costs) == n):
-    raise ConfigError(
-      f"scores, pair_costs, unit_costs have lengths {n}, {len(pair_costs)}, {len(unit_costs)}"
-    )
-  budgets = [float(b) for b in budgets]
-  if any(b <= 0 for b in budgets) or any(b2 < b1 for b1, b2 in zip(budgets, budgets[1:], strict=False)):
-    raise ConfigError(f"budgets = {budgets}: must be positive fractions in increasing order")
   if granularity < 1:
     raise ConfigError(f"granularity = {granularity}: must be >= 1")
-  units = [len(s) for s in scores]
-  mins = [min_width] * n if isinstance(min_width, int) else list(min_width)
-  upper = list(units) if max_width is None else [min(u, m) for u, m in zip(units, max_width, strict=True)]
-  if peak_bytes is not None:
-    if act_bytes is None:
-      raise ConfigError("peak_bytes needs act_bytes (activation bytes per unit of each layer)")
-    upper = [min(u, int(peak_bytes // a)) if a > 0 else u for u, a in zip(upper, act_bytes, strict=True)]
-  lower = [max(1, min(m, u)) for m, u in zip(mins, units, strict=True)]
-  bad = [l for l in range(n) if upper[l] < lower[l]]
-  if bad:
-    raise InfeasibleError(
-      f"layers {bad} cannot reach their minimum width {[lower[l] for l in bad]} under the peak-memory "
-      f"bound {peak_bytes} bytes; raise peak_bytes or lower min_width"
-    )
+  units, budgets = [len(s) for s in scores], [float(b) for b in budgets]
+  lower, upper = check_budgets(
+    units, pair_costs, unit_costs, budgets, in_width=in_width, min_width=min_width,
+    max_width=max_width, act_bytes=act_bytes, peak_bytes=peak_bytes,
+  )  # fmt: skip
   dense = chain_cost(units, pair_costs, unit_costs, in_width=in_width)
   out: list[Solution] = []
   for b in budgets:

@@ -14,6 +14,7 @@ step rewrites report.md from what exists.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import jax
@@ -24,7 +25,7 @@ from common import app, checkpoint, cli, micro, provenance, safeio
 from common import config as cfg_lib
 from common import data as data_lib
 from common import report as report_lib
-from common.errors import DataError
+from common.errors import DataError, InfeasibleError
 from subnets import bnstats, knapsack, losses, models, surgery
 from subnets import train as train_lib
 from subnets.report import write_report
@@ -46,6 +47,7 @@ DEPS = {
 
 def validate(config: ml_collections.ConfigDict) -> None:
   """Checks every key the pipeline reads (ConfigError names key, value, allowed range)."""
+  cfg_lib.check_types(config, app.load_config_file("subnets/configs/quick.py"))
   cfg_lib.check_seed(config)
   cfg_lib.check_numbers(config)
   for key in ("pretrain.max_steps", "finetune.max_steps", "baselines.scratch_epochs"):
@@ -82,17 +84,17 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
 
 def load_data(config) -> tuple[data_lib.Dataset, data_lib.Dataset]:
-  limit = config.data.limit or None
-  if config.data.name == "speech_commands":
+  d = config.data
+  return _load_data(d.name, d.data_dir or None, d.image_size or None, d.limit or None)
+
+
+@functools.cache  # the preflight's feasibility check and the run's context read the same data once
+def _load_data(name: str, data_dir: str | None, image_size: int | None, limit: int | None):
+  if name == "speech_commands":
     from subnets.audio import load_speech_commands
 
-    return load_speech_commands(config.data.data_dir or None, limit)
-  return data_lib.load(
-    config.data.name,
-    data_dir=config.data.data_dir or None,
-    image_size=config.data.image_size or None,
-    limit=limit,
-  )
+    return load_speech_commands(data_dir, limit)
+  return data_lib.load(name, data_dir=data_dir, image_size=image_size, limit=limit)
 
 
 def model_config(config, num_classes: int) -> models.ModelConfig:
@@ -241,7 +243,10 @@ def _perm_for(method: str, imp: dict, units) -> list[np.ndarray]:
 def step_finetune(run: Run) -> dict:
   out = run.path("finetune.json")
   if out.exists() and run.path("reds_variables").exists():
-    return safeio.load_json(out, what="fine-tuning result", keys=("dense_accuracy", "methods"))
+    result = safeio.load_json(out, what="fine-tuning result", keys=("dense_accuracy", "methods"))
+    reds_variables(run)  # what a step skips to must be readable
+    reds_bn_stats(run, result["methods"]["reds"]["widths"])
+    return result
   imp = step_importance(run)
   ks = step_knapsack(run, imp)
   c = run.config
@@ -308,7 +313,9 @@ def step_finetune(run: Run) -> dict:
 
 def reds_variables(run: Run) -> dict:
   like = models.init_variables(run.mcfg, jax.random.key(0), run.shape)
-  return checkpoint.load_pytree(run.path("reds_variables").absolute(), like)
+  return checkpoint.load_pytree(
+    run.path("reds_variables").absolute(), like, rerun="edgeinfer subnets finetune"
+  )
 
 
 def reds_bn_stats(run: Run, widths) -> list[dict] | None:
@@ -317,7 +324,7 @@ def reds_bn_stats(run: Run, widths) -> list[dict] | None:
     return None
   like = models.init_variables(run.mcfg, jax.random.key(0), run.shape)
   like = {str(k): surgery.slice_variables(like, run.mcfg, w)["batch_stats"] for k, w in enumerate(widths)}
-  got = checkpoint.load_pytree(run.path("reds_bn_stats").absolute(), like)
+  got = checkpoint.load_pytree(run.path("reds_bn_stats").absolute(), like, rerun="edgeinfer subnets finetune")
   return [got[str(k)] for k in range(len(widths))]
 
 
@@ -359,9 +366,26 @@ STEPS = {
 }
 
 
+def check_feasible(config) -> None:
+  """Refuses budgets the knapsack cannot meet (the smallest budget under the minimum widths' cost, a
+  peak-memory bound under them), naming config.knapsack.budgets and the smallest feasible budget."""
+  train_ds, _ = load_data(config)
+  costs = models.chain_costs(model_config(config, train_ds.num_classes), train_ds.image_shape)
+  k = config.knapsack
+  try:
+    knapsack.check_budgets(
+      list(model_config(config, train_ds.num_classes).widths), costs.pair, costs.unit, list(k.budgets),
+      in_width=costs.in_width, min_width=k.min_width, act_bytes=costs.act_bytes, peak_bytes=k.peak_bytes or None,
+    )  # fmt: skip
+  except InfeasibleError as e:
+    raise InfeasibleError(f"config.knapsack.budgets = {list(k.budgets)}: {e}") from None
+
+
 def preflight(config, workdir: Path) -> None:
-  """Refuses a workdir whose outputs were made from other config values (before anything is written)."""
+  """Everything that can refuse a run, before anything is written: outputs made from other config
+  values, and budgets the knapsack cannot meet."""
   provenance.check(workdir, config, DEPS)
+  check_feasible(config)
 
 
 def run_step(name: str, config, workdir, *, show_progress: bool = True) -> dict:

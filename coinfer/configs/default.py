@@ -17,7 +17,7 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
   # sequences are tuples, so that --config.KEY="(...)" can set them (lists assigned later become tuples)
   c = ml_collections.ConfigDict()
   c.seed = 0
-  c.data = dict(name="digits", data_dir="", image_size=32, limit=None)
+  c.data = dict(name="digits", data_dir="", image_size=32, limit=ml_collections.config_dict.placeholder(int))
   c.setups = dict(
     channels=(1, 2, 3, 4, 5, 6, 7, 8, 16, 32),
     bits=(1, 2, 4, 8, 16),

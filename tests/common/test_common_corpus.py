@@ -138,7 +138,7 @@ def _other_cases() -> list[Case]:
     Case(
       "branching-yaml-billion-laughs",
       (*COUNT, "--network=TMP/n.yaml"),
-      "aliases",
+      "under the key 'i'",
       _write("TMP/n.yaml", LAUGHS),
     ),
     Case(
@@ -349,7 +349,198 @@ def _workdir_cases() -> list[Case]:
   ]
 
 
-CASES = _config_file_cases() + _other_cases() + _workdir_cases()
+def _npy_as(rel: str) -> Callable[[Path, Path], None]:
+  """An .npy file under the name `rel` (np.save would append .npy to the name)."""
+
+  def setup(work: Path, tmp: Path) -> None:
+    import numpy as np
+
+    with open(tmp / rel.removeprefix("TMP/"), "wb") as f:
+      np.save(f, np.zeros(3))
+
+  return setup
+
+
+def _network(**anynet) -> Callable[[Path, Path], None]:
+  """TMP/n.yaml: the tiny single-branch network with the ANYNET keys `anynet` replaced."""
+
+  def setup(work: Path, tmp: Path) -> None:
+    import yaml
+
+    doc = yaml.safe_load((ROOT / "branching/configs/tiny/R-tiny-C.yaml").read_text())
+    doc["ANYNET"].update(anynet)
+    (tmp / "n.yaml").write_text(yaml.safe_dump(doc))
+
+  return setup
+
+
+def _config_file(tech: str, key: str, value: object) -> Callable[[Path, Path], None]:
+  """TMP/c.py: a config written as a plain dict (the quick config's keys), with `key` set to `value`;
+  ml_collections infers its types from the values, so only the technique's `validate` can refuse it."""
+  path = "".join(f"[{part!r}]" for part in key.split("."))
+  text = (
+    f"import ml_collections\nfrom {tech}.configs.quick import get_config as _base\n\n"
+    f"def get_config(arg=None):\n  d = _base().to_dict()\n  d{path} = {value!r}\n"
+    "  return ml_collections.ConfigDict(d)\n"
+  )
+  return _write("TMP/c.py", text)
+
+
+def _first_str_key(tech: str) -> str:
+  sys.path.insert(0, str(ROOT))
+  from common import app
+
+  config = app.load_config_file(f"{tech}/configs/quick.py")
+
+  def walk(node, prefix=""):
+    for k in node.keys():
+      v = node[k]
+      if hasattr(v, "items"):
+        yield from walk(v, f"{prefix}{k}.")
+      else:
+        yield f"{prefix}{k}", v
+
+  return next(k for k, v in walk(config) if isinstance(v, str))
+
+
+def _dqn_checkpoint(damage: str) -> Callable[[Path, Path], None]:
+  """A stamped, real DQN checkpoint of the quick config's last iteration, then damaged."""
+
+  def setup(work: Path, tmp: Path) -> None:
+    _stamp("offload", "checkpoints")(work, tmp)
+    from common import app, checkpoint
+    from offload import train as otrain
+
+    c = app.load_config_file("offload/configs/quick.py")
+    manager = checkpoint.make_manager(work / "checkpoints", max_to_keep=2)
+    checkpoint.save(manager, c.dqn.iterations, otrain.init_state(c, otrain.network(c)))
+    manager.close()
+    step = work / "checkpoints" / str(c.dqn.iterations)
+    if damage == "truncated":
+      for f in (step / "default").rglob("*"):
+        if f.is_file() and f.parent.name == "d":
+          f.write_bytes(f.read_bytes()[:10])
+    else:
+      (step / "_CHECKPOINT_METADATA").write_text("[1, 2]")
+
+  return setup
+
+
+ALIASED_WIDTHS = (  # 9^7 widths: the bomb sits under ANYNET.WIDTHS, the anchors under other keys
+  "ANYNET:\n  STEM_W: 8\n  X0: &a0 [1, 1, 1, 1, 1, 1, 1, 1, 1]\n"
+  + "".join(f"  X{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]\n" for i in range(1, 6))
+  + f"  WIDTHS: [{', '.join(['*a5'] * 9)}]\n"
+)
+
+
+def _class_cases() -> list[Case]:
+  """The classes of the last unclean inputs, each with cases beyond the one first reported."""
+  offload_train = ("offload.main", "train", "--workdir=WORK")
+  out = [
+    # a malformed file or value: the container is not what its name says; a key of the wrong type
+    Case(
+      "offload-metrics-npy-named-npz",
+      (*NPZ, "--config.metrics.file=TMP/m.npz"),
+      "m.npz",
+      _npy_as("TMP/m.npz"),
+    ),
+    Case(
+      "branching-yaml-width-is-a-string",
+      (*COUNT, "--network=TMP/n.yaml"),
+      "ANYNET.WIDTHS[1][0]",
+      _network(WIDTHS=[[32], ["64"], [128]]),
+    ),
+    Case(
+      "branching-yaml-se-ratio-is-a-string",
+      (*COUNT, "--network=TMP/n.yaml"),
+      "ANYNET.SE_R",
+      _network(SE_R="half"),
+    ),
+    Case(
+      "branching-yaml-se-on-is-a-string",
+      (*COUNT, "--network=TMP/n.yaml"),
+      "ANYNET.SE_ON",
+      _network(SE_ON="no"),
+    ),
+    Case(
+      "branching-yaml-stride-is-a-float",
+      (*COUNT, "--network=TMP/n.yaml"),
+      "ANYNET.STRIDES[0][0]",
+      _network(STRIDES=[[1.0], [2], [2]]),
+    ),
+    Case(
+      "branching-yaml-original-widths-strings",
+      (*COUNT, "--network=TMP/n.yaml"),
+      "ANYNET.ORIGINAL_WIDTHS[0]",
+      _network(ORIGINAL_WIDTHS=["32", 64, 128]),
+    ),
+    Case("branching-yaml-unknown-key", (*COUNT, "--network=TMP/n.yaml"), "WIDTH", _network(WIDTH=[[32]])),
+    Case(
+      "coinfer-config-file-limit-string",
+      (*SIM, "--config=TMP/c.py"),
+      "data.limit",
+      _config_file("coinfer", "data.limit", "3"),
+    ),
+    Case("coinfer-negative-limit", (*SIM, "--config.data.limit=-1"), "data.limit"),
+    # a skipped step that trusts a damaged output: it stops, naming the output and the step to rerun
+    Case(
+      "offload-train-skips-to-a-truncated-checkpoint",
+      offload_train,
+      "edgeinfer offload train",
+      _dqn_checkpoint("truncated"),
+    ),
+    Case(
+      "offload-train-checkpoint-metadata-not-an-object",
+      offload_train,
+      "checkpoints/150",
+      _dqn_checkpoint("metadata"),
+    ),
+    Case(
+      "coinfer-distill-skips-to-damaged-model",
+      ("coinfer.main", "distill", "--workdir=WORK"),
+      "edgeinfer coinfer distill",
+      _stamp(
+        "coinfer",
+        "distill_I-D-C.json",
+        files={
+          "distill_I-D-C.json": "{}",
+          "distill_I-D-C_correct.npy": b"\x93NUMPY garbage",
+          "distill_I-D-C_final/_METADATA": GARBAGE,
+        },
+      ),
+    ),
+    # a rejected run: every check that can refuse it runs before anything is written
+    Case("subnets-infeasible-budget", (*SUBNETS, "--config.knapsack.budgets=(0.001,)"), "knapsack.budgets"),
+    Case("subnets-peak-memory-under-min-widths", (*SUBNETS, "--config.knapsack.peak_bytes=1"), "peak_bytes"),
+    Case("subnets-unknown-model-preset", (*SUBNETS, "--config.model.preset=bogus"), "model.preset"),
+    Case("coinfer-train-bits-not-in-bits", (*SIM, "--config.setups.train_bits=(3,)"), "setups.train_bits"),
+    Case(
+      "coinfer-individual-subset-not-a-setup",
+      (*SIM, "--config.individual.subset=((5,5),)"),
+      "individual.subset",
+    ),
+    # a message that names what to change: the key that holds a YAML alias bomb
+    Case(
+      "branching-yaml-alias-bomb-under-a-key",
+      (*COUNT, "--network=TMP/n.yaml"),
+      "ANYNET.WIDTHS",
+      _write("TMP/n.yaml", ALIASED_WIDTHS),
+    ),
+  ]
+  for t in TECHNIQUES:  # a config file that sets a string key to a number
+    key = _first_str_key(t)
+    out.append(
+      Case(
+        f"{t}-config-file-string-key-is-a-number",
+        (*_entry(t), "--config=TMP/c.py"),
+        f"config.{key}",
+        _config_file(t, key, 3),
+      )
+    )
+  return out  # fmt: skip
+
+
+CASES = _config_file_cases() + _other_cases() + _workdir_cases() + _class_cases()
 
 
 def _snapshot(d: Path) -> dict[str, str]:
@@ -417,3 +608,57 @@ def test_malformed_input_is_one_line_exit_2_and_changes_nothing(case: Case, tmp_
 def test_the_corpus_holds_at_least_sixty_cases():
   assert len(CASES) >= 60
   assert len({c.id for c in CASES}) == len(CASES)
+
+
+# ---------------------------------------------------------------- every key set to a wrong type
+# In-process (a subprocess per key would cost minutes): each key of each config file and variant set
+# as a config file could set it, to a value of another type, must be refused by the validation that
+# runs before anything is written (`validate` of the technique; the quickstart's common stage), with
+# one line naming the key.
+WRONG = {bool: "yes", int: "abc", float: "abc", str: 3, tuple: 3, list: 3}
+VALIDATE = {
+  "launch": "launch.stages.common",  # the quickstart's config, validated by its common stage
+}
+# Keys whose validation lives where this change could not reach (launch/stages/common.py does not
+# check types yet: `cfg.check_types(config, app.load_config_file("launch/configs/quickstart.py"))`
+# first in its `validate` closes it). Listed exactly, so that closing a gap fails until it is removed.
+KNOWN_GAPS = {"launch": ["data.data_dir", "data.name", "export.enabled", "export.int8"]}
+
+
+def _wrong_type_cases() -> list[str]:
+  sys.path.insert(0, str(ROOT / "tests" / "common"))
+  from config_walk import config_args
+
+  return config_args()
+
+
+@pytest.mark.parametrize("config_arg", _wrong_type_cases())
+def test_every_key_set_to_a_wrong_type_is_one_line_naming_it(config_arg):
+  import importlib
+
+  from config_walk import field_type, leaves
+
+  from common import app
+  from common.errors import EdgeInferError
+
+  pkg = config_arg.split("/")[0]
+  validate = importlib.import_module(VALIDATE.get(pkg, f"{pkg}.pipeline")).validate
+  accepted, unnamed = [], []
+  for key, _ in leaves(app.load_config_file(config_arg)):
+    config = app.load_config_file(config_arg, lock=False)
+    *parents, leaf = key.split(".")
+    node = config
+    for part in parents:
+      node = node[part]
+    bad = WRONG[field_type(config, key)]
+    with node.ignore_type():
+      node[leaf] = bad
+    try:
+      validate(config)
+    except EdgeInferError as e:
+      if f"config.{key}" not in str(e) or "\n" in str(e):
+        unnamed.append((key, str(e)))
+      continue
+    accepted.append(key)
+  assert accepted == KNOWN_GAPS.get(pkg, []), f"{config_arg}: accepted a wrong type for {accepted}"
+  assert not unnamed, f"{config_arg}: the error does not name the key: {unnamed[:5]}"

@@ -118,3 +118,13 @@ def test_missing_tfds_data_raises_project_error(tmp_path):
   with pytest.raises(DataError, match="not prepared") as info:
     data.load("cifar10", data_dir=str(tmp_path))
   assert "download_and_prepare" in str(info.value)
+
+
+def test_limit_zero_reads_every_example(digits):
+  """`data.limit = 0` means every example in every technique's config (coinfer's None too)."""
+  train, test = digits
+  for limit in (0, None):
+    tr, te = data.load("digits", limit=limit)
+    assert (len(tr), len(te)) == (len(train), len(test))
+  tr, te = data.load("digits", limit=5)
+  assert (len(tr), len(te)) == (5, 5)
