@@ -3,16 +3,17 @@ stock Triton server (nvidia-pytriton's tritonserver, `common.serving.triton`), o
 machine and run.
 
   python -m launch.bench serve [--workdir runs/quickstart/coinfer --seconds 3 --streams 1,4,16 \
-      --triton_python .venv-triton/bin/python]
+      --repeats 1 --triton_python .venv-triton/bin/python]
 
-The model is the largest of --workdir's repository (a coinfer run's N32Q8 server model) when
-there is one, else the ONNX wire decoder of the quick runs' N32Q8 payload. Each point is
---seconds of `streams` threads of this process, each with its own tritonclient (gRPC or HTTP
-with binary tensors) issuing the same request back to back; every answer of the warm-up call is
-checked against onnxruntime's output for the input. Client and servers share the machine's
-cores, so the figures are of the whole loop on one machine, not of a server alone. Without an
-interpreter with nvidia-pytriton (--triton_python, EDGEINFER_TRITON_PYTHON, or
-.venv-triton/bin/python), the Triton rows say why they are missing.
+The model is the largest of --workdir's repository (a coinfer run's largest server model) when
+there is one, else the ONNX wire decoder of the quick runs' N32Q8 payload. Both servers run
+throughout and take turns point by point (a machine whose load moves during the run moves them
+alike). Each point is --seconds of `streams` threads of this process, each with its own
+tritonclient (gRPC, or HTTP with binary tensors) issuing the same request back to back; each
+stream's warm-up answer is checked against onnxruntime's output for the input. Client and
+servers share the machine's cores, so the figures are of the whole loop on one machine, not of
+a server alone. Without an interpreter with nvidia-pytriton (--triton_python,
+EDGEINFER_TRITON_PYTHON, or .venv-triton/bin/python) the result says why Triton is missing.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--workdir", default="runs/quickstart/coinfer", help="a coinfer run with exports")
   parser.add_argument("--seconds", type=float, default=3.0, help="per point")
   parser.add_argument("--streams", default="1,4,16", help="concurrent streams per point")
+  parser.add_argument("--repeats", type=int, default=1, help="rounds of every point; rows keep the median")
   parser.add_argument("--triton_python", default=None, help="an interpreter with nvidia-pytriton")
   parser.add_argument("--out_dir", default="runs/bench/serve", help="where the wire-decoder repository goes")
 
@@ -38,7 +40,7 @@ def throughput(make_call, streams: int, seconds: float) -> dict:
   """`streams` threads, each calling its own `make_call()()` back to back for `seconds` after a
   common start; requests per second, p50 / p99 latency (ms) and errors."""
   lat: list[list[float]] = [[] for _ in range(streams)]
-  errors = [0] * streams
+  errors, first_error = [0] * streams, []
   start, stop_at = threading.Barrier(streams + 1), [float("inf")]
 
   def worker(i):
@@ -48,8 +50,9 @@ def throughput(make_call, streams: int, seconds: float) -> dict:
       t = time.perf_counter()
       try:
         call()
-      except Exception:  # noqa: BLE001 - counted, the load goes on
+      except Exception as e:  # noqa: BLE001 - counted (the first one kept), the load goes on
         errors[i] += 1
+        first_error[:] = first_error or [f"{type(e).__name__}: {e}"]
         continue
       lat[i].append(time.perf_counter() - t)
 
@@ -63,7 +66,12 @@ def throughput(make_call, streams: int, seconds: float) -> dict:
     t.join()
   wall = time.perf_counter() - t0
   every = np.concatenate([np.asarray(x) for x in lat]) * 1e3
-  out = {"streams": streams, "requests": int(every.size), "errors": int(sum(errors))}
+  out = {
+    "streams": streams,
+    "requests": int(every.size),
+    "errors": int(sum(errors)),
+    "first_error": first_error,
+  }
   out["requests_per_s"] = float(every.size / wall)
   if every.size:
     out.update(p50_ms=float(np.percentile(every, 50)), p99_ms=float(np.percentile(every, 99)))
@@ -81,7 +89,11 @@ def client_call(protocol: str, url: str, model, feeds: dict, expected: np.ndarra
   output = model.outputs[0].name
 
   def make():
-    c = lib.InferenceServerClient(url)
+    c = (
+      lib.InferenceServerClient(url)
+      if protocol == "grpc"
+      else lib.InferenceServerClient(url, network_timeout=10.0)
+    )
     inputs = []
     for s in model.inputs:
       t = lib.InferInput(s.name, list(s.shape), s.datatype)
@@ -91,7 +103,8 @@ def client_call(protocol: str, url: str, model, feeds: dict, expected: np.ndarra
     got = c.infer(model.name, inputs, outputs=outputs).as_numpy(output)
     if not np.array_equal(got, expected):
       raise RuntimeError(f"{url} ({protocol}) answered {model.name} with another output than onnxruntime's")
-    return lambda: c.infer(model.name, inputs, outputs=outputs, client_timeout=10.0)
+    timeout = {"client_timeout": 10.0} if protocol == "grpc" else {}  # HTTP: network_timeout above
+    return lambda: c.infer(model.name, inputs, outputs=outputs, **timeout)
 
   return make
 
@@ -115,37 +128,56 @@ def triton_python(arg: str | None) -> str | None:
   return path if Path(path).exists() else None
 
 
-def _server_rows(name: str, proc, port: int, model, feeds, expected, args) -> list[dict]:
+def points(servers: dict, model, feeds, expected, args) -> list[dict]:
+  """Every (protocol, streams) point of every server, the servers taking turns point by point
+  (so that a machine whose load moves during the run moves every server's figures alike),
+  --repeats times; each row holds the median requests per second over its repeats."""
+  runs: dict = {}
+  for _ in range(args.repeats):
+    for protocol in ("grpc", "http"):
+      for n in (int(x) for x in args.streams.split(",")):
+        for name, (port, http_port) in servers.items():
+          url = f"127.0.0.1:{port if protocol == 'grpc' else http_port}"
+          r = throughput(client_call(protocol, url, model, feeds, expected), n, args.seconds)
+          runs.setdefault((name, protocol, n), []).append(r)
+          print(f"{name} {protocol} {n} streams: {r['requests_per_s']:.0f} requests/s", flush=True)
   rows = []
-  for protocol, p in (("grpc", port), ("http", proc.http_port)):
-    make = client_call(protocol, f"127.0.0.1:{p}", model, feeds, expected)
-    for n in (int(x) for x in args.streams.split(",")):
-      rows.append({"server": name, "protocol": protocol, **throughput(make, n, args.seconds)})
-      print(f"{name} {protocol} {n} streams: {rows[-1]['requests_per_s']:.0f} requests/s", flush=True)
+  for (name, protocol, _), rs in sorted(runs.items()):
+    mid = sorted(rs, key=lambda r: r["requests_per_s"])[len(rs) // 2]
+    rows.append(
+      {"server": name, "protocol": protocol, **mid, "requests_per_s_runs": [r["requests_per_s"] for r in rs]}
+    )
   return rows
 
 
 def run(args) -> dict:
   from common.serving import load, process
 
+  if args.seconds <= 0 or args.repeats < 1:
+    from common.errors import ConfigError
+
+    raise ConfigError(f"--seconds {args.seconds} must be > 0 and --repeats {args.repeats} >= 1")
   repo, model = pick_model(Path(args.workdir), Path(args.out_dir))
   inputs, expected = load.pool(model, 1)
   out = {"repository": str(repo), "model": model.name, "request_bytes": sum(s.nbytes for s in model.inputs)}
-  out["load_average_before"] = os.getloadavg()
-  proc, port = process.start_server(repo, http_port=0)
-  try:
-    rows = _server_rows("edgeinfer", proc, port, model, inputs[0], expected[0], args)
-  finally:
-    process.stop_server(proc)
   python = triton_python(args.triton_python)
-  if python is None:
-    out["triton"] = "not run: no interpreter with nvidia-pytriton (requirements-triton.txt, --triton_python)"
-  else:
-    proc, port = process.start_triton(repo, python=python)
-    try:
-      rows += _server_rows("triton", proc, port, model, inputs[0], expected[0], args)
-    finally:
+  procs, servers = [], {}
+  try:
+    proc, port = process.start_server(repo, http_port=0)
+    procs.append(proc)
+    servers["edgeinfer"] = (port, proc.http_port)
+    if python is None:
+      out["triton"] = (
+        "not run: no interpreter with nvidia-pytriton (requirements-triton.txt, --triton_python)"
+      )
+    else:
+      proc, port = process.start_triton(repo, python=python)
+      procs.append(proc)
+      servers["triton"] = (port, proc.http_port)
+    out["load_average_before"] = os.getloadavg()
+    out["points"] = points(servers, model, inputs[0], expected[0], args)
+    out["load_average_after"] = os.getloadavg()
+  finally:
+    for proc in procs:
       process.stop_server(proc)
-  out["points"] = rows
-  out["load_average_after"] = os.getloadavg()
   return out
