@@ -150,6 +150,8 @@ def check_types(
     kind = _kind(reference, key)
     if kind is None or (value is None and ref is None):
       continue
+    if value is None and config.get_type(key) is not type(None):
+      continue  # a typed placeholder left unset (its type is the field's, its value None)
     if not _fits(value, kind):
       raise ConfigError(f"config.{name} = {_short(value)}: must be {_KINDS[kind]}, as in the default config")
     items = {type(x) for x in ref} if kind is tuple else set()
