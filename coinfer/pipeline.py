@@ -64,6 +64,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   cfg_lib.check_seed(config, "seed")
   cfg_lib.check_numbers(config)
   runner.validate(config)
+  _check_controller(config)
   for key in ("init", "distill", "individual", "baselines"):
     cfg_lib.check_range(config, f"{key}.max_steps", 0, integer=True)
   cfg_lib.check_range(config, "distill.calibrate_batches", 1, integer=True)
@@ -127,6 +128,15 @@ def _check_setups(config: ml_collections.ConfigDict) -> None:
         f"config.individual.subset has {safeio.quote(pair)}: each entry must be a (channels, bits) "
         "pair of the configured setups"
       )
+
+
+def _check_controller(config) -> None:
+  spec = config.deploy.controller
+  names = [s.name for s in compress.make_setups(config.setups.channels, config.setups.bits)]
+  if spec not in ("mpc", "rate", "buffer") and not (spec.startswith("fixed:") and spec[6:] in names):
+    raise ConfigError(
+      f"config.deploy.controller = {spec!r}: must be mpc, rate, buffer or fixed:<setup> with a setup of {names}"
+    )
 
 
 def preflight(config, workdir: Path) -> None:

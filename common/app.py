@@ -53,6 +53,7 @@ class Step:
   fn: Callable[[Any], Any]
   help: str
   needs_workdir: bool = True  # False: the step writes nothing there (no config.json is saved)
+  saves_config: bool = True  # False: the step reads the run and writes only its own folder (deploy)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -304,7 +305,8 @@ def main(spec: App, argv: Sequence[str]) -> int:
       raise ConfigError(f"--workdir {workdir}: exists and is not a directory")
     if spec.preflight is not None:
       spec.preflight(config, workdir)
-    cli.save_config(config, workdir)
+    if any(spec.steps[s].saves_config for s in todo):
+      cli.save_config(config, workdir)
   ctx = spec.context(config, workdir)
   for name in todo:
     out = spec.steps[name].fn(ctx)

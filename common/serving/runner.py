@@ -224,10 +224,14 @@ def app_steps(technique: str, config_of) -> dict:
 
   return {
     "deploy": app.Step(
-      step(deploy), "the exports as a system: server, device and link (config.deploy); deploy/report.md"
+      step(deploy),
+      "the exports as a system: server, device and link (config.deploy); deploy/report.md",
+      saves_config=False,
     ),
     "device": app.Step(
-      step(device), "stream against a running server (config.deploy.server); deploy/device.json"
+      step(device),
+      "stream against a running server (config.deploy.server); deploy/device.json",
+      saves_config=False,
     ),
   }
 

@@ -540,7 +540,41 @@ def _class_cases() -> list[Case]:
   return out  # fmt: skip
 
 
-CASES = _config_file_cases() + _other_cases() + _workdir_cases() + _class_cases()
+def _deploy_cases() -> list[Case]:
+  """The deploy and device steps (every bad value refused before a process starts)."""
+  bad_trace = _write("TMP/t.csv", "time_s,mbps\n0,1\n1,abc\n")
+  out = []
+  for t in ("agile", "offload", "coinfer"):
+    dep, dev = (f"{t}.main", "deploy", "--workdir=WORK"), (f"{t}.main", "device", "--workdir=WORK")
+    out += [
+      Case(f"{t}-deploy-unknown-link", (*dep, "--config.deploy.link=carrier-pigeon"), "config.deploy.link"),
+      Case(
+        f"{t}-deploy-zero-trace-scale", (*dep, "--config.deploy.trace_scale=0"), "config.deploy.trace_scale"
+      ),
+      Case(f"{t}-device-server-not-host-port", (*dev, "--config.deploy.server=nohost"), "HOST:PORT"),
+    ]
+  out += [
+    Case("coinfer-deploy-no-frames", ("coinfer.main", "deploy", "--workdir=WORK", "--config.deploy.frames=0"),
+         "config.deploy.frames"),
+    Case("agile-deploy-negative-fps", ("agile.main", "deploy", "--workdir=WORK", "--config.deploy.fps=-1"),
+         "config.deploy.fps"),
+    Case("coinfer-deploy-malformed-trace", ("coinfer.main", "deploy", "--workdir=WORK", "--config.deploy.trace=TMP/t.csv"),
+         "not numbers", bad_trace),
+    Case("coinfer-deploy-unknown-controller", ("coinfer.main", "deploy", "--workdir=WORK",
+         "--config.deploy.controller=greedy"), "config.deploy.controller"),
+    Case("offload-deploy-unknown-policy", ("offload.main", "deploy", "--workdir=WORK", "--config.deploy.policy=greedy"),
+         "config.deploy.policy"),
+    Case("offload-deploy-setting-out-of-range", ("offload.main", "deploy", "--workdir=WORK",
+         "--config.deploy.setting=9"), "config.deploy.setting"),
+    Case("offload-deploy-unknown-key", ("offload.main", "deploy", "--workdir=WORK", "--config.deploy.bogus=1"),
+         "deploy.bogus"),
+    Case("coinfer-device-without-server", ("coinfer.main", "device", "--workdir=WORK"), "config.deploy.server"),
+    Case("deploy-alias-unknown-technique", ("launch.deploy", "subnets", "--workdir=WORK"), "subnets"),
+  ]  # fmt: skip
+  return out
+
+
+CASES = _config_file_cases() + _other_cases() + _workdir_cases() + _class_cases() + _deploy_cases()
 
 
 def _snapshot(d: Path) -> dict[str, str]:
