@@ -141,7 +141,9 @@ def _check_length(path: Path, seconds: float) -> None:
 
 def load_mahimahi(path: str | Path, *, bin_ms: int = 100) -> Trace:
   """A Mahimahi packet-delivery trace: one integer millisecond per line, each line one
-  1500-byte delivery opportunity, non-decreasing; binned to `bin_ms` rates."""
+  1500-byte delivery opportunity, non-decreasing; binned to `bin_ms` rates. The trace repeats
+  every last-timestamp milliseconds, as Mahimahi replays it, so the bits per period are exactly
+  1500 bytes per line (the last bin is shorter when the period is not a multiple of `bin_ms`)."""
   path = Path(path)
   if not path.exists():
     raise DataError(f"trace file {path} does not exist")
@@ -160,14 +162,16 @@ def load_mahimahi(path: str | Path, *, bin_ms: int = 100) -> Trace:
     stamps.append(v)
   if not stamps:
     raise DataError(f"{path}: no delivery timestamps; a Mahimahi trace has one integer ms per line")
-  period_ms = max(stamps[-1], 1)
+  period_ms = max(stamps[-1], 1)  # Mahimahi replays the file every last-timestamp milliseconds
   _check_length(path, period_ms / 1000)
   nbins = int(math.ceil(period_ms / bin_ms))
   counts = np.bincount(np.minimum(np.asarray(stamps) // bin_ms, nbins - 1), minlength=nbins)
-  rates = counts * MTU_BITS / (bin_ms / 1000.0)
+  starts_ms = np.arange(nbins) * bin_ms
+  lengths_ms = np.minimum(starts_ms + bin_ms, period_ms) - starts_ms  # the last bin ends at the period
+  rates = counts * MTU_BITS / (lengths_ms / 1000.0)
   if rates.max() <= 0:
     raise DataError(f"{path}: the trace delivers nothing")
-  return Trace(path.stem, np.arange(nbins) * bin_ms / 1000.0, rates.astype(float), nbins * bin_ms / 1000.0)
+  return Trace(path.stem, starts_ms / 1000.0, rates.astype(float), period_ms / 1000.0)
 
 
 def load_csv(path: str | Path) -> Trace:

@@ -1,5 +1,7 @@
 """Trace generators, loaders (and their errors) and the link model."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -25,10 +27,52 @@ def test_synthetic_seeded(kind):
 
 
 def test_mahimahi_loader(tmp_path):
+  """By hand: 7 opportunities of 1500 bytes in a 199 ms period (Mahimahi replays the file every
+  last-timestamp ms): 4 in [0, 100) ms, 3 in [100, 199) ms, so 84 kbit per period, wrapping."""
   p = tmp_path / "link.down"
   p.write_text("\n".join(str(v) for v in [0, 10, 10, 50, 120, 150, 199]) + "\n")
   tr = traces.load_mahimahi(p, bin_ms=100)
-  np.testing.assert_allclose(tr.rates_bps, [4 * 12000 / 0.1, 3 * 12000 / 0.1])
+  np.testing.assert_allclose(tr.times_s, [0.0, 0.1])
+  np.testing.assert_allclose(tr.rates_bps, [4 * 12000 / 0.1, 3 * 12000 / 0.099])
+  assert tr.period_s == pytest.approx(0.199)
+  assert link_bits(tr, 0.0, 0.199) == pytest.approx(7 * 12000)
+  assert link_bits(tr, 0.0, 3 * 0.199) == pytest.approx(21 * 12000)  # three periods
+  assert tr.transfer_end(0.0, 7 * 12000) == pytest.approx(0.199)
+  shifted = traces.shifted(tr, start_s=0.1, scale=0.5)  # starts in the second bin, half the rate
+  assert shifted.rate_at(0.0) == pytest.approx(0.5 * 3 * 12000 / 0.099)
+  assert link_bits(shifted, 0.0, 0.199) == pytest.approx(0.5 * 7 * 12000)
+
+
+def link_bits(trace, start_s, end_s):
+  from common.serving.link import delivered_bits
+
+  return delivered_bits(trace, start_s, end_s)
+
+
+SHARED = Path(__file__).resolve().parents[3] / "shared" / "traces"
+# the shared traces' README: length (s), mean (Mbit/s), 10th / 90th percentile of 1-s rates, % seconds at zero
+PUBLISHED = {
+  "ATT-LTE-driving.up": (1012, 0.83, 0.01, 1.16, 9.3),
+  "TMobile-LTE-short.up": (140, 13.3, 3.3, 25.3, 0.0),
+  "TMobile-UMTS-driving.up": (931, 0.94, 0.30, 1.42, 2.9),
+  "Verizon-EVDO-driving.up": (1065, 0.84, 0.23, 1.19, 2.8),
+}
+
+
+@pytest.mark.skipif(not SHARED.is_dir(), reason=f"the shared cellular traces are not at {SHARED}")
+@pytest.mark.parametrize("name", sorted(PUBLISHED))
+def test_real_cellular_traces_read_as_their_readme_says(name):
+  tr = traces.load(str(SHARED / name))
+  length, mean, p10, p90, zero = PUBLISHED[name]
+  lines = sum(1 for line in (SHARED / name).read_text().splitlines() if line.strip())
+  assert tr.period_s == pytest.approx(length, abs=1.0)
+  assert tr.mean_bps() * tr.period_s == pytest.approx(lines * 12000)  # every line one 1500-byte packet
+  assert tr.mean_bps() / 1e6 == pytest.approx(mean, rel=0.01)
+  per_s = np.asarray([link_bits(tr, t, t + 1.0) for t in range(int(tr.period_s))]) / 1e6
+  assert np.percentile(per_s, 10) == pytest.approx(p10, abs=0.2) and np.percentile(
+    per_s, 90
+  ) == pytest.approx(p90, rel=0.05)
+  assert 100 * np.mean(per_s == 0) == pytest.approx(zero, abs=0.5)
 
 
 @pytest.mark.parametrize("text", ["", "12\nabc\n", "5\n3\n", "1.5\n", "-4\n"])
