@@ -34,6 +34,7 @@ from common.errors import ServingError
 SERVER_ADDR, DEVICE_ADDR = "10.77.0.2", "10.77.0.1"
 TBF_BURST_BYTES = 1600  # one MTU-sized packet: a frame cannot ride a full bucket past the rate
 TBF_LATENCY_MS = 500
+UNSHAPED_BPS = 1e9  # the tc link's rate before the stream starts
 
 
 class Pacer:
@@ -303,7 +304,9 @@ class TcLink(Link):
 
   @contextlib.contextmanager
   def network(self):
-    with TcNetwork(self.trace.rate_at(0.0), delay_ms=self.delay_ms) as net:
+    # unshaped until the stream starts (`start` sets the trace's rate): the device's calibration
+    # measures compute and round trip, not the trace's first seconds
+    with TcNetwork(UNSHAPED_BPS, delay_ms=self.delay_ms) as net:
       spec = {
         "kind": self.kind,
         "netns": net.device_ns,

@@ -11,6 +11,11 @@
    time, all measured in the same run; target <= 1 ms at p50) and the reality-versus-
    simulation gap in deadline-miss rate and accuracy (target <= 0.02).
 
+  python -m launch.bench deploy --links [--link-kinds pacer,tc --link-controllers mpc,rate,buffer]
+
+instead runs coinfer on every shared cellular trace and the Markov trace over both links
+(`launch.benchmarks.links`): measured and predicted miss rate and accuracy, and their gaps.
+
   python -m launch.bench deploy --load [--load-streams 32 --load-seconds 60 --load-fps 20]
 
 instead runs the runtime under load and faults (`common.serving.faults`, full form):
@@ -45,6 +50,9 @@ def add_args(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--load-fps", type=float, default=20.0, help="frames per second of each stream")
   parser.add_argument("--load-deadline", type=float, default=1.0)
   parser.add_argument("--load-processes", type=int, default=4, help="device processes the streams share")
+  from launch.benchmarks import links
+
+  links.add_args(parser)
 
 
 def _load(url: str, repo: Path, model: str, feeds: dict, streams: int, seconds: float) -> dict:
@@ -130,6 +138,10 @@ def run_deployment(args) -> dict:
 def run(args) -> dict:
   if args.load:
     return run_load(args)
+  if args.links:
+    from launch.benchmarks import links
+
+    return links.run(args)
   from coinfer import deploy as coinfer_deploy
   from common.serving import process
 

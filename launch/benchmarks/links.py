@@ -1,0 +1,96 @@
+"""The deploy step on real links: `python -m launch.bench deploy --links`.
+
+coinfer's deploy step (`edgeinfer coinfer deploy`) on the shared cellular uplink traces
+(`../shared/traces/*.up`, Mahimahi format) and the synthetic Markov trace, over the pacer and
+the kernel's `tc` link, with each controller asked for; every row is the measured deadline-miss
+rate and accuracy beside the simulator's prediction of the same stream, and the gaps.
+
+Each trace is scaled to a mean of `--link-mean-mbps` (0.2 Mbit/s by default): the quick digits
+payloads (0.1-2.4 kB per frame at 10 fps, 8-190 kbit/s) then make the link the bottleneck the
+controller has to manage, while the device and the server have the CPU to spare (a frame's
+device part and server model take about a millisecond each).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+SHARED_TRACES = Path(__file__).resolve().parents[3] / "shared" / "traces"
+
+
+def add_args(parser) -> None:
+  parser.add_argument("--links", action="store_true", help="coinfer on every shared trace over pacer and tc")
+  parser.add_argument("--link-kinds", default="pacer,tc")
+  parser.add_argument("--link-controllers", default="mpc", help="comma-separated: mpc, rate, buffer")
+  parser.add_argument("--link-mean-mbps", type=float, default=0.2, help="every trace scaled to this mean")
+  parser.add_argument("--link-repeats", type=int, default=2, help="runs of each row (each figure twice)")
+
+
+def traces_to_run() -> list[str]:
+  """The synthetic Markov trace and every shared cellular trace (when the folder is there)."""
+  found = sorted(str(p) for p in SHARED_TRACES.glob("*.up")) if SHARED_TRACES.is_dir() else []
+  return ["markov", *found]
+
+
+def one_row(workdir: Path, base: dict, out: Path) -> dict:
+  """One deploy step with `base` settings: the measured and predicted figures and their gaps."""
+  from common.serving import runner
+
+  runner.deploy(runner.deployment("coinfer"), {**base, "out": str(out)}, workdir)
+  summary = json.loads((out / "summary.json").read_text())
+  m, s = summary["measured"], summary["simulator"]
+  row = {k: base[k] for k in ("trace", "link", "controller", "trace_scale")}
+  for key in ("deadline_miss_rate", "accuracy", "timely_accuracy"):
+    row[key], row[f"sim_{key}"] = m[key], s[key]
+    row[f"{key}_gap"] = m[key] - s[key]
+  return row
+
+
+def run(args) -> dict:
+  from common import safeio, traces
+  from common.serving import runner
+
+  workdir = Path(args.workdir)
+  config = safeio.load_json(workdir / "config.json", what="run config")
+  base = {**runner.config_section(controller="mpc").to_dict(), **config.get("deploy", {})}
+  base.update(frames=args.frames, fps=args.fps)
+  rows = []
+  for spec in traces_to_run():
+    mean = traces.load(spec, seconds=max(30.0, args.frames / args.fps + 5.0)).mean_bps()
+    for kind in args.link_kinds.split(","):
+      for ctl in args.link_controllers.split(","):
+        for rep in range(args.link_repeats):
+          b = {
+            **base,
+            "trace": spec,
+            "link": kind,
+            "controller": ctl,
+            "trace_scale": args.link_mean_mbps * 1e6 / mean,
+          }
+          out = Path(args.out) / "links" / f"{Path(spec).stem}_{kind}_{ctl}_{rep}"
+          rows.append({**one_row(workdir, b, out), "trace": Path(spec).stem, "repeat": rep})
+          print(table_line(rows[-1]), flush=True)
+  return {"mean_mbps": args.link_mean_mbps, "frames": args.frames, "fps": args.fps, "rows": rows,
+          "worst_gap": worst_gaps(rows)}  # fmt: skip
+
+
+def table_line(r: dict) -> str:
+  return (
+    f"| {r['trace']} | {r['link']} | {r['controller']} | {r['deadline_miss_rate']:.3f} | "
+    f"{r['sim_deadline_miss_rate']:.3f} | {r['deadline_miss_rate_gap']:+.3f} | {r['accuracy']:.3f} | "
+    f"{r['sim_accuracy']:.3f} | {r['accuracy_gap']:+.3f} |"
+  )
+
+
+def worst_gaps(rows: list[dict]) -> dict:
+  """The largest |gap| of each figure per link kind."""
+  out = {}
+  for kind in sorted({r["link"] for r in rows}):
+    sel = [r for r in rows if r["link"] == kind]
+    out[kind] = {
+      k: float(np.max(np.abs([r[f"{k}_gap"] for r in sel]))) for k in ("deadline_miss_rate", "accuracy")
+    }
+  return out
