@@ -370,11 +370,11 @@ def check_feasible(config) -> None:
   """Refuses budgets the knapsack cannot meet (the smallest budget under the minimum widths' cost, a
   peak-memory bound under them), naming config.knapsack.budgets and the smallest feasible budget."""
   train_ds, _ = load_data(config)
-  costs = models.chain_costs(model_config(config, train_ds.num_classes), train_ds.image_shape)
-  k = config.knapsack
+  mcfg = model_config(config, train_ds.num_classes)
+  costs, k = models.chain_costs(mcfg, train_ds.image_shape), config.knapsack
   try:
     knapsack.check_budgets(
-      list(model_config(config, train_ds.num_classes).widths), costs.pair, costs.unit, list(k.budgets),
+      list(mcfg.widths), costs.pair, costs.unit, list(k.budgets),
       in_width=costs.in_width, min_width=k.min_width, act_bytes=costs.act_bytes, peak_bytes=k.peak_bytes or None,
     )  # fmt: skip
   except InfeasibleError as e:
