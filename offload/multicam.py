@@ -173,11 +173,12 @@ def check(cameras, rates, depths, grid_rates, grid_depths) -> None:
 
 
 def run_chunked(thresholds_GxS, sets: dict, metrics, rewards, idx, *, chunk: int, hist_size: int = 1):
-  """`simulate` over G settings in vmapped chunks of `chunk` (the last one padded): one compile.
+  """`simulate` over G settings in vmapped chunks of min(chunk, G) (the last one padded): one compile.
 
   Returns the Totals as NumPy arrays with G rows.
   """
   g = thresholds_GxS.shape[0]
+  chunk = min(chunk, g)
   pad = (-g) % chunk
   rows = np.concatenate([np.arange(g), np.full(pad, g - 1)])
   th = jnp.asarray(thresholds_GxS, jnp.float32)
