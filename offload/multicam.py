@@ -172,11 +172,15 @@ def check(cameras, rates, depths, grid_rates, grid_depths) -> None:
       hierarchical_grid(r, b, grid_rates, grid_depths)
 
 
-def run_chunked(thresholds_GxS, sets: dict, metrics, rewards, idx, *, chunk: int, hist_size: int = 1):
+def run_chunked(
+  thresholds_GxS, sets: dict, metrics, rewards, idx, *, chunk: int, hist_size: int = 1, desc=""
+):
   """`simulate` over G settings in vmapped chunks of min(chunk, G) (the last one padded): one compile.
 
-  Returns the Totals as NumPy arrays with G rows.
+  Returns the Totals as NumPy arrays with G rows. A non-empty `desc` shows a progress bar.
   """
+  from tqdm import tqdm
+
   g = thresholds_GxS.shape[0]
   chunk = min(chunk, g)
   pad = (-g) % chunk
@@ -188,7 +192,7 @@ def run_chunked(thresholds_GxS, sets: dict, metrics, rewards, idx, *, chunk: int
     jnp.asarray(idx),
   )
   parts = []
-  for start in range(0, len(rows), chunk):
+  for start in tqdm(range(0, len(rows), chunk), desc=desc, disable=not desc, leave=False):
     sl = jnp.asarray(rows[start : start + chunk])
     sub = {k: v[sl] for k, v in sets.items()}
     parts.append(jax.device_get(simulate(th[sl], sub, metrics, rewards, idx, hist_size=hist_size)))
@@ -213,7 +217,7 @@ def policy_settings(sw: Sweep) -> list[tuple[float, float]]:
   return sorted(pts)
 
 
-def search(th_of, sw: Sweep, metrics_tr, rewards_tr, idx_tr, *, chunk: int) -> dict[str, np.ndarray]:
+def search(th_of, sw: Sweep, metrics_tr, rewards_tr, idx_tr, *, chunk: int, desc="") -> dict[str, np.ndarray]:
   """The hierarchical grid search on training streams: gain through the switch of every (r_i, b_i).
 
   th_of(r, b) -> threshold row. Returns "scores" [R, B, C, len(grid_rates), len(grid_depths)]
@@ -290,7 +294,9 @@ def evaluate(th_of, sw: Sweep, best, metrics_ts, rewards_ts, idx_ts, *, chunk: i
   }
 
 
-def strategies(train, test, sw: Sweep, key, *, train_shape, test_shape, gamma, max_sweeps, chunk) -> dict:
+def strategies(
+  train, test, sw: Sweep, key, *, train_shape, test_shape, gamma, max_sweeps, chunk, show_progress=False
+) -> dict:
   """`runtest_mcam`: policies of every setting, the grid search on training streams, the test.
 
   train, test: metric-sorted splits (offload.data.Split); train_shape / test_shape: (slots,
@@ -311,7 +317,8 @@ def strategies(train, test, sw: Sweep, key, *, train_shape, test_shape, gamma, m
   idx_tr = streams(k_tr, len(train.metrics), *train_shape, ncam)
   idx_ts = streams(k_ts, len(test.metrics), *test_shape, ncam)
   t1 = time.perf_counter()
-  found = search(th_of, sw, train.metrics, train.rewards, idx_tr, chunk=chunk)
+  desc = "offload: multi-camera search" if show_progress else ""
+  found = search(th_of, sw, train.metrics, train.rewards, idx_tr, chunk=chunk, desc=desc)
   t2 = time.perf_counter()
   res = evaluate(th_of, sw, found["best"], test.metrics, test.rewards, idx_ts, chunk=chunk)
   t3 = time.perf_counter()

@@ -347,6 +347,7 @@ def step_multicam(run: Run) -> dict:
   out = multicam.strategies(
     d.train, d.test, sw, _step_key(c, "multicam"), train_shape=(m.train_slots, m.train_streams),
     test_shape=(m.test_slots, m.test_streams), gamma=c.mdp.discount, max_sweeps=m.mdp_sweeps, chunk=m.chunk,
+    show_progress=run.show,
   )  # fmt: skip
   loss = multicam.losses(out)
   arrays = {f"{s}_{k}": v for s, res in out["strategies"].items() for k, v in res.items()}
