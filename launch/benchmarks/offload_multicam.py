@@ -28,6 +28,7 @@ import time
 import jax
 import numpy as np
 
+from common.errors import ConfigError
 from offload import bucket, mdp, multicam
 from offload import data as odata
 
@@ -48,7 +49,7 @@ def _numba():
   try:
     import numba
   except ImportError:
-    raise SystemExit(
+    raise ConfigError(
       "the multi-camera benchmark's reference needs numba: pip install -e '.[bench]' (or pip install numba)"
     ) from None
   return numba
