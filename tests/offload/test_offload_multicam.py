@@ -99,9 +99,9 @@ def test_simulation_equals_numpy_loop_of_the_original_rule(data):
 def test_grid_policies_equal_the_per_setting_mdp(data):
   tr = data.train
   pts = [(0.05, 1.0), (0.1, 2.5), (0.25, 4.0), (0.075, 1.25)]
-  th = mdp.thresholds_grid(tr.metrics, tr.rewards, *zip(*pts, strict=True))
+  th = mdp.thresholds_grid(tr.metrics, tr.rewards, *zip(*pts, strict=True), max_sweeps=1500)
   for row, (r, b) in zip(th, pts, strict=True):
-    one = mdp.thresholds(tr.metrics, tr.rewards, r, b)
+    one = mdp.thresholds(tr.metrics, tr.rewards, r, b, max_sweeps=1500)
     np.testing.assert_array_equal(row[: len(one)], one)
     assert np.isinf(row[len(one) :]).all()
 
