@@ -52,8 +52,11 @@ def multicam(rep: report.Report, workdir: Path) -> None:
       series["strong only"] = (cams, res["strong"])
       rep.line_plot(f"multicam_loss_{tag}.png", series, xlabel="cameras N", ylabel="average loss",
                     title=f"loss against cameras, (r, b) = ({r}, {b})")  # fmt: skip
-  _score_map(rep, arr, res, 0, 0, len(cams) - 1)
-  _occupancy(rep, arr, res, 0, 0, len(cams) - 1)
+  # the figures below are for the paper's example share (0.1, 1) when swept, else the first share
+  ri = rates.index(0.1) if 0.1 in rates else 0
+  bi = depths.index(1.0) if 1.0 in depths else 0
+  _score_map(rep, arr, res, ri, bi, len(cams) - 1)
+  _occupancy(rep, arr, res, ri, bi, len(cams) - 1)
   rep.text("Arrays: `multicam.npz` (per strategy: gain, loss, occupancy, histogram; the search's scores).")
 
 
