@@ -415,7 +415,8 @@ STEPS = {
   ),
   "robust": app.Step(_reported(step_robust), "MDP and baseline fitted on shifted metrics; robust.json"),
 }
-ALL = ("metrics", "train", "simulate", "multicam", "robust")
+ALL = ("metrics", "train", "simulate")
+STUDIES = ("multicam", "robust")  # run by name (`edgeinfer offload multicam robust`), not by `all`
 
 
 def run_steps(names, config, workdir, *, show_progress: bool = True, title: str = "") -> dict[str, dict]:

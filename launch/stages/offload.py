@@ -28,7 +28,7 @@ def run(workdir: Path, *, fast: bool = False) -> dict:
   t1 = time.time()
   sim = pipeline.run_steps(("simulate",), config, workdir, show_progress=not fast, title=title)["simulate"]
   t2 = time.time()
-  more = pipeline.run_steps(("multicam", "robust"), config, workdir, show_progress=not fast, title=title)
+  more = pipeline.run_steps(pipeline.STUDIES, config, workdir, show_progress=not fast, title=title)
   out = {
     "train_seconds": t1 - t0,
     "simulate_seconds": t2 - t1,
