@@ -119,7 +119,7 @@ def _one(th, s, m_tbn, r_tbn, hist_size):
 
 
 def per_image(tot: Totals, cams, slots: int, num_streams: int) -> dict[str, np.ndarray]:
-  """Averages per camera image: gain, fired and granted fractions, mean switch occupancy n_g / m_g."""
+  """Averages per camera image: gain, fired and granted fractions, the switch's mean units n_g."""
   n = np.asarray(cams, np.float64) * slots * num_streams
   return {
     "gain": np.asarray(tot.gain, np.float64).sum(-1) / n,
