@@ -10,7 +10,8 @@ runs/quickstart/<stage>/; this writes runs/quickstart/report.md linking them,
 with the time of each stage. The goal is under 10 minutes on 2 quiet CPU cores; measured
 8 min 24 s wall (`time python -m launch.quickstart`, December 2026, final code with the
 multi-output reductions, quiet machine): common 24 s, agile 78 s, offload 34 s, coinfer 134 s,
-subnets 113 s, branching 77 s, deploy 37 s.
+subnets 113 s, branching 77 s, deploy 37 s. The offload stage's multi-camera and robustness
+steps came later: 29.5 s more on the shared machine (load average 7), to be re-timed quiet.
 """
 
 from __future__ import annotations

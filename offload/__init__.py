@@ -4,10 +4,11 @@ Qiu et al., "Adaptive Edge Offloading for Image Classification Under Rate Limit"
 (EMSOFT 2022) and Chakrabarti et al., "Real-time Edge Classification: Optimal
 Offloading under Token Bucket Constraints" (SEC 2021), in JAX.
 
-Public API: `bucket.discretize`, `mdp.thresholds`, `simulate.run` (see docs/offload.md).
+Public API: `bucket.discretize`, `mdp.thresholds`, `simulate.run`, `multicam.strategies`,
+`robust.study` (see docs/offload.md).
 """
 
-from offload import bucket, data, dqn, mdp, metrics, models, sequences, simulate
+from offload import bucket, data, dqn, mdp, metrics, models, multicam, robust, sequences, simulate
 from offload.bucket import QPM, discretize
 from offload.data import MetricsData, load_npz, prepare, synthetic
 from offload.dqn import FQIConfig, Pool, q_iteration
@@ -32,8 +33,10 @@ __all__ = [
   "mdp",
   "metrics",
   "models",
+  "multicam",
   "prepare",
   "q_iteration",
+  "robust",
   "run",
   "sequences",
   "simulate",

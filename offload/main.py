@@ -2,7 +2,8 @@
 
 Steps: metrics (the digits classifier pair and its metrics files), train (the DQN by fitted
 Q-iteration; resumes from the workdir's checkpoints), simulate (every policy on the test streams,
-exports, report.md), all. Each step skips when its outputs exist; `edgeinfer offload --help`
+exports, report.md), all (those three), and the studies multicam (N cameras behind one switch)
+and robust (policies fitted on shifted metrics), run by name. Each step skips when its outputs exist; `edgeinfer offload --help`
 lists them. Knobs are config keys, e.g. --config.bucket.rates='(0.1,)' --config.bucket.depths='(4.0,)'
 --config.stream.order=iid --config.dqn.learning_rate=1e-4 --config.dqn.iterations=4000
 --config.metrics.source=npz --config.metrics.file=data/ofa_top5.npz (docs/offload.md has the table).

@@ -18,6 +18,8 @@ k = 0 (never send, threshold +inf) is allowed too.
 
 from __future__ import annotations
 
+from functools import partial
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -229,3 +231,87 @@ def brute_force_thresholds(
   out = np.full(m + 1, np.inf)
   out[max(p, q) :] = _threshold_of_k(m_desc, kbest[max(p, q) :])
   return out
+
+
+def grid_size(rates, depths) -> int:
+  """The padded state count of a grid of settings: 1 + the largest m (thresholds are indexed by n)."""
+  return 1 + max(bucket.discretize(float(r), float(b)).m for r, b in zip(rates, depths, strict=True))
+
+
+def thresholds_grid(
+  metrics: np.ndarray, rewards: np.ndarray, rates, depths, *, size: int | None = None, gamma: float = 0.9999,
+  tol: float = 1e-6, max_sweeps: int = 10_000,
+) -> np.ndarray:  # fmt: skip
+  """MDP thresholds of many (rate, depth) settings at once, periodic arrivals (one vmapped program).
+
+  The same value iteration and stopping rule as `thresholds` (which it equals point by point), in a
+  padded layout: state n is entry n of a [size] vector for every setting, the bucket's (q, p, m) are
+  traced, and the periodic transitions n -> min(m, n + q) are gathers instead of matrix rows.
+
+  Returns:
+    float64 [G, size]: row g is setting g's threshold per state n (offload iff metric >= it),
+    +inf where n < p, n > m, in unreachable states n < q and where never sending is optimal.
+  """
+  qpms = np.asarray([bucket.discretize(float(r), float(b)) for r, b in zip(rates, depths, strict=True)])
+  size = size or int(qpms[:, 2].max()) + 1
+  if qpms[:, 2].max() + 1 > size:
+    raise ValueError(f"size = {size}: the grid needs {int(qpms[:, 2].max()) + 1} states")
+  m_desc, ks, sk = _candidates(metrics, rewards)
+  hull = _upper_hull(ks.astype(np.float64), sk)
+  hk, hs = ks[hull], sk[hull]
+  h = _bucket_size(len(hk))
+  pad = h - len(hk)
+  slopes = np.concatenate([np.diff(hs) / np.diff(hk), np.full(pad + 1, -np.inf)])
+  th_hull = np.concatenate([_threshold_of_k(m_desc, hk), np.full(pad, np.inf)])
+  tolerance = tol * max(float(m_desc[0] - m_desc[-1]), 1e-300)
+  q, p, m = (jnp.asarray(qpms[:, i], jnp.int32) for i in range(3))
+  j = _grid_iteration(
+    q, p, m,
+    jnp.asarray(np.concatenate([hk, np.zeros(pad, np.int64)]), jnp.float32) / len(m_desc),
+    jnp.asarray(np.concatenate([hs, np.zeros(pad)]), jnp.float32) / len(m_desc),
+    jnp.asarray(slopes, jnp.float32), jnp.asarray(th_hull, jnp.float32), jnp.float32(gamma),
+    jnp.float32(tolerance), jnp.int32(max_sweeps), size=size,
+  )  # fmt: skip
+  j = np.asarray(j)
+  n = np.arange(size)[None, :]
+  live = (n >= qpms[:, 1:2]) & (n >= qpms[:, 0:1]) & (n <= qpms[:, 2:3])
+  return np.where(live, _threshold_of_k(m_desc, hk[np.minimum(j, len(hk) - 1)]), np.inf)
+
+
+@partial(jax.jit, static_argnames=("size",))
+def _grid_iteration(q, p, m, hk, hs, slopes, th_hull, gamma, tol, max_sweeps, *, size: int):
+  """`_value_iteration` for periodic arrivals, vmapped over settings (q, p, m) in a [size] layout."""
+  n = jnp.arange(size)
+
+  def one(q, p, m):
+    valid = (n >= q) & (n <= m)
+    send_ok = valid & (n >= p)
+    keep_idx = jnp.minimum(m, n + q)
+    send_idx = jnp.clip(jnp.minimum(m, n - p + q), 0, size - 1)
+
+    def decide(v):
+      ev_keep, ev_send = v[keep_idx], v[send_idx]
+      c = gamma * (ev_keep - ev_send)
+      j = jnp.searchsorted(-slopes, -c, side="left")
+      v_new = gamma * ev_keep + jnp.where(send_ok, hs[j] - c * hk[j], 0.0)
+      v_new = jnp.where(valid, v_new, 0.0)
+      return v_new - jnp.max(jnp.where(valid, v_new, -jnp.inf)), jnp.where(send_ok, j, 0)
+
+    def cond(carry):
+      _, _, stable, sweeps = carry
+      return jnp.logical_and(stable < m // jnp.maximum(q, 1) + 1, sweeps < max_sweeps)
+
+    def body(carry):
+      v, j_prev, stable, sweeps = carry
+      v, j = decide(v)
+      th, th_prev = th_hull[j], th_hull[j_prev]
+      moved = jnp.where(
+        j == j_prev, 0.0, jnp.where(jnp.isinf(th) | jnp.isinf(th_prev), jnp.inf, jnp.abs(th - th_prev))
+      )
+      stable = jnp.where(jnp.logical_and(sweeps > 0, moved.max() < tol), stable + 1, 0)
+      return v, j, stable, sweeps + 1
+
+    init = (jnp.zeros(size, jnp.float32), jnp.zeros(size, jnp.int32), jnp.int32(0), jnp.int32(0))
+    return jax.lax.while_loop(cond, body, init)[1]
+
+  return jax.vmap(one)(q, p, m)

@@ -6,6 +6,10 @@
              config.dqn.iterations continues)
   simulate : every policy on the test streams (+ the exports) -> results.json, result.npz,
              exports/, then report.md and loss_vs_rate.png (`offload.report`)
+  multicam : N cameras behind one switch, isolated / hierarchical / smart (`offload.multicam`)
+             -> multicam.json, multicam.npz (and the report's multi-camera sections)
+  robust   : MDP and baseline fitted on shifted training metrics (`offload.robust`) -> robust.json,
+             robust.npz (and the report's robustness section)
 
 Each step skips when its outputs exist: metrics when the fold's file exists, train when the
 newest checkpoint has config.dqn.iterations Q-iterations, simulate when results.json was made
@@ -29,7 +33,7 @@ from common.errors import ConfigError
 from common.export import write_atomic
 from common.serving import runner
 from offload import data as odata
-from offload import mdp, simulate
+from offload import mdp, multicam, robust, simulate
 from offload import metrics as om
 from offload import report as oreport
 from offload import train as train_lib
@@ -98,6 +102,19 @@ def validate(c: ml_collections.ConfigDict) -> None:
   cfg_lib.check_range(c, "dqn.num_seeds", 1, 1024, integer=True)
   for k in ("log_every", "checkpoint_every"):
     cfg_lib.check_range(c, f"dqn.{k}", 0, integer=True)
+  validate_multicam(c)
+
+
+def validate_multicam(c: ml_collections.ConfigDict) -> None:
+  """The multicam and robust sections (r_i <= 0, b_i < p, N < 1, a grid with no feasible point)."""
+  m = c.multicam
+  multicam.check(list(m.cameras), list(m.rates), list(m.depths), list(m.grid_rates), list(m.grid_depths))
+  robust.check(list(c.robust.drops), list(c.robust.rates), list(c.robust.depths))
+  for k in ("multicam.train_slots", "multicam.train_streams", "multicam.test_slots", "multicam.test_streams",
+            "robust.test_slots", "robust.test_streams"):  # fmt: skip
+    cfg_lib.check_range(c, k, 1, 10_000_000, integer=True)
+  for k in ("multicam.mdp_sweeps", "robust.mdp_sweeps", "multicam.chunk", "robust.chunk"):
+    cfg_lib.check_range(c, k, 1, 10_000_000, integer=True)
 
 
 # The config sections each output is made from; a reused output must have been made from the same.
@@ -111,6 +128,22 @@ DEPS = {
   "metrics": _CLASSIFIERS,
   "checkpoints": _DQN,
   "results.json": (*_DQN, "mdp", "export"),
+  "multicam.json": (
+    "seed",
+    "metrics",
+    "mdp",
+    "multicam",
+    "-multicam.chunk",
+    "-metrics.classifiers.checkpoint_every",
+  ),
+  "robust.json": (
+    "seed",
+    "metrics",
+    "mdp",
+    "robust",
+    "-robust.chunk",
+    "-metrics.classifiers.checkpoint_every",
+  ),
 }
 
 
@@ -307,10 +340,79 @@ def step_simulate(run: Run) -> dict:
   return summary
 
 
+def _save_npz(path: Path, arrays: dict) -> None:
+  buf = io.BytesIO()
+  np.savez(buf, **arrays)
+  write_atomic(path, buf.getvalue())
+
+
+def _step_key(c, name: str) -> jax.Array:
+  return jax.random.fold_in(jax.random.key(c.seed), {"multicam": 1, "robust": 2}[name])
+
+
+def step_multicam(run: Run) -> dict:
+  """The three strategies for every (r, b, N) -> multicam.json, multicam.npz."""
+  c, workdir = run.config, run.workdir
+  done = safeio.load_json_if_present(workdir / "multicam.json")
+  if done is not None:
+    return {**done, "skipped": True}
+  d, m = run.data(), c.multicam
+  sw = multicam.Sweep(*(tuple(m[k]) for k in multicam.Sweep._fields))
+  provenance.record(workdir / "multicam.json", c, DEPS["multicam.json"])
+  out = multicam.strategies(
+    d.train, d.test, sw, _step_key(c, "multicam"), train_shape=(m.train_slots, m.train_streams),
+    test_shape=(m.test_slots, m.test_streams), gamma=c.mdp.discount, max_sweeps=m.mdp_sweeps, chunk=m.chunk,
+    show_progress=run.show,
+  )  # fmt: skip
+  loss = multicam.losses(out)
+  arrays = {f"{s}_{k}": v for s, res in out["strategies"].items() for k, v in res.items()}
+  arrays.update({f"{s}_loss": v for s, v in loss.items()}, scores=out["scores"], best=out["best"])
+  arrays.update(weak=out["weak"], strong=out["strong"])
+  _save_npz(workdir / "multicam.npz", arrays)
+  summary = {
+    **{k: list(getattr(sw, k)) for k in multicam.Sweep._fields},
+    "loss": {s: v.tolist() for s, v in loss.items()},
+    "occupancy": {s: out["strategies"][s]["occupancy"].tolist() for s in multicam.STRATEGIES},
+    "dropped_at_switch": {
+      s: (out["strategies"][s]["fired"] - out["strategies"][s]["granted"]).tolist()
+      for s in multicam.STRATEGIES
+    },
+    "best": out["best"].tolist(),
+    "weak": out["weak"].tolist(),
+    "strong": out["strong"].tolist(),
+    "policies": out["policies"],
+    "searched_settings": out["searched"],
+    "seconds": out["seconds"],
+    "ordering": (loss["isolated"] >= loss["hierarchical"]).tolist(),
+  }
+  report_lib.write_json(workdir / "multicam.json", summary)
+  return summary
+
+
+def step_robust(run: Run) -> dict:
+  """MDP and baseline fitted on shifted training metrics, tested on the true ones -> robust.json/.npz."""
+  c, workdir = run.config, run.workdir
+  done = safeio.load_json_if_present(workdir / "robust.json")
+  if done is not None:
+    return {**done, "skipped": True}
+  d, r = run.data(), c.robust
+  provenance.record(workdir / "robust.json", c, DEPS["robust.json"])
+  t0 = time.time()
+  out = robust.study(
+    d.train, d.test, list(r.drops), list(r.rates), list(r.depths), _step_key(c, "robust"),
+    test_shape=(r.test_slots, r.test_streams), gamma=c.mdp.discount, max_sweeps=r.mdp_sweeps, chunk=r.chunk,
+  )  # fmt: skip
+  _save_npz(workdir / "robust.npz", {k: np.asarray(v) for k, v in out.items()})
+  summary = {"rates": list(r.rates), "depths": list(r.depths), "seconds": time.time() - t0}
+  summary.update({k: np.asarray(v).tolist() for k, v in out.items()})
+  report_lib.write_json(workdir / "robust.json", summary)
+  return summary
+
+
 def _reported(step):
   def fn(run: Run) -> dict:
     out = step(run)
-    if (run.workdir / "results.json").exists():
+    if any((run.workdir / f).exists() for f in ("results.json", "multicam.json", "robust.json")):
       oreport.write_report(run.config, run.workdir, title=run.title)
     return out
 
@@ -323,9 +425,14 @@ STEPS = {
   "simulate": app.Step(
     _reported(step_simulate), "every policy on the test streams, exports; results.json, report.md"
   ),
+  "multicam": app.Step(
+    _reported(step_multicam), "N cameras behind one switch: isolated / hierarchical / smart; multicam.json"
+  ),
+  "robust": app.Step(_reported(step_robust), "MDP and baseline fitted on shifted metrics; robust.json"),
   **runner.app_steps("offload", lambda run: run.config),
 }
 ALL = ("metrics", "train", "simulate")
+STUDIES = ("multicam", "robust")  # run by name (`edgeinfer offload multicam robust`), not by `all`
 
 
 def run_steps(names, config, workdir, *, show_progress: bool = True, title: str = "") -> dict[str, dict]:

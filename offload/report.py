@@ -7,6 +7,7 @@ from pathlib import Path
 import ml_collections
 
 from common import micro, report, safeio
+from offload import multicam_report
 
 POLICIES = ("weak", "strong", "lower_bound", "baseline", "mdp", "dqn")
 ARRAY_KEYS = ("loss", "offload_fraction", "occupancy")  # per policy in result.npz
@@ -75,12 +76,19 @@ def _exports(rep: report.Report, c: ml_collections.ConfigDict, par: dict, num_st
 
 
 def write_report(c: ml_collections.ConfigDict, workdir: str | Path, *, title: str = "") -> Path:
-  """Writes workdir/report.md and loss_vs_rate.png from workdir/results.json."""
+  """Writes workdir/report.md and its plots from results.json, multicam.json and robust.json (those there)."""
   workdir = Path(workdir)
+  rep = report.Report(title or "Offloading under a token bucket", workdir)
+  if (workdir / "results.json").exists():
+    _single_camera(rep, c, workdir)
+  multicam_report.sections(rep, workdir)
+  return rep.write()
+
+
+def _single_camera(rep: report.Report, c: ml_collections.ConfigDict, workdir: Path) -> None:
   res = safeio.load_json(workdir / "results.json", what="simulation results", keys=("settings", "losses"))
   setts = [(s["tr"], s["tb"]) for s in res["settings"]]
   losses, frac, occ = res["losses"], res["offload_fraction"], res["occupancy"]
-  rep = report.Report(title or "Offloading under a token bucket", workdir)
   rep.text(describe(c, res))
   header = ["policy"] + [f"r={r}, b={b}" for r, b in setts]
   rep.heading("Average loss per image")
@@ -113,4 +121,3 @@ def write_report(c: ml_collections.ConfigDict, workdir: str | Path, *, title: st
   )
   if "export" in res:
     _exports(rep, c, res["export"], max(s["qpm"][2] for s in res["settings"]) + 1)
-  return rep.write()

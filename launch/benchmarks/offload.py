@@ -2,6 +2,7 @@
 
     python -m launch.bench offload                 # ~2-4 min on 2 CPU cores
     python -m launch.bench offload --quick         # smaller references, fewer repeats
+    python -m launch.bench offload --only_multicam # the multi-camera grid alone (offload_multicam.py)
 
 References, measured in the same run (the original code needs TF <= 2.10 and
 numpy < 1.24, so it is re-created here in NumPy from the digest's description):
@@ -29,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from launch.bench import measure
+from launch.benchmarks import offload_multicam
 from offload import bucket, dqn, mdp, sequences, simulate
 from offload import data as odata
 from offload.models import DQNConfig, QNetwork
@@ -45,6 +47,9 @@ def add_args(parser) -> None:
   parser.add_argument(
     "--pool_len", type=int, default=100_000, help="training pool: 100 streams of this length"
   )
+  parser.add_argument("--only_multicam", action="store_true", help="the multi-camera grid alone")
+  parser.add_argument("--skip_multicam", action="store_true", help="the single-camera parts alone")
+  offload_multicam.add_args(parser)
 
 
 # ------------------------------------------------------------------ NumPy references
@@ -198,6 +203,15 @@ def run(args) -> dict:
 
 
 def _run(args) -> dict:
+  if args.only_multicam:
+    return offload_multicam.run(args)
+  out = _run_single(args)
+  if not args.skip_multicam:
+    out.update(offload_multicam.run(args))
+  return out
+
+
+def _run_single(args) -> dict:
   repeats = 2 if args.quick else args.repeats
   d = odata.prepare(odata.synthetic(50_000, seed=0))
   out: dict = {

@@ -6,6 +6,8 @@
   dqn      the network and its fitted Q-iteration
   mdp      the MDP's value iteration
   export   what `simulate` exports (TFLite, ONNX, int8 + C array, MDP thresholds)
+  multicam N cameras behind one switch: isolated / hierarchical / smart switch (`runtest_mcam`)
+  robust   MDP and baseline fitted on shifted training metrics (`runtest_robust`)
 
 docs/offload.md has the table from the original's flag names (`--lr`, `--tr`, `--nhist1`, ...) to these keys.
 
@@ -13,6 +15,7 @@ Run:  edgeinfer offload train --config=offload/configs/default.py --workdir=runs
         --config.metrics.source=npz --config.metrics.file=data/ofa_top5.npz
       edgeinfer offload simulate --config=offload/configs/default.py --workdir=runs/offload \
         --config.metrics.source=npz --config.metrics.file=data/ofa_top5.npz
+      edgeinfer offload multicam robust --config=offload/configs/default.py --workdir=runs/offload
 Runtime: about 0.1-0.2 s per Q-iteration per row on 2 CPU cores (1000 iterations ~ 3 min per row);
 the simulation of 100 x 100k test images takes seconds per policy.
 """
@@ -91,6 +94,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       "target_ram_bytes": 320 * 1024,
     }
   )
+<<<<<<< HEAD
   # the deploy and device steps (common.serving.runner); fps: arrival slots per second
   c.deploy = runner.config_section(fps=20.0, deadline=0.5)
   c.deploy.policy = "all"  # mdp | dqn | all (one stream each, in turn)
@@ -98,4 +102,33 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.deploy.stream_seed = 0  # seed of the image and interval stream
   c.deploy.order = ""  # iid | location_reset; "" = config.stream.order
   c.deploy.arrivals = ""  # periodic | markov; "" = config.stream.arrivals
+=======
+  c.multicam = ml_collections.ConfigDict(
+    {
+      "cameras": (2, 3, 4, 5, 6, 7, 8),  # camera counts N behind the switch
+      "rates": (0.05, 0.1, 0.25),  # per-camera share r (the switch gains r per camera arrival)
+      "depths": (1.0, 2.0),  # per-camera share b (the switch holds N b tokens)
+      # the hierarchical search's grid of per-camera (r_i, b_i), as the original's
+      "grid_rates": tuple(k / 40 for k in range(2, 21)),
+      "grid_depths": tuple(k / 4 for k in range(4, 41)),
+      "train_slots": 2_000,  # the search's streams on the training images, per camera
+      "train_streams": 16,
+      "test_slots": 20_000,  # the strategies' streams on the test images, per camera
+      "test_streams": 16,
+      "mdp_sweeps": 10_000,  # the most value-iteration sweeps per policy (the original's 1e4)
+      "chunk": 1024,  # settings per vmapped call
+    }
+  )
+  c.robust = ml_collections.ConfigDict(
+    {
+      "drops": (-50, -25, -10, 10, 25, 50),  # percent of the training images dropped by metric rank
+      "rates": (0.05, 0.1, 0.25),
+      "depths": (1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 4.5, 5.0),
+      "test_slots": 20_000,
+      "test_streams": 16,
+      "mdp_sweeps": 10_000,
+      "chunk": 256,
+    }
+  )
+>>>>>>> i28
   return c

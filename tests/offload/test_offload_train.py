@@ -35,9 +35,20 @@ def test_stage_writes_report_arrays_and_exports(stage_run):
   for name in ("dqn_float.tflite", "dqn.onnx", "mdp_r0.1_b4.0.json"):
     assert (workdir / "exports" / name).exists()
   assert len(list((workdir / "metrics").glob("fold*_cost0.npz"))) == 3  # one metrics file per fold
+  for word in ("Many cameras behind one switch", "score map", "Switch occupancy", "Robustness"):
+    assert word in text
+  for name in (
+    "multicam_scores.png",
+    "multicam_occupancy.png",
+    "multicam_loss_r0.1_b1.0.png",
+    "robust_r0.1.png",
+  ):
+    assert (workdir / name).stat().st_size > 1000
+  assert len(out["multicam_hierarchical_loss"]) == len(out["multicam_cameras"]) == 2
   # A rerun of every step finds its outputs and skips (simulate: results.json of this checkpoint).
-  again = pipeline.run_steps(pipeline.ALL, app.load_config_file("offload/configs/quick.py:fast"), workdir)
-  assert all(again[name].get("skipped") for name in pipeline.ALL), again
+  steps = (*pipeline.ALL, *pipeline.STUDIES)
+  again = pipeline.run_steps(steps, app.load_config_file("offload/configs/quick.py:fast"), workdir)
+  assert all(again[name].get("skipped") for name in steps), again
   assert again["simulate"]["losses"] == json.loads((workdir / "results.json").read_text())["losses"]
 
 
