@@ -94,15 +94,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       "target_ram_bytes": 320 * 1024,
     }
   )
-<<<<<<< HEAD
-  # the deploy and device steps (common.serving.runner); fps: arrival slots per second
-  c.deploy = runner.config_section(fps=20.0, deadline=0.5)
-  c.deploy.policy = "all"  # mdp | dqn | all (one stream each, in turn)
-  c.deploy.setting = 0  # index of the (bucket.rates, bucket.depths) setting
-  c.deploy.stream_seed = 0  # seed of the image and interval stream
-  c.deploy.order = ""  # iid | location_reset; "" = config.stream.order
-  c.deploy.arrivals = ""  # periodic | markov; "" = config.stream.arrivals
-=======
   c.multicam = ml_collections.ConfigDict(
     {
       "cameras": (2, 3, 4, 5, 6, 7, 8),  # camera counts N behind the switch
@@ -130,5 +121,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       "chunk": 256,
     }
   )
->>>>>>> i28
+  # the deploy and device steps (common.serving.runner); fps: arrival slots per second
+  c.deploy = runner.config_section(fps=20.0, deadline=0.5)
+  c.deploy.policy = "all"  # mdp | dqn | all (one stream each, in turn)
+  c.deploy.setting = 0  # index of the (bucket.rates, bucket.depths) setting
+  c.deploy.stream_seed = 0  # seed of the image and interval stream
+  c.deploy.order = ""  # iid | location_reset; "" = config.stream.order
+  c.deploy.arrivals = ""  # periodic | markov; "" = config.stream.arrivals
   return c
