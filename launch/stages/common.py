@@ -23,6 +23,9 @@ from common import train as train_lib
 
 def validate(config: ml_collections.ConfigDict) -> None:
   """Checks every key the stage reads (raises ConfigError naming key, value, range)."""
+  from common import app
+
+  cfg.check_types(config, app.load_config_file("launch/configs/quickstart.py"))
   cfg.check_seed(config)
   cfg.check_numbers(config)
   cfg.check_range(config, "data.image_size", 8, 512, integer=True)
