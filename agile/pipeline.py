@@ -273,14 +273,13 @@ def final_metrics(workdir: Path) -> dict[str, Any] | None:
   return metrics
 
 
-def _reported(step):
-  def fn(run: Run):
-    out = step(run)
-    final_metrics(run.workdir)
-    report.write_report(run.config, run.workdir)
-    return out
+def _write_reports(run: Run) -> None:
+  final_metrics(run.workdir)
+  report.write_report(run.config, run.workdir)
 
-  return fn
+
+def _reported(step):
+  return app.reported(step, _write_reports)
 
 
 STEPS = {
@@ -301,13 +300,6 @@ ALL = ("train", "evaluate", "export")
 def run_all(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
   """Every step into `workdir` (what `edgeinfer agile all` runs, without the command line);
   returns the final metrics (also in workdir/final_metrics.json)."""
-  validate(config)
-  workdir = Path(workdir)
-  preflight(config, workdir)
-  from common.cli import save_config
-
-  save_config(config, workdir)
-  run = Run(config, workdir)
-  for name in ALL:
-    STEPS[name].fn(run)
-  return final_metrics(workdir)
+  spec = app.App("agile", STEPS, validate=validate, preflight=preflight, context=Run)
+  app.run_steps(spec, config, workdir, ALL)
+  return final_metrics(Path(workdir))

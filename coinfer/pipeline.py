@@ -436,10 +436,6 @@ TRAINING = tuple(s for s in STEPS if s not in ("deploy", "device"))  # the steps
 def run_steps(config, workdir: Path, names=TRAINING, *, ablation: str | None = None) -> dict:
   """Runs steps as the command line does (validate, preflight, config.json, one Run): for the
   quickstart stage and tests."""
-  from common import cli
-
-  validate(config)
-  preflight(config, Path(workdir))
-  cli.save_config(config, Path(workdir))
-  run = Run.build(config, Path(workdir), ablation)
-  return {name: STEPS[name].fn(run) for name in names}
+  context = lambda c, w: Run.build(c, Path(w), ablation)
+  spec = app.App("coinfer", STEPS, validate=validate, preflight=preflight, context=context)
+  return app.run_steps(spec, config, workdir, list(names))

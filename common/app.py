@@ -293,25 +293,50 @@ def main(spec: App, argv: Sequence[str]) -> int:
       f"expected a step (or several, run in the order given), one of {names}, or all alone; got {got} "
       f"(see edgeinfer {spec.name} --help)"
     )
-  if spec.validate is not None:
-    spec.validate(config)
   todo = list(spec.all_steps) if asked == ["all"] else list(dict.fromkeys(asked))
-  needs_workdir = any(spec.steps[s].needs_workdir for s in todo)
-  if needs_workdir and not FLAGS.workdir:
+  if any(spec.steps[s].needs_workdir for s in todo) and not FLAGS.workdir:
+    if spec.validate is not None:
+      spec.validate(config)  # a bad value is named before a missing --workdir
     raise ConfigError(f"--workdir is required, e.g. --workdir=runs/{spec.name}")
   workdir = Path(FLAGS.workdir or ".")  # steps that write nothing there may still read it
-  if needs_workdir:
+  done = lambda name, out: print(f"{name}: {summarize(out)}", flush=True)
+  run_steps(spec, config, workdir, todo, on_result=done)
+  return 0
+
+
+def run_steps(spec: App, config, workdir, names: Sequence[str], *, context=None, on_result=None) -> dict:
+  """Runs the steps `names` of `spec` as the command line does: validate, preflight and config.json
+  (when a step needs the workdir and saves it) before anything else is written, one run context
+  (`context(config, workdir)`, default the package's), the steps in order. The quickstart's stages
+  and the tests call it too; returns {step: its result}."""
+  workdir = Path(workdir)
+  if spec.validate is not None:
+    spec.validate(config)
+  if any(spec.steps[s].needs_workdir for s in names):
     if workdir.exists() and not workdir.is_dir():
       raise ConfigError(f"--workdir {workdir}: exists and is not a directory")
     if spec.preflight is not None:
       spec.preflight(config, workdir)
-    if any(spec.steps[s].saves_config for s in todo):
+    if any(spec.steps[s].saves_config for s in names):
       cli.save_config(config, workdir)
-  ctx = spec.context(config, workdir)
-  for name in todo:
-    out = spec.steps[name].fn(ctx)
-    print(f"{name}: {summarize(out)}", flush=True)
-  return 0
+  ctx = (context or spec.context)(config, workdir)
+  results = {}
+  for name in names:
+    results[name] = spec.steps[name].fn(ctx)
+    if on_result is not None:
+      on_result(name, results[name])
+  return results
+
+
+def reported(step: Callable[[Any], Any], write: Callable[[Any], Any]) -> Callable[[Any], Any]:
+  """`step`, then `write(ctx)`: the package's report rewritten from what the steps wrote."""
+
+  def fn(ctx):
+    out = step(ctx)
+    write(ctx)
+    return out
+
+  return fn
 
 
 def summarize(out: Any) -> str:

@@ -26,7 +26,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from common import app, cli, micro, provenance, safeio
+from common import app, micro, provenance, safeio
 from common import config as cfg_lib
 from common import report as report_lib
 from common.errors import ConfigError
@@ -409,14 +409,13 @@ def step_robust(run: Run) -> dict:
   return summary
 
 
-def _reported(step):
-  def fn(run: Run) -> dict:
-    out = step(run)
-    if any((run.workdir / f).exists() for f in ("results.json", "multicam.json", "robust.json")):
-      oreport.write_report(run.config, run.workdir, title=run.title)
-    return out
+def _write_report(run: Run) -> None:
+  if (run.workdir / "results.json").exists():
+    oreport.write_report(run.config, run.workdir, title=run.title)
 
-  return fn
+
+def _reported(step):
+  return app.reported(step, _write_report)
 
 
 STEPS = {
@@ -437,9 +436,6 @@ STUDIES = ("multicam", "robust")  # run by name (`edgeinfer offload multicam rob
 
 def run_steps(names, config, workdir, *, show_progress: bool = True, title: str = "") -> dict[str, dict]:
   """Runs steps as `edgeinfer offload` does (validate, save config.json, one Run); returns their results."""
-  validate(config)
-  workdir = Path(workdir)
-  preflight(config, workdir)
-  cli.save_config(config, workdir)
-  run = Run(config, workdir, show_progress=show_progress, title=title)
-  return {name: STEPS[name].fn(run) for name in names}
+  context = lambda c, w: Run(c, Path(w), show_progress=show_progress, title=title)
+  spec = app.App("offload", STEPS, validate=validate, preflight=preflight, context=context)
+  return app.run_steps(spec, config, workdir, list(names))

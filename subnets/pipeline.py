@@ -21,7 +21,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from common import app, checkpoint, cli, micro, provenance, safeio
+from common import app, checkpoint, micro, provenance, safeio
 from common import config as cfg_lib
 from common import data as data_lib
 from common import report as report_lib
@@ -350,12 +350,7 @@ def step_export(run: Run) -> dict:
 
 
 def _reported(step):
-  def fn(run: Run) -> dict:
-    out = step(run)
-    write_report(run)
-    return out
-
-  return fn
+  return app.reported(step, write_report)
 
 
 STEPS = {
@@ -390,8 +385,6 @@ def preflight(config, workdir: Path) -> None:
 
 def run_step(name: str, config, workdir, *, show_progress: bool = True) -> dict:
   """Runs one step (and what it needs), then rewrites report.md."""
-  validate(config)
-  preflight(config, Path(workdir))  # before anything is written
-  cli.save_config(config, Path(workdir))
-  run = Run(config, Path(workdir), show_progress=show_progress)
-  return STEPS[name].fn(run)
+  context = lambda c, w: Run(c, Path(w), show_progress=show_progress)
+  spec = app.App("subnets", STEPS, validate=validate, preflight=preflight, context=context)
+  return app.run_steps(spec, config, workdir, [name])[name]
