@@ -18,7 +18,6 @@ from __future__ import annotations
 import concurrent.futures as cf
 import dataclasses
 import re
-import time
 
 import jax
 import jax.numpy as jnp
@@ -187,14 +186,9 @@ class ParallelRunner:
 
 def time_fn(fn, x, *, repeats: int = 50, warmup: int = 5) -> float:
   """Median wall milliseconds of fn(x) (the artifact reports the min; we report the median)."""
-  for _ in range(warmup):
-    fn(x)
-  ts = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    fn(x)
-    ts.append(time.perf_counter() - t0)
-  return float(np.median(ts) * 1e3)
+  from common import timing
+
+  return timing.median_ms(lambda: fn(x), repeats=repeats, warmup=warmup)
 
 
 def tflite_runner(tfl: bytes, threads: int):

@@ -12,10 +12,8 @@ from __future__ import annotations
 import importlib
 import json
 import platform
-import statistics
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,26 +28,6 @@ EXTRA = {
   "scaling": ("scaling", "add_args", "run"),  # data parallelism over 1-8 devices
   "serve": ("serve", "add_args", "run"),  # edgeinfer's server (gRPC, HTTP) beside a stock Triton server
 }
-
-
-def measure(fn: Callable[[], Any], *, repeats: int = 5, warmup: int = 1) -> dict[str, float]:
-  """Times `fn()` (which must block until its result is ready, e.g. with
-  `jax.block_until_ready`) and returns median / min / p90 / mean seconds."""
-  for _ in range(warmup):
-    fn()
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - t0)
-  times.sort()
-  return {
-    "median_s": statistics.median(times),
-    "min_s": times[0],
-    "p90_s": times[min(len(times) - 1, int(0.9 * len(times)))],
-    "mean_s": statistics.fmean(times),
-    "repeats": repeats,
-  }
 
 
 def machine_info() -> dict[str, Any]:

@@ -58,7 +58,7 @@ def _matmul_peak(n: int, repeats: int, options: dict) -> dict:
   import jax
   import jax.numpy as jnp
 
-  from launch.bench import measure
+  from common.timing import measure
 
   a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
   b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
@@ -80,8 +80,8 @@ def conv_ops(repeats: int) -> dict:
 
   from common.batchnorm import channel_sums
   from common.mobilenet import depthwise_conv
+  from common.timing import measure
   from common.xla_cpu import CPU_OPTIONS, REDUCE_OPTIONS
-  from launch.bench import measure
 
   conv = lambda x, k: jax.lax.conv_general_dilated(
     x, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
@@ -248,7 +248,7 @@ def _full_steps(s, names, args) -> dict:
   import jax
 
   from common import profile
-  from launch.bench import measure
+  from common.timing import measure
 
   rows = {}
   for name in names:
@@ -276,8 +276,8 @@ def _ce_steps(s, args) -> dict:
   """The cross-entropy-only step (no XAI losses) under each option set."""
   import jax
 
+  from common.timing import measure
   from common.xla_cpu import CPU_OPTIONS, REDUCE_OPTIONS
-  from launch.bench import measure
 
   rows = {}
   ce_variants = [

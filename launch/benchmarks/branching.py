@@ -60,7 +60,7 @@ def run(args) -> dict:
   from branching import costmodel, search
   from branching import measure as bmeasure
   from branching import network as bcfg
-  from launch.bench import measure
+  from common.timing import measure
 
   out: dict = {}
   table = costmodel.default_table()

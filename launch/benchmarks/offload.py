@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from launch.bench import measure
+from common.timing import measure
 from launch.benchmarks import offload_multicam
 from offload import bucket, dqn, mdp, sequences, simulate
 from offload import data as odata

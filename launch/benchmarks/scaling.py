@@ -90,7 +90,7 @@ def run(args) -> dict:
 def _worker(batch: int, steps: int, repeats: int, names: list[str]) -> dict:
   import jax
 
-  from launch.bench import measure
+  from common.timing import measure
 
   out = {}
   for name in names:

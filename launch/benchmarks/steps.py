@@ -25,8 +25,8 @@ def time_step(step, args: tuple, options: dict, repeats: int, autodiff: bool = F
   """
   import jax
 
+  from common.timing import measure
   from common.xla_cpu import autodiff_reductions
-  from launch.bench import measure
 
   t0 = time.perf_counter()
   with autodiff_reductions(autodiff):

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from launch.bench import measure
+from common.timing import measure
 
 
 def add_args(parser) -> None:
