@@ -61,6 +61,14 @@ def health(counts, num_centroids: int, *, ratio: float = COLLAPSE_RATIO) -> dict
   }
 
 
+def collapse_message(entropy: float, num_centroids: int) -> str:
+  return (
+    f"the remote codebook collapsed: its symbols carry {entropy:.3f} bits of log2({num_centroids}) = "
+    f"{np.log2(num_centroids):.0f}, so the remote predictor sees almost one symbol; check the centroids "
+    "(train.centroid_init) and symbol_entropy_bits per step in metrics.jsonl"
+  )
+
+
 def kmeans_centroids(values: np.ndarray, num_centroids: int, *, seed: int) -> np.ndarray:
   """C sorted centroids in (0, 6) from 1-D k-means of `values` (duplicates merged by weight)."""
   v = np.clip(np.asarray(values, np.float64).ravel(), _EDGE, 6.0 - _EDGE)

@@ -11,6 +11,7 @@ recompile.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -371,6 +372,8 @@ def train_agile(
     evaluate=evaluate,
   )
   final = dict(history[-1]) if history else {"step": int(state.step), **evaluate(state)}
+  if final["codebook_collapsed"]:
+    warnings.warn(codebook.collapse_message(final["symbol_entropy_bits"], mcfg.num_centroids), stacklevel=2)
   final["reference_accuracy"] = ref_acc
   final["initial_skewness"] = initial["skewness"]
   final["initial_accuracy"] = initial["accuracy"]
