@@ -62,6 +62,14 @@ class _Worker:
     self.thread.join()
 
 
+def default_cores(n: int) -> tuple[int | None, ...]:
+  """The first n cores this process may run on (None entries, unpinned, where there are fewer or no affinity)."""
+  if not hasattr(os, "sched_getaffinity"):
+    return (None,) * n
+  cores = sorted(os.sched_getaffinity(0))
+  return tuple(cores[:n]) if len(cores) >= n else (None,) * n
+
+
 def _interp(tfl: bytes):
   from ai_edge_litert.interpreter import Interpreter
 
