@@ -8,15 +8,17 @@ calling thread's), every interpreter on one LiteRT thread. LiteRT releases the G
 while it invokes, so the branches overlap; what remains serial per stage is the
 hand-off of the stage input to the workers, the wait for them and the concat.
 
-`stage_timings` times every stage three ways (each branch alone on its core, the
-branches in parallel, and an empty hand-off), so the fork/join overhead of a stage is
-`parallel - max(branch alone)`. `fit_fork_join` fits the cost model's fork/join term
+`stage_timings` times every stage four ways (each branch's interpreter on the calling
+thread, each branch alone on its core, the branches in parallel, and an empty hand-off),
+so the fork/join overhead of a stage is `parallel - max(branch on the calling thread)`:
+the hand-off to the workers, the wait for them and the concat. `fit_fork_join` fits the cost model's fork/join term
 (`s + e * elements`, per branched stage, paid on the merge side) to those overheads,
 and `with_fork_join` puts it into a host cost table.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import threading
@@ -108,17 +110,28 @@ class PinnedRunner:
     outs = [runs[0](x)] + [w.result() for w in self.workers[: len(runs) - 1]]
     return np.concatenate(outs, axis=-1)
 
-  def __call__(self, x: np.ndarray) -> np.ndarray:
+  @contextlib.contextmanager
+  def pinned(self):
+    """Pins the calling thread to `cores[0]` for the block (restoring its affinity after), as an app
+    pins its threads once; `run` inside it pays no affinity change per image."""
     before = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
     _pin(self.cores[0])
     try:
-      x = np.ascontiguousarray(x, np.float32)
-      for k in range(len(self.stages)):
-        x = self.run_stage(k, x)
-      return x
+      yield self
     finally:
       if before is not None:
         os.sched_setaffinity(0, before)
+
+  def run(self, x: np.ndarray) -> np.ndarray:
+    """The whole model on the calling thread as it is pinned (see `pinned`)."""
+    x = np.ascontiguousarray(x, np.float32)
+    for k in range(len(self.stages)):
+      x = self.run_stage(k, x)
+    return x
+
+  def __call__(self, x: np.ndarray) -> np.ndarray:
+    with self.pinned():
+      return self.run(x)
 
   def close(self) -> None:
     for w in self.workers:
@@ -137,16 +150,17 @@ def _median_ms(fn, repeats: int, warmup: int = 3) -> float:
 
 
 def stage_timings(runner: PinnedRunner, x: np.ndarray, *, repeats: int = 10) -> list[dict]:
-  """Per segment: each branch alone on its core, the parallel stage, the empty hand-off (ms, medians)."""
-  before = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
-  _pin(runner.cores[0])
+  """Per segment (ms, medians): each branch's interpreter run on the calling thread (compute), each
+  branch alone on its core (a worker's includes the hand-off to it), the parallel stage, the empty
+  hand-off, and fork_join_ms = parallel - slowest compute: what running the branches on threads adds."""
   rows = []
-  try:
+  with runner.pinned():
     h = np.ascontiguousarray(x, np.float32)
     for k, runs in enumerate(runner.stages):
       row: dict = {"segment": k, "branches": len(runs), "in_elems": int(h.size)}
       if len(runs) > 1:
-        alone = [_median_ms(lambda r=runs[0]: r(h), repeats)]
+        row["branch_compute_ms"] = [_median_ms(lambda r=r: r(h), repeats) for r in runs]
+        alone = [row["branch_compute_ms"][0]]
         for w, r in zip(runner.workers, runs[1:], strict=False):
 
           def on_worker(w=w, r=r):
@@ -164,15 +178,12 @@ def stage_timings(runner: PinnedRunner, x: np.ndarray, *, repeats: int = 10) -> 
         row["branch_alone_ms"] = alone
         row["parallel_ms"] = _median_ms(lambda k=k: runner.run_stage(k, h), repeats)
         row["empty_handoff_ms"] = _median_ms(empty, repeats)
-        row["fork_join_ms"] = row["parallel_ms"] - max(alone)
+        row["fork_join_ms"] = row["parallel_ms"] - max(row["branch_compute_ms"])
       else:
         row["sequential_ms"] = _median_ms(lambda r=runs[0]: r(h), repeats)
       h = runner.run_stage(k, h)
       row["out_elems"] = int(h.size)
       rows.append(row)
-  finally:
-    if before is not None:
-      os.sched_setaffinity(0, before)
   return rows
 
 
