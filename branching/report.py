@@ -106,13 +106,15 @@ def _fork_join(rep: report.Report, fj: dict) -> None:
   rep.text(
     "Fork/join per branched stage, measured at this size on the pinned runner (ms, medians): each branch's "
     "interpreter on the calling thread, each alone on its core (a worker's includes the hand-off), both in "
-    "parallel, overhead = parallel - slowest branch on the calling thread, an empty hand-off. The "
+    "parallel (the stage repeated alone, and inside whole runs), overhead = in a run - slowest branch on the "
+    "calling thread, an empty hand-off. The "
     f"prediction's host fork/join term is the fit s + e * (stage input + output elements): s = "
     f"{fj['per_stage_s_ms']:.4g} ms, e = {fj['per_element_e_ms']:.3g} ms per element."
   )
   rows = [
     [r["segment"], r["in_elems"], r["out_elems"], " / ".join(f"{a:.4g}" for a in r.get("branch_compute_ms", [])),
-     " / ".join(f"{a:.4g}" for a in r["branch_alone_ms"]), r["parallel_ms"], r["fork_join_ms"], r["empty_handoff_ms"]]
+     " / ".join(f"{a:.4g}" for a in r["branch_alone_ms"]), r["parallel_ms"], r.get("in_run_ms"), r["fork_join_ms"],
+     r["empty_handoff_ms"]]
     for r in fj["stages"] if r["branches"] > 1
   ]  # fmt: skip
   rep.table(
