@@ -45,7 +45,7 @@ def entropy_bits(counts) -> jax.Array:
   """Empirical entropy in bits per symbol of a histogram (0 for an empty one)."""
   counts = jnp.asarray(counts, jnp.float32)
   p = counts / jnp.maximum(counts.sum(), 1.0)
-  return -jnp.sum(jnp.where(p > 0, p * jnp.log2(jnp.where(p > 0, p, 1.0)), 0.0))
+  return jnp.maximum(-jnp.sum(jnp.where(p > 0, p * jnp.log2(jnp.where(p > 0, p, 1.0)), 0.0)), 0.0)  # not -0.0
 
 
 def health(counts, num_centroids: int, *, ratio: float = COLLAPSE_RATIO) -> dict:

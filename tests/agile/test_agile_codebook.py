@@ -20,6 +20,8 @@ def test_health_flags_a_collapsed_histogram_and_passes_a_used_one():
   good = codebook.health([300_000, 60_000, 30_000, 20_000, 10_000, 8_000, 5_000, 4_760], 8)
   assert not good["codebook_collapsed"] and good["symbols_used"] == 8
   np.testing.assert_allclose(codebook.health([1] * 8, 8)["symbol_entropy_share"], 1.0, rtol=1e-6)
+  one = codebook.health([0, 5, 0, 0], 4)
+  assert one["codebook_collapsed"] and np.copysign(1.0, one["symbol_entropy_bits"]) == 1.0  # 0, not -0
 
 
 def test_symbol_counts_leave_out_masked_rows():
