@@ -98,6 +98,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   cfg.check_range(config, "train.eval_every_epochs", 0, None, integer=True)
   cfg.check_range(config, "train.max_steps", 0, None, integer=True)
   cfg.check_choice(config, "train.channel_remapping", ("none", "global_importance", "topk_appearance"))
+  cfg.check_choice(config, "train.centroid_init", ("kmeans", "normal"))
   for key in ("device_clock_hz", "device_macs_per_cycle", "link_bps", "server_macs_per_s"):
     cfg.check_range(config, f"latency.{key}", 0.0, None, lo_open=True)
   cfg.check_range(config, "latency.rtt_s", 0.0, None)

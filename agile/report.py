@@ -5,8 +5,10 @@ Reads the steps' results in the workdir (agile.pipeline writes them); computes n
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
+from agile import codebook
 from common import micro, safeio
 from common import train as train_lib
 from common.report import Report
@@ -33,6 +35,8 @@ def write_report(config, workdir: Path) -> Path:
     [[m["accuracy"], m["local_accuracy"], m["remote_accuracy"], m["reference_accuracy"],
       m["evaluator_on_features_accuracy"], m["skewness"]]],
   )  # fmt: skip
+  if "symbol_entropy_bits" in m:
+    _codebook(rep, config, m)
   if "payload" in m:
     _evaluation(rep, config, m)
   if "export" in m:
@@ -40,6 +44,20 @@ def write_report(config, workdir: Path) -> Path:
   rep.heading("Training curves")
   _plots(rep, train_lib.MetricsWriter(workdir).read())
   return rep.write()
+
+
+def _codebook(rep: Report, config, m: dict) -> None:
+  bound = math.log2(config.model.num_centroids)
+  rep.text(
+    f"Remote codebook on the test set: {m['symbol_entropy_bits']:.3f} bits per symbol of log2(C) = {bound:.0f} "
+    f"({100 * m['symbol_entropy_share']:.1f}%), {m['symbols_used']} of {config.model.num_centroids} symbols used."
+  )
+  if m["codebook_collapsed"]:
+    rep.text(
+      f"**Codebook collapsed**: the symbols' entropy is below {100 * codebook.COLLAPSE_RATIO:.1f}% of its bound, "
+      "so the remote predictor sees almost the same symbol everywhere and the offloaded part carries next to "
+      "no information (see `symbol_entropy_bits` per step in metrics.jsonl)."
+    )
 
 
 def _evaluation(rep: Report, config, m: dict) -> None:

@@ -11,6 +11,7 @@ recompile.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,8 +21,8 @@ import ml_collections
 import numpy as np
 import optax
 
+from agile import codebook, losses, reference, xai
 from agile import data as agile_data
-from agile import losses, reference, xai
 from agile.models import AgileConfig, AgileNN, init_variables
 from common import checkpoint as ckpt_lib
 from common import config as cfg_lib
@@ -134,6 +135,8 @@ def make_loss_fn(model: AgileNN, eval_loss: Callable, *, ig_steps: int):
     )
     loss, parts = losses.total_loss(ce, importance, k=k, rho=hp["rho"], lam=hp["lam"])
     parts["accuracy"] = train_lib.accuracy(logits, labels)
+    counts = codebook.symbol_counts(jax.lax.stop_gradient(aux["symbols"]), model.config.num_centroids)
+    parts["symbol_entropy_bits"] = codebook.entropy_bits(counts)
     return loss, (parts, new_vars["batch_stats"])
 
   return loss_fn
@@ -156,6 +159,18 @@ def make_train_step(model: AgileNN, eval_loss: Callable, tx, prep: agile_data.Pr
     return state, {"loss": loss, **parts}
 
   return train_step
+
+
+SYMBOL_COUNT = (
+  "symbol_count_"  # eval_step's per-symbol keys, folded into `codebook.health` by `with_codebook`
+)
+
+
+def with_codebook(metrics: dict, num_centroids: int) -> dict:
+  """Eval metrics with the per-symbol counts replaced by the codebook's health (entropy, collapse)."""
+  counts = [metrics[f"{SYMBOL_COUNT}{j}"] for j in range(num_centroids)]
+  rest = {k: v for k, v in metrics.items() if not k.startswith(SYMBOL_COUNT)}
+  return {**rest, **codebook.health(counts, num_centroids)}
 
 
 def make_eval_step(
@@ -182,7 +197,9 @@ def make_eval_step(
     hit = lambda z: (jnp.argmax(z, -1) == labels) * m
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
     ev_logits = eval_logits(eval_vars, aux["features"])
+    counts = codebook.symbol_counts(aux["symbols"], model.config.num_centroids, m)
     return {
+      **{f"{SYMBOL_COUNT}{j}": n for j, n in enumerate(counts)},
       "accuracy": hit(logits).sum(),
       "local_accuracy": hit(aux["local_logits"]).sum(),
       "remote_accuracy": hit(aux["remote_logits"]).sum(),
@@ -232,6 +249,32 @@ def compute_channel_mapping(
   return np.argsort(-(total / max(n, 1)), kind="stable")
 
 
+CENTROID_INIT_BATCHES = 4  # training batches whose remote features place the k-means centroids
+
+
+def kmeans_initialised(
+  model: AgileNN, variables: dict, train_ds, prep, *, batch_size: int, key, seed: int
+) -> dict:
+  """`variables` with the quantizer's centroids at the 1-D k-means centres of the remote features
+  that the (remapped, untrained) model computes in training mode on a few augmented batches."""
+  k = model.config.k
+
+  @jax.jit
+  def remote_features(batch, rng):
+    _, aux = model.apply(variables, prep(batch["image"], rng), train=True, mutable=["batch_stats"])[0]
+    return aux["features"][..., k:]
+
+  values = []
+  for i, batch in enumerate(data_lib.batches(train_ds, batch_size, key=key)):
+    if i == CENTROID_INIT_BATCHES:
+      break
+    values.append(np.asarray(remote_features(batch, jax.random.fold_in(key, i))).ravel())
+  centres = codebook.kmeans_centroids(np.concatenate(values), model.config.num_centroids, seed=seed)
+  params = dict(variables["params"])
+  params["quantizer"] = {"q_centroids": jnp.asarray(codebook.logits_of(centres))}
+  return {**variables, "params": params}
+
+
 # ------------------------------------------------------------------ configs -> dataclasses
 
 
@@ -275,6 +318,7 @@ def train_agile(
   """
   key = jax.random.key(config.seed)
   ref_key, init_key, remap_key, fit_key = jax.random.split(key, 4)
+  centroid_key = jax.random.fold_in(remap_key, 1)
 
   rcfg = reference_config(config, train_ds.num_classes)
   ref_vars, ref_acc = train_reference(rcfg, config, train_ds, test_ds, prep, ref_key, workdir)
@@ -294,6 +338,10 @@ def train_agile(
       batch_size=t.batch_size, key=remap_key, ig_steps=t.ig_steps,
     )  # fmt: skip
     variables = xai.remap_feature_channels(variables, mapping)
+  if t.centroid_init == "kmeans":
+    variables = kmeans_initialised(
+      model, variables, train_ds, prep, batch_size=t.batch_size, key=centroid_key, seed=config.seed
+    )
 
   spe = data_lib.num_batches(len(train_ds), t.batch_size, drop_last=True)
   total = spe * t.epochs if not t.max_steps else min(spe * t.epochs, t.max_steps)
@@ -304,9 +352,10 @@ def train_agile(
   hp = hyperparams(config)
 
   def evaluate(s):
-    return train_lib.evaluate_batches(
+    sums = train_lib.evaluate_batches(
       lambda st, b: eval_step(st, b, eval_vars), s, test_ds, t.eval_batch_size
     )
+    return with_codebook(sums, mcfg.num_centroids)
 
   loop = train_lib.LoopConfig(
     t.epochs, t.batch_size, eval_every=spe * t.eval_every_epochs, log_every=max(1, min(spe, 20)),
@@ -323,6 +372,8 @@ def train_agile(
     evaluate=evaluate,
   )
   final = dict(history[-1]) if history else {"step": int(state.step), **evaluate(state)}
+  if final["codebook_collapsed"]:
+    warnings.warn(codebook.collapse_message(final["symbol_entropy_bits"], mcfg.num_centroids), stacklevel=2)
   final["reference_accuracy"] = ref_acc
   final["initial_skewness"] = initial["skewness"]
   final["initial_accuracy"] = initial["accuracy"]

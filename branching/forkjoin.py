@@ -8,15 +8,18 @@ calling thread's), every interpreter on one LiteRT thread. LiteRT releases the G
 while it invokes, so the branches overlap; what remains serial per stage is the
 hand-off of the stage input to the workers, the wait for them and the concat.
 
-`stage_timings` times every stage three ways (each branch alone on its core, the
-branches in parallel, and an empty hand-off), so the fork/join overhead of a stage is
-`parallel - max(branch alone)`. `fit_fork_join` fits the cost model's fork/join term
+`stage_timings` times every stage four ways (each branch's interpreter on the calling
+thread, each branch alone on its core, the branches in parallel, and an empty hand-off),
+so the fork/join overhead of a stage is its time inside whole runs less its slowest branch
+on the calling thread: the hand-off to the workers, the wait for them, the concat, and the
+cost of switching interpreters. `fit_fork_join` fits the cost model's fork/join term
 (`s + e * elements`, per branched stage, paid on the merge side) to those overheads,
 and `with_fork_join` puts it into a host cost table.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import threading
@@ -62,6 +65,14 @@ class _Worker:
     self.thread.join()
 
 
+def default_cores(n: int) -> tuple[int | None, ...]:
+  """The first n cores this process may run on (None entries, unpinned, where there are fewer or no affinity)."""
+  if not hasattr(os, "sched_getaffinity"):
+    return (None,) * n
+  cores = sorted(os.sched_getaffinity(0))
+  return tuple(cores[:n]) if len(cores) >= n else (None,) * n
+
+
 def _interp(tfl: bytes):
   from ai_edge_litert.interpreter import Interpreter
 
@@ -100,17 +111,28 @@ class PinnedRunner:
     outs = [runs[0](x)] + [w.result() for w in self.workers[: len(runs) - 1]]
     return np.concatenate(outs, axis=-1)
 
-  def __call__(self, x: np.ndarray) -> np.ndarray:
+  @contextlib.contextmanager
+  def pinned(self):
+    """Pins the calling thread to `cores[0]` for the block (restoring its affinity after), as an app
+    pins its threads once; `run` inside it pays no affinity change per image."""
     before = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
     _pin(self.cores[0])
     try:
-      x = np.ascontiguousarray(x, np.float32)
-      for k in range(len(self.stages)):
-        x = self.run_stage(k, x)
-      return x
+      yield self
     finally:
       if before is not None:
         os.sched_setaffinity(0, before)
+
+  def run(self, x: np.ndarray) -> np.ndarray:
+    """The whole model on the calling thread as it is pinned (see `pinned`)."""
+    x = np.ascontiguousarray(x, np.float32)
+    for k in range(len(self.stages)):
+      x = self.run_stage(k, x)
+    return x
+
+  def __call__(self, x: np.ndarray) -> np.ndarray:
+    with self.pinned():
+      return self.run(x)
 
   def close(self) -> None:
     for w in self.workers:
@@ -128,17 +150,35 @@ def _median_ms(fn, repeats: int, warmup: int = 3) -> float:
   return float(np.median(ts) * 1e3)
 
 
+def in_run_ms(runner: PinnedRunner, x: np.ndarray, repeats: int, warmup: int = 3) -> list[float]:
+  """Median ms of each stage inside whole runs of the model (caches and threads as a whole run leaves
+  them: a stage repeated alone runs 10-50% faster on this CPU). Call inside `runner.pinned()`."""
+  h0 = np.ascontiguousarray(x, np.float32)
+  ts = np.zeros((repeats, len(runner.stages)))
+  for i in range(-warmup, repeats):
+    h = h0
+    for k in range(len(runner.stages)):
+      t0 = time.perf_counter()
+      h = runner.run_stage(k, h)
+      if i >= 0:
+        ts[i, k] = time.perf_counter() - t0
+  return [float(v) for v in np.median(ts, axis=0) * 1e3]
+
+
 def stage_timings(runner: PinnedRunner, x: np.ndarray, *, repeats: int = 10) -> list[dict]:
-  """Per segment: each branch alone on its core, the parallel stage, the empty hand-off (ms, medians)."""
-  before = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
-  _pin(runner.cores[0])
+  """Per segment (ms, medians): the stage inside whole runs (`in_run_ms`), each branch's interpreter
+  run on the calling thread (compute), each branch alone on its core (a worker's includes the hand-off
+  to it), the parallel stage repeated alone, the empty hand-off, and fork_join_ms = in-run time -
+  slowest compute: what running the branches on threads adds inside a run of the model."""
   rows = []
-  try:
+  with runner.pinned():
+    in_run = in_run_ms(runner, x, repeats)
     h = np.ascontiguousarray(x, np.float32)
     for k, runs in enumerate(runner.stages):
-      row: dict = {"segment": k, "branches": len(runs), "in_elems": int(h.size)}
+      row: dict = {"segment": k, "branches": len(runs), "in_elems": int(h.size), "in_run_ms": in_run[k]}
       if len(runs) > 1:
-        alone = [_median_ms(lambda r=runs[0]: r(h), repeats)]
+        row["branch_compute_ms"] = [_median_ms(lambda r=r: r(h), repeats) for r in runs]
+        alone = [row["branch_compute_ms"][0]]
         for w, r in zip(runner.workers, runs[1:], strict=False):
 
           def on_worker(w=w, r=r):
@@ -156,15 +196,12 @@ def stage_timings(runner: PinnedRunner, x: np.ndarray, *, repeats: int = 10) -> 
         row["branch_alone_ms"] = alone
         row["parallel_ms"] = _median_ms(lambda k=k: runner.run_stage(k, h), repeats)
         row["empty_handoff_ms"] = _median_ms(empty, repeats)
-        row["fork_join_ms"] = row["parallel_ms"] - max(alone)
+        row["fork_join_ms"] = row["in_run_ms"] - max(row["branch_compute_ms"])
       else:
         row["sequential_ms"] = _median_ms(lambda r=runs[0]: r(h), repeats)
       h = runner.run_stage(k, h)
       row["out_elems"] = int(h.size)
       rows.append(row)
-  finally:
-    if before is not None:
-      os.sched_setaffinity(0, before)
   return rows
 
 

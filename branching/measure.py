@@ -7,8 +7,11 @@ and `host2` (`threads` threads) coefficients by the same least squares as the
 phone processors.
 `parallel_speedup` times the single-branch original on 1 and `threads` threads, the
 stretched model as one sequential flatbuffer, and the stretched model with the
-branches of each stage on concurrent threads (`branching.export.ParallelRunner`),
-and puts the cost model's predictions beside the measurements.
+branches of each stage on pinned threads (`branching.forkjoin.PinnedRunner`), and puts
+the cost model's predictions beside the measurements. The host's fork/join term of those
+predictions is fitted to the same runner's per-stage hand-off overheads at the timed size
+(`forkjoin.stage_timings`); the 224 px fit
+(`costmodel.HOST_FORK_JOIN`, per element) charged small models for hand-offs they do not pay.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from branching import costmodel
+from branching import costmodel, forkjoin
 from branching import export as bexport
 from branching.models import AnyNet
 from branching.network import NetConfig, Stage
@@ -92,6 +95,11 @@ def calibrate_host(
   return costmodel.CostTable(coef), rows
 
 
+def _time_pinned(runner: forkjoin.PinnedRunner, x: np.ndarray, repeats: int) -> float:
+  with runner.pinned():
+    return bexport.time_fn(runner.run, x, repeats=repeats)
+
+
 def parallel_speedup(
   original: tuple[AnyNet, dict],
   stretched: tuple[AnyNet, dict],
@@ -116,7 +124,7 @@ def parallel_speedup(
   tfl_o = original_tflite or bexport.export_model(m_o, v_o, image_size, mean=mean, std=std)
   tfl_s = stretched_tflite or bexport.export_model(m_s, v_s, image_size, mean=mean, std=std)
   segs = stretched_segments or bexport.export_segments(m_s, v_s, image_size, mean=mean, std=std)
-  par = bexport.ParallelRunner(segs, threads=threads)
+  par = forkjoin.PinnedRunner(segs, forkjoin.default_cores(threads))
   seq = bexport.ParallelRunner(segs, threads=1, parallel=False)
   ref = np.asarray(m_s.apply(v_s, (x - mean) / std, train=False)[0])
   out = {
@@ -126,11 +134,14 @@ def parallel_speedup(
     ),
     "stretched_1thread_ms": bexport.time_fn(bexport.tflite_runner(tfl_s, 1), x, repeats=repeats),
     "stretched_segments_sequential_ms": bexport.time_fn(seq, x, repeats=repeats),
-    f"stretched_branch_parallel_{threads}threads_ms": bexport.time_fn(par, x, repeats=repeats),
+    f"stretched_branch_parallel_{threads}threads_ms": _time_pinned(par, x, repeats),
     "branch_parallel_max_abs_err": float(np.abs(par(x) - ref).max()),
     "tags": {k: len(v) for k, v in bexport.tags(tfl_s).items()},
   }
+  stages = forkjoin.stage_timings(par, x, repeats=repeats)
   par.close()
+  s, e = forkjoin.fit_fork_join(stages)
+  out["fork_join"] = {"per_stage_s_ms": s, "per_element_e_ms": e, "stages": stages}
   out[f"measured_speedup_vs_original_{threads}threads"] = (
     out[f"original_{threads}threads_ms"] / out[f"stretched_branch_parallel_{threads}threads_ms"]
   )
@@ -138,6 +149,9 @@ def parallel_speedup(
     out["original_1thread_ms"] / out[f"stretched_branch_parallel_{threads}threads_ms"]
   )
   if host_table is not None:
+    fixed = costmodel.predict(m_s.config, host_table, image_size=image_size, device_map=HOST_ALL)
+    out["predicted_branch_parallel_ms_with_224px_fork_join"] = fixed
+    host_table = forkjoin.with_fork_join(host_table, "host", s, e)  # the hand-off measured at this size
     p_o1 = costmodel.predict(m_o.config, host_table, image_size=image_size, device_map=HOST_ALL)
     p_o2 = costmodel.predict(m_o.config, host_table, image_size=image_size, device_map=HOST2_ALL)
     p_s = costmodel.predict(m_s.config, host_table, image_size=image_size, device_map=HOST_ALL)

@@ -86,7 +86,10 @@ def write_report(workdir: str | Path, config) -> Path:
   )
   t, size = meas["threads"], meas["image_size"]
   rep.heading(f"Branch-parallel execution on this CPU ({t} threads, LiteRT, {size} px)")
-  rep.table(["measurement", "value"], [[k, v] for k, v in meas["parallel"].items() if k != "tags"])
+  par = meas["parallel"]
+  rep.table(["measurement", "value"], [[k, v] for k, v in par.items() if k not in ("tags", "fork_join")])
+  if "fork_join" in par:
+    _fork_join(rep, par["fork_join"])
   rep.text(
     "Host calibration models (LiteRT, median ms): " + "; ".join(str(r) for r in meas["calibration_models"])
   )
@@ -97,3 +100,34 @@ def write_report(workdir: str | Path, config) -> Path:
   rep.heading("Headline numbers")
   rep.json(_load(workdir, "summary.json"))
   return rep.write()
+
+
+def _fork_join(rep: report.Report, fj: dict) -> None:
+  rep.text(
+    "Fork/join per branched stage, measured at this size on the pinned runner (ms, medians): each branch's "
+    "interpreter on the calling thread, each alone on its core (a worker's includes the hand-off), both in "
+    "parallel (the stage repeated alone, and inside whole runs), overhead = in a run - slowest branch on the "
+    "calling thread, an empty hand-off. The "
+    f"prediction's host fork/join term is the fit s + e * (stage input + output elements): s = "
+    f"{fj['per_stage_s_ms']:.4g} ms, e = {fj['per_element_e_ms']:.3g} ms per element."
+  )
+  rows = [
+    [r["segment"], r["in_elems"], r["out_elems"], " / ".join(f"{a:.4g}" for a in r.get("branch_compute_ms", [])),
+     " / ".join(f"{a:.4g}" for a in r["branch_alone_ms"]), r["parallel_ms"], r.get("in_run_ms"), r["fork_join_ms"],
+     r["empty_handoff_ms"]]
+    for r in fj["stages"] if r["branches"] > 1
+  ]  # fmt: skip
+  rep.table(
+    [
+      "segment",
+      "input elems",
+      "output elems",
+      "branches, caller",
+      "branches alone",
+      "parallel alone",
+      "in a run",
+      "overhead",
+      "empty hand-off",
+    ],
+    rows,
+  )

@@ -8,6 +8,8 @@
 reference network trained here from scratch (no ImageNet weights can be
 downloaded), SGDW lr 0.1 momentum 0.9 wd 5e-4 * lr, cosine over 200 epochs,
 batch 64 (128 for cifar10), LAMBDA 0.8, RHO 0.8. A GPU job: days on a CPU.
+Centroids start at the initial remote features' k-means centres (quick.py's default; see
+agile/codebook.py); --config.train.centroid_init=normal gives the original's N(0, 0.05^2) logits.
 For imagenet200 set input_size=128, model.fe_stride=2 and point to an
 ImageFolder layout via --config.data_dir (see docs/agile.md).
 """

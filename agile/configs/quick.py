@@ -71,6 +71,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.train.ig_baseline_table = True  # the alpha = 0 IG gradient looked up per class (exact; see reference.py)
   c.train.eval_every_epochs = 5
   c.train.channel_remapping = "global_importance"
+  # "kmeans": centroids at the initial remote features' 1-D k-means centres (agile/codebook.py says
+  # why); "normal": the original's q ~ N(0, 0.05^2), all centroids near 3
+  c.train.centroid_init = "kmeans"
   c.train.max_steps = 0  # 0 = all epochs
 
   c.latency = ml_collections.ConfigDict()

@@ -23,6 +23,8 @@ def run(workdir: pathlib.Path, *, fast: bool = False) -> dict:
     "remote_accuracy": m["remote_accuracy"],
     "reference_accuracy": m["reference_accuracy"],
     "skewness": m["skewness"],
+    "symbol_entropy_bits": m["symbol_entropy_bits"],
+    "codebook_collapsed": m["codebook_collapsed"],
     "initial_skewness": m["initial_skewness"],
     "payload_bits_best_codec": m["payload"]["best_codec_bits_per_image"],
     "payload_bits_raw": m["payload"]["raw_bits_per_image"],

@@ -143,7 +143,13 @@ def test_sgdw_is_decoupled_weight_decay():
 
 
 @pytest.mark.parametrize(
-  ("key", "value"), [("train.rho", 1.5), ("model.split_ratio", 0.01), ("train.ig_steps", 1)]
+  ("key", "value"),
+  [
+    ("train.rho", 1.5),
+    ("model.split_ratio", 0.01),
+    ("train.ig_steps", 1),
+    ("train.centroid_init", "uniform"),
+  ],
 )
 def test_config_errors_name_the_key(key, value):
   from agile import pipeline

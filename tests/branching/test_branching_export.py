@@ -77,9 +77,9 @@ def test_pinned_runner_matches_jax_and_times_each_stage(exported):
   run.close()
   assert [r["branches"] for r in rows] == [1, 2, 2, 1]
   for r in rows[1:3]:
-    assert len(r["branch_alone_ms"]) == 2 and r["fork_join_ms"] == r["parallel_ms"] - max(
-      r["branch_alone_ms"]
-    )
+    assert len(r["branch_alone_ms"]) == len(r["branch_compute_ms"]) == 2
+    assert r["fork_join_ms"] == r["in_run_ms"] - max(r["branch_compute_ms"])
+  assert all(r["in_run_ms"] > 0 for r in rows)
   assert rows[1]["out_elems"] == rows[2]["in_elems"]
 
 
@@ -91,3 +91,28 @@ def test_saved_segments_load_back_and_run(exported, tmp_path):
   run = bexport.ParallelRunner(again, threads=2)
   np.testing.assert_allclose(run(exported["x"]), exported["ref"], atol=1e-4, rtol=1e-4)
   run.close()
+
+
+def test_parallel_prediction_uses_the_fork_join_measured_at_the_models_size(exported):
+  from branching import costmodel, forkjoin, measure
+
+  net = exported["net"]
+  m = models.AnyNet(net)
+  v = m.init(jax.random.key(0), jnp.zeros((1, SIZE, SIZE, 3)), train=False)
+  base = forkjoin.with_fork_join(
+    costmodel.CostTable({"host": tuple(costmodel.PRIOR)}), "host", *costmodel.HOST_FORK_JOIN
+  )
+  table = costmodel.CostTable({**base.coef, "host2": tuple(costmodel.PRIOR)})
+  mean, std = np.full(3, 0.5, np.float32), np.full(3, 0.25, np.float32)
+  out = measure.parallel_speedup(
+    (m, v), (m, v), SIZE, mean=mean, std=std, repeats=2, host_table=table,
+    original_tflite=exported["tfl"], stretched_tflite=exported["tfl"], stretched_segments=exported["segs"],
+  )  # fmt: skip
+  fj = out["fork_join"]
+  assert [r["segment"] for r in fj["stages"] if r["branches"] > 1] == [1, 2]
+  assert (fj["per_stage_s_ms"], fj["per_element_e_ms"]) == forkjoin.fit_fork_join(fj["stages"])
+  pred = lambda t: costmodel.predict(net, t, image_size=SIZE, device_map=measure.HOST_ALL)
+  measured_term = forkjoin.with_fork_join(table, "host", fj["per_stage_s_ms"], fj["per_element_e_ms"])
+  assert out["predicted_branch_parallel_ms"] == pred(measured_term)
+  assert out["predicted_branch_parallel_ms_with_224px_fork_join"] == pred(table)
+  assert out["branch_parallel_max_abs_err"] < 1e-3
