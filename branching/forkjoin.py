@@ -29,6 +29,7 @@ import numpy as np
 
 from branching import costmodel
 from branching.export import Segment
+from common.timing import median_ms
 
 
 def _pin(core: int | None) -> None:
@@ -139,17 +140,6 @@ class PinnedRunner:
       w.close()
 
 
-def _median_ms(fn, repeats: int, warmup: int = 3) -> float:
-  for _ in range(warmup):
-    fn()
-  ts = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    fn()
-    ts.append(time.perf_counter() - t0)
-  return float(np.median(ts) * 1e3)
-
-
 def in_run_ms(runner: PinnedRunner, x: np.ndarray, repeats: int, warmup: int = 3) -> list[float]:
   """Median ms of each stage inside whole runs of the model (caches and threads as a whole run leaves
   them: a stage repeated alone runs 10-50% faster on this CPU). Call inside `runner.pinned()`."""
@@ -177,7 +167,7 @@ def stage_timings(runner: PinnedRunner, x: np.ndarray, *, repeats: int = 10) -> 
     for k, runs in enumerate(runner.stages):
       row: dict = {"segment": k, "branches": len(runs), "in_elems": int(h.size), "in_run_ms": in_run[k]}
       if len(runs) > 1:
-        row["branch_compute_ms"] = [_median_ms(lambda r=r: r(h), repeats) for r in runs]
+        row["branch_compute_ms"] = [median_ms(lambda r=r: r(h), repeats=repeats, warmup=3) for r in runs]
         alone = [row["branch_compute_ms"][0]]
         for w, r in zip(runner.workers, runs[1:], strict=False):
 
@@ -185,7 +175,7 @@ def stage_timings(runner: PinnedRunner, x: np.ndarray, *, repeats: int = 10) -> 
             w.submit(r, h)
             w.result()
 
-          alone.append(_median_ms(on_worker, repeats))
+          alone.append(median_ms(on_worker, repeats=repeats, warmup=3))
 
         def empty():
           for w in runner.workers[: len(runs) - 1]:
@@ -194,11 +184,11 @@ def stage_timings(runner: PinnedRunner, x: np.ndarray, *, repeats: int = 10) -> 
             w.result()
 
         row["branch_alone_ms"] = alone
-        row["parallel_ms"] = _median_ms(lambda k=k: runner.run_stage(k, h), repeats)
-        row["empty_handoff_ms"] = _median_ms(empty, repeats)
+        row["parallel_ms"] = median_ms(lambda k=k: runner.run_stage(k, h), repeats=repeats, warmup=3)
+        row["empty_handoff_ms"] = median_ms(empty, repeats=repeats, warmup=3)
         row["fork_join_ms"] = row["in_run_ms"] - max(row["branch_compute_ms"])
       else:
-        row["sequential_ms"] = _median_ms(lambda r=runs[0]: r(h), repeats)
+        row["sequential_ms"] = median_ms(lambda r=runs[0]: r(h), repeats=repeats, warmup=3)
       h = runner.run_stage(k, h)
       row["out_elems"] = int(h.size)
       rows.append(row)
