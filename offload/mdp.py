@@ -153,6 +153,17 @@ def _value_iteration(t_keep, t_send, hk, hs, slopes, th_hull, gamma, tol, patien
     v_new = v_new.at[-n_send:].add(hs[j] - c * hk[j])
     return v_new - v_new.max(), j
 
+  v0 = jnp.zeros(t_keep.shape[1], t_keep.dtype)
+  v, j, _, sweeps = _sweep_until_stable(
+    decide, th_hull, v0, jnp.zeros(n_send, jnp.int32), patience, max_sweeps, tol
+  )
+  return j, v, sweeps
+
+
+def _sweep_until_stable(decide, th_hull, v0, j0, patience, max_sweeps, tol):
+  """Sweeps `decide` until the thresholds (th_hull[j]) moved less than `tol` for `patience` sweeps
+  in a row, or `max_sweeps`: (v, j, stable sweeps, sweeps)."""
+
   def cond(carry):
     _, _, stable, sweeps = carry
     return jnp.logical_and(stable < patience, sweeps < max_sweeps)
@@ -167,10 +178,7 @@ def _value_iteration(t_keep, t_send, hk, hs, slopes, th_hull, gamma, tol, patien
     stable = jnp.where(jnp.logical_and(sweeps > 0, moved.max() < tol), stable + 1, 0)
     return v, j, stable, sweeps + 1
 
-  v0 = jnp.zeros(t_keep.shape[1], t_keep.dtype)
-  j0 = jnp.zeros(n_send, jnp.int32)
-  v, j, _, sweeps = jax.lax.while_loop(cond, body, (v0, j0, jnp.int32(0), jnp.int32(0)))
-  return j, v, sweeps
+  return jax.lax.while_loop(cond, body, (v0, j0, jnp.int32(0), jnp.int32(0)))
 
 
 def baseline_threshold(metrics: np.ndarray, rate: float, tau: float = 1.0) -> float:
@@ -297,21 +305,7 @@ def _grid_iteration(q, p, m, hk, hs, slopes, th_hull, gamma, tol, max_sweeps, *,
       v_new = jnp.where(valid, v_new, 0.0)
       return v_new - jnp.max(jnp.where(valid, v_new, -jnp.inf)), jnp.where(send_ok, j, 0)
 
-    def cond(carry):
-      _, _, stable, sweeps = carry
-      return jnp.logical_and(stable < m // jnp.maximum(q, 1) + 1, sweeps < max_sweeps)
-
-    def body(carry):
-      v, j_prev, stable, sweeps = carry
-      v, j = decide(v)
-      th, th_prev = th_hull[j], th_hull[j_prev]
-      moved = jnp.where(
-        j == j_prev, 0.0, jnp.where(jnp.isinf(th) | jnp.isinf(th_prev), jnp.inf, jnp.abs(th - th_prev))
-      )
-      stable = jnp.where(jnp.logical_and(sweeps > 0, moved.max() < tol), stable + 1, 0)
-      return v, j, stable, sweeps + 1
-
-    init = (jnp.zeros(size, jnp.float32), jnp.zeros(size, jnp.int32), jnp.int32(0), jnp.int32(0))
-    return jax.lax.while_loop(cond, body, init)[1]
+    v0, j0 = jnp.zeros(size, jnp.float32), jnp.zeros(size, jnp.int32)
+    return _sweep_until_stable(decide, th_hull, v0, j0, m // jnp.maximum(q, 1) + 1, max_sweeps, tol)[1]
 
   return jax.vmap(one)(q, p, m)
