@@ -244,6 +244,7 @@ class Network:
   server_prefix: tuple = ()  # command prefix of the server process (e.g. `ip netns exec NS`)
   device_prefix: tuple = ()
   spec: dict = dataclasses.field(default_factory=dict)  # the device side, for `from_spec`
+  device_address: str = ""  # HOST:PORT the device connects to ("": the server's own address)
 
 
 class Link:
@@ -304,18 +305,34 @@ class TcLink(Link):
 
   @contextlib.contextmanager
   def network(self):
+    """Two namespaces and the shaped veth pair; with a delay, the server listens on its namespace's
+    loopback and a delaying relay (`common.serving.relay`, delay_ms / 2 each way) on the veth."""
+    from common.serving import relay
+
     # unshaped until the stream starts (`start` sets the trace's rate): the device's calibration
     # measures compute and round trip, not the trace's first seconds
-    with TcNetwork(UNSHAPED_BPS, delay_ms=self.delay_ms) as net:
+    with TcNetwork(UNSHAPED_BPS) as net:
       spec = {
         "kind": self.kind,
         "netns": net.device_ns,
         "iface": net.device_iface,
         "parent": list(net.tbf_parent),
       }
-      yield Network(
-        SERVER_ADDR, 8001, tuple(net.exec_prefix(net.server_ns)), tuple(net.exec_prefix(net.device_ns)), spec
+      server_prefix, device_prefix = (
+        tuple(net.exec_prefix(net.server_ns)),
+        tuple(net.exec_prefix(net.device_ns)),
       )
+      if self.delay_ms <= 0:
+        yield Network(SERVER_ADDR, 8001, server_prefix, device_prefix, spec)
+        return
+      proc = relay.start(f"{SERVER_ADDR}:8001", "127.0.0.1:8002", self.delay_ms / 2, prefix=server_prefix)
+      try:
+        yield Network(
+          "127.0.0.1", 8002, server_prefix, device_prefix, spec, device_address=f"{SERVER_ADDR}:8001"
+        )
+      finally:
+        proc.terminate()
+        proc.wait(5)
 
   def start(self, t0: float) -> None:
     if not (self.netns and self.iface):

@@ -135,7 +135,8 @@ def _run_processes(dep: Deployment, workdir: Path, settings: dict, trace, paths:
     )
     try:
       spec = {"technique": dep.technique, "workdir": str(workdir), "settings": settings}
-      spec.update(server=f"{net.server_host}:{port}", link=net.spec, out=str(paths["device"]))
+      address = net.device_address or f"{net.server_host}:{port}"
+      spec.update(server=address, link=net.spec, out=str(paths["device"]))
       paths["spec"].write_text(json.dumps(spec, indent=1))
       process.run_python(DEVICE_MODULE, [str(paths["spec"])], prefix=net.device_prefix)
     finally:

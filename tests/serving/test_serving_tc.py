@@ -112,3 +112,41 @@ def test_namespaces_are_removed_when_the_run_fails():
       assert net.device_ns in names() and net.server_ns in names()
       raise RuntimeError("the run failed")
   assert net.device_ns not in names() and net.server_ns not in names()
+
+
+RTT = """
+import sys
+from common.serving import device as dev
+c = dev.Client(sys.argv[1])
+c.connect()
+print(c.base_rtt_s(20))
+"""
+
+
+@pytest.mark.skipif(bool(_WHY), reason=_WHY or "tc available")
+def test_delay_relay_adds_the_round_trip_through_the_kernel(tmp_path):
+  """deploy.delay_ms = 40 on the tc link: the relay in the server's namespace holds each direction
+  20 ms, so the device's measured round trip grows by 40 ms (the bytes still cross the shaped veth)."""
+  repository.write_model(tmp_path / "repo", "echo", echo_model(16))
+  trace = Trace("fast", np.asarray([0.0]), np.asarray([1e8]), 60.0)
+  rtts = {}
+  for delay in (0.0, 40.0):
+    with link.make("tc", trace, delay_ms=delay).network() as net:
+      server, port = start_server(
+        tmp_path / "repo", host=net.server_host, port=net.server_port, prefix=net.server_prefix
+      )
+      try:
+        address = net.device_address or f"{net.server_host}:{port}"
+        r = subprocess.run(
+          [*net.device_prefix, sys.executable, "-c", RTT, address],
+          capture_output=True,
+          text=True,
+          env=child_env(),
+          timeout=120,
+        )
+      finally:
+        stop_server(server)
+      assert r.returncode == 0, r.stderr[-2000:]
+      rtts[delay] = float(r.stdout.strip().splitlines()[-1])
+  print(f"round trip without the relay {rtts[0.0] * 1e3:.2f} ms, with 40 ms {rtts[40.0] * 1e3:.2f} ms")
+  assert 0.038 <= rtts[40.0] - rtts[0.0] <= 0.050, rtts
