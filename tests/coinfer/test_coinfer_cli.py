@@ -37,9 +37,9 @@ def test_overrides_set_typed_values(tmp_path):
     f"--workdir={w}",
     "--config.init.epochs=7",
     "--config.stream.method=dp",
-    "--config.individual.subset=[[2, 4]]",
+    "--config.individual.subset=[[2, 8]]",
   )
   assert r.returncode == 0, r.stderr[-2000:]
   c = json.loads((w / "config.json").read_text())
-  assert c["init"]["epochs"] == 7 and c["stream"]["method"] == "dp" and c["individual"]["subset"] == [[2, 4]]
+  assert c["init"]["epochs"] == 7 and c["stream"]["method"] == "dp" and c["individual"]["subset"] == [[2, 8]]
   assert (w / "report.md").exists()

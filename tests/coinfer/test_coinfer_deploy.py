@@ -150,7 +150,7 @@ def test_bad_input_is_one_line_exit_2(deploy_run, tmp_path):
   run = f"--workdir={deploy_run}"
   cases = [
     ("launch.deploy", ["coinfer", FAST, run, f"--config.deploy.trace={bad}"], "not numbers"),
-    ("launch.deploy", ["coinfer", FAST, f"--workdir={tmp_path / 'empty'}"], "export.json is missing"),
+    ("launch.deploy", ["coinfer", FAST, f"--workdir={tmp_path / 'empty'}"], "config.json is missing"),
     ("coinfer.main", ["deploy", FAST, run, "--config.deploy.link=carrier-pigeon"], "config.deploy.link"),
     ("coinfer.main", ["deploy", FAST, run, "--config.deploy.trace_scale=0"], "config.deploy.trace_scale"),
     ("coinfer.main", ["device", FAST, run, "--config.deploy.server=nohost"], "HOST:PORT"),
