@@ -56,34 +56,35 @@ def train_step_speed(repeats: int) -> dict:
   return {"net": c.stretched, "batch": 64, **steps.before_after(make, repeats)}
 
 
-def run(args) -> dict:
+def _cost_model_lomo() -> dict:
+  """Leave-one-model-out error of the latency cost model over the published configs."""
+  from branching import costmodel
+
+  t0 = time.time()
+  rows = costmodel.leave_one_model_out()
+  errs = np.abs([r["rel_err"] for r in rows])
+  return {
+    "lomo_median_abs_err": float(np.median(errs)),
+    "lomo_mean_abs_err": float(np.mean(errs)),
+    "lomo_max_abs_err": float(np.max(errs)),
+    "target_median_lt": 0.15,
+    "per_config": {r["config"]: round(r["rel_err"], 4) for r in rows},
+    "seconds": time.time() - t0,
+  }
+
+
+def _search_r50(table, repeats: int) -> dict:
+  """R-50-C stretched over CPU + DSP: the search's time and its predicted speedup."""
   from branching import costmodel, search
-  from branching import measure as bmeasure
   from branching import network as bcfg
   from common.timing import measure
 
-  out: dict = {}
-  table = costmodel.default_table()
-  if not args.skip_lomo:
-    t0 = time.time()
-    rows = costmodel.leave_one_model_out()
-    errs = np.abs([r["rel_err"] for r in rows])
-    out["cost_model"] = {
-      "lomo_median_abs_err": float(np.median(errs)),
-      "lomo_mean_abs_err": float(np.mean(errs)),
-      "lomo_max_abs_err": float(np.max(errs)),
-      "target_median_lt": 0.15,
-      "per_config": {r["config"]: round(r["rel_err"], 4) for r in rows},
-      "seconds": time.time() - t0,
-    }
   r50 = bcfg.published("R-50-C")
   found = search.stretch(r50, ("cpu", "dsp"), table=table)  # warm-up (jit compile)
-  timing = measure(
-    lambda: search.stretch(r50, ("cpu", "dsp"), table=table), repeats=args.search_repeats, warmup=0
-  )
+  timing = measure(lambda: search.stretch(r50, ("cpu", "dsp"), table=table), repeats=repeats, warmup=0)
   dev, single = search.best_single(r50, ("cpu", "dsp"), table)
   pred = costmodel.predict(found, table)
-  out["search_r50_cpu_dsp"] = {
+  return {
     "best_single_processor": dev,
     "best_single_ms": single,
     "searched_ms": pred,
@@ -95,9 +96,14 @@ def run(args) -> dict:
     "search_wall_s_target_lt": 10.0,
     "searched_depths_widths": [[(b.device, b.depth, b.width) for b in st.branches] for st in found.stages],
   }
-  # Measured on this CPU: R-tiny-C vs R-tiny-CD with random weights.
-  orig_net = bcfg.load("tiny/R-tiny-C.yaml")
-  str_net = bcfg.load("tiny/R-tiny-CD.yaml")
+
+
+def _tiny_parallel(args) -> dict:
+  """Measured on this CPU: R-tiny-C against R-tiny-CD with random weights."""
+  from branching import measure as bmeasure
+  from branching import network as bcfg
+
+  orig_net, str_net = bcfg.load("tiny/R-tiny-C.yaml"), bcfg.load("tiny/R-tiny-CD.yaml")
   host, cal = bmeasure.calibrate_host(
     orig_net, args.image_size, n_models=args.calibration_models, repeats=args.repeats, threads=2
   )
@@ -117,7 +123,18 @@ def run(args) -> dict:
     "limits: Python thread hand-off per stage, LiteRT already parallelises convs over 2 threads, "
     "2 shared cores, small models"
   )
-  out["parallel_measured"] = par
+  return par
+
+
+def run(args) -> dict:
+  from branching import costmodel
+
+  out: dict = {}
+  table = costmodel.default_table()
+  if not args.skip_lomo:
+    out["cost_model"] = _cost_model_lomo()
+  out["search_r50_cpu_dsp"] = _search_r50(table, args.search_repeats)
+  out["parallel_measured"] = _tiny_parallel(args)
   if args.step_repeats:
     out["train_step"] = train_step_speed(args.step_repeats)
   return out
@@ -137,22 +154,14 @@ def add_parallel_args(parser) -> None:
   parser.add_argument("--cores", default="0,1", help="one core per branch; branch 0 on the calling thread")
 
 
-def run_parallel(args) -> dict:
-  import os
-
-  from branching import costmodel, flops, forkjoin
+def _measure_full_size(models, size: int, cores: tuple, reps: int) -> dict:
+  """The original and the stretched model exported and timed on this CPU (ms), the branch-parallel
+  run's error against JAX, and the per-stage timings of the pinned runner."""
   from branching import export as bexport
-  from branching import measure as bmeasure
-  from branching import network as bcfg
+  from branching import forkjoin
 
-  load_before = os.getloadavg()
-  size, reps = args.image_size, args.repeats
-  cores = tuple(int(c) for c in args.cores.split(","))
+  (m_o, v_o), (m_s, v_s) = models
   zero, one = np.zeros(3, np.float32), np.ones(3, np.float32)
-  orig_c, str_c = (
-    bcfg.load(n) if n.endswith(".yaml") else bcfg.published(n) for n in (args.original, args.stretched)
-  )
-  (m_o, v_o), (m_s, v_s) = bmeasure.random_variables(orig_c, size), bmeasure.random_variables(str_c, size)
   x = np.random.default_rng(0).random((1, size, size, 3), np.float32)
   t0 = time.time()
   tfl_o = bexport.export_model(m_o, v_o, size, mean=zero, std=one)
@@ -173,8 +182,16 @@ def run_parallel(args) -> dict:
   stages = forkjoin.stage_timings(pinned, x, repeats=reps)
   pinned.close()
   unpinned.close()
+  return {"export_s": export_s, "measured_ms": ms, "branch_parallel_max_abs_err": err, "per_stage": stages}
+
+
+def _predicted(orig_c, str_c, stages, size: int, calibration_models: int) -> dict:
+  """The cost model's times with the fork/join term fitted to `stages` (and without it)."""
+  from branching import costmodel, forkjoin
+  from branching import measure as bmeasure
+
   s, e = forkjoin.fit_fork_join(stages)
-  host, cal = bmeasure.calibrate_host(orig_c, size, n_models=args.calibration_models, repeats=3, threads=2)
+  host, cal = bmeasure.calibrate_host(orig_c, size, n_models=calibration_models, repeats=3, threads=2)
   before = forkjoin.with_fork_join(host, "host", 0.0, 0.0)  # the term the model lacked
   after = forkjoin.with_fork_join(host, "host", s, e)
   hall, h2 = bmeasure.HOST_ALL, bmeasure.HOST2_ALL
@@ -183,22 +200,7 @@ def run_parallel(args) -> dict:
     return costmodel.predict(c, table, image_size=hw, device_map=dm)
 
   sizes = (64, 96, 128, 160, 224, 320, 448)
-  pays = {hw: pred(after, orig_c, h2, hw) / pred(after, str_c, hall, hw) for hw in sizes}
-  load_after = os.getloadavg()
   return {
-    "configs": [args.original, args.stretched],
-    "image_size": size,
-    "gmacs": {
-      n: flops.count(c, size)["macs"] / 1e9 for n, c in ((args.original, orig_c), (args.stretched, str_c))
-    },
-    "loadavg_1_5_15_before": load_before,
-    "loadavg_1_5_15_after": load_after,
-    "export_s": export_s,
-    "measured_ms": ms,
-    "branch_parallel_max_abs_err": err,
-    "measured_speedup_vs_original_2threads": ms["original_2threads"] / ms["stretched_parallel_pinned"],
-    "measured_speedup_vs_original_1thread": ms["original_1thread"] / ms["stretched_parallel_pinned"],
-    "per_stage": stages,
     "fork_join_fit_ms": {"per_stage_s": s, "per_element_e": e},
     "host_calibration": cal,
     "predicted_ms": {
@@ -210,5 +212,39 @@ def run_parallel(args) -> dict:
     "predicted_speedup_vs_original_2threads_without_fork_join": pred(before, orig_c, h2)
     / pred(before, str_c, hall),
     "predicted_speedup_vs_original_2threads": pred(after, orig_c, h2) / pred(after, str_c, hall),
-    "predicted_speedup_by_image_size": pays,
+    "predicted_speedup_by_image_size": {
+      hw: pred(after, orig_c, h2, hw) / pred(after, str_c, hall, hw) for hw in sizes
+    },
   }
+
+
+def run_parallel(args) -> dict:
+  import os
+
+  from branching import flops
+  from branching import measure as bmeasure
+  from branching import network as bcfg
+
+  load_before = os.getloadavg()
+  size = args.image_size
+  cores = tuple(int(c) for c in args.cores.split(","))
+  orig_c, str_c = (
+    bcfg.load(n) if n.endswith(".yaml") else bcfg.published(n) for n in (args.original, args.stretched)
+  )
+  models = (bmeasure.random_variables(orig_c, size), bmeasure.random_variables(str_c, size))
+  measured = _measure_full_size(models, size, cores, args.repeats)
+  ms = measured["measured_ms"]
+  out = {
+    "configs": [args.original, args.stretched],
+    "image_size": size,
+    "gmacs": {
+      n: flops.count(c, size)["macs"] / 1e9 for n, c in ((args.original, orig_c), (args.stretched, str_c))
+    },
+    "loadavg_1_5_15_before": load_before,
+    **measured,
+    "measured_speedup_vs_original_2threads": ms["original_2threads"] / ms["stretched_parallel_pinned"],
+    "measured_speedup_vs_original_1thread": ms["original_1thread"] / ms["stretched_parallel_pinned"],
+    **_predicted(orig_c, str_c, measured["per_stage"], size, args.calibration_models),
+  }
+  out["loadavg_1_5_15_after"] = os.getloadavg()
+  return out

@@ -339,6 +339,17 @@ def _numpy_dqn_params(params, qpm) -> list:
   return out
 
 
+def _reference_per_image(ts, ref_th, state, net, sseq, qpm, ref_len: int, ref_dqn_len: int):
+  """Seconds per image of the NumPy references (threshold policy, DQN) on the first images of the streams."""
+  t0 = time.perf_counter()
+  reference_simulation(ref_th, ts.metrics, ts.rewards, sseq[:, :ref_len], qpm)
+  per_image = (time.perf_counter() - t0) / (100 * ref_len)
+  t0 = time.perf_counter()
+  params = _numpy_dqn_params(state.params, qpm)
+  reference_dqn_simulation(params, ts.metrics, ts.rewards, sseq[:, :ref_dqn_len], qpm, net.config.nhist1)
+  return per_image, (time.perf_counter() - t0) / (100 * ref_dqn_len)
+
+
 def bench_simulation(
   args, ts: odata.Split, th, ref_th, state: dqn.DQNState, net: QNetwork, repeats: int
 ) -> dict:
@@ -355,26 +366,16 @@ def bench_simulation(
     warmup=1,
   )
   ref_len = min(args.ref_len, 1000 if args.quick else args.ref_len)
-  t0 = time.perf_counter()
-  reference_simulation(ref_th, ts.metrics, ts.rewards, sseq[:, :ref_len], qpm)
-  ref_sim_per_image = (time.perf_counter() - t0) / (100 * ref_len)
   pol = simulate.DQNPolicy(state.params, net)
   ours_dqn_sim = measure(
     lambda: last.update(dqn=simulate.simulate(pol, ts.metrics, ts.rewards, sseq, None, RATE, DEPTH)),
     repeats=max(1, repeats // 2),
     warmup=1,
   )
-  t0 = time.perf_counter()
   ref_dqn_len = max(100, ref_len // 5)
-  reference_dqn_simulation(
-    _numpy_dqn_params(state.params, qpm),
-    ts.metrics,
-    ts.rewards,
-    sseq[:, :ref_dqn_len],
-    qpm,
-    net.config.nhist1,
+  ref_sim_per_image, ref_dqn_per_image = _reference_per_image(
+    ts, ref_th, state, net, sseq, qpm, ref_len, ref_dqn_len
   )
-  ref_dqn_per_image = (time.perf_counter() - t0) / (100 * ref_dqn_len)
   # Work removal: Q values matter only at decisions (n >= p); the fraction bounds what skipping the
   # network elsewhere could save (the MDP's fraction: where a trained DQN that behaves like it lands).
   dqn_dec, mdp_dec = last["dqn"]["decision_fraction"], last["mdp"]["decision_fraction"]
