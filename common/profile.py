@@ -231,3 +231,15 @@ def group_rows(rows: list[dict], keys: tuple[str, ...] = ("kind", "direction")) 
     g["share"] = g["seconds"] / total
     g["flops_per_s"] = g["flops"] / g["seconds"] if g["seconds"] > 0 else 0.0
   return out
+
+
+def compiled_bytes(compiled) -> int | None:
+  """Arguments + temporaries + outputs (less aliased buffers) of a compiled program, by XLA's own
+  accounting (`memory_analysis`); None where the backend gives none."""
+  try:
+    m = compiled.memory_analysis()
+  except (AttributeError, NotImplementedError, RuntimeError):
+    return None
+  if m is None:
+    return None
+  return int(m.argument_size_in_bytes + m.temp_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes)

@@ -26,7 +26,12 @@ BENCHMARKS = (*TECHNIQUES, "deploy")
 EXTRA = {
   "branching_parallel": ("branching", "add_parallel_args", "run_parallel"),
   "scaling": ("scaling", "add_args", "run"),  # data parallelism over 1-8 devices
-  "serve": ("serve", "add_args", "run"),  # edgeinfer's server (gRPC, HTTP) beside a stock Triton server
+  "serve": ("serve", "add_args", "run"),
+  "gpu": (
+    "gpu",
+    "add_args",
+    "run",
+  ),  # every technique's step and AgileNN's paper step on any accelerator  # edgeinfer's server (gRPC, HTTP) beside a stock Triton server
 }
 
 

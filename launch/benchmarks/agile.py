@@ -130,7 +130,7 @@ def _flops(compiled) -> float:
   return float(cost.get("flops", 0.0))
 
 
-def _setup(args):
+def setup(args):
   import jax
   import jax.numpy as jnp
   import numpy as np
@@ -190,7 +190,7 @@ def _variant(name: str) -> tuple[bool, dict, bool, bool]:
   }[name]
 
 
-def _full_step(s: dict, name: str, args):
+def full_step(s: dict, name: str, args):
   """(compiled step, its arguments after the state) of variant `name`."""
   import jax
   import jax.numpy as jnp
@@ -253,7 +253,7 @@ def _full_steps(s, names, args) -> dict:
   rows = {}
   for name in names:
     t0 = time.perf_counter()
-    compiled, state, ev, grouped = _full_step(s, name, args)
+    compiled, state, ev, grouped = full_step(s, name, args)
     compile_s = time.perf_counter() - t0
     holder = {"s": state}
 
@@ -264,7 +264,7 @@ def _full_steps(s, names, args) -> dict:
     t = measure(one, repeats=args.repeats, warmup=1)
     flops = _flops(compiled)
     row = {"step_s": t, "compile_s": compile_s, "step_flops": flops, "achieved_flops_per_s": flops / t["median_s"],
-           "grouped_convs": grouped}  # fmt: skip
+           "grouped_convs": grouped, "compiled_bytes": profile.compiled_bytes(compiled)}  # fmt: skip
     if args.profile and name in ("reference", "fast"):
       row["profile"] = profile.group_rows(profile.op_breakdown(compiled, one))
     rows[name] = row
@@ -333,7 +333,7 @@ def run(args) -> dict:
     raise SystemExit(f"--variants {','.join(bad)}: must be from {VARIANTS}")
   if args.profile:
     names = list(dict.fromkeys(["reference", *names, "fast"]))
-  s = _setup(args)
+  s = setup(args)
   out: dict = {"config": vars(args), "xla_flags_env": os.environ.get("XLA_FLAGS", "")}
   out["full_step"], out["ce_only_step"] = _full_steps(s, names, args), _ce_steps(s, args)
   peak = _matmul_peak(args.matmul_n, args.repeats, CPU_OPTIONS)
