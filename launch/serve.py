@@ -39,6 +39,12 @@ _WORKERS = flags.DEFINE_integer(
 _GRACE = flags.DEFINE_float("grace", 5.0, "seconds in-flight requests get on shutdown")
 _STATS = flags.DEFINE_string("stats", None, "write request counts and latency percentiles here (JSON)")
 _STATS_EVERY = flags.DEFINE_float("stats_every", 10.0, "seconds between --stats updates")
+_SWITCH = flags.DEFINE_multi_string(
+  "switch",
+  [],
+  "MODEL=q,p,m,slot_ms: admit MODEL's requests through a token bucket (m units, q more per slot, p per "
+  "request); the rest are answered RESOURCE_EXHAUSTED (common/serving/admission.py); repeatable",
+)
 if "debug" not in flags.FLAGS:  # common.app defines it too, with the same meaning
   flags.DEFINE_bool(
     "debug", False, "show the traceback of an error instead of one line (or EDGEINFER_DEBUG=1)"
@@ -76,6 +82,14 @@ def validate() -> None:
   for name, value, ok, rule in checks:
     if not ok:
       raise ConfigError(f"{name}={value}: must be {rule}")
+  switches()
+
+
+def switches() -> dict:
+  """--switch's buckets by model (ConfigError naming a malformed one)."""
+  from common.serving import admission
+
+  return dict(admission.parse(spec) for spec in _SWITCH.value)
 
 
 def start():
@@ -83,7 +97,11 @@ def start():
   from common.serving import core, repository, rest, server
 
   models = repository.load_repository(_REPOSITORY.value)
-  c = core.Core(models, workers=_WORKERS.value)
+  gates = switches()
+  unknown = sorted(set(gates) - set(models))
+  if unknown:
+    raise ConfigError(f"--switch names {unknown}, not served (the repository has {sorted(models)})")
+  c = core.Core(models, workers=_WORKERS.value, admission=gates)
   srv, _, port = server.start(
     c, host=_HOST.value, port=_PORT.value, max_message_bytes=_MAX_MESSAGE_BYTES.value, workers=_WORKERS.value
   )

@@ -141,8 +141,9 @@ def _feed(model: repository.Model, s: repository.TensorSpec, t: InputTensor, i: 
 class Core:
   """The served models and everything both front ends do with them (thread-safe)."""
 
-  def __init__(self, models: dict[str, dict[str, repository.Model]], *, workers: int = 16):
+  def __init__(self, models: dict[str, dict[str, repository.Model]], *, workers: int = 16, admission=None):
     self.models = models
+    self.admission = dict(admission or {})  # model name -> common.serving.admission.Bucket
     self.stats = Stats()
     self.metrics = Metrics()
     self.slots = threading.BoundedSemaphore(workers)
@@ -228,6 +229,10 @@ class Core:
     except RequestError as e:
       self.refused(name or "-", protocol, e.code, model_label=label)
       raise
+    gate = self.admission.get(model.name)
+    if gate is not None and not gate.take():
+      self.refused(name, protocol, "RESOURCE_EXHAUSTED", model_label=label)
+      raise RequestError("ADMISSION", f"model {name}: the switch's bucket holds fewer than {gate.p} units")
     with self.slots:
       q = time.perf_counter_ns()
       try:

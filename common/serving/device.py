@@ -51,7 +51,7 @@ class Request:
 class FrameResult:
   frame: int
   setup: int = -1
-  status: str = "pending"  # ok | late | lost
+  status: str = "pending"  # ok | late | lost | refused (the server's admission control said no)
   arrival_s: float = 0.0
   latency_s: float = float("inf")
   wait_s: float = 0.0  # the device loop was busy with earlier frames
@@ -326,6 +326,8 @@ class Ledger:
       if self.from_answers:  # the transfer took at least this long, a bound the controller needs
         self._transfer(now, sent, bits, now - self.rtt_s)
       return
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:  # the server's admission refused it, at once
+      return self.finish(k, "refused", f"{code.name}: {e.details()}"[:200])
     if code == grpc.StatusCode.UNAVAILABLE:
       self.client.mark_down()
     self.finish(k, "lost", f"{code.name}: {e.details()}"[:200])
@@ -476,7 +478,7 @@ def summary(results: list[FrameResult], deadline_s: float) -> dict:
     "frames": len(results),
     "deadline_miss_rate": float(1.0 - met.mean()) if len(results) else 0.0,
     "bytes_per_frame": float(np.mean([r.wire_bytes for r in results])) if results else 0.0,
-    "status": {s: sum(r.status == s for r in results) for s in ("ok", "late", "lost")},
+    "status": {s: sum(r.status == s for r in results) for s in ("ok", "late", "lost", "refused")},
   }
   if lat.size:
     out.update({f"p{q}_latency_s": float(np.percentile(lat, q)) for q in (50, 90, 99)})

@@ -68,7 +68,7 @@ def record(results: list[dev.FrameResult], picks: list[int], expected, deadline_
   out["answered"] = sum(r.output is not None for r in results)  # late answers included
   out["wrong"] = len(wrong)
   out["wrong_frames"] = wrong[:20]
-  out["unaccounted"] = sum(r.status not in ("ok", "late", "lost") for r in results)
+  out["unaccounted"] = sum(r.status not in ("ok", "late", "lost", "refused") for r in results)
   out["reasons"] = dict(collections.Counter(r.error.split(":")[0][:60] for r in results if r.error))
   out["latencies_ms"] = [round(r.latency_s * 1e3, 3) for r in results if np.isfinite(r.latency_s)]
   # one letter per frame: o(k), L(ate), x (lost)
@@ -138,7 +138,7 @@ def run_streams(
 def merge(records: list[dict], wall_s: float) -> dict:
   """Totals over streams: answered requests per second, latency percentiles, every count."""
   lat = np.concatenate([np.asarray(r["latencies_ms"], float) for r in records] or [np.zeros(0)])
-  tot = {s: sum(r["status"][s] for r in records) for s in ("ok", "late", "lost")}
+  tot = {s: sum(r["status"].get(s, 0) for r in records) for s in ("ok", "late", "lost", "refused")}
   reasons = collections.Counter()
   for r in records:
     reasons.update(r["reasons"])

@@ -38,7 +38,8 @@ def frames_text(m: dict) -> str:
   """How the frames of a stream ended (a summary of `common.serving.device.summary`)."""
   st = m["status"]
   return (
-    f"Frames: {st['ok']} answered in time, {st['late']} late, {st['lost']} lost (reconnects "
+    f"Frames: {st['ok']} answered in time, {st['late']} late, {st['lost']} lost, {st.get('refused', 0)} "
+    f"refused by the server's admission control (reconnects "
     f"{m.get('reconnects', 0)}). A frame the server never answers has no latency and counts as a miss."
   )
 

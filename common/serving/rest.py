@@ -40,7 +40,13 @@ from common.serving import core, metrics, repository
 
 log = logging.getLogger("edgeinfer.serve")
 HEADER_LENGTH = "Inference-Header-Content-Length"
-STATUS = {"INVALID_ARGUMENT": 400, "NOT_FOUND": 404, "RESOURCE_EXHAUSTED": 413, "INTERNAL": 500}
+STATUS = {
+  "INVALID_ARGUMENT": 400,
+  "NOT_FOUND": 404,
+  "RESOURCE_EXHAUSTED": 413,
+  "ADMISSION": 429,
+  "INTERNAL": 500,
+}
 
 
 def _error(code: str, message: str) -> web.Response:

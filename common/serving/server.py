@@ -31,6 +31,7 @@ CODES = {
   "INVALID_ARGUMENT": grpc.StatusCode.INVALID_ARGUMENT,
   "NOT_FOUND": grpc.StatusCode.NOT_FOUND,
   "INTERNAL": grpc.StatusCode.INTERNAL,
+  "ADMISSION": grpc.StatusCode.RESOURCE_EXHAUSTED,  # refused by the switch's bucket (admission.py)
 }
 
 

@@ -226,6 +226,7 @@ def _other_cases() -> list[Case]:
       "--http_port",
     ),
     Case("serve-zero-workers", ("launch.serve", "--repository=TMP", "--workers=0"), "--workers"),
+    Case("serve-malformed-switch", ("launch.serve", "--repository=TMP", "--switch=add=1,0,3,10"), "--switch"),
     Case("serve-stray-argument", ("launch.serve", "--repository=TMP", "extra"), "extra"),
     Case("edgeinfer-unknown-command", ("launch.edgeinfer", "bogus"), "bogus"),
   ]
