@@ -52,6 +52,25 @@ def _tc_available() -> str:
 _WHY = _tc_available()
 
 
+def _device_on(net, repo, script: str, *args: str) -> str:
+  """A server on `repo` on the link's network and `script` (server address first, then `args`) in
+  the device's namespace; the script's last line of output."""
+  server, port = start_server(repo, host=net.server_host, port=net.server_port, prefix=net.server_prefix)
+  try:
+    address = net.device_address or f"{net.server_host}:{port}"
+    r = subprocess.run(
+      [*net.device_prefix, sys.executable, "-c", script, address, *args],
+      capture_output=True,
+      text=True,
+      env=child_env(),
+      timeout=120,
+    )
+  finally:
+    stop_server(server)
+  assert r.returncode == 0, r.stderr[-2000:]
+  return r.stdout.strip().splitlines()[-1]
+
+
 @pytest.mark.skipif(bool(_WHY), reason=_WHY or "tc available")
 def test_constant_1mbit_link_measures_1mbit(tmp_path):
   """Through the Link interface, as the deploy runner uses it: the network, then the device's side
@@ -59,22 +78,9 @@ def test_constant_1mbit_link_measures_1mbit(tmp_path):
   repository.write_model(tmp_path / "repo", "echo", echo_model(NBYTES))
   tc = link.make("tc", Trace("1mbit", np.asarray([0.0]), np.asarray([1e6]), 60.0))
   with tc.network() as net:
-    server, port = start_server(
-      tmp_path / "repo", host=net.server_host, port=net.server_port, prefix=net.server_prefix
+    out = json.loads(
+      _device_on(net, tmp_path / "repo", DEVICE, str(NBYTES), "12", str(FPS), json.dumps(net.spec))
     )
-    try:
-      args = [f"{net.server_host}:{port}", str(NBYTES), "12", str(FPS), json.dumps(net.spec)]
-      r = subprocess.run(
-        [*net.device_prefix, sys.executable, "-c", DEVICE, *args],
-        capture_output=True,
-        text=True,
-        env=child_env(),
-        timeout=120,
-      )
-    finally:
-      stop_server(server)
-    assert r.returncode == 0, r.stderr[-2000:]
-    out = json.loads(r.stdout.strip().splitlines()[-1])
     names = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert net.spec["netns"] in names
   assert (
@@ -132,21 +138,6 @@ def test_delay_relay_adds_the_round_trip_through_the_kernel(tmp_path):
   rtts = {}
   for delay in (0.0, 40.0):
     with link.make("tc", trace, delay_ms=delay).network() as net:
-      server, port = start_server(
-        tmp_path / "repo", host=net.server_host, port=net.server_port, prefix=net.server_prefix
-      )
-      try:
-        address = net.device_address or f"{net.server_host}:{port}"
-        r = subprocess.run(
-          [*net.device_prefix, sys.executable, "-c", RTT, address],
-          capture_output=True,
-          text=True,
-          env=child_env(),
-          timeout=120,
-        )
-      finally:
-        stop_server(server)
-      assert r.returncode == 0, r.stderr[-2000:]
-      rtts[delay] = float(r.stdout.strip().splitlines()[-1])
+      rtts[delay] = float(_device_on(net, tmp_path / "repo", RTT))
   print(f"round trip without the relay {rtts[0.0] * 1e3:.2f} ms, with 40 ms {rtts[40.0] * 1e3:.2f} ms")
   assert 0.038 <= rtts[40.0] - rtts[0.0] <= 0.050, rtts
