@@ -31,7 +31,7 @@ def test_load_every_request_gets_its_own_answer(repo, tmp_path):
     d, model, streams=8, seconds=3.0, fps=20.0, deadline_s=5.0, processes=2, workdir=tmp_path
   )
   assert out["frames"] == 8 * 60 and out["unaccounted"] == 0
-  assert out["wrong"] == 0 and out["status"] == {"ok": 480, "late": 0, "lost": 0}, out
+  assert out["wrong"] == 0 and out["status"] == {"ok": 480, "late": 0, "lost": 0, "refused": 0}, out
   assert out["answered"] == 480
   assert out["server"]["requests"] == 480 and out["server"]["failed"] == 0
   assert 0 < out["p50_ms"] <= out["p99_ms"]
@@ -66,7 +66,7 @@ def test_garbage_device_beside_healthy_ones(repo, tmp_path):
   d, model = repo
   out = faults.run_garbage(d, model, streams=3, seconds=3.0, fps=20.0, deadline_s=5.0, workdir=tmp_path)
   assert out["server_alive"] and out["healthy_errors"] == 0 and out["wrong"] == 0
-  assert out["status"] == {"ok": 180, "late": 0, "lost": 0}, out
+  assert out["status"] == {"ok": 180, "late": 0, "lost": 0, "refused": 0}, out
   g = out["garbage"]
   assert {"not protobuf", "flipped bytes", "wrong fields", "oversize", "raw tcp"} <= set(g), g
   assert "OK" not in g["not protobuf"] and "OK" not in g["wrong fields"] and "OK" not in g["oversize"]
