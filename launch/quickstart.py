@@ -8,10 +8,10 @@
 Each stage trains, decides, exports and writes its own report under
 runs/quickstart/<stage>/; this writes runs/quickstart/report.md linking them,
 with the time of each stage. The goal is under 10 minutes on 2 quiet CPU cores; measured
-8 min 24 s wall (`time python -m launch.quickstart`, December 2026, final code with the
-multi-output reductions, quiet machine): common 24 s, agile 78 s, offload 34 s, coinfer 134 s,
-subnets 113 s, branching 77 s, deploy 37 s. The offload stage's multi-camera and robustness
-steps came later: 29.5 s more on the shared machine (load average 7), to be re-timed quiet.
+7 min 3 s wall (`/usr/bin/time -v python -m launch.quickstart --workdir runs/quickstart`,
+December 2026, after the deploy-as-a-step round, quiet machine: load average 1.0 at the start;
+peak resident set 4.2 GB): common 22 s, agile 64 s, offload 42 s (the multi-camera and
+robustness studies included), coinfer 105 s, subnets 90 s, branching 60 s, deploy 36 s.
 """
 
 from __future__ import annotations
