@@ -73,19 +73,6 @@ _DTYPE_NAMES = {
 _NUMPY = {v: k for k, v in _DTYPE_NAMES.items()}
 
 
-def infer_inputs(inputs: dict):
-  """`tritonclient.grpc.InferInput`s of `inputs` (name -> array), for tritonclient's own calls."""
-  import tritonclient.grpc as tg
-
-  out = []
-  for name, arr in inputs.items():
-    arr = np.ascontiguousarray(arr)
-    t = tg.InferInput(name, list(arr.shape), _DTYPE_NAMES[arr.dtype])
-    t.set_data_from_numpy(arr)
-    out.append(t)
-  return out
-
-
 def infer_request(req: Request, request_id: str = "0"):
   """The Open Inference Protocol's ModelInferRequest of `req` (raw input contents): built once per
   frame, its size is what the link carries and the same message is sent."""
