@@ -9,6 +9,7 @@ gracefully; and the stock Triton server of `common.serving.triton` (another inte
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -33,9 +34,9 @@ def child_env() -> dict:
   return env
 
 
-def _wait_ready(proc, timeout_s: float, what: str) -> re.Match:
-  """The ready line among the process's stdout lines (ServingError if it does not come in time);
-  the rest of stdout and stderr are drained in the background."""
+def _wait_ready(proc, timeout_s: float, what: str, tail_lines: int = 1) -> re.Match:
+  """The ready line among the process's stdout lines (ServingError with the last `tail_lines` of
+  stderr if it does not come in time); the rest of stdout and stderr are drained in the background."""
   box: list[re.Match] = []
 
   def read():
@@ -49,8 +50,9 @@ def _wait_ready(proc, timeout_s: float, what: str) -> re.Match:
     time.sleep(0.02)
   if not box:
     proc.kill()
-    err = proc.stderr.read().strip().splitlines()
-    raise ServingError(f"{what} did not start: {err[-1] if err else 'no output'}")
+    err = [x for x in proc.stderr.read().strip().splitlines() if x.strip()]
+    why = "\n".join(err[-tail_lines:]) if err else "no output"
+    raise ServingError(f"{what} did not start within {timeout_s:.0f} s: {why}")
   threading.Thread(target=proc.stderr.read, daemon=True).start()  # drain the log
   return box[0]
 
@@ -89,17 +91,24 @@ def start_server(
 
 
 def start_triton(
-  repo: Path, *, python: str, port: int = 0, http_port: int = 0, timeout_s: float = 120.0, extra=()
+  repo: Path, *, python: str, port: int = 0, http_port: int = 0, timeout_s: float = 180.0, extra=()
 ):
   """Starts the stock Triton server (`python -m common.serving.triton`, run by `python`, an
-  interpreter with nvidia-pytriton) on `repo`; returns (proc, gRPC port) with `proc.http_port`."""
+  interpreter with nvidia-pytriton) on `repo`; returns (proc, gRPC port) with `proc.http_port`.
+  The launcher gives up itself 30 s before `timeout_s` with tritonserver's log on stderr, which
+  the ServingError then quotes."""
   cmd = [python, "-m", "common.serving.triton", "--repository", str(repo), "--port", str(port)]
-  cmd += ["--http_port", str(http_port), *extra]
+  cmd += ["--http_port", str(http_port), "--startup_timeout", str(max(timeout_s - 30.0, 1.0)), *extra]
   proc = subprocess.Popen(
     cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env(), start_new_session=True
   )
   proc.group = True  # stop_server ends tritonserver with it, should the launcher not stop in time
-  ready = _wait_ready(proc, timeout_s, "the Triton server")
+  try:
+    ready = _wait_ready(proc, timeout_s, "the Triton server", tail_lines=40)
+  except ServingError:
+    with contextlib.suppress(ProcessLookupError):
+      os.killpg(proc.pid, signal.SIGKILL)
+    raise
   proc.http_port = int(ready.group(4))
   return proc, int(ready.group(2))
 

@@ -14,17 +14,27 @@ common.serving.process starts it). It imports nothing from the project but the r
 loader (numpy, onnxruntime, protobuf and tritonclient, which pytriton brings). The Python
 backend's stub links the system libpython3.x; an interpreter of another build (pyenv) needs
 its own LIBDIR first on LD_LIBRARY_PATH, which this sets before the server starts.
+
+pytriton's workspace (a copy of the server and the proxies' Unix sockets, whose paths may not pass
+107 bytes) goes to a fresh short folder under the temporary directory, not under $HOME, and is
+removed on exit. Should the server not be ready within --startup_timeout seconds, the tail of
+tritonserver's own log is written to stderr and the launcher exits with status 1, so the caller
+sees why.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
+import shutil
 import signal
 import socket
 import sys
 import sysconfig
+import tempfile
 import threading
+from pathlib import Path
 
 
 def _free_port(host: str) -> int:
@@ -68,15 +78,40 @@ def bind(triton, models: dict) -> None:
       )
 
 
+def _watchdog(ready: threading.Event, timeout_s: float, log: Path) -> None:
+  """Exits the process with tritonserver's log tail on stderr unless `ready` is set in time."""
+  if ready.wait(timeout_s):
+    return
+  tail = log.read_text(errors="replace").splitlines()[-40:] if log.exists() else ["(no tritonserver log)"]
+  print(
+    *tail, f"the Triton server was not ready within {timeout_s:.0f} s", sep="\n", file=sys.stderr, flush=True
+  )
+  shutil.rmtree(log.parent, ignore_errors=True)
+  if os.getsid(0) == os.getpid():  # started in a session of its own: take tritonserver down too
+    os.killpg(0, signal.SIGKILL)
+  os._exit(1)
+
+
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(prog="python -m common.serving.triton", description=__doc__.splitlines()[0])
   p.add_argument("--repository", required=True)
   p.add_argument("--host", default="127.0.0.1")
   p.add_argument("--port", type=int, default=0, help="gRPC (0 picks a free one)")
   p.add_argument("--http_port", type=int, default=0, help="HTTP (0 picks a free one)")
+  p.add_argument("--startup_timeout", type=float, default=100.0, help="seconds to be ready in, else exit 1")
   a = p.parse_args(argv)
+  logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+  home = Path(tempfile.mkdtemp(prefix="pyt-"))
+  try:
+    return _serve(a, home)
+  finally:
+    shutil.rmtree(home, ignore_errors=True)
+
+
+def _serve(a, home: Path) -> int:
   libdir = sysconfig.get_config_var("LIBDIR")
   os.environ["LD_LIBRARY_PATH"] = os.pathsep.join(x for x in (libdir, os.environ.get("LD_LIBRARY_PATH")) if x)
+  os.environ["PYTRITON_HOME"] = str(home)  # read when pytriton is first imported
   from pytriton.triton import Triton, TritonConfig
 
   from common.serving import repository
@@ -90,13 +125,19 @@ def main(argv=None) -> int:
     http_port=http_port,
     metrics_port=_free_port(a.host),
     log_verbose=0,
+    log_file=home / "tritonserver.log",
   )
+  ready = threading.Event()
+  threading.Thread(
+    target=_watchdog, args=(ready, a.startup_timeout, home / "tritonserver.log"), daemon=True
+  ).start()
   stop = threading.Event()
   for sig in (signal.SIGTERM, signal.SIGINT):
     signal.signal(sig, lambda *_: stop.set())
   with Triton(config=config) as triton:
     bind(triton, models)
     triton.run()
+    ready.set()
     print(
       f"serving {len(models)} models on {a.host}:{grpc_port} (gRPC) and {a.host}:{http_port} (HTTP)",
       flush=True,

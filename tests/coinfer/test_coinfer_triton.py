@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from coinfer import deploy
+from common.errors import ServingError
 from common.serving import device as dev
 from common.serving.link import Link
 from common.serving.process import ROOT, start_server, start_triton, stop_server
@@ -68,3 +69,18 @@ def test_device_runtime_against_stock_triton_as_against_edgeinfer(coinfer_fast_r
     assert theirs["frames"]["prediction"] == ours["frames"]["prediction"], name
     assert theirs["summary"]["accuracy"] == ours["summary"]["accuracy"], name
     assert theirs["summary"]["bytes_per_frame"] == ours["summary"]["bytes_per_frame"], name
+
+
+def test_a_triton_server_not_ready_in_time_says_why_and_leaves_nothing_running(coinfer_fast_run):
+  """The launcher's watchdog: past --startup_timeout the caller gets tritonserver's log tail, and
+  neither tritonserver nor its workspace outlives the launcher."""
+  import subprocess
+  import tempfile
+
+  repo = coinfer_fast_run[0] / "exports" / "repository"
+  before = set(Path(tempfile.gettempdir()).glob("pyt-*"))
+  with pytest.raises(ServingError, match=r"(?s)I1.*not ready within 1 s"):
+    start_triton(repo, python=triton_python(), timeout_s=31.0)
+  assert set(Path(tempfile.gettempdir()).glob("pyt-*")) == before
+  left = subprocess.run(["pgrep", "-f", str(repo)], capture_output=True, text=True).stdout.split()
+  assert not left, left
