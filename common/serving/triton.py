@@ -34,6 +34,7 @@ import sys
 import sysconfig
 import tempfile
 import threading
+import traceback
 from pathlib import Path
 
 
@@ -78,14 +79,16 @@ def bind(triton, models: dict) -> None:
       )
 
 
+def _log_tail(log: Path, why: str) -> None:
+  tail = log.read_text(errors="replace").splitlines()[-40:] if log.exists() else ["(no tritonserver log)"]
+  print(*tail, why, sep="\n", file=sys.stderr, flush=True)
+
+
 def _watchdog(ready: threading.Event, timeout_s: float, log: Path) -> None:
   """Exits the process with tritonserver's log tail on stderr unless `ready` is set in time."""
   if ready.wait(timeout_s):
     return
-  tail = log.read_text(errors="replace").splitlines()[-40:] if log.exists() else ["(no tritonserver log)"]
-  print(
-    *tail, f"the Triton server was not ready within {timeout_s:.0f} s", sep="\n", file=sys.stderr, flush=True
-  )
+  _log_tail(log, f"the Triton server was not ready within {timeout_s:.0f} s")
   shutil.rmtree(log.parent, ignore_errors=True)
   if os.getsid(0) == os.getpid():  # started in a session of its own: take tritonserver down too
     os.killpg(0, signal.SIGKILL)
@@ -104,6 +107,10 @@ def main(argv=None) -> int:
   home = Path(tempfile.mkdtemp(prefix="pyt-"))
   try:
     return _serve(a, home)
+  except Exception as e:  # noqa: BLE001 -- the traceback, then what tritonserver said (quoted by the caller)
+    traceback.print_exc()
+    _log_tail(home / "tritonserver.log", f"the Triton server failed: {type(e).__name__}: {e}")
+    return 1
   finally:
     shutil.rmtree(home, ignore_errors=True)
 
