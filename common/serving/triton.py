@@ -25,6 +25,7 @@ sees why.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import shutil
@@ -38,10 +39,13 @@ import traceback
 from pathlib import Path
 
 
-def _free_port(host: str) -> int:
-  with socket.socket() as s:
-    s.bind((host, 0))
-    return s.getsockname()[1]
+def _free_ports(host: str, n: int) -> list[int]:
+  """`n` distinct free ports (all held open until all are picked, so none repeats)."""
+  with contextlib.ExitStack() as stack:
+    socks = [stack.enter_context(socket.socket()) for _ in range(n)]
+    for s in socks:
+      s.bind((host, 0))
+    return [s.getsockname()[1] for s in socks]
 
 
 def infer_fn(model):
@@ -124,13 +128,14 @@ def _serve(a, home: Path) -> int:
   from common.serving import repository
 
   models = repository.load_repository(a.repository)
-  grpc_port, http_port = a.port or _free_port(a.host), a.http_port or _free_port(a.host)
+  free = _free_ports(a.host, 3)
+  grpc_port, http_port, metrics_port = a.port or free[0], a.http_port or free[1], free[2]
   config = TritonConfig(
     grpc_address=a.host,
     grpc_port=grpc_port,
     http_address=a.host,
     http_port=http_port,
-    metrics_port=_free_port(a.host),
+    metrics_port=metrics_port,
     log_verbose=0,
     log_file=home / "tritonserver.log",
   )
