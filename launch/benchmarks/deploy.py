@@ -9,7 +9,9 @@
 2. A deployment (`launch.deploy`, pacer link, MPC) on a Markov trace: the runtime's own
    overhead per frame (end-to-end minus controller, device TFLite, link and server ONNX
    time, all measured in the same run; target <= 1 ms at p50) and the reality-versus-
-   simulation gap in deadline-miss rate and accuracy (target <= 0.02).
+   simulation gap in deadline-miss rate and accuracy (target <= 0.02); beside the overhead, the
+   transport's floor under it (`transport_floor`: the protocol's round trip at the stream's pace,
+   less the server's compute).
 
   python -m launch.bench deploy --links [--link-kinds pacer,tc --link-controllers mpc,rate,buffer]
 
@@ -62,6 +64,41 @@ def _load(url: str, repo: Path, model: str, feeds: dict, streams: int, seconds: 
 
   m = repository.load_model(repo / model)[-1]
   return serve.throughput(serve.client_call("grpc", url, m, feeds, m.run(feeds)[0]), streams, seconds)
+
+
+def transport_floor(url: str, model: str, feeds: dict, output: str, *, fps: float, n: int = 100) -> dict:
+  """The protocol's round trip at the stream's own pace (one call every 1 / fps s, as a frame
+  comes): a bare `ServerLive` and a `ModelInfer` of `feeds` less the compute the server reports,
+  p50 in ms. The runtime overhead cannot go below the latter; what is above it is the device
+  loop's own (its threads, the link, the ledger)."""
+  import time
+
+  from tritonclient.grpc import service_pb2
+
+  from common.serving import device as dev
+
+  client = dev.Client(url)
+  client.connect(10.0)
+  msg = dev.infer_request(dev.Request(model, feeds, output), "0")
+  live, infer = [], []
+  try:
+    for k in range(n + 5):
+      time.sleep(1.0 / fps)
+      t = time.perf_counter()
+      client.stub.ServerLive(service_pb2.ServerLiveRequest(), timeout=5.0)
+      t1 = time.perf_counter()
+      time.sleep(1.0 / fps)
+      t2 = time.perf_counter()
+      resp = client.stub.ModelInfer(msg, timeout=5.0)
+      if k >= 5:  # the first calls warm the channel
+        live.append(t1 - t)
+        infer.append(time.perf_counter() - t2 - dev.compute_s(resp))
+  finally:
+    client.close()
+  return {
+    "server_live_rtt_p50_ms": float(np.median(live) * 1e3),
+    "infer_rtt_less_compute_p50_ms": float(np.median(infer) * 1e3),
+  }
 
 
 def _load_model(args) -> tuple[Path, str]:
@@ -157,6 +194,7 @@ def run(args) -> dict:
       )
       for n in args.streams.split(",")
     ]
+    floor = transport_floor(f"127.0.0.1:{port}", dep.models[big], feeds, "LOGITS", fps=args.fps)
   finally:
     process.stop_server(proc)
   summary = run_deployment(args)
@@ -173,6 +211,7 @@ def run(args) -> dict:
       "trace_scale": args.trace_scale,
       "overhead_p50_ms": m.get("overhead_p50_ms"),
       "overhead_p99_ms": m.get("overhead_p99_ms"),
+      "transport_floor": floor,
       "miss_rate": m["deadline_miss_rate"],
       "sim_miss_rate": s["deadline_miss_rate"],
       "miss_rate_gap": abs(m["deadline_miss_rate"] - s["deadline_miss_rate"]),
