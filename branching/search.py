@@ -230,49 +230,16 @@ def stretch(
   stem_ops = [o for o in flops.ops(config, image_size) if o.stage == -1]
   hw = _out_hw(image_size, config)
   w_in = stem_ops[-1].act_out // (hw * hw)
-  new_stages = []
-  for i, st in enumerate(config.stages):
-    b0 = st.branches[0]
-    ref_first, ref_rep, ref_m1, ref_mr = _block_feats(config, st, b0, w_in, hw)
-    ref_macs = ref_m1 + (b0.depth - 1) * ref_mr
-    ref_lat = coefs @ (ref_first + (b0.depth - 1) * ref_rep)
-    l_star, main_k = float(ref_lat.min()), int(np.argmin(ref_lat))
-    slots = [
-      slot_candidates(config, st, p, merge, coefs[k], w_in, hw, len(procs), depth_lo=depth_lo,
-                      width_lo=width_lo, step=step)
-      for k, p in enumerate(procs)
-    ]  # fmt: skip
-    picks, lat, n_ok, n_combos = best_tuple(
-      slots, coefs, merge_coef, lat_cap=gamma * l_star, main_k=main_k, main_floor=alpha * ref_macs,
-      total_floor=beta * ref_macs,
-    )  # fmt: skip
-    single_lat = float(ref_lat[0])
-    branched = n_ok > 0 and lat < single_lat
-    if branched:
-      branches = tuple(
-        _branch_with(b0, p, d, w, config.block_type) for p, (d, w) in zip(procs, picks, strict=True)
-      )
-    else:
-      branches = (dataclasses.replace(b0, device=merge),)
-    new_st = Stage(branches, sum(b.width for b in branches), st.kernel)
-    new_stages.append(new_st)
-    if log is not None:
-      log.append(
-        {
-          "stage": i + 1,
-          "combinations": n_combos,
-          "feasible": n_ok,
-          "original_ms": {p: float(v) for p, v in zip(procs, ref_lat, strict=True)},
-          "F": int(ref_macs),
-          "L_star": l_star,
-          "main": procs[main_k],
-          "stage_ms": lat if branched else single_lat,
-          "branches": [(b.device, b.depth, b.width) for b in branches],
-        }
-      )
-    hw, w_in = (hw - 1) // b0.stride + 1, new_st.out_width
   if len(procs) == 1:
     raise InfeasibleError("give at least two processors to stretch over")
+  search = dict(alpha=alpha, beta=beta, gamma=gamma, depth_lo=depth_lo, width_lo=width_lo, step=step)
+  new_stages = []
+  for i, st in enumerate(config.stages):
+    new_st, row = _stretch_stage(config, st, procs, coefs, merge_coef, w_in, hw, **search)
+    new_stages.append(new_st)
+    if log is not None:
+      log.append({"stage": i + 1, **row})
+    hw, w_in = (hw - 1) // st.branches[0].stride + 1, new_st.out_width
   return config.replace(
     name=f"{config.name.rsplit('-', 1)[0]}-{''.join(p[0].upper() for p in procs)}-searched",
     stages=tuple(new_stages),
@@ -282,6 +249,45 @@ def stretch(
     merge_device=merge,
     mb_ver=2,
   )
+
+
+def _stretch_stage(config: NetConfig, st: Stage, procs: tuple, coefs, merge_coef, w_in: int, hw: int, *,
+                   alpha: float, beta: float, gamma: float, depth_lo: float, width_lo: float, step: int):  # fmt: skip
+  """(stretched stage, log row) of one stage: the best feasible branch tuple when it beats the
+  original on the merge processor, else the original there."""
+  b0, merge = st.branches[0], procs[0]
+  ref_first, ref_rep, ref_m1, ref_mr = _block_feats(config, st, b0, w_in, hw)
+  ref_macs = ref_m1 + (b0.depth - 1) * ref_mr
+  ref_lat = coefs @ (ref_first + (b0.depth - 1) * ref_rep)
+  l_star, main_k = float(ref_lat.min()), int(np.argmin(ref_lat))
+  slots = [
+    slot_candidates(config, st, p, merge, coefs[k], w_in, hw, len(procs), depth_lo=depth_lo,
+                    width_lo=width_lo, step=step)
+    for k, p in enumerate(procs)
+  ]  # fmt: skip
+  picks, lat, n_ok, n_combos = best_tuple(
+    slots, coefs, merge_coef, lat_cap=gamma * l_star, main_k=main_k, main_floor=alpha * ref_macs,
+    total_floor=beta * ref_macs,
+  )  # fmt: skip
+  single_lat = float(ref_lat[0])
+  branched = n_ok > 0 and lat < single_lat
+  if branched:
+    branches = tuple(
+      _branch_with(b0, p, d, w, config.block_type) for p, (d, w) in zip(procs, picks, strict=True)
+    )
+  else:
+    branches = (dataclasses.replace(b0, device=merge),)
+  row = {
+    "combinations": n_combos,
+    "feasible": n_ok,
+    "original_ms": {p: float(v) for p, v in zip(procs, ref_lat, strict=True)},
+    "F": int(ref_macs),
+    "L_star": l_star,
+    "main": procs[main_k],
+    "stage_ms": lat if branched else single_lat,
+    "branches": [(b.device, b.depth, b.width) for b in branches],
+  }
+  return Stage(branches, sum(b.width for b in branches), st.kernel), row
 
 
 def _out_hw(image_size: int, c: NetConfig) -> int:

@@ -213,6 +213,112 @@ def _check_finite(step: int, metrics: Mapping[str, Any]) -> None:
 check_finite = _check_finite  # public, for loops that cannot go through `fit` (offload's Q-iteration)
 
 
+class _TrainLog:
+  """Training rows of metrics.jsonl: the steps' device metrics pulled to the host a group at a
+  time, checked for NaN, averaged and written with the examples per second since the last group."""
+
+  def __init__(self, writer: MetricsWriter, batch_size: int, bar, tags: dict):
+    self.writer, self.batch_size, self.bar, self.tags = writer, batch_size, bar, tags
+    self.devices, self.processes = jax.device_count(), jax.process_count()
+    self.pending: list[dict] = []
+    self.restart_clock()
+
+  def restart_clock(self) -> None:
+    """Time spent evaluating or checkpointing is not training time."""
+    self.since = time.perf_counter()
+
+  def flush(self, step: int) -> None:
+    if not self.pending:
+      return
+    host = jax.device_get(self.pending)
+    now = time.perf_counter()
+    rate = len(self.pending) * self.batch_size / max(now - self.since, 1e-9)
+    means = {k: float(np.mean([np.asarray(m[k]).mean() for m in host])) for k in host[0]}
+    _check_finite(step, means)
+    self.writer.write(step, means, split="train", devices=self.devices, processes=self.processes,
+                      examples_per_s=round(rate, 2), **self.tags)  # fmt: skip
+    self.bar.set_postfix({k: f"{v:.4g}" for k, v in list(means.items())[:3]})
+    self.pending.clear()
+    self.since = now
+
+
+@dataclasses.dataclass
+class _Run:
+  """What one `fit` call keeps beside the state: its keys, schedule, checkpoints, log and history."""
+
+  loop: LoopConfig
+  data_key: jax.Array
+  step_key: jax.Array
+  steps_per_epoch: int
+  total: int
+  mesh: Any
+  manager: Any
+  log: _TrainLog
+  evaluate: Callable[[Any], Mapping[str, float]] | None
+  history: list[dict[str, Any]]
+
+  def run_eval(self, state, step: int) -> None:
+    if self.evaluate is None:
+      return
+    metrics = dict(self.evaluate(state))
+    self.log.writer.write(step, metrics, split="eval", **self.log.tags)
+    self.history.append({"step": step, **metrics})
+
+  def after_step(self, state, step: int) -> None:
+    """Logging, evaluation and checkpoints due after `step` (those at the end are `finish`'s)."""
+    loop = self.loop
+    if step % max(loop.log_every, 1) == 0:
+      self.log.flush(step)
+    for every, act in ((loop.eval_every, self.run_eval), (loop.checkpoint_every, self._save)):
+      if every and step % every == 0 and step < self.total:
+        self.log.flush(step)
+        act(state, step)
+        self.log.restart_clock()
+
+  def _save(self, state, step: int) -> None:
+    ckpt.save(self.manager, step, state)
+
+  def finish(self, state, step: int) -> None:
+    self.log.flush(step)
+    self.run_eval(state, step)
+    if self.manager.latest_step() != step:
+      ckpt.save(self.manager, step, state)
+
+
+def _distribute(state, key: jax.Array, batch_size: int):
+  """(state, key, mesh): replicated over the devices when there are several (mesh None otherwise)."""
+  if jax.device_count() == 1:
+    return state, key, None
+  sharding.check_batch(batch_size)
+  mesh = sharding.make_mesh()
+  # the step keys split from a replicated key are replicated arrays too
+  return sharding.replicate(state, mesh), sharding.replicate(key, mesh), mesh
+
+
+def _train(state, train_step, train_ds: data_lib.Dataset, run: _Run, step: int):
+  """Steps from `step` to `run.total` (resuming mid-epoch where a checkpoint left off)."""
+  loop = run.loop
+  while step < run.total:
+    epoch, offset = divmod(step, run.steps_per_epoch)
+    batches = data_lib.batches(
+      train_ds, loop.batch_size, key=jax.random.fold_in(run.data_key, epoch), rows=sharding.process_rows()
+    )
+    for i, batch in enumerate(batches):
+      if i < offset:
+        continue
+      if run.mesh is not None:
+        batch = sharding.shard_batch(batch, run.mesh)
+      state, metrics = train_step(state, batch, jax.random.fold_in(run.step_key, step))
+      step += 1
+      run.log.bar.update(1)
+      run.log.pending.append(metrics)
+      run.after_step(state, step)
+      if step >= run.total:
+        break
+  run.finish(state, step)
+  return state
+
+
 def fit(
   state: Any,
   train_step: Callable[[Any, dict, jax.Array], tuple[Any, dict]],
@@ -252,98 +358,22 @@ def fit(
     ConfigError: the batch size does not divide over the devices.
     TrainingDivergedError: a loss became NaN or infinite.
   """
-  workdir = Path(workdir)
-  writer = MetricsWriter(workdir)
-  tags = dict(tags or {})
-  devices, processes = jax.device_count(), jax.process_count()
-  if devices > 1:
-    sharding.check_batch(loop.batch_size)
-    mesh = sharding.make_mesh()
-    state = sharding.replicate(state, mesh)
-    key = sharding.replicate(key, mesh)  # the step keys below are then replicated arrays too
-  manager = ckpt.make_manager(workdir / checkpoint_subdir, max_to_keep=loop.keep)
+  state, key, mesh = _distribute(state, key, loop.batch_size)
+  manager = ckpt.make_manager(Path(workdir) / checkpoint_subdir, max_to_keep=loop.keep)
   state, _ = ckpt.restore_latest(manager, state)
   data_key, step_key = jax.random.split(key)
   spe = data_lib.num_batches(len(train_ds), loop.batch_size, drop_last=True)
-  total = spe * loop.num_epochs
-  if loop.max_steps is not None:
-    total = min(total, loop.max_steps)
+  total = spe * loop.num_epochs if loop.max_steps is None else min(spe * loop.num_epochs, loop.max_steps)
   step = int(jax.device_get(state.step))
-  history: list[dict[str, Any]] = []
-  bar = tqdm(
-    total=total,
-    initial=step,
-    desc=loop.desc,
-    disable=not show_progress or not sharding.is_primary(),
-    dynamic_ncols=True,
-  )
-  pending: list[dict] = []
-  since = [time.perf_counter()]
-
-  def flush(step_now: int) -> None:
-    if not pending:
-      return
-    host = jax.device_get(pending)
-    now = time.perf_counter()
-    rate = len(pending) * loop.batch_size / max(now - since[0], 1e-9)
-    means = {k: float(np.mean([np.asarray(m[k]).mean() for m in host])) for k in host[0]}
-    _check_finite(step_now, means)
-    writer.write(
-      step_now,
-      means,
-      split="train",
-      devices=devices,
-      processes=processes,
-      examples_per_s=round(rate, 2),
-      **tags,
-    )
-    bar.set_postfix({k: f"{v:.4g}" for k, v in list(means.items())[:3]})
-    pending.clear()
-    since[0] = now
-
-  def run_eval(step_now: int) -> None:
-    if evaluate is None:
-      return
-    metrics = dict(evaluate(state))
-    writer.write(step_now, metrics, split="eval", **tags)
-    history.append({"step": step_now, **metrics})
-
+  bar = tqdm(total=total, initial=step, desc=loop.desc, dynamic_ncols=True,
+             disable=not show_progress or not sharding.is_primary())  # fmt: skip
+  log = _TrainLog(MetricsWriter(Path(workdir)), loop.batch_size, bar, dict(tags or {}))
+  run = _Run(loop, data_key, step_key, spe, total, mesh, manager, log, evaluate, [])
   try:
-    while step < total:
-      epoch, offset = divmod(step, spe)
-      for i, batch in enumerate(
-        data_lib.batches(
-          train_ds, loop.batch_size, key=jax.random.fold_in(data_key, epoch), rows=sharding.process_rows()
-        )
-      ):
-        if i < offset:
-          continue
-        rng = jax.random.fold_in(step_key, step)
-        if devices > 1:
-          batch = sharding.shard_batch(batch, mesh)
-        state, metrics = train_step(state, batch, rng)
-        step += 1
-        bar.update(1)
-        pending.append(metrics)
-        if step % max(loop.log_every, 1) == 0:
-          flush(step)
-        if loop.eval_every and step % loop.eval_every == 0 and step < total:
-          flush(step)
-          run_eval(step)
-          since[0] = time.perf_counter()
-        if loop.checkpoint_every and step % loop.checkpoint_every == 0 and step < total:
-          flush(step)
-          ckpt.save(manager, step, state)
-          since[0] = time.perf_counter()
-        if step >= total:
-          break
-    flush(step)
-    run_eval(step)
-    if manager.latest_step() != step:
-      ckpt.save(manager, step, state)
+    state = _train(state, train_step, train_ds, run, step)
   finally:
     bar.close()
     manager.close()
-  if processes > 1:  # what follows training (exports, reports) runs on each process alone
+  if jax.process_count() > 1:  # what follows training (exports, reports) runs on each process alone
     state = sharding.to_local(state)
-  return state, history
+  return state, run.history
