@@ -392,6 +392,49 @@ def _info(d: dict):
   )
 
 
+def _compare(micro: list, lite: list, tflite_bytes: bytes, n: int):
+  """(largest difference, largest in output quantisation steps (None where a float output
+  differs), differing values, values, inputs where some output differs) of TFLM's outputs
+  against LiteRT's, over `n` inputs."""
+  max_abs, max_lsb_seen, mismatched, total = 0.0, 0, 0, 0
+  differing = np.zeros(n, bool)
+  for a, b, step in zip(micro, lite, output_steps(tflite_bytes), strict=True):
+    diff = np.abs(a.astype(np.float64) - b.astype(np.float64))
+    max_abs = max(max_abs, float(diff.max(initial=0.0)))
+    total += diff.size
+    if step > 0:  # in quantisation steps; a float output's last-bit rounding rounds to 0 steps
+      steps = np.rint(diff / step).astype(np.int64)
+      if max_lsb_seen is not None:
+        max_lsb_seen = max(max_lsb_seen, int(steps.max(initial=0)))
+    else:
+      steps = diff
+      max_lsb_seen = None if diff.max(initial=0.0) > 0 else max_lsb_seen
+    mismatched += int(np.count_nonzero(steps))
+    differing |= steps.reshape(len(differing), -1).any(-1)
+  return max_abs, max_lsb_seen, mismatched, total, differing
+
+
+def _run_in_smallest_arena(tflite_bytes: bytes, xs: list, ram_bytes: int, name: str, ram_key: str):
+  """(arena, recorded arena, outputs): the model loaded in TFLM within `ram_bytes`, its arena
+  shrunk to the smallest that allocates, and run on `xs` (ExportError naming what failed)."""
+  from common.export import tflite_io
+
+  try:
+    first = _load(tflite_bytes, ram_bytes)
+  except _LoadFailed as e:
+    raise _refuse(name, e.log, tflite_bytes, ram_bytes, ram_key) from None
+  recorded = recorded_arena_bytes(first)
+  del first
+  arena = smallest_arena_bytes(tflite_bytes, recorded, ram_bytes)
+  interp = _load(tflite_bytes, arena)
+  with _captured_stderr() as log:
+    try:
+      return arena, recorded, run_micro(interp, len(tflite_io(tflite_bytes)[1]), *xs)
+    except RuntimeError as e:
+      err = e
+  raise ExportError(f"{name}: TensorFlow Lite Micro failed to run the model: {err}; {log[0].strip()[-300:]}")
+
+
 def check_int8(
   tflite_bytes: bytes,
   parity_inputs: np.ndarray | list[np.ndarray],
@@ -417,46 +460,15 @@ def check_int8(
     ExportError: TFLM lacks a kernel for an op (named), the arena does not fit `ram_bytes`, TFLM
       fails to run it, or its outputs differ from LiteRT's by more than `max_lsb` steps.
   """
-  from common.export import run_tflite, tflite_io
+  from common.export import run_tflite
 
   xs = [
     np.asarray(a) for a in (parity_inputs if isinstance(parity_inputs, list | tuple) else [parity_inputs])
   ]
-  try:
-    first = _load(tflite_bytes, ram_bytes)
-  except _LoadFailed as e:
-    raise _refuse(name, e.log, tflite_bytes, ram_bytes, ram_key) from None
-  recorded = recorded_arena_bytes(first)
-  del first
-  arena = smallest_arena_bytes(tflite_bytes, recorded, ram_bytes)
-  interp = _load(tflite_bytes, arena)
-  with _captured_stderr() as log:
-    try:
-      micro = run_micro(interp, len(tflite_io(tflite_bytes)[1]), *xs)
-    except RuntimeError as e:
-      err = e
-    else:
-      err = None
-  if err is not None:
-    raise ExportError(
-      f"{name}: TensorFlow Lite Micro failed to run the model: {err}; {log[0].strip()[-300:]}"
-    )
-  lite = run_tflite(tflite_bytes, *xs)
-  max_abs, max_lsb_seen, mismatched, total = 0.0, 0, 0, 0
-  differing = np.zeros(xs[0].shape[0], bool)  # the inputs where some output differs
-  for a, b, step in zip(micro, lite, output_steps(tflite_bytes), strict=True):
-    diff = np.abs(a.astype(np.float64) - b.astype(np.float64))
-    max_abs = max(max_abs, float(diff.max(initial=0.0)))
-    total += diff.size
-    if step > 0:  # in quantisation steps; a float output's last-bit rounding rounds to 0 steps
-      steps = np.rint(diff / step).astype(np.int64)
-      if max_lsb_seen is not None:
-        max_lsb_seen = max(max_lsb_seen, int(steps.max(initial=0)))
-    else:
-      steps = diff
-      max_lsb_seen = None if diff.max(initial=0.0) > 0 else max_lsb_seen
-    mismatched += int(np.count_nonzero(steps))
-    differing |= steps.reshape(len(differing), -1).any(-1)
+  arena, recorded, micro = _run_in_smallest_arena(tflite_bytes, xs, ram_bytes, name, ram_key)
+  max_abs, max_lsb_seen, mismatched, total, differing = _compare(
+    micro, run_tflite(tflite_bytes, *xs), tflite_bytes, xs[0].shape[0]
+  )
   if max_lsb is not None and (max_lsb_seen is None or max_lsb_seen > max_lsb):
     raise ExportError(
       f"{name}: TensorFlow Lite Micro's outputs differ from LiteRT's by {max_lsb_seen} quantisation "
