@@ -83,25 +83,9 @@ def _domains(units, lo, hi, granularity):
   return doms
 
 
-def solve_budget(
-  scores: Sequence[np.ndarray],
-  pair_costs: Sequence[float],
-  unit_costs: Sequence[float],
-  budget_macs: float,
-  *,
-  in_width: int,
-  lower: Sequence[int],
-  upper: Sequence[int],
-  pair_scores: Sequence[np.ndarray | None] | None = None,
-  granularity: int = 1,
-  time_limit: float | None = None,
-) -> tuple[tuple[int, ...], float, float, str]:
-  """One MILP: the best widths with lower[l] <= w_l <= upper[l] and cost <= budget_macs.
-
-  Returns (widths, solve seconds, relative gap, status). Raises InfeasibleError.
-  """
-  units = [len(s) for s in scores]
-  doms = _domains(units, lower, upper, granularity)
+def _budget_milp(scores, pair_costs, unit_costs, budget_macs: float, doms, in_width: int, pair_scores):
+  """(problem, one-hot width variables per layer) of one budget: the chosen widths' prefix scores
+  maximised under the MAC budget, consecutive layers' products linearised by pair variables."""
   prefix = [np.concatenate([[0.0], np.cumsum(np.asarray(s, np.float64))]) for s in scores]
   scale = max(sum(p[-1] for p in prefix), 1e-30)
   ys = [cp.Variable(len(d), boolean=True) for d in doms]
@@ -128,7 +112,28 @@ def solve_budget(
   # Normalise the budget row so HiGHS' tolerances act on O(1) numbers.
   cscale = max(float(budget_macs), 1.0)
   cons.append(cost / cscale <= budget_macs / cscale + 1e-9)
-  prob = cp.Problem(cp.Maximize(obj), cons)
+  return cp.Problem(cp.Maximize(obj), cons), ys
+
+
+def solve_budget(
+  scores: Sequence[np.ndarray],
+  pair_costs: Sequence[float],
+  unit_costs: Sequence[float],
+  budget_macs: float,
+  *,
+  in_width: int,
+  lower: Sequence[int],
+  upper: Sequence[int],
+  pair_scores: Sequence[np.ndarray | None] | None = None,
+  granularity: int = 1,
+  time_limit: float | None = None,
+) -> tuple[tuple[int, ...], float, float, str]:
+  """One MILP: the best widths with lower[l] <= w_l <= upper[l] and cost <= budget_macs.
+
+  Returns (widths, solve seconds, relative gap, status). Raises InfeasibleError.
+  """
+  doms = _domains([len(s) for s in scores], lower, upper, granularity)
+  prob, ys = _budget_milp(scores, pair_costs, unit_costs, budget_macs, doms, in_width, pair_scores)
   opts = {"mip_rel_gap": 0.0, "mip_abs_gap": 1e-9}
   if time_limit is not None:
     opts["time_limit"] = float(time_limit)
@@ -261,17 +266,9 @@ def solve_nested(
         f"{floor_cost:.0f} MACs; the smallest feasible budget is {floor_cost / dense:.4g}"
       )
     widths, solve_s, gap, status = solve_budget(
-      scores,
-      pair_costs,
-      unit_costs,
-      b * dense,
-      in_width=in_width,
-      lower=lower,
-      upper=upper,
-      pair_scores=pair_scores,
-      granularity=granularity,
-      time_limit=time_limit,
-    )
+      scores, pair_costs, unit_costs, b * dense, in_width=in_width, lower=lower, upper=upper,
+      pair_scores=pair_scores, granularity=granularity, time_limit=time_limit,
+    )  # fmt: skip
     if any(w < lo for w, lo in zip(widths, lower, strict=True)):
       raise AssertionError(f"solver broke nesting: {widths} below {lower}")
     macs = chain_cost(widths, pair_costs, unit_costs, in_width=in_width)
