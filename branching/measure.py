@@ -100,6 +100,23 @@ def _time_pinned(runner: forkjoin.PinnedRunner, x: np.ndarray, repeats: int) -> 
     return bexport.time_fn(runner.run, x, repeats=repeats)
 
 
+def _predicted(original, stretched, host_table, image_size: int, threads: int, s, e) -> dict:
+  """The cost model's latencies of the same pair on this host, the fork/join hand-off (`s`, `e`)
+  measured at this size in place of the table's."""
+  fixed = costmodel.predict(stretched, host_table, image_size=image_size, device_map=HOST_ALL)
+  host_table = forkjoin.with_fork_join(host_table, "host", s, e)
+  p_o1 = costmodel.predict(original, host_table, image_size=image_size, device_map=HOST_ALL)
+  p_o2 = costmodel.predict(original, host_table, image_size=image_size, device_map=HOST2_ALL)
+  p_s = costmodel.predict(stretched, host_table, image_size=image_size, device_map=HOST_ALL)
+  return {
+    "predicted_branch_parallel_ms_with_224px_fork_join": fixed,
+    "predicted_original_1thread_ms": p_o1,
+    f"predicted_original_{threads}threads_ms": p_o2,
+    "predicted_branch_parallel_ms": p_s,
+    f"predicted_speedup_vs_original_{threads}threads": p_o2 / p_s,
+  }
+
+
 def parallel_speedup(
   original: tuple[AnyNet, dict],
   stretched: tuple[AnyNet, dict],
@@ -149,18 +166,5 @@ def parallel_speedup(
     out["original_1thread_ms"] / out[f"stretched_branch_parallel_{threads}threads_ms"]
   )
   if host_table is not None:
-    fixed = costmodel.predict(m_s.config, host_table, image_size=image_size, device_map=HOST_ALL)
-    out["predicted_branch_parallel_ms_with_224px_fork_join"] = fixed
-    host_table = forkjoin.with_fork_join(host_table, "host", s, e)  # the hand-off measured at this size
-    p_o1 = costmodel.predict(m_o.config, host_table, image_size=image_size, device_map=HOST_ALL)
-    p_o2 = costmodel.predict(m_o.config, host_table, image_size=image_size, device_map=HOST2_ALL)
-    p_s = costmodel.predict(m_s.config, host_table, image_size=image_size, device_map=HOST_ALL)
-    out.update(
-      {
-        "predicted_original_1thread_ms": p_o1,
-        f"predicted_original_{threads}threads_ms": p_o2,
-        "predicted_branch_parallel_ms": p_s,
-        f"predicted_speedup_vs_original_{threads}threads": p_o2 / p_s,
-      }
-    )
+    out.update(_predicted(m_o.config, m_s.config, host_table, image_size, threads, s, e))
   return out

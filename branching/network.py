@@ -104,6 +104,24 @@ def _per_stage(name, key, v, n_stages) -> list:
   return v
 
 
+def _stage_branches(name, i: int, block: str, devices, depths, lists: dict, acts: list, glob_act: str):
+  """Stage i's branches from the per-branch lists (each checked to cover DEPTHS[i]'s branches)."""
+  nb = len(depths[i])
+  if nb > len(devices):
+    raise _err(name, f"DEPTHS[{i}]", depths[i], f"has {nb} branches but DEVICES lists {len(devices)}")
+  for key, lst in lists.items():
+    if len(lst[i]) < nb:
+      raise _err(name, f"{key}[{i}]", lst[i], f"needs {nb} entries, one per branch of DEPTHS[{i}]")
+  branches = []
+  for j in range(nb):
+    w, bm, gw = lists["WIDTHS"][i][j], lists["BOT_MULS"][i][j], lists["GROUP_WS"][i][j]
+    if block != "mbconv" and int(round(w * bm)) % gw:
+      raise _err(name, f"GROUP_WS[{i}][{j}]", gw, f"must divide the bottleneck width {int(round(w * bm))}")
+    act = acts[j] if j < len(acts) else glob_act
+    branches.append(Branch(devices[j], depths[i][j], w, lists["STRIDES"][i][j], float(bm), int(gw), act))
+  return tuple(branches)
+
+
 def from_dict(d: Mapping[str, Any], name: str = "config") -> NetConfig:
   """Validates a parsed YAML document (every key against `netschema.SCHEMA`, then the keys
   against each other) and builds the `NetConfig`."""
@@ -134,22 +152,11 @@ def from_dict(d: Mapping[str, Any], name: str = "config") -> NetConfig:
   glob_act = (act_a if isinstance(act_a, str) else None) or model.get("ACTIVATION_FUN", "relu")
   acts = act_a if isinstance(act_a, list) else []
   widths_o = _per_stage(name, "ORIGINAL_WIDTHS", a.get("ORIGINAL_WIDTHS") or [sum(w) for w in widths], n)
-  stages = []
-  for i in range(n):
-    nb = len(depths[i])
-    if nb > len(devices):
-      raise _err(name, f"DEPTHS[{i}]", depths[i], f"has {nb} branches but DEVICES lists {len(devices)}")
-    for key, lst in (("WIDTHS", widths), ("STRIDES", strides), ("BOT_MULS", bot), ("GROUP_WS", gws)):
-      if len(lst[i]) < nb:
-        raise _err(name, f"{key}[{i}]", lst[i], f"needs {nb} entries, one per branch of DEPTHS[{i}]")
-    branches = []
-    for j in range(nb):
-      w, bm, gw = widths[i][j], bot[i][j], gws[i][j]
-      if block != "mbconv" and int(round(w * bm)) % gw:
-        raise _err(name, f"GROUP_WS[{i}][{j}]", gw, f"must divide the bottleneck width {int(round(w * bm))}")
-      act = acts[j] if j < len(acts) else glob_act
-      branches.append(Branch(devices[j], depths[i][j], w, strides[i][j], float(bm), int(gw), act))
-    stages.append(Stage(tuple(branches), widths_o[i], kernels[i]))
+  lists = {"WIDTHS": widths, "STRIDES": strides, "BOT_MULS": bot, "GROUP_WS": gws}
+  stages = [
+    Stage(_stage_branches(name, i, block, devices, depths, lists, acts, glob_act), widths_o[i], kernels[i])
+    for i in range(n)
+  ]
   return NetConfig(
     name=name,
     block_type=block,

@@ -240,6 +240,56 @@ def _perm_for(method: str, imp: dict, units) -> list[np.ndarray]:
   return surgery.sort_permutations(imp[method])
 
 
+def _finetune_method(run: Run, method: str, i: int, imp: dict, ks: dict, ft_kw: dict, per_subnet: bool):
+  """(result row, variables, per-subnetwork BN statistics or None) of one ordering `method`: the
+  dense net permuted by it, fine-tuned at its knapsack widths (weights, then BN)."""
+  c = run.config
+  widths = ks["methods"][method]["widths"]
+  v = surgery.permute_variables(imp["variables"], run.mcfg, _perm_for(method, imp, run.mcfg.widths))
+  before = train_lib.evaluate_subnets(run.mcfg, v, widths, run.test_ds, mean=run.mean, std=run.std)
+  v, acc1 = train_lib.finetune(
+    run.mcfg, v, widths, run.train_ds, run.test_ds, _tc(c.finetune), part="weights",
+    key=jax.random.fold_in(run.k_ft, i), workdir=run.path(f"finetune/{method}"),
+    desc=f"subnets: finetune {method}", **ft_kw,
+  )  # fmt: skip
+  v, acc2 = train_lib.finetune(
+    run.mcfg, v, widths, run.train_ds, run.test_ds, _tc(c.finetune, c.finetune.bn_epochs, c.finetune.bn_lr),
+    part="bn", key=jax.random.fold_in(run.k_bn, i), workdir=run.path(f"finetune/{method}_bn"),
+    desc=f"subnets: BN stage {method}", **ft_kw,
+  )  # fmt: skip
+  row = {
+    "widths": widths, "macs": ks["methods"][method]["macs"], "accuracy_before": before,
+    "accuracy_stage1": acc1, "accuracy": acc2,
+    "loss_weights": losses.loss_weights(run.mcfg, widths, run.shape, c.finetune.loss_weights).tolist(),
+  }  # fmt: skip
+  stats = None
+  if per_subnet:
+    stats = bnstats.recalibrate(
+      run.mcfg, v, widths, run.train_ds, mean=run.mean, std=run.std, batch_size=c.finetune.batch_size,
+      num_batches=c.finetune.bn_batches, key=jax.random.fold_in(run.k_bn, 1000 + i),
+    )  # fmt: skip
+    row["accuracy_stored_bn"] = acc2
+    row["accuracy"] = bnstats.evaluate(run.mcfg, v, widths, stats, run.test_ds, mean=run.mean, std=run.std)
+  return row, v, stats
+
+
+def _scratch(run: Run, imp: dict, ks: dict) -> dict:
+  """The from-scratch baseline: each of REDS's subnetworks but the dense one trained alone."""
+  c = run.config
+  widths = ks["methods"]["reds"]["widths"]
+  scratch_epochs = c.baselines.scratch_epochs or c.pretrain.epochs + c.finetune.epochs + c.finetune.bn_epochs
+  accs = []
+  for i, ws in enumerate(widths[:-1]):
+    _, a = train_lib.train_dense(
+      run.mcfg.with_widths(ws), run.train_ds, run.test_ds, _tc(c.pretrain, scratch_epochs),
+      key=jax.random.fold_in(run.k_scratch, i), workdir=run.path(f"scratch/{i}"), mean=run.mean, std=run.std,
+      desc=f"subnets: scratch {ws}", show_progress=run.show,
+    )  # fmt: skip
+    accs.append(a)
+  return {"widths": widths, "macs": ks["methods"]["reds"]["macs"], "epochs": scratch_epochs,
+          "accuracy": accs + [imp["dense_accuracy"]]}  # fmt: skip
+
+
 def step_finetune(run: Run) -> dict:
   out = run.path("finetune.json")
   if out.exists() and run.path("reds_variables").exists():
@@ -250,7 +300,6 @@ def step_finetune(run: Run) -> dict:
   imp = step_importance(run)
   ks = step_knapsack(run, imp)
   c = run.config
-  dense_v = imp["variables"]
   # "per_subnet": BN normalises with batch statistics while fine-tuning and every subnetwork gets its own
   # statistics afterwards (`subnets.bnstats`); "shared": the original's frozen, shared dense statistics.
   per_subnet = c.finetune.bn_stats == "per_subnet"
@@ -258,34 +307,8 @@ def step_finetune(run: Run) -> dict:
                bn_batch=per_subnet)  # fmt: skip
   res = {"dense_accuracy": imp["dense_accuracy"], "methods": {}}
   methods = ["reds"] + [m for m in c.baselines.methods if m in METHODS]
-  for method in methods:
-    widths = ks["methods"][method]["widths"]
-    perms = _perm_for(method, imp, run.mcfg.widths)
-    v = surgery.permute_variables(dense_v, run.mcfg, perms)
-    before = train_lib.evaluate_subnets(run.mcfg, v, widths, run.test_ds, mean=run.mean, std=run.std)
-    v, acc1 = train_lib.finetune(
-      run.mcfg, v, widths, run.train_ds, run.test_ds, _tc(c.finetune), part="weights",
-      key=jax.random.fold_in(run.k_ft, len(res["methods"])), workdir=run.path(f"finetune/{method}"),
-      desc=f"subnets: finetune {method}", **ft_kw,
-    )  # fmt: skip
-    v, acc2 = train_lib.finetune(
-      run.mcfg, v, widths, run.train_ds, run.test_ds, _tc(c.finetune, c.finetune.bn_epochs, c.finetune.bn_lr),
-      part="bn", key=jax.random.fold_in(run.k_bn, len(res["methods"])), workdir=run.path(f"finetune/{method}_bn"),
-      desc=f"subnets: BN stage {method}", **ft_kw,
-    )  # fmt: skip
-    row = {
-      "widths": widths, "macs": ks["methods"][method]["macs"], "accuracy_before": before,
-      "accuracy_stage1": acc1, "accuracy": acc2,
-      "loss_weights": losses.loss_weights(run.mcfg, widths, run.shape, c.finetune.loss_weights).tolist(),
-    }  # fmt: skip
-    if per_subnet:
-      stats = bnstats.recalibrate(
-        run.mcfg, v, widths, run.train_ds, mean=run.mean, std=run.std, batch_size=c.finetune.batch_size,
-        num_batches=c.finetune.bn_batches, key=jax.random.fold_in(run.k_bn, 1000 + len(res["methods"])),
-      )  # fmt: skip
-      row["accuracy_stored_bn"] = acc2
-      row["accuracy"] = bnstats.evaluate(run.mcfg, v, widths, stats, run.test_ds, mean=run.mean, std=run.std)
-    res["methods"][method] = row
+  for i, method in enumerate(methods):
+    res["methods"][method], v, stats = _finetune_method(run, method, i, imp, ks, ft_kw, per_subnet)
     if method == "reds":
       checkpoint.save_pytree(run.path("reds_variables").absolute(), v)
       run.record("reds_variables")
@@ -293,19 +316,7 @@ def step_finetune(run: Run) -> dict:
         checkpoint.save_pytree(run.path("reds_bn_stats").absolute(), {str(k): s for k, s in enumerate(stats)})
         run.record("reds_bn_stats")
   if "scratch" in c.baselines.methods:
-    widths = ks["methods"]["reds"]["widths"]
-    total = c.pretrain.epochs + c.finetune.epochs + c.finetune.bn_epochs
-    scratch_epochs = c.baselines.scratch_epochs or total
-    accs = []
-    for i, ws in enumerate(widths[:-1]):
-      _, a = train_lib.train_dense(
-        run.mcfg.with_widths(ws), run.train_ds, run.test_ds, _tc(c.pretrain, scratch_epochs),
-        key=jax.random.fold_in(run.k_scratch, i), workdir=run.path(f"scratch/{i}"), mean=run.mean, std=run.std,
-        desc=f"subnets: scratch {ws}", show_progress=run.show,
-      )  # fmt: skip
-      accs.append(a)
-    res["methods"]["scratch"] = {"widths": widths, "macs": ks["methods"]["reds"]["macs"], "epochs": scratch_epochs,
-                                 "accuracy": accs + [imp["dense_accuracy"]]}  # fmt: skip
+    res["methods"]["scratch"] = _scratch(run, imp, ks)
   report_lib.write_json(out, res)
   run.record("finetune.json")
   return res
