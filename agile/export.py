@@ -62,6 +62,19 @@ def largest_activation_bytes(tflite_bytes: bytes) -> dict[str, int]:
   return {"largest_activation_bytes": largest, "largest_op_working_set_bytes": peak}
 
 
+def _meta(model, variables, input_shape, remote_input_shape) -> dict:
+  """What the split inference needs beside the two parts: the codebook, the combination weights, k."""
+  from agile.models import AgileNN
+
+  return {
+    "centroids": np.asarray(model.apply(variables, method=AgileNN.centroids)).tolist(),
+    "combination_weights": np.asarray(model.apply(variables, method=AgileNN.combination_weights)).tolist(),
+    "k": model.config.k,
+    "input_shape": list(input_shape),
+    "remote_input_shape": list(remote_input_shape),
+  }
+
+
 def export_all(
   model,
   variables,
@@ -92,34 +105,17 @@ def export_all(
   _, symbols = device(example_x)
   q_example = np.asarray(model.apply(variables, symbols, method=AgileNN.dequantize), np.float32)
   device_float = ex.to_tflite(device, example_x, name="agile_device")
-  device_int8 = ex.to_tflite(
-    device,
-    example_x,
-    int8=True,
-    representative_data=[c[None] for c in calibration],
-    int8_io=False,
-    name="agile_device",
-  )
-  mcu = micro.check_int8(
-    device_int8,
-    calibration if parity_x is None else parity_x,
-    ram_bytes=ram_bytes,
-    name="agile device part (int8)",
-    ram_key="export.target_ram_bytes",
-  )
+  device_int8 = ex.to_tflite(device, example_x, int8=True, representative_data=[c[None] for c in calibration],
+                             int8_io=False, name="agile_device")  # fmt: skip
+  mcu = micro.check_int8(device_int8, calibration if parity_x is None else parity_x, ram_bytes=ram_bytes,
+                         name="agile device part (int8)", ram_key="export.target_ram_bytes")  # fmt: skip
   remote_float = ex.to_tflite(remote, q_example, name="agile_remote")
   remote_onnx = ex.tflite_to_onnx(remote_float)
   ex.write_atomic(out_dir / "agile_device_float.tflite", device_float)
   ex.write_atomic(out_dir / "agile_device_int8.tflite", device_int8)
   c_array = ex.to_c_array(device_int8, "agile_device_int8", out_dir)
   ex.save_onnx(remote_onnx, out_dir / "agile_remote.onnx")
-  meta = {
-    "centroids": np.asarray(model.apply(variables, method=AgileNN.centroids)).tolist(),
-    "combination_weights": np.asarray(model.apply(variables, method=AgileNN.combination_weights)).tolist(),
-    "k": model.config.k,
-    "input_shape": list(example_x.shape),
-    "remote_input_shape": list(q_example.shape),
-  }
+  meta = _meta(model, variables, example_x.shape, q_example.shape)
   write_json(out_dir / "agile_meta.json", meta)
   act = largest_activation_bytes(device_int8)
   return {

@@ -63,6 +63,33 @@ def split_fns(ctx: T.Context, variables: dict, index: int):
   return device_fn, server_fn, full_fn
 
 
+def _export_int8(ctx: T.Context, device_fn, x1, setup, out: Path, result: dict, parity_images: int,
+                 ram_bytes: int) -> bytes | None:  # fmt: skip
+  """The int8 device part (up to ReLU6) checked under TFLite Micro in the device's RAM and written
+  with its C array; its figures (or `int8_error`, nothing written) go into `result`."""
+  rep = [ctx.train_ds.images[i : i + 1] for i in range(min(200, len(ctx.train_ds)))]
+  try:
+    # TFLite int8 DIV rejects the quantiser's data-dependent divisor, so the int8 graph ends at
+    # ReLU6 and the device quantises with `compress.encode_np` (a few lines of C on an MCU).
+    features = lambda x: device_fn(x, quantize=False)  # noqa: E731
+    dev8 = export_lib.to_tflite(
+      features, x1, int8=True, representative_data=rep, name=f"device8_{setup.name}"
+    )
+    # TFLite Micro must run it in the device's RAM, else it is refused (int8_error, nothing written).
+    mcu = micro.check_int8(
+      dev8, ctx.test_ds.images[:parity_images], ram_bytes=ram_bytes,
+      name=f"coinfer device part {setup.name} (int8)", ram_key="export.target_ram_bytes",
+    )  # fmt: skip
+  except ExportError as e:
+    result["int8_error"] = str(e)[:300]
+    return None
+  export_lib.write_atomic(out / "device_int8.tflite", dev8)
+  c_arr = export_lib.to_c_array(dev8, f"coinfer_device_{setup.name.lower()}", out)
+  result["device_int8_bytes"] = c_arr["model_bytes"]
+  result |= mcu.as_dict("device_int8_micro_")
+  return dev8
+
+
 def export_setup(
   ctx: T.Context,
   variables: dict,
@@ -97,30 +124,7 @@ def export_setup(
     "split_shape": list(z_shape),
     "device_tflite_bytes": len(dev),
   }
-  if int8:
-    rep = [ctx.train_ds.images[i : i + 1] for i in range(min(200, len(ctx.train_ds)))]
-    try:
-      # TFLite int8 DIV rejects the quantiser's data-dependent divisor, so the int8 graph ends at
-      # ReLU6 and the device quantises with `compress.encode_np` (a few lines of C on an MCU).
-      features = lambda x: device_fn(x, quantize=False)  # noqa: E731
-      dev8 = export_lib.to_tflite(
-        features, x1, int8=True, representative_data=rep, name=f"device8_{setup.name}"
-      )
-      # TFLite Micro must run it in the device's RAM, else it is refused (int8_error, nothing written).
-      mcu = micro.check_int8(
-        dev8,
-        ctx.test_ds.images[:parity_images],
-        ram_bytes=ram_bytes,
-        name=f"coinfer device part {setup.name} (int8)",
-        ram_key="export.target_ram_bytes",
-      )
-    except ExportError as e:
-      result["int8_error"] = str(e)[:300]
-    else:
-      export_lib.write_atomic(out / "device_int8.tflite", dev8)
-      c_arr = export_lib.to_c_array(dev8, f"coinfer_device_{setup.name.lower()}", out)
-      result["device_int8_bytes"] = c_arr["model_bytes"]
-      result |= mcu.as_dict("device_int8_micro_")
+  dev8 = _export_int8(ctx, device_fn, x1, setup, out, result, parity_images, ram_bytes) if int8 else None
   x = ctx.test_ds.images[:parity_images]
   ref = np.asarray(full_fn(x)).argmax(-1)
   z = export_lib.run_tflite(dev, x)[0]
