@@ -19,6 +19,30 @@ from common import export as ex
 from subnets import bnstats, models, runtime
 
 
+def _export_int8(fn, tag: str, label: str, example, rep, test_ds, out_dir: Path, ram_bytes: int,
+                 latency_repeats: int) -> dict:  # fmt: skip
+  """One subnetwork's int8 export: run under TFLM first (refused: `micro_refused`, nothing
+  written), then the flatbuffer, its C array and its accuracy and latency."""
+  t8 = ex.to_tflite(fn, example, int8=True, representative_data=rep, name=tag)
+  try:
+    mcu = micro.check_int8(
+      t8, test_ds.images[:256], ram_bytes=ram_bytes, name=f"REDS subnetwork {label} (int8)",
+      ram_key="export.target_ram_bytes",
+    )  # fmt: skip
+  except errors.ExportError as e:
+    return {"micro_refused": str(e), "micro_ram_bytes": ram_bytes}
+  ex.write_atomic(out_dir / f"{tag}_int8.tflite", t8)
+  ex.to_c_array(t8, tag, out_dir / "micro")
+  q_logits = ex.run_tflite(t8, test_ds.images)[0]
+  return {
+    **mcu.as_dict("micro_"),
+    "int8_file": f"{tag}_int8.tflite",
+    "int8_bytes": len(t8),
+    "int8_accuracy": float(np.mean(np.argmax(q_logits, -1) == test_ds.labels)),
+    "int8_latency_us": ex.litert_latency_us(t8, example, repeats=latency_repeats),
+  }
+
+
 def export_subnets(
   mcfg: models.ModelConfig,
   variables: dict,
@@ -72,25 +96,7 @@ def export_subnets(
       "float_latency_us": ex.litert_latency_us(tfl, example, repeats=latency_repeats),
     }
     if int8:
-      t8 = ex.to_tflite(fn, example, int8=True, representative_data=rep, name=tag)
-      try:
-        mcu = micro.check_int8(
-          t8, test_ds.images[:256], ram_bytes=ram_bytes, name=f"REDS subnetwork {label} (int8)",
-          ram_key="export.target_ram_bytes",
-        )  # fmt: skip
-      except errors.ExportError as e:
-        rows.append(row | {"micro_refused": str(e), "micro_ram_bytes": ram_bytes})
-        continue
-      row |= mcu.as_dict("micro_")
-      ex.write_atomic(out_dir / f"{tag}_int8.tflite", t8)
-      ex.to_c_array(t8, tag, out_dir / "micro")
-      q_logits = ex.run_tflite(t8, test_ds.images)[0]
-      row |= {
-        "int8_file": f"{tag}_int8.tflite",
-        "int8_bytes": len(t8),
-        "int8_accuracy": float(np.mean(np.argmax(q_logits, -1) == test_ds.labels)),
-        "int8_latency_us": ex.litert_latency_us(t8, example, repeats=latency_repeats),
-      }
+      row |= _export_int8(fn, tag, label, example, rep, test_ds, out_dir, ram_bytes, latency_repeats)
     rows.append(row)
   return rows
 
