@@ -123,6 +123,36 @@ def prep(ctx: Context, x):
   return data_lib.normalize(jnp.asarray(x, jnp.float32), ctx.mean, ctx.std)
 
 
+def _setup_grads(model, arr, params, stats, x, labels, soft, ids):
+  """(gradients, BN statistics, mean loss, mean accuracy) of one step over the setups `ids`:
+  one loss per setup (soft targets when `soft` is given), summed, and one gradient of the sum (the
+  reference calls backward once per setup, accumulating). K is static, so this is a Python loop:
+  XLA:CPU runs the same work as a `lax.scan` (a while loop) about 10x slower."""
+
+  def loss_fn(p):
+    total, rows, losses, accs = 0.0, [], [], []
+    for k in range(ids.shape[0]):
+      idx = ids[k]
+      variables = {"params": p, "batch_stats": models_lib.select_stats(stats, idx)}
+      (logits, _), new = model.apply(
+        variables, x, arr[idx, 0], arr[idx, 1], train=True, mutable=["batch_stats"]
+      )
+      if soft is None:
+        loss = train_lib.cross_entropy(logits, labels)
+      else:
+        loss = loss_lib.soft_cross_entropy(logits=logits, targets=soft)
+      total = total + loss
+      rows.append(new["batch_stats"])
+      losses.append(loss)
+      accs.append(train_lib.accuracy(logits, labels))
+    return total, (rows, jnp.stack(losses), jnp.stack(accs))
+
+  grads, (rows, losses, accs) = jax.grad(loss_fn, has_aux=True)(params)
+  for k, row in enumerate(rows):  # in order: a setup drawn twice keeps its last statistics
+    stats = models_lib.update_stats(stats, ids[k], row)
+  return grads, stats, losses.mean(), accs.mean()
+
+
 def make_train_step(
   ctx: Context,
   tx: optax.GradientTransformation,
@@ -142,33 +172,6 @@ def make_train_step(
   model = ctx.model
   augment = ctx.config.train.augment
 
-  def grads_for(params, stats, x, labels, soft, ids):
-    # One loss per setup of the step, summed, and one gradient of the sum (the reference calls
-    # backward once per setup, accumulating). K is static, so this is a Python loop: XLA:CPU
-    # runs the same work as a `lax.scan` (a while loop) about 10x slower.
-    def loss_fn(p):
-      total, rows, losses, accs = 0.0, [], [], []
-      for k in range(ids.shape[0]):
-        idx = ids[k]
-        variables = {"params": p, "batch_stats": models_lib.select_stats(stats, idx)}
-        (logits, _), new = model.apply(
-          variables, x, arr[idx, 0], arr[idx, 1], train=True, mutable=["batch_stats"]
-        )
-        if soft is None:
-          loss = train_lib.cross_entropy(logits, labels)
-        else:
-          loss = loss_lib.soft_cross_entropy(logits=logits, targets=soft)
-        total = total + loss
-        rows.append(new["batch_stats"])
-        losses.append(loss)
-        accs.append(train_lib.accuracy(logits, labels))
-      return total, (rows, jnp.stack(losses), jnp.stack(accs))
-
-    grads, (rows, losses, accs) = jax.grad(loss_fn, has_aux=True)(params)
-    for k, row in enumerate(rows):  # in order: a setup drawn twice keeps its last statistics
-      stats = models_lib.update_stats(stats, ids[k], row)
-    return grads, stats, losses.mean(), accs.mean()
-
   @sharding.jit_step
   def train_step(state: train_lib.TrainState, batch: dict, rng: jax.Array, ids: jax.Array | None = None):
     k_aug, k_ids = jax.random.split(rng)
@@ -182,7 +185,9 @@ def make_train_step(
       soft = jax.nn.softmax(jax.lax.stop_gradient(t_logits))
     if ids is None:
       ids = pick_ids(k_ids)
-    grads, stats, loss, acc = grads_for(state.params, state.batch_stats, x, batch["label"], soft, ids)
+    grads, stats, loss, acc = _setup_grads(
+      model, arr, state.params, state.batch_stats, x, batch["label"], soft, ids
+    )
     state = train_lib.apply_gradients(state, grads, tx, batch_stats=stats)
     return state, {"loss": loss, "accuracy": acc}
 
