@@ -299,7 +299,9 @@ def make_step(dep: Exports, want_fn, seq, iv, qpm, ctype: int, *, send_metric: b
     if not sent:
       return None
     par = {"metric": z} if send_metric else {}
-    return dev.Request(MODEL, {"IMAGE": x[None]}, "LOGITS", setup=1, device_s=rec["device_s"][k], parameters=par)
+    return dev.Request(
+      MODEL, {"IMAGE": x[None]}, "LOGITS", setup=1, device_s=rec["device_s"][k], parameters=par
+    )
 
   return step, rec
 

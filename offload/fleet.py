@@ -51,7 +51,9 @@ def check(c) -> None:
     raise ConfigError(f"config.deploy.stream_seeds = {seeds!r}: must be a tuple of integer seeds")
   for i, s in enumerate(seeds):
     if isinstance(s, bool) or not isinstance(s, int) or not 0 <= s <= cfg_lib.SEED_MAX:
-      raise ConfigError(f"config.deploy.stream_seeds[{i}] = {s!r}: must be an integer in [0, {cfg_lib.SEED_MAX}]")
+      raise ConfigError(
+        f"config.deploy.stream_seeds[{i}] = {s!r}: must be an integer in [0, {cfg_lib.SEED_MAX}]"
+      )
   n = c.deploy.cameras
   if seeds and len(seeds) != n:
     raise ConfigError(
@@ -66,7 +68,9 @@ def check(c) -> None:
         "(the shares the multicam step searched)"
       )
   if n > 1 and c.deploy.policy == "dqn":
-    raise ConfigError("config.deploy.policy = 'dqn': a fleet (config.deploy.cameras > 1) runs the MDP policies")
+    raise ConfigError(
+      "config.deploy.policy = 'dqn': a fleet (config.deploy.cameras > 1) runs the MDP policies"
+    )
   if n > 1 and c.deploy.arrivals == "markov":
     raise ConfigError(
       "config.deploy.arrivals = 'markov': a fleet (config.deploy.cameras > 1) has periodic arrivals, one image "
@@ -86,7 +90,9 @@ def hierarchical_pick(settings: dict, c, workdir: Path) -> tuple[float, float]:
   step = f"run `edgeinfer offload multicam --config=... --workdir={workdir}`"
   mc = safeio.load_json_if_present(workdir / "multicam.json", what="multicam results")
   if mc is None or "best" not in mc:
-    raise CheckpointError(f"{workdir / 'multicam.json'} is missing; the hierarchical strategy needs it: {step}")
+    raise CheckpointError(
+      f"{workdir / 'multicam.json'} is missing; the hierarchical strategy needs it: {step}"
+    )
   (r, b), n = share(settings, c), settings["cameras"]
   try:
     i, j, k = mc["rates"].index(r), mc["depths"].index(b), mc["cameras"].index(n)
@@ -209,7 +215,10 @@ def streams(dep, pl: dict, settings: dict) -> np.ndarray:
 
   order = settings["order"] or "iid"
   return np.stack(
-    [odeploy.draw_stream(dep, settings["frames"], s, order=order, arrivals="periodic")[0] for s in pl["seeds"]],
+    [
+      odeploy.draw_stream(dep, settings["frames"], s, order=order, arrivals="periodic")[0]
+      for s in pl["seeds"]
+    ],
     axis=1,
   )
 

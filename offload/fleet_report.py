@@ -87,7 +87,9 @@ def _tables(rep, summ: dict) -> None:
   rep.table(["strategy", "frames", *STATUSES, "sent", "cameras finished", "p50 latency (ms)"], rows)
   if summ["failed_cameras"]:
     dead = "; ".join(f"camera {k}: {v}" for k, v in summ["failed_cameras"].items())
-    rep.text(f"Camera processes that died: {dead}. Their frames are counted lost; the losses are the other cameras'.")
+    rep.text(
+      f"Camera processes that died: {dead}. Their frames are counted lost; the losses are the other cameras'."
+    )
 
 
 def write_report(out_dir: Path, summ: dict, server_stats: dict | None) -> Path:
@@ -114,7 +116,9 @@ def write_report(out_dir: Path, summ: dict, server_stats: dict | None) -> Path:
   names = list(summ["measured"])
   xs = np.arange(len(names))
   ax.bar(xs - 0.2, [summ["measured"][s]["loss"] for s in names], 0.4, label="runtime")
-  ax.bar(xs + 0.2, [summ["simulator"][s]["loss"] for s in names], 0.4, label="multicam.simulate, same streams")
+  ax.bar(
+    xs + 0.2, [summ["simulator"][s]["loss"] for s in names], 0.4, label="multicam.simulate, same streams"
+  )
   ax.set_xticks(xs, names)
   ax.set_ylabel("average loss per camera image")
   rep.heading("Loss per strategy")

@@ -234,7 +234,9 @@ class Core:
     gate = self.admission.get(model.name)
     if gate is not None and not gate.take(metric):
       self.refused(name, protocol, "RESOURCE_EXHAUSTED", model_label=label)
-      raise RequestError("ADMISSION", f"model {name}: the switch's bucket or policy refused it (p = {gate.p} units)")
+      raise RequestError(
+        "ADMISSION", f"model {name}: the switch's bucket or policy refused it (p = {gate.p} units)"
+      )
     with self.slots:
       q = time.perf_counter_ns()
       try:

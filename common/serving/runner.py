@@ -361,7 +361,11 @@ def main(argv: list[str]) -> int:
   from common.report import write_json
 
   spec = json.loads(Path(argv[1]).read_text())
-  dep = importlib.import_module(spec["module"]).DEPLOYMENT if spec.get("module") else deployment(spec["technique"])
+  dep = (
+    importlib.import_module(spec["module"]).DEPLOYMENT
+    if spec.get("module")
+    else deployment(spec["technique"])
+  )
   record = stream_device(dep, Path(spec["workdir"]), spec["settings"], spec["server"], spec["link"])
   write_json(spec["out"], record)
   print(json.dumps(scalars(record.get("summary", {}))), flush=True)
