@@ -42,8 +42,9 @@ _STATS_EVERY = flags.DEFINE_float("stats_every", 10.0, "seconds between --stats 
 _SWITCH = flags.DEFINE_multi_string(
   "switch",
   [],
-  "MODEL=q,p,m,slot_ms: admit MODEL's requests through a token bucket (m units, q more per slot, p per "
-  "request); the rest are answered RESOURCE_EXHAUSTED (common/serving/admission.py); repeatable",
+  "MODEL=q,p,m,slot_ms[,POLICY.json]: admit MODEL's requests through a token bucket (m units, q more per "
+  "slot, p per request; POLICY.json: the smart switch's metric thresholds); the rest are answered "
+  "RESOURCE_EXHAUSTED (common/serving/admission.py); repeatable",
 )
 if "debug" not in flags.FLAGS:  # common.app defines it too, with the same meaning
   flags.DEFINE_bool(

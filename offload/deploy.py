@@ -251,10 +251,17 @@ def draw_stream(dep: Exports, frames: int, seed: int, *, order=None, arrivals=No
   return np.asarray(seq[0]), np.asarray(iv[0]), c
 
 
-def _warm_up(client: dev.Client, x: np.ndarray, n: int = 3) -> None:
-  """A few requests before the stream, so that no frame pays the first call's setup."""
+def warm_up(client: dev.Client, x: np.ndarray, n: int = 3) -> None:
+  """A few requests before the stream, so that no frame pays the first call's setup (a switch's
+  refusal of one is no error: it has warmed the path up to the model's admission)."""
+  import grpc
+
   for _ in range(n):
-    client.infer(dev.Request(MODEL, {"IMAGE": x[None]}, "LOGITS"), timeout_s=10.0)
+    try:
+      client.infer(dev.Request(MODEL, {"IMAGE": x[None]}, "LOGITS"), timeout_s=10.0)
+    except grpc.RpcError as e:
+      if e.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
+        raise
 
 
 def _cost(logits: np.ndarray, label: int, ctype: int) -> float:
@@ -264,8 +271,9 @@ def _cost(logits: np.ndarray, label: int, ctype: int) -> float:
   return float(om.costs(rank, rank, ctype)[0][0])
 
 
-def make_step(dep: Exports, want_fn, seq, iv, qpm, ctype: int):
-  """The device's per-frame step (weak TFLite, metric, policy, token bucket) and its records."""
+def make_step(dep: Exports, want_fn, seq, iv, qpm, ctype: int, *, send_metric: bool = False):
+  """The device's per-frame step (weak TFLite, metric, policy, token bucket) and its records; with
+  send_metric, a request carries its metric (the parameter `metric` a smart switch judges)."""
   import jax.numpy as jnp
 
   from offload import bucket
@@ -290,7 +298,10 @@ def make_step(dep: Exports, want_fn, seq, iv, qpm, ctype: int):
     rec["device_s"][k] = time.perf_counter() - t
     if not sent:
       return None
-    return dev.Request(MODEL, {"IMAGE": x[None]}, "LOGITS", setup=1, device_s=rec["device_s"][k])
+    par = {"metric": z} if send_metric else {}
+    return dev.Request(
+      MODEL, {"IMAGE": x[None]}, "LOGITS", setup=1, device_s=rec["device_s"][k], parameters=par
+    )
 
   return step, rec
 
@@ -315,22 +326,18 @@ def run(dep: Exports, client: dev.Client, link, *, policy: str, setting: int, fr
   r, b, qpm = dep.settings[setting]
   want_fn, _ = make_policy(dep, policy, setting)
   seq, iv, c = draw_stream(dep, frames, stream_seed, order=order, arrivals=arrivals)
-  times = np.concatenate([[0.0], np.cumsum(iv[:-1])]) / fps  # an image every `interval` slots
-  step, rec = make_step(dep, want_fn, seq, iv, qpm, om.COSTS[c.metrics.cost])
-  _warm_up(client, dep.images[seq[0]])
+  warm_up(client, dep.images[seq[0]])
   rtt = client.base_rtt_s()
-  results = dev.run_stream(client, step, frames=frames, fps=fps, deadline_s=deadline_s, link=link, rtt_s=rtt,
-                           progress=progress, arrivals_s=times)  # fmt: skip
-  summ, frames_out = _account(dep, results, rec, seq, iv, om.COSTS[c.metrics.cost], qpm[2], deadline_s)
-  summ["reconnects"] = client.reconnects
-  stream = {"fps": fps, "deadline_s": deadline_s, "seed": stream_seed, "order": c.stream.order,
+  summ, frames_out = stream(dep, client, link, want_fn, seq, iv, qpm, om.COSTS[c.metrics.cost], fps=fps,
+                            deadline_s=deadline_s, rtt_s=rtt, progress=progress)  # fmt: skip
+  stream_info = {"fps": fps, "deadline_s": deadline_s, "seed": stream_seed, "order": c.stream.order,
             "arrivals": c.stream.arrivals}  # fmt: skip
   return {
     "summary": summ,
     "frames": frames_out,
     "policy": policy,
     "setting": {"index": setting, "tr": r, "tb": b, "qpm": list(qpm)},
-    "stream": stream,
+    "stream": stream_info,
     "rtt_s": rtt,
     "trace": {"name": link.trace.name, "mean_bps": link.trace.mean_bps()},
     "link": link.kind,
@@ -338,7 +345,20 @@ def run(dep: Exports, client: dev.Client, link, *, policy: str, setting: int, fr
   }
 
 
-def _account(dep: Exports, results, rec: dict, seq, iv, ctype: int, m: int, deadline_s: float):
+def stream(dep: Exports, client: dev.Client, link, want_fn, seq, iv, qpm, ctype: int, *, fps: float,
+           deadline_s: float, rtt_s: float, progress=None, send_metric: bool = False) -> tuple[dict, dict]:  # fmt: skip
+  """The stream of images `seq` arriving after intervals `iv` (slots of 1 / fps s) through the
+  device's step over `link`: (summary, per-frame records)."""
+  times = np.concatenate([[0.0], np.cumsum(iv[:-1])]) / fps  # an image every `interval` slots
+  step, rec = make_step(dep, want_fn, seq, iv, qpm, ctype, send_metric=send_metric)
+  results = dev.run_stream(client, step, frames=len(seq), fps=fps, deadline_s=deadline_s, link=link,
+                           rtt_s=rtt_s, progress=progress, arrivals_s=times)  # fmt: skip
+  summ, frames_out = account(dep, results, rec, seq, iv, ctype, qpm[2], deadline_s)
+  summ["reconnects"] = client.reconnects
+  return summ, frames_out
+
+
+def account(dep: Exports, results, rec: dict, seq, iv, ctype: int, m: int, deadline_s: float):
   """(summary, per-frame records): each frame's loss, the strong answer's where it came in time."""
   frames = len(seq)
   loss, fell_back = rec["weak_cost"].copy(), np.zeros(frames, bool)
@@ -397,16 +417,44 @@ def policies(dep: Exports, policy: str, setting: int) -> list[str]:
 
 
 class OffloadDeployment:
-  """offload's `common.serving.runner.Deployment`: one stream per policy, in turn, on the same images."""
+  """offload's `common.serving.runner.Deployment`: one stream per policy, in turn, on the same images;
+  with `cameras` > 1 a fleet of camera processes behind the server's switch (`offload.fleet`)."""
 
   technique = "offload"
 
   def prepare(self, workdir: Path, settings: dict) -> dict:
+    if settings.get("cameras", 1) > 1:  # the multicam step's pick is there, before anything is written
+      from offload import fleet
+
+      fleet.strategy_settings(settings, load_config(workdir), workdir)
     return export_classifiers(workdir)
 
+  def fleet(self, workdir: Path, settings: dict, out_dir: Path):
+    """cameras > 1: the plan (fleet_plan.json), one device process per camera, the switch's flags."""
+    if settings.get("cameras", 1) <= 1:
+      return None
+    from common.report import write_json
+    from common.serving import runner
+    from offload import fleet, pipeline
+
+    c = load_config(workdir)
+    pl = fleet.plan(c, pipeline.Run(c, workdir, show_progress=False).data(), workdir, settings)
+    path = write_json(out_dir / fleet.PLAN_FILE, pl)
+    devices = [{**settings, "camera": j, "fleet_plan": str(path)} for j in range(pl["cameras"])]
+    return runner.Fleet(devices, fleet.server_flags(MODEL, pl, settings["fps"], out_dir))
+
   def device(self, workdir: Path, settings: dict, client, link, progress) -> dict:
-    dep = load(workdir)
     s = settings
+    if s.get("cameras", 1) > 1:
+      if not s.get("fleet"):
+        raise ConfigError(
+          f"config.deploy.cameras = {s['cameras']}: the device step streams one camera; a fleet runs in the "
+          "deploy step (its processes and the server's switch)"
+        )
+      from offload import fleet
+
+      return fleet.device(load(workdir), client, link, s, progress)
+    dep = load(workdir)
     runs = {
       pol: run(dep, client, link, policy=pol, setting=s["setting"], frames=s["frames"], fps=s["fps"],
                deadline_s=s["deadline"], stream_seed=s["stream_seed"], order=s["order"] or None,
@@ -417,25 +465,51 @@ class OffloadDeployment:
 
   def predict(self, workdir: Path, settings: dict, record: dict, trace) -> dict:
     dep = load(workdir)
+    if "devices" in record:
+      from offload import fleet
+
+      pl = _plan(workdir, settings)
+      idx = fleet.streams(dep, pl, settings)
+      return {"plan": pl, "frames": settings["frames"], "strategies": fleet.simulate(dep, pl, idx)}
     return {p: predict(dep, out) for p, out in record["policies"].items()}
 
   def summary(self, record: dict, prediction: dict, info: dict) -> dict:
-    from offload import deploy_report
+    from offload import deploy_report, fleet_report
 
+    if "devices" in record:
+      pr = prediction
+      return fleet_report.summary(record, pr["strategies"], pr["plan"], pr["frames"], info)
     runs = record["policies"]
     return {"measured": record["summary"], "simulator": prediction, "gap": deploy_report.gaps(runs, prediction),
             "export": info}  # fmt: skip
 
   def report(self, out_dir: Path, record: dict, prediction: dict, trace, server_stats, info: dict) -> Path:
-    from offload import deploy_report
+    from offload import deploy_report, fleet_report
 
+    if "devices" in record:
+      return fleet_report.write_report(out_dir, self.summary(record, prediction, info), server_stats)
     return deploy_report.write_report(out_dir, record["policies"], prediction, server_stats, info)
 
   def figures(self, record: dict, prediction: dict) -> dict:
     out = {}
+    if "devices" in record:
+      from offload import fleet_report
+
+      m = fleet_report.measured(record, prediction["plan"], prediction["frames"])
+      for s, v in m["strategies"].items():
+        out[f"{s}_loss"], out[f"{s}_sim_loss"] = v["loss"], prediction["strategies"][s]["loss"]
+      out["failed_cameras"] = len(m["failed"])
+      return out
     for p, r in record["policies"].items():
       out[f"{p}_loss"], out[f"{p}_sim_loss"] = r["summary"]["loss"], prediction[p]["loss"]
     return out
+
+
+def _plan(workdir: Path, settings: dict) -> dict:
+  from offload import fleet
+
+  path = Path(settings["out"] or Path(workdir) / "deploy") / fleet.PLAN_FILE
+  return safeio.load_json(path, what="fleet plan", keys=("strategies", "seeds"))
 
 
 DEPLOYMENT = OffloadDeployment()

@@ -33,7 +33,7 @@ from common.errors import ConfigError
 from common.export import write_atomic
 from common.serving import runner
 from offload import data as odata
-from offload import mdp, multicam, robust, simulate
+from offload import fleet, mdp, multicam, robust, simulate
 from offload import metrics as om
 from offload import report as oreport
 from offload import train as train_lib
@@ -156,6 +156,7 @@ def _validate_deploy(c: ml_collections.ConfigDict) -> None:
   cfg_lib.check_range(c, "deploy.stream_seed", 0, cfg_lib.SEED_MAX, integer=True)
   cfg_lib.check_choice(c, "deploy.order", ("", *otrain.ORDERS))
   cfg_lib.check_choice(c, "deploy.arrivals", ("", *otrain.ARRIVALS))
+  fleet.check(c)
 
 
 def preflight(c: ml_collections.ConfigDict, workdir: Path) -> None:

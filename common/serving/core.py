@@ -216,11 +216,13 @@ class Core:
     *,
     protocol: str,
     arrived_ns: int | None = None,
+    metric: float | None = None,
   ) -> Answer:
     """Validates the request, runs the model, records the statistics; RequestError if refused.
 
     `arrived_ns` (`time.perf_counter_ns()` when the front end had the request; default now) starts
-    the request's latency and queue time (until its model run starts)."""
+    the request's latency and queue time (until its model run starts); `metric` (the request's
+    parameter of that name) is what a smart switch's policy judges (`admission.Bucket.take`)."""
     t0 = time.perf_counter_ns() if arrived_ns is None else arrived_ns
     label = name if name in self.models else ""  # no metric label per unknown name a client makes up
     try:
@@ -230,9 +232,11 @@ class Core:
       self.refused(name or "-", protocol, e.code, model_label=label)
       raise
     gate = self.admission.get(model.name)
-    if gate is not None and not gate.take():
+    if gate is not None and not gate.take(metric):
       self.refused(name, protocol, "RESOURCE_EXHAUSTED", model_label=label)
-      raise RequestError("ADMISSION", f"model {name}: the switch's bucket holds fewer than {gate.p} units")
+      raise RequestError(
+        "ADMISSION", f"model {name}: the switch's bucket or policy refused it (p = {gate.p} units)"
+      )
     with self.slots:
       q = time.perf_counter_ns()
       try:

@@ -45,6 +45,7 @@ class Request:
   setup: int = 0
   device_s: float = 0.0  # device-part compute (the interpreter), excluding the controller
   control_s: float = 0.0
+  parameters: dict = dataclasses.field(default_factory=dict)  # name -> float, the request's parameters
 
 
 @dataclasses.dataclass
@@ -83,6 +84,8 @@ def infer_request(req: Request, request_id: str = "0"):
     arr = np.ascontiguousarray(arr)
     msg.inputs.add(name=name, datatype=_DTYPE_NAMES[arr.dtype], shape=arr.shape)
     msg.raw_input_contents.append(arr.tobytes())
+  for name, value in req.parameters.items():
+    msg.parameters[name].double_param = float(value)
   msg.outputs.add(name=req.output)
   return msg
 

@@ -294,3 +294,117 @@ def run_garbage(
 def _garbage_started(stats: Path) -> bool:
   """True once the server has refused a request (the garbage device is at work)."""
   return _server_stats(stats).get("failed", 0) > 0
+
+
+# ---------------------------------------------------------------- faults of a fleet
+
+
+class FleetProbe:
+  """A technique-neutral `common.serving.runner.Deployment` for the fleet's faults: each device
+  process (`python -m common.serving.runner`, one per camera) streams the repository's model
+  (`load.stream`: inputs of `load.pool`, every answer checked) from the fleet's common start."""
+
+  technique = "probe"
+
+  def device(self, workdir: Path, settings: dict, client, link, progress) -> dict:
+    from common.serving import runner
+
+    m = load.served_model(settings["repository"], settings["model"])
+    inputs, expected = load.pool(m)
+    go = runner.sync(settings, "stream")
+    while go is not None and time.monotonic() < go:
+      time.sleep(0.001)
+    rec = load.stream(client.url, m, inputs, expected, sid=settings["camera"], frames=settings["frames"],
+                      fps=settings["fps"], deadline_s=settings["deadline"], link=link)  # fmt: skip
+    return {"summary": {"status": rec["status"]}, **rec}
+
+
+DEPLOYMENT = FleetProbe()
+
+
+def fleet_settings(repo: Path, model: str, *, cameras: int, frames: int, fps: float, deadline_s: float,
+                   trace: str = "markov", link: str = "none") -> list[dict]:  # fmt: skip
+  """Each camera's settings: the runner's deploy section and what the probe reads."""
+  from common.serving import runner
+
+  base = runner.config_section(frames=frames, fps=fps, deadline=deadline_s, trace=trace, link=link).to_dict()
+  return [{**base, "camera": j, "repository": str(repo), "model": model} for j in range(cameras)]
+
+
+def run_fleet(repo: Path, model: str, devices: list[dict], *, workdir: Path, switch: str = "",
+              kill: int | None = None, kill_after_s: float = 1.0, restart_after_s: float | None = None,
+              down_s: float = 0.5) -> dict:  # fmt: skip
+  """The devices as a fleet (`runner.run_fleet`) against one server (with `--switch=switch`), while
+  camera `kill` is SIGKILLed `kill_after_s` into the stream and/or the server is SIGKILLed
+  `restart_after_s` into it and restarted on the same port `down_s` later. Every frame of every
+  camera is accounted for: a dead camera's are counted lost (its record went with it)."""
+  from common.serving import runner
+
+  workdir = Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  extra = [f"--switch={switch}"] if switch else []
+  proc, port = start_server(repo, extra=extra)
+  spec = {"technique": "probe", "module": __name__, "workdir": str(workdir), "server": f"127.0.0.1:{port}"}
+  spec["link"] = {"kind": devices[0]["link"]}
+  events: list = []
+  try:
+    t, box = _in_thread(runner.run_fleet, spec=spec, devices=devices, out_dir=workdir, timeout_s=300.0)
+    go = _wait_go(workdir / "fleet" / "stream.go", t)
+    if go is not None:
+      proc = _inject(
+        proc, repo, port, extra, go, workdir, kill, kill_after_s, restart_after_s, down_s, events
+      )
+    rec = _result(t, box)
+  finally:
+    stop_server(proc)
+  return _fleet_account(rec, devices, events)
+
+
+def _wait_go(path: Path, thread, timeout_s: float = 120.0) -> float | None:
+  t_end = time.monotonic() + timeout_s
+  while not path.exists():
+    if not thread.is_alive() or time.monotonic() > t_end:
+      return None
+    time.sleep(0.01)
+  return float(path.read_text())
+
+
+def _inject(proc, repo, port, extra, go, workdir, kill, kill_after_s, restart_after_s, down_s, events):
+  """The faults, at their times after the stream's start `go`; returns the server process serving."""
+  plan = sorted([(kill_after_s, "kill")] * (kill is not None) + [(restart_after_s, "restart")] *
+                (restart_after_s is not None))  # fmt: skip
+  for at, what in plan:
+    time.sleep(max(go + at - time.monotonic(), 0.0))
+    if what == "kill":
+      pid = int((workdir / "fleet" / f"stream.{kill}.ready").read_text())
+      os.kill(pid, 9)
+      events.append(("camera killed", kill, time.monotonic() - go))
+    else:
+      proc.kill()
+      proc.wait()
+      events.append(("server killed", None, time.monotonic() - go))
+      time.sleep(down_s)
+      proc, _ = start_server(repo, port=port, extra=extra)
+      events.append(("serving again", None, time.monotonic() - go))
+  return proc
+
+
+def _fleet_account(rec: dict, devices: list[dict], events: list) -> dict:
+  cams = []
+  for s, d in zip(devices, rec["devices"], strict=True):
+    if "failed" in d:
+      cams.append({"camera": s["camera"], "failed": d["failed"], "frames": s["frames"],
+                   "status": {"ok": 0, "late": 0, "lost": s["frames"], "refused": 0}, "statuses": "x" * s["frames"]})  # fmt: skip
+    else:
+      cams.append({"camera": s["camera"], **{k: d[k] for k in ("frames", "status", "statuses", "wrong",
+                                                                   "unaccounted", "reasons", "reconnects")}})  # fmt: skip
+  status = {k: sum(c["status"][k] for c in cams) for k in ("ok", "late", "lost", "refused")}
+  return {
+    "cameras": cams,
+    "frames": sum(c["frames"] for c in cams),
+    "status": status,
+    "failed": [c["camera"] for c in cams if "failed" in c],
+    "wrong": sum(c.get("wrong", 0) for c in cams),
+    "unaccounted": sum(c.get("unaccounted", 0) for c in cams),
+    "events": events,
+  }

@@ -71,8 +71,10 @@ def record(results: list[dev.FrameResult], picks: list[int], expected, deadline_
   out["unaccounted"] = sum(r.status not in ("ok", "late", "lost", "refused") for r in results)
   out["reasons"] = dict(collections.Counter(r.error.split(":")[0][:60] for r in results if r.error))
   out["latencies_ms"] = [round(r.latency_s * 1e3, 3) for r in results if np.isfinite(r.latency_s)]
-  # one letter per frame: o(k), L(ate), x (lost)
-  out["statuses"] = "".join({"ok": "o", "late": "L", "lost": "x"}.get(r.status, "?") for r in results)
+  # one letter per frame: o(k), L(ate), x (lost), r(efused)
+  out["statuses"] = "".join(
+    {"ok": "o", "late": "L", "lost": "x", "refused": "r"}.get(r.status, "?") for r in results
+  )
   return out
 
 

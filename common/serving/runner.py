@@ -9,6 +9,13 @@ namespace for `tc`) and stops the server; then the technique's simulator predict
 stream and the technique writes RUN/deploy/report.md beside summary.json. `device` streams
 against a server that is already running. A technique plugs in with one `Deployment` (its
 `<pkg>/deploy.py` offers `DEPLOYMENT`) and a `deploy` section in its configs (`config_section`).
+
+A fleet: a Deployment whose `fleet(workdir, settings, out_dir)` returns a `Fleet` gets one device
+process per entry of `Fleet.devices` (each with those settings, the same device code) against one
+server started with `Fleet.server_flags`. The processes meet at named barriers (`sync`): the
+runner answers a barrier once every device process still running has reached it, with a common
+start time on the machine's monotonic clock. A device process that dies leaves `{"failed":
+reason}` in its place in the record `{"devices": [...]}`; the others go on.
 """
 
 from __future__ import annotations
@@ -16,10 +23,13 @@ from __future__ import annotations
 import contextlib
 import importlib
 import json
+import os
 import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from common.errors import ConfigError
 
@@ -48,6 +58,16 @@ class Deployment(Protocol):
 
   def figures(self, record: dict, prediction: dict) -> dict:
     """The headline figures the step prints (scalars)."""
+
+
+class Fleet(NamedTuple):
+  """Several device processes against one server (`Deployment.fleet`, optional)."""
+
+  devices: list  # each device process's settings (the deploy section and what the technique adds)
+  server_flags: list  # further flags of the server (e.g. `--switch=MODEL=q,p,m,slot_ms`)
+
+
+SYNC_LEAD_S = 0.3  # a barrier's start time is this long after the last device process reached it
 
 
 def config_section(**overrides):
@@ -119,8 +139,8 @@ def _sigterm_unwinds():
     signal.signal(signal.SIGTERM, previous)
 
 
-def _run_processes(dep: Deployment, workdir: Path, settings: dict, trace, paths: dict) -> None:
-  """The server and the device processes over the link's network."""
+def _run_processes(dep: Deployment, workdir: Path, settings: dict, trace, paths: dict, fleet=None):
+  """The server and the device process(es) over the link's network; a fleet's record (else None)."""
   from common.serving import link as link_lib
   from common.serving import process
 
@@ -132,15 +152,107 @@ def _run_processes(dep: Deployment, workdir: Path, settings: dict, trace, paths:
       port=net.server_port,
       prefix=net.server_prefix,
       stats=paths["stats"],
+      extra=fleet.server_flags if fleet else (),
     )
     try:
-      spec = {"technique": dep.technique, "workdir": str(workdir), "settings": settings}
-      address = net.device_address or f"{net.server_host}:{port}"
-      spec.update(server=address, link=net.spec, out=str(paths["device"]))
+      spec = {"technique": dep.technique, "module": type(dep).__module__, "workdir": str(workdir)}
+      spec.update(settings=settings, server=net.device_address or f"{net.server_host}:{port}", link=net.spec)
+      if fleet is not None:
+        return run_fleet(spec, fleet.devices, paths["device"].parent, prefix=net.device_prefix)
+      spec["out"] = str(paths["device"])
       paths["spec"].write_text(json.dumps(spec, indent=1))
       process.run_python(DEVICE_MODULE, [str(paths["spec"])], prefix=net.device_prefix)
+      return None
     finally:
       process.stop_server(server)
+
+
+def run_fleet(spec: dict, devices: list, out_dir: Path, *, prefix=(), timeout_s: float = 3600.0) -> dict:
+  """One device process per settings of `devices` (spec: technique, workdir, server, link), run to
+  the end while answering their barriers; {"devices": [record or {"failed": reason}, ...]}."""
+  from common.serving import process
+
+  sync_dir = out_dir / "fleet"
+  sync_dir.mkdir(parents=True, exist_ok=True)
+  for f in sync_dir.iterdir():
+    f.unlink()
+  procs, logs, outs = [], [], []
+  try:
+    for i, s in enumerate(devices):
+      outs.append(out_dir / f"device_{i}.json")
+      outs[-1].unlink(missing_ok=True)
+      one = {**spec, "settings": {**s, "fleet": {"index": i, "size": len(devices), "dir": str(sync_dir)}}}
+      one["out"] = str(outs[-1])
+      (out_dir / f"device_spec_{i}.json").write_text(json.dumps(one, indent=1))
+      logs.append(open(out_dir / f"device_{i}.log", "w"))  # noqa: SIM115 - closed below
+      cmd = [*prefix, *process.PY, "-m", DEVICE_MODULE, str(out_dir / f"device_spec_{i}.json")]
+      procs.append(subprocess.Popen(cmd, stdout=logs[-1], stderr=subprocess.STDOUT, env=process.child_env()))
+    _coordinate(procs, sync_dir, timeout_s)
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+        p.wait()
+    for f in logs:
+      f.close()
+  return {"devices": [_device_record(p, out, out_dir / f"device_{i}.log") for i, (p, out) in
+                      enumerate(zip(procs, outs, strict=True))]}  # fmt: skip
+
+
+def _device_record(proc, out: Path, log: Path) -> dict:
+  from common import safeio
+
+  if proc.returncode == 0 and out.exists():
+    return safeio.load_json(out, what="device record", keys=("summary",))
+  lines = [x for x in log.read_text(errors="replace").splitlines() if x.strip()] if log.exists() else []
+  why = f"exit status {proc.returncode}" + (f": {lines[-1][:200]}" if lines else "")
+  return {"failed": why}
+
+
+def _coordinate(procs: list, sync_dir: Path, timeout_s: float) -> None:
+  """Until every process ends: a barrier `name` is answered (`name.go`, a start time on the
+  monotonic clock) once every process still running has written its `name.INDEX.ready`."""
+  from common.errors import ServingError
+
+  answered: set[str] = set()
+  t_end = time.monotonic() + timeout_s
+  while any(p.poll() is None for p in procs):
+    if time.monotonic() > t_end:
+      raise ServingError(f"the fleet's device processes did not finish within {timeout_s:.0f} s")
+    alive = {i for i, p in enumerate(procs) if p.poll() is None}
+    ready: dict[str, set[int]] = {}
+    for f in sync_dir.glob("*.ready"):
+      name, _, idx = f.name[: -len(".ready")].rpartition(".")
+      ready.setdefault(name, set()).add(int(idx))
+    for name, who in ready.items():
+      if name not in answered and alive <= who:
+        _write_atomic(sync_dir / f"{name}.go", repr(time.monotonic() + SYNC_LEAD_S))
+        answered.add(name)
+    time.sleep(0.01)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+  tmp = path.with_name(path.name + ".tmp")
+  tmp.write_text(text)
+  os.replace(tmp, path)
+
+
+def sync(settings: dict, name: str, timeout_s: float = 600.0) -> float | None:
+  """A fleet's device process at barrier `name`: waits until the runner answers it and returns the
+  common start time (`time.monotonic()` seconds); None outside a fleet."""
+  from common.errors import ServingError
+
+  fl = settings.get("fleet")
+  if not fl:
+    return None
+  d = Path(fl["dir"])
+  _write_atomic(d / f"{name}.{fl['index']}.ready", str(os.getpid()))
+  go, t_end = d / f"{name}.go", time.monotonic() + timeout_s
+  while not go.exists():
+    if time.monotonic() > t_end:
+      raise ServingError(f"the fleet's barrier {name!r} was not answered within {timeout_s:.0f} s")
+    time.sleep(0.005)
+  return float(go.read_text())
 
 
 def deploy(dep: Deployment, settings: dict, workdir: str | Path) -> dict:
@@ -164,8 +276,10 @@ def deploy(dep: Deployment, settings: dict, workdir: str | Path) -> dict:
   paths["spec"] = out_dir / "device_spec.json"
   for f in (paths["stats"], paths["device"]):
     f.unlink(missing_ok=True)
-  _run_processes(dep, workdir, settings, trace, paths)
-  record = safeio.load_json(paths["device"], what="device record", keys=("summary",))
+  fleet = dep.fleet(workdir, settings, out_dir) if hasattr(dep, "fleet") else None
+  record = _run_processes(dep, workdir, settings, trace, paths, fleet)
+  if record is None:
+    record = safeio.load_json(paths["device"], what="device record", keys=("summary",))
   server_stats = safeio.load_json_if_present(paths["stats"], what="server statistics")
   pred = dep.predict(workdir, settings, record, trace)
   write_json(out_dir / "summary.json", dep.summary(record, pred, info))
@@ -247,7 +361,11 @@ def main(argv: list[str]) -> int:
   from common.report import write_json
 
   spec = json.loads(Path(argv[1]).read_text())
-  dep = deployment(spec["technique"])
+  dep = (
+    importlib.import_module(spec["module"]).DEPLOYMENT
+    if spec.get("module")
+    else deployment(spec["technique"])
+  )
   record = stream_device(dep, Path(spec["workdir"]), spec["settings"], spec["server"], spec["link"])
   write_json(spec["out"], record)
   print(json.dumps(scalars(record.get("summary", {}))), flush=True)

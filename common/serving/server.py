@@ -101,6 +101,7 @@ class Servicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         [o.name for o in request.outputs],
         protocol="grpc",
         arrived_ns=arrived,
+        metric=request.parameters["metric"].double_param if "metric" in request.parameters else None,
       )
     except core.RequestError as e:
       return self._fail(context, "ModelInfer", e, name)

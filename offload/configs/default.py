@@ -21,6 +21,7 @@ the simulation of 100 x 100k test images takes seconds per policy.
 """
 
 import ml_collections
+from ml_collections.config_dict import placeholder
 
 from common import config as cfg_lib
 from common.serving import runner
@@ -128,4 +129,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.deploy.stream_seed = 0  # seed of the image and interval stream
   c.deploy.order = ""  # iid | location_reset; "" = config.stream.order
   c.deploy.arrivals = ""  # periodic | markov; "" = config.stream.arrivals
+  # a fleet (offload.fleet): this many camera processes behind the server's switch (1: one device)
+  c.deploy.cameras = 1
+  c.deploy.strategy = "all"  # fleet: isolated | hierarchical | smart | all (in turn)
+  c.deploy.stream_seeds = ()  # fleet: camera j's stream seed (empty: stream_seed + j)
+  c.deploy.share_rate = placeholder(float)  # fleet: per-camera share r (None: config.multicam.rates[0])
+  c.deploy.share_depth = placeholder(float)  # fleet: per-camera share b (None: config.multicam.depths[0])
   return c

@@ -569,6 +569,10 @@ def _deploy_cases() -> list[Case]:
          "--config.deploy.setting=9"), "config.deploy.setting"),
     Case("offload-deploy-unknown-key", ("offload.main", "deploy", "--workdir=WORK", "--config.deploy.bogus=1"),
          "deploy.bogus"),
+    Case("offload-deploy-zero-cameras", ("offload.main", "deploy", "--workdir=WORK", "--config.deploy.cameras=0"),
+         "config.deploy.cameras"),
+    Case("offload-deploy-fleet-unknown-strategy", ("offload.main", "deploy", "--workdir=WORK",
+         "--config.deploy.cameras=4", "--config.deploy.strategy=greedy"), "config.deploy.strategy"),
     Case("coinfer-device-without-server", ("coinfer.main", "device", "--workdir=WORK"), "config.deploy.server"),
     Case("deploy-alias-unknown-technique", ("launch.deploy", "subnets", "--workdir=WORK"), "subnets"),
   ]  # fmt: skip

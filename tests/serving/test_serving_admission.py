@@ -79,3 +79,35 @@ def test_refusals_through_the_runtime(switched):
   ]
   assert sum(float(line.rsplit(" ", 1)[1]) for line in refusals) == 5, refusals
   print("refused over gRPC and HTTP:", refusals, file=sys.stderr)
+
+
+def test_slots_are_counted_on_the_monotonic_clocks_grid():
+  """A bucket made at 0.95 s refills at 1.0 s (a multiple of the slot), not at 1.05 s: device
+  processes on the machine align their frames with the same grid."""
+  now = [0.95]
+  gate = admission.Bucket(1, 1, 1, slot_s=0.1, clock=lambda: now[0])
+  assert gate.take() and not gate.take()
+  now[0] = 0.999
+  assert not gate.take()
+  now[0] = 1.001
+  assert gate.take()
+
+
+def test_smart_switch_policy_and_a_closed_switch(tmp_path):
+  """With thresholds a request that carries a metric is admitted only if also metric >= threshold[n]
+  (one without a metric: the bucket alone); m = 0 is a switch that admits nothing."""
+  inf = float("inf")
+  now = [0.0]
+  gate = admission.Bucket(1, 2, 4, slot_s=0.1, clock=lambda: now[0], thresholds=(inf, inf, 0.5, 0.4, 0.3))
+  assert not gate.take(0.2) and gate.n == 4  # below threshold[4]: refused, nothing spent
+  assert gate.take(0.35) and gate.n == 2
+  assert not gate.take(0.45) and gate.take(None) and gate.n == 0
+  assert not gate.take(9.0)  # n < p
+  _, closed = admission.parse("add=5,1,0,10")
+  assert not any(closed.take() for _ in range(5))
+  (tmp_path / "p.json").write_text(json.dumps({"threshold": [None, None, 0.5, 0.4, 0.3]}))
+  _, smart = admission.parse(f"add=1,2,4,100,{tmp_path / 'p.json'}")
+  assert smart.thresholds == (inf, inf, 0.5, 0.4, 0.3) and smart.slot_s == 0.1
+  (tmp_path / "short.json").write_text(json.dumps({"threshold": [0.1]}))
+  with pytest.raises(ConfigError, match="m \\+ 1 = 5"):
+    admission.parse(f"add=1,2,4,100,{tmp_path / 'short.json'}")

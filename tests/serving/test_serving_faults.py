@@ -71,3 +71,62 @@ def test_garbage_device_beside_healthy_ones(repo, tmp_path):
   assert {"not protobuf", "flipped bytes", "wrong fields", "oversize", "raw tcp"} <= set(g), g
   assert "OK" not in g["not protobuf"] and "OK" not in g["wrong fields"] and "OK" not in g["oversize"]
   assert out["server"]["failed"] > 0
+
+
+# ---------------------------------------------------------------- faults of a fleet (issue 31, item 6)
+# Three device processes (`python -m common.serving.runner`, the fleet's own machinery: barriers,
+# a record per camera) against one server; every frame of every camera must be accounted for.
+
+FLEET, FRAMES = 3, 60
+
+
+def _fleet_complete(out):
+  assert out["frames"] == FLEET * FRAMES and sum(out["status"].values()) == FLEET * FRAMES, out["status"]
+  assert out["unaccounted"] == 0 and out["wrong"] == 0
+  assert [len(c["statuses"]) for c in out["cameras"]] == [FRAMES] * FLEET
+
+
+def test_fleet_camera_killed_mid_stream(repo, tmp_path):
+  d, model = repo
+  devs = faults.fleet_settings(d, model, cameras=FLEET, frames=FRAMES, fps=20.0, deadline_s=1.0)
+  out = faults.run_fleet(d, model, devs, workdir=tmp_path, kill=1, kill_after_s=1.0)
+  _fleet_complete(out)
+  assert out["failed"] == [1] and "exit status -9" in out["cameras"][1]["failed"]
+  assert out["status"] == {"ok": 2 * FRAMES, "late": 0, "lost": FRAMES, "refused": 0}, out["cameras"]
+  assert [e[0] for e in out["events"]] == ["camera killed"]
+
+
+def test_fleet_switch_that_refuses_everything(repo, tmp_path):
+  d, model = repo
+  devs = faults.fleet_settings(d, model, cameras=FLEET, frames=FRAMES, fps=20.0, deadline_s=1.0)
+  out = faults.run_fleet(d, model, devs, workdir=tmp_path, switch=f"{model}=1,1,0,50")  # m = 0: closed
+  _fleet_complete(out)
+  assert out["status"] == {"ok": 0, "late": 0, "lost": 0, "refused": FLEET * FRAMES}, out["cameras"]
+  assert all(set(c["reasons"]) == {"RESOURCE_EXHAUSTED"} for c in out["cameras"])
+
+
+def test_fleet_trace_at_zero_longer_than_the_deadline(repo, tmp_path):
+  d, model = repo
+  trace = tmp_path / "outage.csv"  # 2 Mbit/s, nothing in [1.0, 2.5) s, 2 Mbit/s again
+  trace.write_text("time_s,mbps\n0,2\n1.0,0\n2.5,2\n3.0,2\n3.5,2\n")
+  devs = faults.fleet_settings(
+    d, model, cameras=FLEET, frames=FRAMES, fps=20.0, deadline_s=0.5, trace=str(trace), link="pacer"
+  )
+  out = faults.run_fleet(d, model, devs, workdir=tmp_path / "run")
+  _fleet_complete(out)
+  arrival = np.arange(FRAMES) / 20.0
+  doomed = (arrival >= 1.0) & (arrival + 0.5 < 2.5)  # arrive in the outage, their deadline ends in it
+  for c in out["cameras"]:
+    st = np.asarray(list(c["statuses"]))
+    assert (st[doomed] == "L").all() and (st[arrival < 0.9] == "o").all(), c["statuses"]
+    assert c["statuses"].endswith("o") and c["status"]["lost"] == 0
+
+
+def test_fleet_server_restarted_while_streaming(repo, tmp_path):
+  d, model = repo
+  devs = faults.fleet_settings(d, model, cameras=FLEET, frames=FRAMES, fps=20.0, deadline_s=1.0)
+  out = faults.run_fleet(d, model, devs, workdir=tmp_path, restart_after_s=0.8, down_s=0.5)
+  _fleet_complete(out)
+  assert [e[0] for e in out["events"]] == ["server killed", "serving again"] and not out["failed"]
+  for c in out["cameras"]:
+    assert c["status"]["lost"] >= 2 and c["reconnects"] >= 1 and c["statuses"].endswith("o"), c
