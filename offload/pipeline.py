@@ -79,6 +79,12 @@ def validate(c: ml_collections.ConfigDict) -> None:
       raise ConfigError(f"config.bucket.rates[{i}] = {r!r}: must be in (0, 1) tokens per slot")
     if not (isinstance(b, int | float) and 1 <= b <= 100):
       raise ConfigError(f"config.bucket.depths[{i}] = {b!r}: must be in [1, 100] tokens")
+  _validate_stream_and_dqn(c)
+  validate_multicam(c)
+
+
+def _validate_stream_and_dqn(c: ml_collections.ConfigDict) -> None:
+  """The stream, DQN and MDP sections."""
   cfg_lib.check_choice(c, "stream.order", list(train_lib.ORDERS))
   cfg_lib.check_choice(c, "stream.arrivals", list(train_lib.ARRIVALS))
   cfg_lib.check_range(c, "stream.spread", 0.0, 1.0)
@@ -102,7 +108,6 @@ def validate(c: ml_collections.ConfigDict) -> None:
   cfg_lib.check_range(c, "dqn.num_seeds", 1, 1024, integer=True)
   for k in ("log_every", "checkpoint_every"):
     cfg_lib.check_range(c, f"dqn.{k}", 0, integer=True)
-  validate_multicam(c)
 
 
 def validate_multicam(c: ml_collections.ConfigDict) -> None:
