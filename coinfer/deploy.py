@@ -118,11 +118,14 @@ def load(workdir: str | Path, *, int8: bool = True) -> Exports:
   )
 
 
-def calibrate(dep: Exports, client: dev.Client, *, repeats: int = 15) -> C.Profile:
-  """Bytes on the wire, median device seconds and median server answer seconds per setup."""
-  bits, t_dev, t_srv = [], [], []
+def calibrate(dep: Exports, client: dev.Client, *, repeats: int = 15, link=None) -> tuple[C.Profile, dict]:
+  """Bytes on the wire, median device seconds and median server answer seconds per setup; and what
+  the link's shaper counted per request (bytes and packets, headers and ACKs included) where it
+  counts (the tc link; unshaped then), with its settings: the simulator's `linkmodel.TbfLink`."""
+  bits, t_dev, t_srv, counted = [], [], [], []
   for i in range(len(dep.names)):
     td, ts = [], []
+    before = link.wire_counter() if link is not None else None
     for k in range(repeats):
       image = dep.images[k % len(dep.images)]
       t = time.perf_counter()
@@ -131,12 +134,20 @@ def calibrate(dep: Exports, client: dev.Client, *, repeats: int = 15) -> C.Profi
       t = time.perf_counter()
       client.infer(dev.Request(dep.models[i], feeds, "LOGITS"), timeout_s=5.0)
       ts.append(time.perf_counter() - t)
+    if before is not None:
+      time.sleep(0.1)  # the last answer's delayed ACK
+      after = link.wire_counter()
+      counted.append([(a - b) / repeats for a, b in zip(after, before, strict=True)])
     bits.append(8.0 * dev.request_bytes(dev.Request(dep.models[i], feeds, "LOGITS")))
     t_dev.append(float(np.median(td)))
     t_srv.append(float(np.median(ts[2:])))
-  return C.Profile(
+  prof = C.Profile(
     tuple(dep.names), np.asarray(bits), dep.correct.mean(axis=1), np.asarray(t_dev), np.asarray(t_srv)
   )
+  wire = {}
+  if counted:
+    wire = {"wire_bytes": [c[0] for c in counted], "wire_packets": [c[1] for c in counted], **link.shaping()}
+  return prof, wire
 
 
 def make_controller(spec: str, prof: C.Profile, stream: dict):
@@ -191,10 +202,10 @@ def stream_settings(dep: Exports, *, fps: float | None, deadline_s: float | None
   return s
 
 
-def calibrated_profile(dep: Exports, client: dev.Client, controller: str, stream: dict) -> C.Profile:
+def calibrated_profile(dep: Exports, client: dev.Client, controller: str, stream: dict, link=None):
   """`calibrate`, with the controller's own decision time added to the device time (it runs
-  before the device part, so the controller plans with both)."""
-  prof = calibrate(dep, client)
+  before the device part, so the controller plans with both); and the link's wire profile."""
+  prof, wire = calibrate(dep, client, link=link)
   probe = make_controller(controller, prof, stream)
   state = C.ControlState(0, 0.0, 0.0, (float(np.median(prof.bits)) * stream["fps"],))
   t_ctl, probe_state = [], probe.init()
@@ -202,7 +213,7 @@ def calibrated_profile(dep: Exports, client: dev.Client, controller: str, stream
     t = time.perf_counter()
     _, probe_state = probe.update(state, probe_state)
     t_ctl.append(time.perf_counter() - t)
-  return dataclasses.replace(prof, t_dev=prof.t_dev + float(np.median(t_ctl)))
+  return dataclasses.replace(prof, t_dev=prof.t_dev + float(np.median(t_ctl))), wire
 
 
 FRAME_FIELDS = ("setup", "status", "arrival_s", "latency_s", "wait_s", "control_s", "device_s", "link_s",
@@ -215,7 +226,7 @@ def run(dep: Exports, client: dev.Client, link, *, frames: int, controller: str,
   and returns per-frame records, summary and profile."""
   if frames < 1:
     raise ConfigError(f"config.deploy.frames = {frames}: must be >= 1")
-  prof = calibrated_profile(dep, client, controller, stream)
+  prof, wire = calibrated_profile(dep, client, controller, stream, link)
   rtt = client.base_rtt_s()
   step, controller_state = make_step(dep, make_controller(controller, prof, stream))
   results = dev.run_stream(client, step, frames=frames, fps=stream["fps"], deadline_s=stream["deadline_s"],
@@ -237,6 +248,7 @@ def run(dep: Exports, client: dev.Client, link, *, frames: int, controller: str,
     "int8": dep.int8,
     "trace": {"name": link.trace.name, "mean_bps": link.trace.mean_bps()},
     "link": link.kind,
+    "wire": {**wire, "change_lag_s": link.change_lag_s()} if wire else {},
     "controller": controller,
     "stream": stream,
   }
@@ -280,10 +292,25 @@ def predict(dep: Exports, out: dict, trace) -> dict:
     frames=len(out["frames"]["setup"]),
     correct=dep.correct,
     history=11,
+    link=link_model(out.get("wire") or {}, trace),
+    rtt_s=out["rtt_s"],
   )
   summ = dict(sim["summary"])
   summ["bytes_per_frame"] = float(np.mean(prof.bits[sim["setup"].astype(int)]) / 8)
-  return {"summary": summ, "setup": sim["setup"].astype(int).tolist(), "latency_s": sim["latency_s"].tolist()}
+  return {"summary": summ, "setup": sim["setup"].astype(int).tolist(), "latency_s": sim["latency_s"].tolist(),
+          "queue_s": sim["queue_s"].tolist()}  # fmt: skip
+
+
+def link_model(wire: dict, trace):
+  """The simulator's link for a run's calibrated wire profile: the kernel's tbf bucket where the
+  run's link counted its bytes (tc), else None (the trace as a fluid FIFO, the pacer's)."""
+  from common import linkmodel
+
+  if not wire:
+    return None
+  w = linkmodel.WireProfile(np.asarray(wire["wire_bytes"]), np.asarray(wire["wire_packets"]))
+  return linkmodel.TbfLink(trace, w, burst_bytes=wire["burst_bytes"], floor_bps=wire["floor_bps"],
+                           change_lag_s=wire.get("change_lag_s", 0.0))  # fmt: skip
 
 
 def _figure_rows(out: dict, pred: dict) -> list:

@@ -1,0 +1,131 @@
+"""Models of the uplink for simulators: the trace as a fluid FIFO, and the kernel's tbf token bucket.
+
+`FluidLink` is the trace's own arithmetic (a payload handed over at t starts when the link is free
+and has arrived at `trace.transfer_end`): the pacer link, and the simulator's link so far.
+
+`TbfLink` is what `tc ... tbf rate R burst B latency L` does to a frame's bytes, packet by packet,
+when the rate follows a trace by `tc qdisc change` at every step (`common.serving.link.TcShaper`):
+
+  - the rate never goes below `floor_bps` (tc's floor for a trace's zero-rate steps);
+  - a packet of n bytes leaves when the bucket holds n bytes; the bucket fills at R / 8 bytes per
+    second up to B bytes (so after an idle spell a packet up to B leaves at once);
+  - every `tc qdisc change` refills the bucket to B (the kernel's `tbf_change` sets
+    tokens = buffer), applied `change_lag_s` after the trace's step;
+  - the bytes are counted as the kernel counts them: each TCP segment of at most `mss` payload
+    bytes carries `header_bytes` (Ethernet, IP and TCP with timestamps: 66), and a request adds the
+    gRPC / HTTP/2 framing bytes on top of its message (`WireProfile`, measured on the running link).
+
+TCP's own queue holds what the qdisc does not (TCP small queues keep a single flow's packets in the
+socket, so tbf's byte limit does not drop them); BBR's pacing is not a bottleneck at these rates
+(measured: its pacing rate stays above the trace's, see docs/deploy.md).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+
+TCP_HEADER_BYTES = 66  # Ethernet 14 + IPv4 20 + TCP 20 + timestamps 12
+MSS_BYTES = 1448  # 1500-byte MTU less IPv4, TCP and timestamps
+
+
+@dataclasses.dataclass(frozen=True)
+class WireProfile:
+  """Per setup: what the shaper counts for one request on the running link (bytes and packets,
+  headers, gRPC framing and the replies' ACKs included)."""
+
+  wire_bytes: np.ndarray
+  wire_packets: np.ndarray
+
+  def data_packets(self, i: int) -> list[int]:
+    """The request's TCP segments as the shaper counts them (header bytes included): the measured
+    bytes less the small packets (ACKs, HTTP/2 control frames), cut at the MSS."""
+    total, packets = float(self.wire_bytes[i]), float(self.wire_packets[i])
+    payload = max(total - TCP_HEADER_BYTES * packets, 1.0)  # the small packets carry (about) none
+    n_data = max(1, math.ceil(payload / MSS_BYTES))
+    sizes = [MSS_BYTES] * (n_data - 1) + [payload - MSS_BYTES * (n_data - 1)]
+    return [s + TCP_HEADER_BYTES for s in sizes]
+
+  def control_bytes(self, i: int) -> float:
+    """Bytes of the small packets a request causes after its answer (ACKs, window updates)."""
+    return float(self.wire_bytes[i]) - float(sum(self.data_packets(i)))
+
+
+class FluidLink:
+  """The trace as a fluid FIFO: `send` returns (start, end) of a payload of `bits` ready at t."""
+
+  def __init__(self, trace):
+    self.trace, self.free_s = trace, 0.0
+
+  def send(self, ready_s: float, bits: float, setup: int = 0) -> tuple[float, float]:
+    start = max(ready_s, self.free_s)
+    self.free_s = self.trace.transfer_end(start, bits)
+    return start, self.free_s
+
+
+class TbfLink:
+  """The kernel's tbf bucket along a trace (see the module docstring); `send` returns (start, end)
+  of a request of setup `setup` ready at t: when its first packet could leave and its last left."""
+
+  def __init__(self, trace, wire: WireProfile, *, burst_bytes: float = 1600, floor_bps: float = 8000,
+               change_lag_s: float = 0.0):  # fmt: skip
+    self.trace, self.wire, self.burst, self.floor = trace, wire, float(burst_bytes), float(floor_bps)
+    self.lag = float(change_lag_s)
+    self.starts, self.ends, self.rates = trace.segments()
+    self.tokens, self.t = self.burst, 0.0  # the bucket at time t (the stream starts on a fresh change)
+    self.free_s = 0.0
+    self.pending: list[tuple[float, float]] = []  # (time, bytes) of small packets still to come
+
+  def _step(self, t: float) -> tuple[float, float]:
+    """(rate in bytes/s, time of the next change) at time t."""
+    period = self.trace.period_s
+    local = (t - self.lag) % period
+    base = t - local
+    i = int(np.searchsorted(self.starts, local, side="right") - 1)
+    return max(self.rates[i], self.floor) / 8.0, base + self.ends[i]
+
+  def _bucket_at(self, t: float) -> float:
+    """Advances the bucket to t (t >= self.t): a change in between refills it."""
+    rate, change = self._step(self.t)
+    while t >= change:
+      self.tokens, self.t = self.burst, change
+      rate, change = self._step(change + 1e-12)
+    self.tokens = min(self.burst, self.tokens + rate * (t - self.t))
+    self.t = t
+    return self.tokens
+
+  def _depart(self, t: float, size: float) -> float:
+    """When a packet of `size` bytes queued at t leaves (FIFO after the packets before it)."""
+    t = max(t, self.free_s, self.t)
+    while True:
+      tokens = self._bucket_at(t)
+      if tokens >= size - 1e-9:
+        self.tokens -= size
+        self.free_s = t
+        return t
+      rate, change = self._step(t)
+      ready = t + (size - tokens) / rate
+      if ready <= change:
+        self._bucket_at(ready)
+        self.tokens = max(self.tokens - size, 0.0)
+        self.free_s = ready
+        return ready
+      t = change + 1e-12
+
+  def control(self, at_s: float, setup: int) -> None:
+    """The small packets that follow the answer of a request of `setup` at `at_s`."""
+    extra = self.wire.control_bytes(setup)
+    if extra > 0:
+      self.pending.append((at_s, extra))
+
+  def send(self, ready_s: float, bits: float, setup: int = 0) -> tuple[float, float]:
+    self.pending.sort()
+    while self.pending and self.pending[0][0] <= ready_s:
+      self._depart(*self.pending.pop(0))
+    start = max(ready_s, self.free_s)
+    end = start
+    for size in self.wire.data_packets(setup):
+      end = self._depart(ready_s, size)
+    return start, end
