@@ -266,6 +266,7 @@ def stream_summary(dep: Exports, results, prof: C.Profile, deadline_s: float):
     accuracy=float((pred[answered] == labels[answered]).mean()) if answered.any() else 0.0,
     timely_accuracy=float(((pred == labels) & ok).mean()),
     expected_accuracy=float(prof.accuracy[[r.setup for r in results]].mean()),
+    mean_queue_s=float(np.mean([r.link_s for r in results if r.status == "ok"] or [0.0])),
   )
   summ.update(dev.overhead(results))
   return summ, pred, labels
@@ -292,7 +293,7 @@ def predict(dep: Exports, out: dict, trace) -> dict:
     frames=len(out["frames"]["setup"]),
     correct=dep.correct,
     history=11,
-    link=link_model(out.get("wire") or {}, trace),
+    link=link_model(out.get("wire") or {}, trace, out["rtt_s"], s["fps"], float(np.median(prof.t_dev))),
     rtt_s=out["rtt_s"],
   )
   summ = dict(sim["summary"])
@@ -301,7 +302,7 @@ def predict(dep: Exports, out: dict, trace) -> dict:
           "queue_s": sim["queue_s"].tolist()}  # fmt: skip
 
 
-def link_model(wire: dict, trace):
+def link_model(wire: dict, trace, rtt_s: float = 0.0, fps: float = 0.0, t_dev: float = 0.0):
   """The simulator's link for a run's calibrated wire profile: the kernel's tbf bucket where the
   run's link counted its bytes (tc), else None (the trace as a fluid FIFO, the pacer's)."""
   from common import linkmodel
@@ -310,7 +311,8 @@ def link_model(wire: dict, trace):
     return None
   w = linkmodel.WireProfile(np.asarray(wire["wire_bytes"]), np.asarray(wire["wire_packets"]))
   return linkmodel.TbfLink(trace, w, burst_bytes=wire["burst_bytes"], floor_bps=wire["floor_bps"],
-                           change_lag_s=wire.get("change_lag_s", 0.0))  # fmt: skip
+                           latency_s=wire["latency_ms"] / 1e3, change_lag_s=wire.get("change_lag_s", 0.0),
+                           rtt_s=rtt_s, sends_every_s=1.0 / fps if fps else 0.0, sends_at_s=t_dev)  # fmt: skip
 
 
 def _figure_rows(out: dict, pred: dict) -> list:
@@ -321,7 +323,9 @@ def _figure_rows(out: dict, pred: dict) -> list:
     ["timely accuracy (correct and on time)", m["timely_accuracy"], p["timely_accuracy"]],
     ["expected accuracy of the chosen setups", m["expected_accuracy"], p["expected_accuracy"]],
     ["bytes per frame", m["bytes_per_frame"], p["bytes_per_frame"]],
-  ]
+    ["mean queueing delay of on-time frames, hand-over to the last byte out (ms)", m["mean_queue_s"] * 1e3,
+     p["mean_queue_s"] * 1e3],
+  ]  # fmt: skip
   lat_m, lat_p = (
     _on_time(out["frames"]["latency_s"], s["deadline_s"]),
     _on_time(pred["latency_s"], s["deadline_s"]),

@@ -155,7 +155,7 @@ def _summary(out: dict, profile: Profile, ctl_state) -> dict:
     "deadline_miss_rate": float(1.0 - out["met"].mean()),
     "mean_latency_s": float(lat.mean()),
     "p95_latency_s": float(np.percentile(lat, 95)),
-    "mean_queue_s": float(out["queue_s"].mean()),
+    "mean_queue_s": float(out["queue_s"][out["met"] > 0].mean()) if out["met"].any() else 0.0,
     "fallbacks": int(ctl_state.fallbacks),
   }
 

@@ -66,25 +66,28 @@ class FluidLink:
 
 
 class TbfLink:
-  """The kernel's tbf bucket along a trace (see the module docstring); `send` returns (start, end)
-  of a request of setup `setup` ready at t: when its first packet could leave and its last left."""
+  """The kernel's tbf bucket along a trace, with TCP over it (see the module docstring); `send`
+  returns (start, end) of a request of setup `setup` ready at t: when its first packet could leave
+  and when its last left."""
 
   def __init__(self, trace, wire: WireProfile, *, burst_bytes: float = 1600, floor_bps: float = 8000,
-               change_lag_s: float = 0.0):  # fmt: skip
+               latency_s: float = 0.5, change_lag_s: float = 0.0, rtt_s: float = 0.0,
+               sends_every_s: float = 0.0, sends_at_s: float = 0.0):  # fmt: skip
     self.trace, self.wire, self.burst, self.floor = trace, wire, float(burst_bytes), float(floor_bps)
-    self.lag = float(change_lag_s)
+    self.latency, self.lag = float(latency_s), float(change_lag_s)
+    self.every, self.offset = float(sends_every_s), float(sends_at_s)  # the stream's hand-overs
     self.starts, self.ends, self.rates = trace.segments()
     self.tokens, self.t = self.burst, 0.0  # the bucket at time t (the stream starts on a fresh change)
     self.free_s = 0.0
-    self.pending: list[tuple[float, float]] = []  # (time, bytes) of small packets still to come
+    self.pending: list[tuple[float, float]] = []  # (time, bytes) of packets TCP sends later
+    self.srtt, self.rttvar, self.base_rtt = max(rtt_s, 1e-4), max(rtt_s, 1e-4) / 2, rtt_s
+    self.probes = 0
 
   def _step(self, t: float) -> tuple[float, float]:
     """(rate in bytes/s, time of the next change) at time t."""
-    period = self.trace.period_s
-    local = (t - self.lag) % period
-    base = t - local
+    local = (t - self.lag) % self.trace.period_s
     i = int(np.searchsorted(self.starts, local, side="right") - 1)
-    return max(self.rates[i], self.floor) / 8.0, base + self.ends[i]
+    return max(self.rates[i], self.floor) / 8.0, t - local + self.ends[i]
 
   def _bucket_at(self, t: float) -> float:
     """Advances the bucket to t (t >= self.t): a change in between refills it."""
@@ -97,22 +100,34 @@ class TbfLink:
     return self.tokens
 
   def _depart(self, t: float, size: float) -> float:
-    """When a packet of `size` bytes queued at t leaves (FIFO after the packets before it)."""
-    t = max(t, self.free_s, self.t)
-    while True:
-      tokens = self._bucket_at(t)
-      if tokens >= size - 1e-9:
-        self.tokens -= size
-        self.free_s = t
-        return t
-      rate, change = self._step(t)
-      ready = t + (size - tokens) / rate
-      if ready <= change:
-        self._bucket_at(ready)
-        self.tokens = max(self.tokens - size, 0.0)
-        self.free_s = ready
-        return ready
-      t = change + 1e-12
+    """When a packet of `size` bytes handed to the qdisc at t leaves (FIFO). A packet that waits
+    leaves when the qdisc's watchdog fires: when the bucket would hold it at the rate of the moment
+    it reached the head; a change meanwhile refills the bucket but does not wake the qdisc, the next
+    packet handed to it does (the stream's next hand-over, every `sends_every_s`)."""
+    head = max(t, self.free_s, self.t)
+    tokens = self._bucket_at(head)
+    leave = head
+    if tokens < size - 1e-9:
+      rate, change = self._step(head)
+      leave = head + (size - tokens) / rate
+      if change < leave and self.every > 0:
+        kick = self.offset + math.ceil((change - self.offset) / self.every) * self.every
+        leave = min(leave, max(kick, change))
+    self._bucket_at(leave)
+    self.tokens = max(self.tokens - size, 0.0)
+    self.free_s = leave
+    return leave
+
+  def _enqueue(self, t: float, size: float) -> float:
+    """The packet's departure (the qdisc's byte limit is not modelled: TCP's small queues keep most
+    of a backlog in the socket; the drops the kernel counts are few, see docs/deploy.md)."""
+    return self._depart(t, size)
+
+  def _flush(self, until_s: float) -> None:
+    """TCP's later packets (ACKs, probes, retransmissions) handed to the qdisc up to until_s."""
+    self.pending.sort()
+    while self.pending and self.pending[0][0] <= until_s:
+      self._enqueue(*self.pending.pop(0))
 
   def control(self, at_s: float, setup: int) -> None:
     """The small packets that follow the answer of a request of `setup` at `at_s`."""
@@ -121,11 +136,21 @@ class TbfLink:
       self.pending.append((at_s, extra))
 
   def send(self, ready_s: float, bits: float, setup: int = 0) -> tuple[float, float]:
-    self.pending.sort()
-    while self.pending and self.pending[0][0] <= ready_s:
-      self._depart(*self.pending.pop(0))
-    start = max(ready_s, self.free_s)
-    end = start
-    for size in self.wire.data_packets(setup):
-      end = self._depart(ready_s, size)
+    self._flush(ready_s)
+    sizes = self.wire.data_packets(setup)
+    start, end = max(ready_s, self.free_s), ready_s
+    for size in sizes:
+      end = max(end, self._enqueue(ready_s, size))
+    self._tail_probe(ready_s, end, sizes)
+    sample = end - ready_s + self.base_rtt
+    self.rttvar = 0.75 * self.rttvar + 0.25 * abs(sample - self.srtt)
+    self.srtt = 0.875 * self.srtt + 0.125 * sample
     return start, end
+
+  def _tail_probe(self, sent: float, end: float, sizes: list) -> None:
+    """TCP's tail loss probe: no ACK within the probe timeout (2 srtt; with one packet out, at
+    least 1.5 srtt + 200 ms) sends the last segment again, which the qdisc queues too."""
+    pto = max(2 * self.srtt, 0.01 if len(sizes) > 1 else 1.5 * self.srtt + 0.2)
+    if end - sent > pto:
+      self.probes += 1
+      self.pending.append((sent + pto, sizes[-1]))

@@ -14,6 +14,7 @@ device part and server model take about a millisecond each).
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +44,7 @@ def one_row(workdir: Path, base: dict, out: Path) -> dict:
   summary = json.loads((out / "summary.json").read_text())
   m, s = summary["measured"], summary["simulator"]
   row = {k: base[k] for k in ("trace", "link", "controller", "trace_scale")}
-  for key in ("deadline_miss_rate", "accuracy", "timely_accuracy"):
+  for key in ("deadline_miss_rate", "accuracy", "timely_accuracy", "mean_queue_s"):
     row[key], row[f"sim_{key}"] = m[key], s[key]
     row[f"{key}_gap"] = m[key] - s[key]
   return row
@@ -71,7 +72,8 @@ def run(args) -> dict:
             "trace_scale": args.link_mean_mbps * 1e6 / mean,
           }
           out = Path(args.out) / "links" / f"{Path(spec).stem}_{kind}_{ctl}_{rep}"
-          rows.append({**one_row(workdir, b, out), "trace": Path(spec).stem, "repeat": rep})
+          load = os.getloadavg()[0]
+          rows.append({**one_row(workdir, b, out), "trace": Path(spec).stem, "repeat": rep, "load1": load})
           print(table_line(rows[-1]), flush=True)
   return {"mean_mbps": args.link_mean_mbps, "frames": args.frames, "fps": args.fps, "rows": rows,
           "worst_gap": worst_gaps(rows)}  # fmt: skip
@@ -81,7 +83,8 @@ def table_line(r: dict) -> str:
   return (
     f"| {r['trace']} | {r['link']} | {r['controller']} | {r['deadline_miss_rate']:.3f} | "
     f"{r['sim_deadline_miss_rate']:.3f} | {r['deadline_miss_rate_gap']:+.3f} | {r['accuracy']:.3f} | "
-    f"{r['sim_accuracy']:.3f} | {r['accuracy_gap']:+.3f} |"
+    f"{r['sim_accuracy']:.3f} | {r['accuracy_gap']:+.3f} | {r['mean_queue_s'] * 1e3:.1f} | "
+    f"{r['sim_mean_queue_s'] * 1e3:.1f} | {r['load1']:.1f} |"
   )
 
 
