@@ -154,3 +154,15 @@ class TbfLink:
     if end - sent > pto:
       self.probes += 1
       self.pending.append((sent + pto, sizes[-1]))
+
+
+def replay(link, ready_s, setups, bits, t_srv) -> np.ndarray:
+  """Answer times of requests handed over at `ready_s` (setups chosen already) through `link`:
+  the last byte's departure plus the setup's server answer time."""
+  answers = []
+  for t, i in zip(ready_s, setups, strict=True):
+    _, end = link.send(float(t), float(bits[i]), int(i))
+    answers.append(end + float(t_srv[i]))
+    if hasattr(link, "control"):
+      link.control(answers[-1], int(i))
+  return np.asarray(answers)
