@@ -129,7 +129,7 @@ def run(
     i = int(i)
     ready = max(now, device_free) + profile.t_dev[i]
     device_free = ready
-    start, end = link.send(ready, profile.bits[i], i)
+    start, end = link.send(ready, profile.bits[i], i, profile.t_srv[i])
     answer = end + profile.t_srv[i]
     view.record(ready, start, end, profile.bits[i], answer, now + deadline_s)
     if not paced:

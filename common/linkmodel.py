@@ -4,20 +4,29 @@
 and has arrived at `trace.transfer_end`): the pacer link, and the simulator's link so far.
 
 `TbfLink` is what `tc ... tbf rate R burst B latency L` does to a frame's bytes, packet by packet,
-when the rate follows a trace by `tc qdisc change` at every step (`common.serving.link.TcShaper`):
+when the rate follows a trace by `tc qdisc change` at every step (`common.serving.link.TcShaper`),
+and what TCP (BBR, Linux) adds on this path:
 
   - the rate never goes below `floor_bps` (tc's floor for a trace's zero-rate steps);
   - a packet of n bytes leaves when the bucket holds n bytes; the bucket fills at R / 8 bytes per
-    second up to B bytes (so after an idle spell a packet up to B leaves at once);
-  - every `tc qdisc change` refills the bucket to B (the kernel's `tbf_change` sets
-    tokens = buffer), applied `change_lag_s` after the trace's step;
-  - the bytes are counted as the kernel counts them: each TCP segment of at most `mss` payload
-    bytes carries `header_bytes` (Ethernet, IP and TCP with timestamps: 66), and a request adds the
-    gRPC / HTTP/2 framing bytes on top of its message (`WireProfile`, measured on the running link).
+    second up to B bytes, so after an idle spell a packet up to B leaves at once;
+  - a packet that has to wait leaves when the qdisc's watchdog fires, at the time the bucket would
+    hold it at the rate of the moment it reached the head; every `tc qdisc change` refills the
+    bucket to B (the kernel's `tbf_change` sets tokens = buffer) but wakes nothing: the packet
+    leaves at its watchdog or when the next packet is handed to the qdisc (the stream's next
+    hand-over, `sends_every_s`), whichever comes first; changes land `change_lag_s` after the
+    trace's step (measured by the shaper);
+  - the bytes are counted as the kernel counts them (`WireProfile`, measured at the shaper during
+    the calibration): each TCP segment of at most 1448 payload bytes carries 66 header bytes
+    (Ethernet, IPv4, TCP with timestamps), a request carries its gRPC / HTTP/2 framing, and its
+    answer's ACKs go back through the same qdisc after the answer;
+  - TCP's tail loss probe: no ACK within 2 srtt + 2 timer ticks (2 srtt + 200 ms with one packet
+    out) resends the last segment, unless the qdisc still holds it (the kernel does not retransmit
+    a packet its own host still queues); srtt follows every packet's time in the qdisc.
 
-TCP's own queue holds what the qdisc does not (TCP small queues keep a single flow's packets in the
-socket, so tbf's byte limit does not drop them); BBR's pacing is not a bottleneck at these rates
-(measured: its pacing rate stays above the trace's, see docs/deploy.md).
+Not modelled: the qdisc's byte limit (rate x latency + burst) dropping data packets and TCP's
+recovery from it, and BBR's pacing, whose rate stays far above the trace's here (its bandwidth
+estimate keeps the unshaped calibration's tens of Mbit/s; `ss -ti` on the device's socket).
 """
 
 from __future__ import annotations
@@ -59,7 +68,7 @@ class FluidLink:
   def __init__(self, trace):
     self.trace, self.free_s = trace, 0.0
 
-  def send(self, ready_s: float, bits: float, setup: int = 0) -> tuple[float, float]:
+  def send(self, ready_s: float, bits: float, setup: int = 0, ack_s: float = 0.0) -> tuple[float, float]:
     start = max(ready_s, self.free_s)
     self.free_s = self.trace.transfer_end(start, bits)
     return start, self.free_s
@@ -72,16 +81,18 @@ class TbfLink:
 
   def __init__(self, trace, wire: WireProfile, *, burst_bytes: float = 1600, floor_bps: float = 8000,
                latency_s: float = 0.5, change_lag_s: float = 0.0, rtt_s: float = 0.0,
-               sends_every_s: float = 0.0, sends_at_s: float = 0.0):  # fmt: skip
+               sends_every_s: float = 0.0, sends_at_s: float = 0.0, hz: int = 250):  # fmt: skip
     self.trace, self.wire, self.burst, self.floor = trace, wire, float(burst_bytes), float(floor_bps)
     self.latency, self.lag = float(latency_s), float(change_lag_s)
     self.every, self.offset = float(sends_every_s), float(sends_at_s)  # the stream's hand-overs
     self.starts, self.ends, self.rates = trace.segments()
     self.tokens, self.t = self.burst, 0.0  # the bucket at time t (the stream starts on a fresh change)
     self.free_s = 0.0
-    self.pending: list[tuple[float, float]] = []  # (time, bytes) of packets TCP sends later
+    self.pending: list[tuple[float, float, bool]] = []  # (time, bytes, probe) of TCP's later packets
+    self.queued: list[tuple[float, float]] = []  # (leaves at, bytes) of the packets in the qdisc
     self.srtt, self.rttvar, self.base_rtt = max(rtt_s, 1e-4), max(rtt_s, 1e-4) / 2, rtt_s
-    self.probes = 0
+    self.probes = self.dropped_probes = 0
+    self.hz = hz  # the kernel's timer tick (CONFIG_HZ): TCP's timers are whole ticks
 
   def _step(self, t: float) -> tuple[float, float]:
     """(rate in bytes/s, time of the next change) at time t."""
@@ -119,41 +130,56 @@ class TbfLink:
     return leave
 
   def _enqueue(self, t: float, size: float) -> float:
-    """The packet's departure (the qdisc's byte limit is not modelled: TCP's small queues keep most
-    of a backlog in the socket; the drops the kernel counts are few, see docs/deploy.md)."""
-    return self._depart(t, size)
+    """The packet's departure."""
+    leave = self._depart(t, size)
+    self.queued.append((leave, size))
+    return leave
+
+  def _full(self, t: float, size: float) -> bool:
+    """Whether the qdisc's byte limit (rate x latency + burst at the rate of the moment) refuses a
+    packet of `size` at t."""
+    self.queued = [q for q in self.queued if q[0] > t]
+    return sum(b for _, b in self.queued) + size > self._step(t)[0] * self.latency + self.burst
 
   def _flush(self, until_s: float) -> None:
     """TCP's later packets (ACKs, probes, retransmissions) handed to the qdisc up to until_s."""
     self.pending.sort()
     while self.pending and self.pending[0][0] <= until_s:
-      self._enqueue(*self.pending.pop(0))
+      t, size, probe = self.pending.pop(0)
+      if probe and self._full(t, size):  # the qdisc drops it; the original is queued anyway
+        self.dropped_probes += 1
+        continue
+      self._enqueue(t, size)
 
   def control(self, at_s: float, setup: int) -> None:
     """The small packets that follow the answer of a request of `setup` at `at_s`."""
     extra = self.wire.control_bytes(setup)
     if extra > 0:
-      self.pending.append((at_s, extra))
+      self.pending.append((at_s, extra, False))
 
-  def send(self, ready_s: float, bits: float, setup: int = 0) -> tuple[float, float]:
+  def send(self, ready_s: float, bits: float, setup: int = 0, ack_s: float = 0.0) -> tuple[float, float]:
+    """(start, end) of the request; its ACK comes back `ack_s` after its last byte left."""
     self._flush(ready_s)
     sizes = self.wire.data_packets(setup)
-    start, end = max(ready_s, self.free_s), ready_s
-    for size in sizes:
-      end = max(end, self._enqueue(ready_s, size))
-    self._tail_probe(ready_s, end, sizes)
-    sample = end - ready_s + self.base_rtt
-    self.rttvar = 0.75 * self.rttvar + 0.25 * abs(sample - self.srtt)
-    self.srtt = 0.875 * self.srtt + 0.125 * sample
-    return start, end
+    start = max(ready_s, self.free_s)
+    leaves = [self._enqueue(ready_s, size) for size in sizes]
+    self._tail_probe(ready_s, leaves[-1], sizes, max(ack_s, self.base_rtt))
+    for leave in leaves:  # TCP's RTT samples: a packet's time in the qdisc and the round trip
+      sample = leave - ready_s + self.base_rtt
+      self.rttvar = 0.75 * self.rttvar + 0.25 * abs(sample - self.srtt)
+      self.srtt = 0.875 * self.srtt + 0.125 * sample
+    return start, leaves[-1]
 
-  def _tail_probe(self, sent: float, end: float, sizes: list) -> None:
-    """TCP's tail loss probe: no ACK within the probe timeout (2 srtt; with one packet out, at
-    least 1.5 srtt + 200 ms) sends the last segment again, which the qdisc queues too."""
-    pto = max(2 * self.srtt, 0.01 if len(sizes) > 1 else 1.5 * self.srtt + 0.2)
-    if end - sent > pto:
+  def _tail_probe(self, sent: float, end: float, sizes: list, ack_s: float) -> None:
+    """TCP's tail loss probe (Linux, in timer ticks): no ACK within 2 srtt + 2 ticks (with one
+    packet out, 2 srtt + 200 ms) sends the last segment again, unless that segment is still in the
+    qdisc (the kernel does not retransmit a packet its host still queues); the qdisc queues the
+    probe (or drops it when full). The ACK comes `ack_s` after the last segment left."""
+    tick = 1.0 / self.hz
+    pto = math.ceil(2 * self.srtt / tick) * tick + (2 * tick if len(sizes) > 1 else 0.2)
+    if end <= sent + pto < end + ack_s:
       self.probes += 1
-      self.pending.append((sent + pto, sizes[-1]))
+      self.pending.append((sent + pto, sizes[-1], True))
 
 
 def replay(link, ready_s, setups, bits, t_srv) -> np.ndarray:
@@ -161,7 +187,7 @@ def replay(link, ready_s, setups, bits, t_srv) -> np.ndarray:
   the last byte's departure plus the setup's server answer time."""
   answers = []
   for t, i in zip(ready_s, setups, strict=True):
-    _, end = link.send(float(t), float(bits[i]), int(i))
+    _, end = link.send(float(t), float(bits[i]), int(i), float(t_srv[i]))
     answers.append(end + float(t_srv[i]))
     if hasattr(link, "control"):
       link.control(answers[-1], int(i))
