@@ -81,10 +81,10 @@ class TbfLink:
 
   def __init__(self, trace, wire: WireProfile, *, burst_bytes: float = 1600, floor_bps: float = 8000,
                latency_s: float = 0.5, change_lag_s: float = 0.0, rtt_s: float = 0.0,
-               sends_every_s: float = 0.0, sends_at_s: float = 0.0, hz: int = 250):  # fmt: skip
+               sends_every_s: float = 0.0, hz: int = 250):  # fmt: skip
     self.trace, self.wire, self.burst, self.floor = trace, wire, float(burst_bytes), float(floor_bps)
     self.latency, self.lag = float(latency_s), float(change_lag_s)
-    self.every, self.offset = float(sends_every_s), float(sends_at_s)  # the stream's hand-overs
+    self.every = float(sends_every_s)  # the stream's frame interval (a hand-over per frame)
     self.starts, self.ends, self.rates = trace.segments()
     self.tokens, self.t = self.burst, 0.0  # the bucket at time t (the stream starts on a fresh change)
     self.free_s = 0.0
@@ -121,9 +121,10 @@ class TbfLink:
     if tokens < size - 1e-9:
       rate, change = self._step(head)
       leave = head + (size - tokens) / rate
-      if change < leave and self.every > 0:
-        kick = self.offset + math.ceil((change - self.offset) / self.every) * self.every
-        leave = min(leave, max(kick, change))
+      if change < leave and self.every > 0:  # the next hand-over after the change, as late past
+        frame, delay = divmod(t, self.every)  # its frame's arrival as this packet's was
+        nxt = max(frame + 1, math.ceil((change - delay) / self.every))
+        leave = min(leave, nxt * self.every + delay)
     self._bucket_at(leave)
     self.tokens = max(self.tokens - size, 0.0)
     self.free_s = leave

@@ -24,7 +24,7 @@ def _replay(fix: dict, link=None) -> tuple[np.ndarray, np.ndarray]:
   tr = fix["trace"]
   trace = Trace("att", np.asarray(tr["times_s"]), np.asarray(tr["rates_bps"]), tr["period_s"])
   p, f = fix["profile"], fix["frames"]
-  link = link or deploy.link_model(fix["wire"], trace, fix["rtt_s"], fix["fps"], float(np.median(p["t_dev"])))
+  link = link or deploy.link_model(fix["wire"], trace, fix["rtt_s"], fix["fps"])
   answers = linkmodel.replay(link, f["ready_s"], f["setup"], p["bits"], p["t_srv"])
   measured = np.asarray([np.inf if x is None else x for x in f["latency_s"]])
   return measured, answers - np.asarray(f["arrival_s"])
