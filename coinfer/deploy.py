@@ -119,10 +119,11 @@ def load(workdir: str | Path, *, int8: bool = True) -> Exports:
 
 
 def calibrate(dep: Exports, client: dev.Client, *, repeats: int = 15, link=None) -> tuple[C.Profile, dict]:
-  """Bytes on the wire, median device seconds and median server answer seconds per setup; and what
-  the link's shaper counted per request (bytes and packets, headers and ACKs included) where it
-  counts (the tc link; unshaped then), with its settings: the simulator's `linkmodel.TbfLink`."""
-  bits, t_dev, t_srv, counted = [], [], [], []
+  """Bytes on the wire, median device seconds and median server answer seconds per setup; and
+  {"answer_s": every server answer time but the first two per setup} with, where the link's shaper
+  counts (the tc link; unshaped then), what it counted per request (bytes and packets, headers and
+  ACKs included) and its settings: the simulator's `linkmodel.TbfLink`."""
+  bits, t_dev, t_srv, counted, answers = [], [], [], [], []
   for i in range(len(dep.names)):
     td, ts = [], []
     before = link.wire_counter() if link is not None else None
@@ -141,13 +142,14 @@ def calibrate(dep: Exports, client: dev.Client, *, repeats: int = 15, link=None)
     bits.append(8.0 * dev.request_bytes(dev.Request(dep.models[i], feeds, "LOGITS")))
     t_dev.append(float(np.median(td)))
     t_srv.append(float(np.median(ts[2:])))
+    answers.append(ts[2:])
   prof = C.Profile(
     tuple(dep.names), np.asarray(bits), dep.correct.mean(axis=1), np.asarray(t_dev), np.asarray(t_srv)
   )
   wire = {}
   if counted:
     wire = {"wire_bytes": [c[0] for c in counted], "wire_packets": [c[1] for c in counted], **link.shaping()}
-  return prof, wire
+  return prof, {**wire, "answer_s": answers}
 
 
 def make_controller(spec: str, prof: C.Profile, stream: dict):
@@ -248,7 +250,7 @@ def run(dep: Exports, client: dev.Client, link, *, frames: int, controller: str,
     "int8": dep.int8,
     "trace": {"name": link.trace.name, "mean_bps": link.trace.mean_bps()},
     "link": link.kind,
-    "wire": {**wire, "change_lag_s": link.change_lag_s()} if wire else {},
+    "wire": {**wire, "change_lag_s": link.change_lag_s()},
     "controller": controller,
     "stream": stream,
   }
@@ -295,6 +297,7 @@ def predict(dep: Exports, out: dict, trace) -> dict:
     history=11,
     link=link_model(out.get("wire") or {}, trace, out["rtt_s"], s["fps"]),
     rtt_s=out["rtt_s"],
+    answer_s=(out.get("wire") or {}).get("answer_s"),
   )
   summ = dict(sim["summary"])
   met = sim["met"] > 0  # the frames the device gets an answer for (a late one is cancelled at its deadline)
@@ -309,7 +312,7 @@ def link_model(wire: dict, trace, rtt_s: float = 0.0, fps: float = 0.0):
   run's link counted its bytes (tc), else None (the trace as a fluid FIFO, the pacer's)."""
   from common import linkmodel
 
-  if not wire:
+  if "wire_bytes" not in wire:
     return None
   w = linkmodel.WireProfile(np.asarray(wire["wire_bytes"]), np.asarray(wire["wire_packets"]))
   return linkmodel.TbfLink(trace, w, burst_bytes=wire["burst_bytes"], floor_bps=wire["floor_bps"],

@@ -95,6 +95,7 @@ def run(
   history: int = 11,
   link=None,
   rtt_s: float = 0.0,
+  answer_s=None,
 ) -> dict:
   """Runs `frames` frames and returns per-frame arrays and the summary.
 
@@ -107,6 +108,8 @@ def run(
     link: the uplink's model (`common.linkmodel`): None is the trace as a fluid FIFO, seen as the
       pacer's device sees it; a `TbfLink` is the kernel's tc link, seen as its device sees it
       (throughputs and backlog from the answers, less the round trip `rtt_s`).
+    answer_s: optional per setup a list of server answer times (the calibration's): each frame's
+      answer time is drawn from its setup's (seeded by `seed`) instead of `profile.t_srv`.
 
   Returns:
     {"setup", "latency_s", "met", "correct", "queue_s"} arrays (queue_s: from the payload's
@@ -129,8 +132,9 @@ def run(
     i = int(i)
     ready = max(now, device_free) + profile.t_dev[i]
     device_free = ready
-    start, end = link.send(ready, profile.bits[i], i, profile.t_srv[i])
-    answer = end + profile.t_srv[i]
+    t_srv = float(rng.choice(answer_s[i])) if answer_s else profile.t_srv[i]
+    start, end = link.send(ready, profile.bits[i], i, t_srv)
+    answer = end + t_srv
     view.record(ready, start, end, profile.bits[i], answer, now + deadline_s)
     if not paced:
       link.control(answer, i)
