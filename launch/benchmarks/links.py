@@ -31,7 +31,12 @@ def add_args(parser) -> None:
   parser.add_argument(
     "--link-repredict",
     action="store_true",
-    help="predict the runs recorded under --out/links again, run nothing",
+    help="predict the runs recorded under runs/bench/deploy_run/links again, run nothing",
+  )
+  parser.add_argument(
+    "--link-replay",
+    action="store_true",
+    help="replay the recorded tc runs' requests through the simulator's tc link frame by frame, run nothing",
   )
 
 
@@ -61,6 +66,31 @@ def gaps(settings: dict, m: dict, s: dict) -> dict:
   return row
 
 
+def replay_run(d: Path) -> dict:
+  """A recorded tc run's requests (their setups and hand-over times) through the simulator's tc link
+  (`coinfer.deploy.link_model`, `common.linkmodel.replay`): per-frame latency error and agreement
+  on the deadline, and the miss rates measured and replayed."""
+  from coinfer import deploy
+  from common import linkmodel, safeio
+  from common.serving import runner
+
+  spec = safeio.load_json(d / "device_spec.json", what="device spec", keys=("settings",))
+  rec = safeio.load_json(d / "device.json", what="device record", keys=("frames", "wire", "profile"))
+  f, p, dl = rec["frames"], rec["profile"], rec["stream"]["deadline_s"]
+  link = deploy.link_model(
+    rec["wire"], runner.load_trace(spec["settings"]), rec["rtt_s"], rec["stream"]["fps"]
+  )
+  ready = np.sum([f[k] for k in ("arrival_s", "wait_s", "control_s", "device_s")], axis=0)
+  lat = linkmodel.replay(link, ready, f["setup"], p["bits"], p["t_srv"]) - np.asarray(f["arrival_s"])
+  meas = np.asarray(f["latency_s"], float)
+  err = np.abs(meas - lat)[np.isfinite(meas)] * 1e3
+  row = {"run": d.name, "frames": len(lat), "agree": float(np.mean((meas <= dl) == (lat <= dl))),
+         "miss": float(np.mean(meas > dl)), "replayed_miss": float(np.mean(lat > dl)),
+         "err_p50_ms": float(np.median(err)), "err_p90_ms": float(np.percentile(err, 90))}  # fmt: skip
+  print(" ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
+  return row
+
+
 def repredict(out: Path) -> list[dict]:
   """The rows of the runs recorded under `out` (each folder's device.json and device_spec.json),
   predicted again by the simulator as it is now (the measured figures are the recorded ones)."""
@@ -84,6 +114,12 @@ def run(args) -> dict:
   from common import safeio, traces
   from common.serving import runner
 
+  if args.link_replay:
+    return {
+      "replays": [
+        replay_run(d) for d in sorted(p.parent for p in (Path(args.out) / "links").glob("*_tc_*/device.json"))
+      ]
+    }
   if args.link_repredict:
     rows = repredict(Path(args.out) / "links")
     return {"rows": rows, "worst_gap": worst_gaps(rows)}
