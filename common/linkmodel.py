@@ -11,8 +11,10 @@ and what TCP (BBR, Linux) adds on this path:
   - a packet of n bytes leaves when the bucket holds n bytes; the bucket fills at R / 8 bytes per
     second up to B bytes, so after an idle spell a packet up to B leaves at once;
   - a packet that has to wait leaves when the qdisc's watchdog fires, at the time the bucket would
-    hold it at the rate of the moment it reached the head; every `tc qdisc change` refills the
-    bucket to B (the kernel's `tbf_change` sets tokens = buffer) but wakes nothing: the packet
+    hold it at the rate of the moment it reached the head; a `tc qdisc change` to a new rate
+    refills the bucket to B (the kernel's `tbf_change` sets tokens = buffer) but wakes nothing
+    (one to the same rate, as at a trace's zero-rate steps held at the floor, shows no refill in
+    the recorded runs, whose frames then wait out the floor rate): the packet
     leaves at its watchdog or when the next packet is handed to the qdisc (the stream's next
     hand-over, `sends_every_s`), whichever comes first; changes land `change_lag_s` after the
     trace's step (measured by the shaper);
@@ -104,8 +106,12 @@ class TbfLink:
     """Advances the bucket to t (t >= self.t): a change in between refills it."""
     rate, change = self._step(self.t)
     while t >= change:
-      self.tokens, self.t = self.burst, change
-      rate, change = self._step(change + 1e-12)
+      new, nxt = self._step(change + 1e-12)
+      if new != rate:  # a change to the same rate leaves the bucket as it is
+        self.tokens = self.burst
+      else:
+        self.tokens = min(self.burst, self.tokens + rate * (change - self.t))
+      self.t, rate, change = change, new, nxt
     self.tokens = min(self.burst, self.tokens + rate * (t - self.t))
     self.t = t
     return self.tokens
