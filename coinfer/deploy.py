@@ -368,6 +368,23 @@ def _plots(rep, out: dict, pred: dict, trace) -> None:
   a2.set_xlabel("time (s)")
   rep.heading("Chosen setup against the bandwidth")
   _save(rep, fig, [a1, a2], "setup_vs_bandwidth.png", "setup vs bandwidth")
+  _queue_plot(rep, out, pred)
+
+
+def _queue_plot(rep, out: dict, pred: dict) -> None:
+  """The queueing delay of every frame, hand-over to the link until its last byte left: measured
+  (the pacer's hold, or on tc the device's estimate from the answer; 0 for a frame not answered)
+  and the simulator's."""
+  import matplotlib.pyplot as plt
+
+  fig, ax = plt.subplots(figsize=(7, 3), dpi=110)
+  k = np.arange(len(out["frames"]["link_s"]))
+  ax.plot(k, np.asarray(out["frames"]["link_s"]) * 1e3, lw=0.8, label="measured")
+  ax.plot(k, np.asarray(pred["queue_s"]) * 1e3, lw=0.8, ls="--", label="simulator")
+  ax.set_xlabel("frame")
+  ax.set_ylabel("queueing delay (ms)")
+  rep.heading("Queueing delay per frame (hand-over to the link until the last byte left)")
+  _save(rep, fig, [ax], "queueing_delay.png", "queueing delay per frame")
 
 
 def write_report(out_dir: Path, out: dict, pred: dict, trace, server_stats: dict | None) -> Path:
