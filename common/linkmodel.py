@@ -103,7 +103,7 @@ class TbfLink:
     return max(self.rates[i], self.floor) / 8.0, t - local + self.ends[i]
 
   def _bucket_at(self, t: float) -> float:
-    """Advances the bucket to t (t >= self.t): a change in between refills it."""
+    """Advances the bucket to t (t >= self.t): a change to a new rate in between refills it."""
     rate, change = self._step(self.t)
     while t >= change:
       new, nxt = self._step(change + 1e-12)
