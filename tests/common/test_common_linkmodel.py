@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 
-from coinfer import deploy
 from common import linkmodel
 from common.traces import Trace
 
@@ -24,7 +23,18 @@ def _replay(fix: dict, link=None) -> tuple[np.ndarray, np.ndarray]:
   tr = fix["trace"]
   trace = Trace("att", np.asarray(tr["times_s"]), np.asarray(tr["rates_bps"]), tr["period_s"])
   p, f = fix["profile"], fix["frames"]
-  link = link or deploy.link_model(fix["wire"], trace, fix["rtt_s"], fix["fps"])
+  w = fix["wire"]
+  wire = linkmodel.WireProfile(np.asarray(w["wire_bytes"]), np.asarray(w["wire_packets"]))
+  link = link or linkmodel.TbfLink(
+    trace,
+    wire,
+    burst_bytes=w["burst_bytes"],
+    floor_bps=w["floor_bps"],
+    latency_s=w["latency_ms"] / 1e3,
+    change_lag_s=w["change_lag_s"],
+    rtt_s=fix["rtt_s"],
+    sends_every_s=1.0 / fix["fps"],
+  )
   answers = linkmodel.replay(link, f["ready_s"], f["setup"], p["bits"], p["t_srv"])
   measured = np.asarray([np.inf if x is None else x for x in f["latency_s"]])
   return measured, answers - np.asarray(f["arrival_s"])
