@@ -118,11 +118,15 @@ def load(workdir: str | Path, *, int8: bool = True) -> Exports:
   )
 
 
-def calibrate(dep: Exports, client: dev.Client, *, repeats: int = 15) -> C.Profile:
-  """Bytes on the wire, median device seconds and median server answer seconds per setup."""
-  bits, t_dev, t_srv = [], [], []
+def calibrate(dep: Exports, client: dev.Client, *, repeats: int = 15, link=None) -> tuple[C.Profile, dict]:
+  """Bytes on the wire, median device seconds and median server answer seconds per setup; and
+  {"answer_s": every server answer time but the first two per setup} with, where the link's shaper
+  counts (the tc link; unshaped then), what it counted per request (bytes and packets, headers and
+  ACKs included) and its settings: the simulator's `linkmodel.TbfLink`."""
+  bits, t_dev, t_srv, counted, answers = [], [], [], [], []
   for i in range(len(dep.names)):
     td, ts = [], []
+    before = link.wire_counter() if link is not None else None
     for k in range(repeats):
       image = dep.images[k % len(dep.images)]
       t = time.perf_counter()
@@ -131,12 +135,21 @@ def calibrate(dep: Exports, client: dev.Client, *, repeats: int = 15) -> C.Profi
       t = time.perf_counter()
       client.infer(dev.Request(dep.models[i], feeds, "LOGITS"), timeout_s=5.0)
       ts.append(time.perf_counter() - t)
+    if before is not None:
+      time.sleep(0.1)  # the last answer's delayed ACK
+      after = link.wire_counter()
+      counted.append([(a - b) / repeats for a, b in zip(after, before, strict=True)])
     bits.append(8.0 * dev.request_bytes(dev.Request(dep.models[i], feeds, "LOGITS")))
     t_dev.append(float(np.median(td)))
     t_srv.append(float(np.median(ts[2:])))
-  return C.Profile(
+    answers.append(ts[2:])
+  prof = C.Profile(
     tuple(dep.names), np.asarray(bits), dep.correct.mean(axis=1), np.asarray(t_dev), np.asarray(t_srv)
   )
+  wire = {}
+  if counted:
+    wire = {"wire_bytes": [c[0] for c in counted], "wire_packets": [c[1] for c in counted], **link.shaping()}
+  return prof, {**wire, "answer_s": answers}
 
 
 def make_controller(spec: str, prof: C.Profile, stream: dict):
@@ -191,10 +204,10 @@ def stream_settings(dep: Exports, *, fps: float | None, deadline_s: float | None
   return s
 
 
-def calibrated_profile(dep: Exports, client: dev.Client, controller: str, stream: dict) -> C.Profile:
+def calibrated_profile(dep: Exports, client: dev.Client, controller: str, stream: dict, link=None):
   """`calibrate`, with the controller's own decision time added to the device time (it runs
-  before the device part, so the controller plans with both)."""
-  prof = calibrate(dep, client)
+  before the device part, so the controller plans with both); and the link's wire profile."""
+  prof, wire = calibrate(dep, client, link=link)
   probe = make_controller(controller, prof, stream)
   state = C.ControlState(0, 0.0, 0.0, (float(np.median(prof.bits)) * stream["fps"],))
   t_ctl, probe_state = [], probe.init()
@@ -202,7 +215,7 @@ def calibrated_profile(dep: Exports, client: dev.Client, controller: str, stream
     t = time.perf_counter()
     _, probe_state = probe.update(state, probe_state)
     t_ctl.append(time.perf_counter() - t)
-  return dataclasses.replace(prof, t_dev=prof.t_dev + float(np.median(t_ctl)))
+  return dataclasses.replace(prof, t_dev=prof.t_dev + float(np.median(t_ctl))), wire
 
 
 FRAME_FIELDS = ("setup", "status", "arrival_s", "latency_s", "wait_s", "control_s", "device_s", "link_s",
@@ -215,7 +228,7 @@ def run(dep: Exports, client: dev.Client, link, *, frames: int, controller: str,
   and returns per-frame records, summary and profile."""
   if frames < 1:
     raise ConfigError(f"config.deploy.frames = {frames}: must be >= 1")
-  prof = calibrated_profile(dep, client, controller, stream)
+  prof, wire = calibrated_profile(dep, client, controller, stream, link)
   rtt = client.base_rtt_s()
   step, controller_state = make_step(dep, make_controller(controller, prof, stream))
   results = dev.run_stream(client, step, frames=frames, fps=stream["fps"], deadline_s=stream["deadline_s"],
@@ -237,6 +250,7 @@ def run(dep: Exports, client: dev.Client, link, *, frames: int, controller: str,
     "int8": dep.int8,
     "trace": {"name": link.trace.name, "mean_bps": link.trace.mean_bps()},
     "link": link.kind,
+    "wire": {**wire, "change_lag_s": link.change_lag_s()},
     "controller": controller,
     "stream": stream,
   }
@@ -254,6 +268,7 @@ def stream_summary(dep: Exports, results, prof: C.Profile, deadline_s: float):
     accuracy=float((pred[answered] == labels[answered]).mean()) if answered.any() else 0.0,
     timely_accuracy=float(((pred == labels) & ok).mean()),
     expected_accuracy=float(prof.accuracy[[r.setup for r in results]].mean()),
+    mean_queue_s=float(np.mean([r.link_s for r in results if r.status == "ok"] or [0.0])),
   )
   summ.update(dev.overhead(results))
   return summ, pred, labels
@@ -280,10 +295,29 @@ def predict(dep: Exports, out: dict, trace) -> dict:
     frames=len(out["frames"]["setup"]),
     correct=dep.correct,
     history=11,
+    link=link_model(out.get("wire") or {}, trace, out["rtt_s"], s["fps"]),
+    rtt_s=out["rtt_s"],
+    answer_s=(out.get("wire") or {}).get("answer_s"),
   )
   summ = dict(sim["summary"])
+  met = sim["met"] > 0  # the frames the device gets an answer for (a late one is cancelled at its deadline)
+  summ["answered_accuracy"] = float(sim["correct"][met].mean()) if met.any() else 0.0
   summ["bytes_per_frame"] = float(np.mean(prof.bits[sim["setup"].astype(int)]) / 8)
-  return {"summary": summ, "setup": sim["setup"].astype(int).tolist(), "latency_s": sim["latency_s"].tolist()}
+  return {"summary": summ, "setup": sim["setup"].astype(int).tolist(), "latency_s": sim["latency_s"].tolist(),
+          "queue_s": sim["queue_s"].tolist()}  # fmt: skip
+
+
+def link_model(wire: dict, trace, rtt_s: float = 0.0, fps: float = 0.0):
+  """The simulator's link for a run's calibrated wire profile: the kernel's tbf bucket where the
+  run's link counted its bytes (tc), else None (the trace as a fluid FIFO, the pacer's)."""
+  from common import linkmodel
+
+  if "wire_bytes" not in wire:
+    return None
+  w = linkmodel.WireProfile(np.asarray(wire["wire_bytes"]), np.asarray(wire["wire_packets"]))
+  return linkmodel.TbfLink(trace, w, burst_bytes=wire["burst_bytes"], floor_bps=wire["floor_bps"],
+                           latency_s=wire["latency_ms"] / 1e3, change_lag_s=wire.get("change_lag_s", 0.0),
+                           rtt_s=rtt_s, sends_every_s=1.0 / fps if fps else 0.0)  # fmt: skip
 
 
 def _figure_rows(out: dict, pred: dict) -> list:
@@ -291,10 +325,13 @@ def _figure_rows(out: dict, pred: dict) -> list:
   rows = [
     ["deadline-miss rate", m["deadline_miss_rate"], p["deadline_miss_rate"]],
     ["accuracy of the returned predictions", m["accuracy"], p["accuracy"]],
+    ["accuracy of the frames answered in time", m["accuracy"], p["answered_accuracy"]],
     ["timely accuracy (correct and on time)", m["timely_accuracy"], p["timely_accuracy"]],
     ["expected accuracy of the chosen setups", m["expected_accuracy"], p["expected_accuracy"]],
     ["bytes per frame", m["bytes_per_frame"], p["bytes_per_frame"]],
-  ]
+    ["mean queueing delay of on-time frames, hand-over to the last byte out (ms)", m["mean_queue_s"] * 1e3,
+     p["mean_queue_s"] * 1e3],
+  ]  # fmt: skip
   lat_m, lat_p = (
     _on_time(out["frames"]["latency_s"], s["deadline_s"]),
     _on_time(pred["latency_s"], s["deadline_s"]),
@@ -331,6 +368,23 @@ def _plots(rep, out: dict, pred: dict, trace) -> None:
   a2.set_xlabel("time (s)")
   rep.heading("Chosen setup against the bandwidth")
   _save(rep, fig, [a1, a2], "setup_vs_bandwidth.png", "setup vs bandwidth")
+  _queue_plot(rep, out, pred)
+
+
+def _queue_plot(rep, out: dict, pred: dict) -> None:
+  """The queueing delay of every frame, hand-over to the link until its last byte left: measured
+  (the pacer's hold, or on tc the device's estimate from the answer; 0 for a frame not answered)
+  and the simulator's."""
+  import matplotlib.pyplot as plt
+
+  fig, ax = plt.subplots(figsize=(7, 3), dpi=110)
+  k = np.arange(len(out["frames"]["link_s"]))
+  ax.plot(k, np.asarray(out["frames"]["link_s"]) * 1e3, lw=0.8, label="measured")
+  ax.plot(k, np.asarray(pred["queue_s"]) * 1e3, lw=0.8, ls="--", label="simulator")
+  ax.set_xlabel("frame")
+  ax.set_ylabel("queueing delay (ms)")
+  rep.heading("Queueing delay per frame (hand-over to the link until the last byte left)")
+  _save(rep, fig, [ax], "queueing_delay.png", "queueing delay per frame")
 
 
 def write_report(out_dir: Path, out: dict, pred: dict, trace, server_stats: dict | None) -> Path:
@@ -353,7 +407,10 @@ def write_report(out_dir: Path, out: dict, pred: dict, trace, server_stats: dict
   rep.heading("Measured against the simulator")
   rep.table(["figure", "measured", "simulator"], _figure_rows(out, pred))
   rep.text(
-    sr.frames_text(m) + " The measured accuracy is over the answered frames, the simulator's over all frames."
+    sr.frames_text(m)
+    + " The measured accuracy is over the answered frames, the simulator's over all frames, and"
+    " over the frames it answers in time on the next row (the device's answered frames are those: a"
+    " late request is cancelled at its deadline)."
   )
   if "overhead_p50_ms" in m:
     rep.text(sr.overhead_text(m))

@@ -14,6 +14,7 @@ import numpy as np
 from coinfer import compress
 from coinfer import controller as C
 from coinfer.controller import ControlState, Profile
+from common import linkmodel
 from common.traces import Trace
 
 
@@ -31,6 +32,56 @@ def controllers(prof: Profile, trace: Trace, s) -> dict:
   }
 
 
+class Delivered:
+  """What a device behind a paced link sees (the pacer and the simulator's fluid link): the bits not
+  yet delivered, and a throughput sample at the end of every transfer."""
+
+  def __init__(self, trace):
+    self.trace = trace
+    self.done: list[tuple[float, float]] = []  # (visible at, throughput)
+    self.inflight: list[tuple[float, float, float]] = []  # (start, end, bits)
+
+  def observe(self, now: float, history: int) -> tuple[float, tuple]:
+    tr = self.trace
+    backlog = sum(bits - trace_bits(tr, s, now) for s, e, bits in self.inflight if e > now and s < now)
+    backlog += sum(bits for s, e, bits in self.inflight if s >= now)
+    self.inflight = [f for f in self.inflight if f[1] > now]
+    return float(max(backlog, 0.0)), tuple(tp for t, tp in self.done if t <= now)[-history:]
+
+  def record(self, sent: float, start: float, end: float, bits: float, answer: float, expiry: float) -> None:
+    self.inflight.append((start, end, bits))
+    self.done.append((end, bits / max(end - start, 1e-9)))
+    self.done = self.done[-200:]
+
+
+class Answered:
+  """What a device behind an unpaced link sees (tc, `common.serving.device.Ledger`): the bits sent
+  and not yet answered (or given up at the deadline), and a throughput sample per answer, the
+  transfer taken to end at the answer less a round trip (the server's compute is in the profile's
+  answer time, and the device subtracts it), the transfers in order."""
+
+  def __init__(self, rtt_s: float = 0.0):
+    self.rtt_s = rtt_s
+    self.samples: list[tuple[float, float]] = []  # (visible at, throughput)
+    self.unanswered: list[tuple[float, float]] = []  # (completes at, bits)
+    self.tx_end = 0.0
+
+  def observe(self, now: float, history: int) -> tuple[float, tuple]:
+    self.unanswered = [u for u in self.unanswered if u[0] > now]
+    seen = tuple(tp for t, tp in self.samples if t <= now)[-history:]
+    return float(sum(b for _, b in self.unanswered)), seen
+
+  def record(self, sent: float, start: float, end: float, bits: float, answer: float, expiry: float) -> None:
+    done = min(answer, expiry)
+    self.unanswered.append((done, bits))
+    tx_end = (answer if answer <= expiry else expiry) - self.rtt_s
+    first = max(sent, self.tx_end)
+    self.tx_end = max(tx_end, self.tx_end)
+    if tx_end > first:
+      self.samples.append((done, bits / (tx_end - first)))
+      self.samples = self.samples[-200:]
+
+
 def run(
   controller: C.Controller,
   trace: Trace,
@@ -42,6 +93,9 @@ def run(
   correct: np.ndarray | None = None,
   seed: int = 0,
   history: int = 11,
+  link=None,
+  rtt_s: float = 0.0,
+  answer_s=None,
 ) -> dict:
   """Runs `frames` frames and returns per-frame arrays and the summary.
 
@@ -51,57 +105,63 @@ def run(
     profile: payload bits, accuracy and compute times per setup.
     correct: optional [S, N] bool, frame k of setup s is correct iff correct[s, k % N].
     history: throughput samples kept for the controller.
+    link: the uplink's model (`common.linkmodel`): None is the trace as a fluid FIFO, seen as the
+      pacer's device sees it; a `TbfLink` is the kernel's tc link, seen as its device sees it
+      (throughputs and backlog from the answers, less the round trip `rtt_s`).
+    answer_s: optional per setup a list of server answer times (the calibration's): each frame's
+      answer time is drawn from its setup's (seeded by `seed`) instead of `profile.t_srv`.
 
   Returns:
-    {"setup", "latency_s", "met", "correct"} arrays and "summary": accuracy (correct),
-    expected_accuracy (mean accuracy of the chosen setups, free of sampling noise),
-    timely_accuracy (correct and on time), deadline_miss_rate, mean and p95 latency, and the
-    controller's fallbacks; "controller_state": its final state.
+    {"setup", "latency_s", "met", "correct", "queue_s"} arrays (queue_s: from the payload's
+    hand-over to its last byte leaving) and "summary": accuracy (correct), expected_accuracy (mean
+    accuracy of the chosen setups, free of sampling noise), timely_accuracy (correct and on time),
+    deadline_miss_rate, mean and p95 latency, and the controller's fallbacks; "controller_state".
   """
   rng = np.random.default_rng(seed)
   dt = 1.0 / fps
+  paced = link is None
+  link = linkmodel.FluidLink(trace) if paced else link
+  view = Delivered(trace) if paced else Answered(rtt_s)
   device_free = 0.0
-  link_free = 0.0
-  done: list[tuple[float, float]] = []  # (finish time, throughput) of transfers
-  inflight: list[tuple[float, float, float]] = []  # (start, end, bits)
-  out = {k: np.zeros(frames) for k in ("setup", "latency_s", "met", "correct")}
+  out = {k: np.zeros(frames) for k in ("setup", "latency_s", "met", "correct", "queue_s")}
   ctl_state = controller.init()
   for k in range(frames):
     now = k * dt
-    backlog = sum(bits - trace_bits(trace, s, now) for s, e, bits in inflight if e > now and s < now)
-    backlog += sum(bits for s, e, bits in inflight if s >= now)
-    inflight = [f for f in inflight if f[1] > now]
-    seen = tuple(tp for t, tp in done if t <= now)[-history:]
-    state = ControlState(k, now, float(max(backlog, 0.0)), seen, link_free)
-    i, ctl_state = controller.update(state, ctl_state)
+    backlog, seen = view.observe(now, history)
+    i, ctl_state = controller.update(ControlState(k, now, backlog, seen, link.free_s), ctl_state)
     i = int(i)
     ready = max(now, device_free) + profile.t_dev[i]
     device_free = ready
-    start = max(ready, link_free)
-    end = trace.transfer_end(start, profile.bits[i])
-    link_free = end
-    inflight.append((start, end, profile.bits[i]))
-    done.append((end, profile.bits[i] / max(end - start, 1e-9)))
-    done = done[-(4 * history + 8) :]
-    latency = end + profile.t_srv[i] - now
-    if correct is not None:
-      ok = bool(correct[i, k % correct.shape[1]])
-    else:
-      ok = bool(rng.random() < profile.accuracy[i])
-    out["setup"][k], out["latency_s"][k] = i, latency
-    out["met"][k], out["correct"][k] = latency <= deadline_s, ok
+    t_srv = float(rng.choice(answer_s[i])) if answer_s else profile.t_srv[i]
+    start, end = link.send(ready, profile.bits[i], i, t_srv)
+    answer = end + t_srv
+    view.record(ready, start, end, profile.bits[i], answer, now + deadline_s)
+    if not paced:
+      link.control(answer, i)
+    ok = (
+      bool(correct[i, k % correct.shape[1]])
+      if correct is not None
+      else bool(rng.random() < profile.accuracy[i])
+    )
+    out["setup"][k], out["latency_s"][k], out["queue_s"][k] = i, answer - now, end - ready
+    out["met"][k], out["correct"][k] = answer - now <= deadline_s, ok
+  out["summary"] = _summary(out, profile, ctl_state)
+  out["controller_state"] = ctl_state
+  return out
+
+
+def _summary(out: dict, profile: Profile, ctl_state) -> dict:
   lat = out["latency_s"]
-  out["summary"] = {
+  return {
     "accuracy": float(out["correct"].mean()),
     "expected_accuracy": float(profile.accuracy[out["setup"].astype(int)].mean()),
     "timely_accuracy": float((out["correct"] * out["met"]).mean()),
     "deadline_miss_rate": float(1.0 - out["met"].mean()),
     "mean_latency_s": float(lat.mean()),
     "p95_latency_s": float(np.percentile(lat, 95)),
+    "mean_queue_s": float(out["queue_s"][out["met"] > 0].mean()) if out["met"].any() else 0.0,
     "fallbacks": int(ctl_state.fallbacks),
   }
-  out["controller_state"] = ctl_state
-  return out
 
 
 def trace_bits(trace: Trace, start_s: float, until_s: float) -> float:

@@ -207,6 +207,8 @@ def load_csv(path: str | Path) -> Trace:
   if len(times) < 2:
     raise DataError(f"{path}: a CSV trace needs at least 2 rows of (time_s, mbps)")
   _check_length(path, times[-1] - times[0])
+  if max(rates) <= 0:
+    raise DataError(f"{path}: zero capacity throughout (every bandwidth is 0); a link must deliver something")
   t = np.asarray(times) - times[0]
   step_s = float(np.mean(np.diff(t)))
   return Trace(path.stem, t, np.asarray(rates), float(t[-1] + step_s))

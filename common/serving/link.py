@@ -34,6 +34,7 @@ from common.errors import ServingError
 SERVER_ADDR, DEVICE_ADDR = "10.77.0.2", "10.77.0.1"
 TBF_BURST_BYTES = 1600  # one MTU-sized packet: a frame cannot ride a full bucket past the rate
 TBF_LATENCY_MS = 500
+TBF_FLOOR_BPS = 8000  # tc's tbf rate for a trace's zero-rate steps
 UNSHAPED_BPS = 1e9  # the tc link's rate before the stream starts
 
 
@@ -101,7 +102,7 @@ def tbf_args(rate_bps: float) -> list[str]:
   return [
     "tbf",
     "rate",
-    f"{max(int(rate_bps), 8000)}bit",
+    f"{max(int(rate_bps), TBF_FLOOR_BPS)}bit",
     "burst",
     str(TBF_BURST_BYTES),
     "latency",
@@ -126,6 +127,25 @@ def set_rate(netns: str, iface: str, rate_bps: float, parent: tuple = ("root",))
     "10:",
     *tbf_args(rate_bps),
   )
+
+
+def qdisc_counters(netns: str, iface: str) -> tuple[int, int]:
+  """(bytes, packets) the tbf qdisc (handle 10:) on `iface` in `netns` has sent: what the kernel
+  counts against the bucket (each packet with its Ethernet, IP and TCP headers)."""
+  import json
+
+  r = subprocess.run(
+    ["ip", "netns", "exec", netns, "tc", "-s", "-j", "qdisc", "show", "dev", iface],
+    capture_output=True,
+    text=True,
+    check=False,
+  )
+  if r.returncode != 0:
+    raise ServingError(f"`tc -s qdisc show dev {iface}` failed: {r.stderr.strip()}")
+  for q in json.loads(r.stdout):
+    if q.get("kind") == "tbf":
+      return int(q["bytes"]), int(q["packets"])
+  raise ServingError(f"no tbf qdisc on {iface} in {netns}")
 
 
 class TcNetwork:
@@ -201,6 +221,7 @@ class TcShaper:
     self._stop = threading.Event()
     self._thread = threading.Thread(target=self._loop, daemon=True)
     self.changes = 0
+    self.lags_s: list[float] = []  # how late each change was applied after its trace boundary
     self.error: Exception | None = None
 
   def start(self, t0: float) -> None:
@@ -222,6 +243,7 @@ class TcShaper:
       try:
         set_rate(self.netns, self.iface, self.trace.rate_at(boundary + 1e-9), self.parent)
         self.changes += 1
+        self.lags_s.append(time.monotonic() - self.t0 - boundary)
       except ServingError as e:
         self.error = e
         return
@@ -274,6 +296,18 @@ class Link:
   def backlog_bits(self, t_s: float, unanswered_bits: float) -> float:
     """Bits handed over and not yet delivered (pacer) or answered (others) at t_s."""
     return unanswered_bits
+
+  def wire_counter(self) -> tuple[int, int] | None:
+    """(bytes, packets) the kernel's shaper has sent so far (tc), None where nothing counts them."""
+    return None
+
+  def shaping(self) -> dict:
+    """The shaper's settings a model of the link needs (tc: the tbf bucket's)."""
+    return {}
+
+  def change_lag_s(self) -> float:
+    """The median delay between a trace step and the shaper's rate change (0: none measured)."""
+    return 0.0
 
 
 class PacerLink(Link):
@@ -346,6 +380,18 @@ class TcLink(Link):
     if self.shaper is not None:
       self.shaper.stop()
       self.changes = self.shaper.changes
+
+  def wire_counter(self) -> tuple[int, int] | None:
+    return qdisc_counters(self.netns, self.iface) if self.netns and self.iface else None
+
+  def shaping(self) -> dict:
+    return {"burst_bytes": TBF_BURST_BYTES, "floor_bps": TBF_FLOOR_BPS, "latency_ms": TBF_LATENCY_MS}
+
+  def change_lag_s(self) -> float:
+    import numpy as np
+
+    lags = self.shaper.lags_s if self.shaper is not None else []
+    return float(np.median(lags)) if lags else 0.0
 
 
 LINKS = {"pacer": PacerLink, "tc": TcLink, "none": Link}

@@ -14,6 +14,7 @@ device part and server model take about a millisecond each).
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,16 @@ def add_args(parser) -> None:
   parser.add_argument("--link-controllers", default="mpc", help="comma-separated: mpc, rate, buffer")
   parser.add_argument("--link-mean-mbps", type=float, default=0.2, help="every trace scaled to this mean")
   parser.add_argument("--link-repeats", type=int, default=2, help="runs of each row (each figure twice)")
+  parser.add_argument(
+    "--link-repredict",
+    action="store_true",
+    help="predict the runs recorded under runs/bench/deploy_run/links again, run nothing",
+  )
+  parser.add_argument(
+    "--link-replay",
+    action="store_true",
+    help="replay the recorded tc runs' requests through the simulator's tc link frame by frame, run nothing",
+  )
 
 
 def traces_to_run() -> list[str]:
@@ -41,18 +52,77 @@ def one_row(workdir: Path, base: dict, out: Path) -> dict:
 
   runner.deploy(runner.deployment("coinfer"), {**base, "out": str(out)}, workdir)
   summary = json.loads((out / "summary.json").read_text())
-  m, s = summary["measured"], summary["simulator"]
-  row = {k: base[k] for k in ("trace", "link", "controller", "trace_scale")}
-  for key in ("deadline_miss_rate", "accuracy", "timely_accuracy"):
+  return gaps(base, summary["measured"], summary["simulator"])
+
+
+def gaps(settings: dict, m: dict, s: dict) -> dict:
+  """A row: measured and predicted figures and their gaps (the accuracy over the answered frames:
+  the device's, and the simulator's over the frames it answers in time)."""
+  row = {k: settings[k] for k in ("trace", "link", "controller", "trace_scale")}
+  s = {**s, "accuracy": s.get("answered_accuracy", s["accuracy"])}
+  for key in ("deadline_miss_rate", "accuracy", "timely_accuracy", "mean_queue_s"):
     row[key], row[f"sim_{key}"] = m[key], s[key]
     row[f"{key}_gap"] = m[key] - s[key]
   return row
+
+
+def replay_run(d: Path) -> dict:
+  """A recorded tc run's requests (their setups and hand-over times) through the simulator's tc link
+  (`coinfer.deploy.link_model`, `common.linkmodel.replay`): per-frame latency error and agreement
+  on the deadline, and the miss rates measured and replayed."""
+  from coinfer import deploy
+  from common import linkmodel, safeio
+  from common.serving import runner
+
+  spec = safeio.load_json(d / "device_spec.json", what="device spec", keys=("settings",))
+  rec = safeio.load_json(d / "device.json", what="device record", keys=("frames", "wire", "profile"))
+  f, p, dl = rec["frames"], rec["profile"], rec["stream"]["deadline_s"]
+  link = deploy.link_model(
+    rec["wire"], runner.load_trace(spec["settings"]), rec["rtt_s"], rec["stream"]["fps"]
+  )
+  ready = np.sum([f[k] for k in ("arrival_s", "wait_s", "control_s", "device_s")], axis=0)
+  lat = linkmodel.replay(link, ready, f["setup"], p["bits"], p["t_srv"]) - np.asarray(f["arrival_s"])
+  meas = np.asarray(f["latency_s"], float)
+  err = np.abs(meas - lat)[np.isfinite(meas)] * 1e3
+  row = {"run": d.name, "frames": len(lat), "agree": float(np.mean((meas <= dl) == (lat <= dl))),
+         "miss": float(np.mean(meas > dl)), "replayed_miss": float(np.mean(lat > dl)),
+         "err_p50_ms": float(np.median(err)), "err_p90_ms": float(np.percentile(err, 90))}  # fmt: skip
+  print(" ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
+  return row
+
+
+def repredict(out: Path) -> list[dict]:
+  """The rows of the runs recorded under `out` (each folder's device.json and device_spec.json),
+  predicted again by the simulator as it is now (the measured figures are the recorded ones)."""
+  from common import safeio
+  from common.serving import runner
+
+  dep, rows = runner.deployment("coinfer"), []
+  for d in sorted(p.parent for p in out.glob("*/device.json")):
+    spec = safeio.load_json(d / "device_spec.json", what="device spec", keys=("settings", "workdir"))
+    record = safeio.load_json(d / "device.json", what="device record", keys=("summary",))
+    trace = runner.load_trace(spec["settings"])
+    pred = dep.predict(Path(spec["workdir"]), spec["settings"], record, trace)
+    row = gaps(spec["settings"], record["summary"], pred["summary"])
+    rows.append({**row, "trace": Path(row["trace"]).stem, "repeat": d.name.rsplit("_", 1)[-1],
+                 "load1": float("nan")})  # fmt: skip
+    print(table_line(rows[-1]), flush=True)
+  return rows
 
 
 def run(args) -> dict:
   from common import safeio, traces
   from common.serving import runner
 
+  if args.link_replay:
+    return {
+      "replays": [
+        replay_run(d) for d in sorted(p.parent for p in (Path(args.out) / "links").glob("*_tc_*/device.json"))
+      ]
+    }
+  if args.link_repredict:
+    rows = repredict(Path(args.out) / "links")
+    return {"rows": rows, "worst_gap": worst_gaps(rows)}
   workdir = Path(args.workdir)
   config = safeio.load_json(workdir / "config.json", what="run config")
   base = {**runner.config_section(controller="mpc").to_dict(), **config.get("deploy", {})}
@@ -71,7 +141,8 @@ def run(args) -> dict:
             "trace_scale": args.link_mean_mbps * 1e6 / mean,
           }
           out = Path(args.out) / "links" / f"{Path(spec).stem}_{kind}_{ctl}_{rep}"
-          rows.append({**one_row(workdir, b, out), "trace": Path(spec).stem, "repeat": rep})
+          load = os.getloadavg()[0]
+          rows.append({**one_row(workdir, b, out), "trace": Path(spec).stem, "repeat": rep, "load1": load})
           print(table_line(rows[-1]), flush=True)
   return {"mean_mbps": args.link_mean_mbps, "frames": args.frames, "fps": args.fps, "rows": rows,
           "worst_gap": worst_gaps(rows)}  # fmt: skip
@@ -81,7 +152,8 @@ def table_line(r: dict) -> str:
   return (
     f"| {r['trace']} | {r['link']} | {r['controller']} | {r['deadline_miss_rate']:.3f} | "
     f"{r['sim_deadline_miss_rate']:.3f} | {r['deadline_miss_rate_gap']:+.3f} | {r['accuracy']:.3f} | "
-    f"{r['sim_accuracy']:.3f} | {r['accuracy_gap']:+.3f} |"
+    f"{r['sim_accuracy']:.3f} | {r['accuracy_gap']:+.3f} | {r['mean_queue_s'] * 1e3:.1f} | "
+    f"{r['sim_mean_queue_s'] * 1e3:.1f} | {r['load1']:.1f} |"
   )
 
 

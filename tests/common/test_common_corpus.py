@@ -170,6 +170,12 @@ def _other_cases() -> list[Case]:
       "t.csv",
       _write("TMP/t.csv", "time_s,mbps\n0,1\n1,-3\n"),
     ),
+    Case(
+      "coinfer-trace-zero-capacity",
+      (*SIM, "--config.stream.trace_files=('TMP/z.csv',)"),
+      "zero capacity throughout",
+      _write("TMP/z.csv", "time_s,mbps\n0,0\n1,0\n"),
+    ),
     Case("coinfer-trace-is-directory", (*SIM, "--config.stream.trace_files=('TMP',)"), "not a regular file"),
     Case("coinfer-trace-missing", (*SIM, "--config.stream.trace_files=('TMP/none.csv',)"), "none.csv"),
     Case("coinfer-trace-negative-length", (*SIM, "--config.stream.trace_seconds=-5"), "stream.trace_seconds"),

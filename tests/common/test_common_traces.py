@@ -128,3 +128,28 @@ def test_text_that_is_not_a_trace_is_named(tmp_path, name, content, needle):
 def test_a_directory_is_not_a_trace(tmp_path):
   with pytest.raises(DataError, match="not a regular file"):
     traces.load(str(tmp_path))
+
+
+def _sparse(path, size):
+  with open(path, "wb") as f:
+    f.truncate(size)
+
+
+@pytest.mark.parametrize(
+  "name, write, needle",
+  [
+    ("empty.up", lambda p: p.write_text(""), "no delivery timestamps"),
+    ("back.up", lambda p: p.write_text("5\n9\n3\n"), "goes back in time"),
+    ("bin.up", lambda p: p.write_bytes(b"1\n\x00\x01\n"), "binary data"),
+    ("huge.up", lambda p: _sparse(p, (64 << 20) + 1), "more than the"),
+    ("long.up", lambda p: p.write_text("1\n99999999999\n"), "at most 86400 s"),
+    ("zero.csv", lambda p: p.write_text("time_s,mbps\n0,0\n1,0\n2,0\n"), "zero capacity throughout"),
+  ],
+  ids=["empty", "not monotone", "binary", "huge file", "huge duration", "zero capacity"],
+)
+def test_a_bad_trace_file_is_one_line_naming_it(tmp_path, name, write, needle):
+  p = tmp_path / name
+  write(p)
+  with pytest.raises(DataError, match=needle) as e:
+    traces.load(str(p))
+  assert str(p) in str(e.value) and "\n" not in str(e.value)

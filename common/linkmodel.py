@@ -1,0 +1,201 @@
+"""Models of the uplink for simulators: the trace as a fluid FIFO, and the kernel's tbf token bucket.
+
+`FluidLink` is the trace's own arithmetic (a payload handed over at t starts when the link is free
+and has arrived at `trace.transfer_end`): the pacer link, and the simulator's link so far.
+
+`TbfLink` is what `tc ... tbf rate R burst B latency L` does to a frame's bytes, packet by packet,
+when the rate follows a trace by `tc qdisc change` at every step (`common.serving.link.TcShaper`),
+and what TCP (BBR, Linux) adds on this path:
+
+  - the rate never goes below `floor_bps` (tc's floor for a trace's zero-rate steps);
+  - a packet of n bytes leaves when the bucket holds n bytes; the bucket fills at R / 8 bytes per
+    second up to B bytes, so after an idle spell a packet up to B leaves at once;
+  - a packet that has to wait leaves when the qdisc's watchdog fires, at the time the bucket would
+    hold it at the rate of the moment it reached the head; a `tc qdisc change` to a new rate
+    refills the bucket to B (the kernel's `tbf_change` sets tokens = buffer) but wakes nothing
+    (one to the same rate, as at a trace's zero-rate steps held at the floor, shows no refill in
+    the recorded runs, whose frames then wait out the floor rate): the packet
+    leaves at its watchdog or when the next packet is handed to the qdisc (the stream's next
+    hand-over, `sends_every_s`), whichever comes first; changes land `change_lag_s` after the
+    trace's step (measured by the shaper);
+  - the bytes are counted as the kernel counts them (`WireProfile`, measured at the shaper during
+    the calibration): each TCP segment of at most 1448 payload bytes carries 66 header bytes
+    (Ethernet, IPv4, TCP with timestamps), a request carries its gRPC / HTTP/2 framing, and its
+    answer's ACKs go back through the same qdisc after the answer;
+  - TCP's tail loss probe: no ACK within 2 srtt + 2 timer ticks (2 srtt + 200 ms with one packet
+    out) resends the last segment, unless the qdisc still holds it (the kernel does not retransmit
+    a packet its own host still queues); srtt follows every packet's time in the qdisc.
+
+Not modelled: the qdisc's byte limit (rate x latency + burst) dropping data packets and TCP's
+recovery from it, and BBR's pacing, whose rate stays far above the trace's here (its bandwidth
+estimate keeps the unshaped calibration's tens of Mbit/s; `ss -ti` on the device's socket).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+
+TCP_HEADER_BYTES = 66  # Ethernet 14 + IPv4 20 + TCP 20 + timestamps 12
+MSS_BYTES = 1448  # 1500-byte MTU less IPv4, TCP and timestamps
+
+
+@dataclasses.dataclass(frozen=True)
+class WireProfile:
+  """Per setup: what the shaper counts for one request on the running link (bytes and packets,
+  headers, gRPC framing and the replies' ACKs included)."""
+
+  wire_bytes: np.ndarray
+  wire_packets: np.ndarray
+
+  def data_packets(self, i: int) -> list[int]:
+    """The request's TCP segments as the shaper counts them (header bytes included): the measured
+    bytes less the small packets (ACKs, HTTP/2 control frames), cut at the MSS."""
+    total, packets = float(self.wire_bytes[i]), float(self.wire_packets[i])
+    payload = max(total - TCP_HEADER_BYTES * packets, 1.0)  # the small packets carry (about) none
+    n_data = max(1, math.ceil(payload / MSS_BYTES))
+    sizes = [MSS_BYTES] * (n_data - 1) + [payload - MSS_BYTES * (n_data - 1)]
+    return [s + TCP_HEADER_BYTES for s in sizes]
+
+  def control_bytes(self, i: int) -> float:
+    """Bytes of the small packets a request causes after its answer (ACKs, window updates)."""
+    return float(self.wire_bytes[i]) - float(sum(self.data_packets(i)))
+
+
+class FluidLink:
+  """The trace as a fluid FIFO: `send` returns (start, end) of a payload of `bits` ready at t."""
+
+  def __init__(self, trace):
+    self.trace, self.free_s = trace, 0.0
+
+  def send(self, ready_s: float, bits: float, setup: int = 0, ack_s: float = 0.0) -> tuple[float, float]:
+    start = max(ready_s, self.free_s)
+    self.free_s = self.trace.transfer_end(start, bits)
+    return start, self.free_s
+
+
+class TbfLink:
+  """The kernel's tbf bucket along a trace, with TCP over it (see the module docstring); `send`
+  returns (start, end) of a request of setup `setup` ready at t: when its first packet could leave
+  and when its last left."""
+
+  def __init__(self, trace, wire: WireProfile, *, burst_bytes: float = 1600, floor_bps: float = 8000,
+               latency_s: float = 0.5, change_lag_s: float = 0.0, rtt_s: float = 0.0,
+               sends_every_s: float = 0.0, hz: int = 250):  # fmt: skip
+    self.trace, self.wire, self.burst, self.floor = trace, wire, float(burst_bytes), float(floor_bps)
+    self.latency, self.lag = float(latency_s), float(change_lag_s)
+    self.every = float(sends_every_s)  # the stream's frame interval (a hand-over per frame)
+    self.starts, self.ends, self.rates = trace.segments()
+    self.tokens, self.t = self.burst, 0.0  # the bucket at time t (the stream starts on a fresh change)
+    self.free_s = 0.0
+    self.pending: list[tuple[float, float, bool]] = []  # (time, bytes, probe) of TCP's later packets
+    self.queued: list[tuple[float, float]] = []  # (leaves at, bytes) of the packets in the qdisc
+    self.srtt, self.rttvar, self.base_rtt = max(rtt_s, 1e-4), max(rtt_s, 1e-4) / 2, rtt_s
+    self.probes = self.dropped_probes = 0
+    self.hz = hz  # the kernel's timer tick (CONFIG_HZ): TCP's timers are whole ticks
+
+  def _step(self, t: float) -> tuple[float, float]:
+    """(rate in bytes/s, time of the next change) at time t."""
+    local = (t - self.lag) % self.trace.period_s
+    i = int(np.searchsorted(self.starts, local, side="right") - 1)
+    return max(self.rates[i], self.floor) / 8.0, t - local + self.ends[i]
+
+  def _bucket_at(self, t: float) -> float:
+    """Advances the bucket to t (t >= self.t): a change to a new rate in between refills it."""
+    rate, change = self._step(self.t)
+    while t >= change:
+      new, nxt = self._step(change + 1e-12)
+      if new != rate:  # a change to the same rate leaves the bucket as it is
+        self.tokens = self.burst
+      else:
+        self.tokens = min(self.burst, self.tokens + rate * (change - self.t))
+      self.t, rate, change = change, new, nxt
+    self.tokens = min(self.burst, self.tokens + rate * (t - self.t))
+    self.t = t
+    return self.tokens
+
+  def _depart(self, t: float, size: float) -> float:
+    """When a packet of `size` bytes handed to the qdisc at t leaves (FIFO). A packet that waits
+    leaves when the qdisc's watchdog fires: when the bucket would hold it at the rate of the moment
+    it reached the head; a change meanwhile refills the bucket but does not wake the qdisc, the next
+    packet handed to it does (the stream's next hand-over, every `sends_every_s`)."""
+    head = max(t, self.free_s, self.t)
+    tokens = self._bucket_at(head)
+    leave = head
+    if tokens < size - 1e-9:
+      rate, change = self._step(head)
+      leave = head + (size - tokens) / rate
+      if change < leave and self.every > 0:  # the next hand-over after the change, as late past
+        frame, delay = divmod(t, self.every)  # its frame's arrival as this packet's was
+        nxt = max(frame + 1, math.ceil((change - delay) / self.every))
+        leave = min(leave, nxt * self.every + delay)
+    self._bucket_at(leave)
+    self.tokens = max(self.tokens - size, 0.0)
+    self.free_s = leave
+    return leave
+
+  def _enqueue(self, t: float, size: float) -> float:
+    """The packet's departure."""
+    leave = self._depart(t, size)
+    self.queued.append((leave, size))
+    return leave
+
+  def _full(self, t: float, size: float) -> bool:
+    """Whether the qdisc's byte limit (rate x latency + burst at the rate of the moment) refuses a
+    packet of `size` at t."""
+    self.queued = [q for q in self.queued if q[0] > t]
+    return sum(b for _, b in self.queued) + size > self._step(t)[0] * self.latency + self.burst
+
+  def _flush(self, until_s: float) -> None:
+    """TCP's later packets (ACKs, probes, retransmissions) handed to the qdisc up to until_s."""
+    self.pending.sort()
+    while self.pending and self.pending[0][0] <= until_s:
+      t, size, probe = self.pending.pop(0)
+      if probe and self._full(t, size):  # the qdisc drops it; the original is queued anyway
+        self.dropped_probes += 1
+        continue
+      self._enqueue(t, size)
+
+  def control(self, at_s: float, setup: int) -> None:
+    """The small packets that follow the answer of a request of `setup` at `at_s`."""
+    extra = self.wire.control_bytes(setup)
+    if extra > 0:
+      self.pending.append((at_s, extra, False))
+
+  def send(self, ready_s: float, bits: float, setup: int = 0, ack_s: float = 0.0) -> tuple[float, float]:
+    """(start, end) of the request; its ACK comes back `ack_s` after its last byte left."""
+    self._flush(ready_s)
+    sizes = self.wire.data_packets(setup)
+    start = max(ready_s, self.free_s)
+    leaves = [self._enqueue(ready_s, size) for size in sizes]
+    self._tail_probe(ready_s, leaves[-1], sizes, max(ack_s, self.base_rtt))
+    for leave in leaves:  # TCP's RTT samples: a packet's time in the qdisc and the round trip
+      sample = leave - ready_s + self.base_rtt
+      self.rttvar = 0.75 * self.rttvar + 0.25 * abs(sample - self.srtt)
+      self.srtt = 0.875 * self.srtt + 0.125 * sample
+    return start, leaves[-1]
+
+  def _tail_probe(self, sent: float, end: float, sizes: list, ack_s: float) -> None:
+    """TCP's tail loss probe (Linux, in timer ticks): no ACK within 2 srtt + 2 ticks (with one
+    packet out, 2 srtt + 200 ms) sends the last segment again, unless that segment is still in the
+    qdisc (the kernel does not retransmit a packet its host still queues); the qdisc queues the
+    probe (or drops it when full). The ACK comes `ack_s` after the last segment left."""
+    tick = 1.0 / self.hz
+    pto = math.ceil(2 * self.srtt / tick) * tick + (2 * tick if len(sizes) > 1 else 0.2)
+    if end <= sent + pto < end + ack_s:
+      self.probes += 1
+      self.pending.append((sent + pto, sizes[-1], True))
+
+
+def replay(link, ready_s, setups, bits, t_srv) -> np.ndarray:
+  """Answer times of requests handed over at `ready_s` (setups chosen already) through `link`:
+  the last byte's departure plus the setup's server answer time."""
+  answers = []
+  for t, i in zip(ready_s, setups, strict=True):
+    _, end = link.send(float(t), float(bits[i]), int(i), float(t_srv[i]))
+    answers.append(end + float(t_srv[i]))
+    if hasattr(link, "control"):
+      link.control(answers[-1], int(i))
+  return np.asarray(answers)
