@@ -80,10 +80,10 @@ def test_garbage_device_beside_healthy_ones(repo, tmp_path):
 FLEET, FRAMES = 3, 60
 
 
-def _fleet_complete(out):
-  assert out["frames"] == FLEET * FRAMES and sum(out["status"].values()) == FLEET * FRAMES, out["status"]
+def _fleet_complete(out, frames=FRAMES):
+  assert out["frames"] == FLEET * frames and sum(out["status"].values()) == FLEET * frames, out["status"]
   assert out["unaccounted"] == 0 and out["wrong"] == 0
-  assert [len(c["statuses"]) for c in out["cameras"]] == [FRAMES] * FLEET
+  assert [len(c["statuses"]) for c in out["cameras"]] == [frames] * FLEET
 
 
 def test_fleet_camera_killed_mid_stream(repo, tmp_path):
@@ -124,9 +124,11 @@ def test_fleet_trace_at_zero_longer_than_the_deadline(repo, tmp_path):
 
 def test_fleet_server_restarted_while_streaming(repo, tmp_path):
   d, model = repo
-  devs = faults.fleet_settings(d, model, cameras=FLEET, frames=FRAMES, fps=20.0, deadline_s=1.0)
+  # 8 s of frames: the restarted server (a fresh interpreter) and the clients' backoff must be back
+  # well before the end even on a loaded machine, so that the last frames are answered
+  devs = faults.fleet_settings(d, model, cameras=FLEET, frames=160, fps=20.0, deadline_s=1.0)
   out = faults.run_fleet(d, model, devs, workdir=tmp_path, restart_after_s=0.8, down_s=0.5)
-  _fleet_complete(out)
+  _fleet_complete(out, 160)
   assert [e[0] for e in out["events"]] == ["server killed", "serving again"] and not out["failed"]
   for c in out["cameras"]:
     assert c["status"]["lost"] >= 2 and c["reconnects"] >= 1 and c["statuses"].endswith("o"), c
