@@ -89,10 +89,11 @@ def _simulate(
 
 
 @functools.cache
-def _jitted(backend: str):
-  """`_simulate` jitted; on CPU with the launchers' XLA:CPU options (`common.xla_cpu.CPU_OPTIONS`,
-  YNN fusion off: XLA's own kernels run the DQN's dots faster), whoever calls it."""
-  options = dict(CPU_OPTIONS) if backend == "cpu" else None
+def _jitted(backend: str, launcher_options: bool):
+  """`_simulate` jitted; on CPU with `launcher_options`, compiled with the launchers' XLA:CPU
+  options (`common.xla_cpu.CPU_OPTIONS`, YNN fusion off: XLA's own kernels run the DQN's dots
+  faster) whoever calls it, otherwise with XLA's defaults (or XLA_FLAGS)."""
+  options = dict(CPU_OPTIONS) if backend == "cpu" and launcher_options else None
   return jax.jit(_simulate, static_argnames=("net", "block", "fused"), compiler_options=options)
 
 
@@ -181,9 +182,10 @@ def simulate(
     rate, depth: the token bucket.
     block: time steps per block (the largest divisor of T not above it is used); None: about
       10,000 network rows per block (10,000 // num steps), whose activations stay in cache.
-    fused: the DQN's fused path (sliding-window features, output layer folded to the send margin);
-      False runs the network as trained on gathered features (the path it replaced, for tests
-      and the benchmark).
+    fused: the DQN's fused path (sliding-window features, output layer folded to the send margin,
+      the launchers' XLA:CPU options); False runs the path it replaced as it was (the network as
+      trained on gathered features, XLA's default options; give `block=1000`, its default then),
+      for tests and the benchmark.
 
   Returns:
     {"reward", "offload_fraction", "occupancy", "decision_fraction"} averaged over all images
@@ -207,7 +209,7 @@ def simulate(
       )
     net, params, block = None, jnp.asarray(th, jnp.float32), 0
   sums = np.asarray(
-    _jitted(jax.default_backend())(
+    _jitted(jax.default_backend(), fused)(
       params,
       jnp.asarray(metrics, jnp.float32),
       jnp.asarray(rewards, jnp.float32),

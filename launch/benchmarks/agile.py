@@ -32,7 +32,15 @@ import argparse
 import dataclasses
 
 TF2_STEP_S = (3.6, 3.9)
-VARIANTS = ("reference", "shifted", "shifted_flags", "fast_autodiff_reductions", "fast", "fast_ynn_reduce")
+VARIANTS = (
+  "reference",
+  "shifted",
+  "shifted_flags",
+  "fast_autodiff_reductions",
+  "fast",
+  "fast_ynn_reduce",
+  "fast_remat",
+)
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
@@ -52,6 +60,12 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     "--profile", action="store_true", help="per-op breakdown of the reference and fast steps"
   )
   parser.add_argument("--ops_only", action="store_true", help="only the single-op timings (seconds)")
+  parser.add_argument(
+    "--memory",
+    default="fast,fast_remat",
+    help="comma-separated variants whose full step's peak resident set is measured, each in a child "
+    "process (launch/benchmarks/agile_memory.py); '' for none",
+  )
 
 
 def _matmul_peak(n: int, repeats: int, options: dict) -> dict:
@@ -176,17 +190,19 @@ def setup(args):
   }
 
 
-def _variant(name: str) -> tuple[bool, dict, bool, bool]:
-  """(shifted depthwise, XLA:CPU compiler options, baseline table, autodiff's reductions) of a variant."""
+def _variant(name: str) -> tuple[bool, dict, bool, bool, bool]:
+  """(shifted depthwise, XLA:CPU compiler options, baseline table, autodiff's reductions, the IG
+  gradients rematerialised) of a variant."""
   from common.xla_cpu import CPU_OPTIONS, REDUCE_OPTIONS
 
   return {
-    "reference": (False, {}, False, True),
-    "shifted": (True, {}, False, True),
-    "shifted_flags": (True, CPU_OPTIONS, False, True),
-    "fast_autodiff_reductions": (True, CPU_OPTIONS, True, True),
-    "fast": (True, CPU_OPTIONS, True, False),
-    "fast_ynn_reduce": (True, REDUCE_OPTIONS, True, False),
+    "reference": (False, {}, False, True, False),
+    "shifted": (True, {}, False, True, False),
+    "shifted_flags": (True, CPU_OPTIONS, False, True, False),
+    "fast_autodiff_reductions": (True, CPU_OPTIONS, True, True, False),
+    "fast": (True, CPU_OPTIONS, True, False, False),
+    "fast_ynn_reduce": (True, REDUCE_OPTIONS, True, False, False),
+    "fast_remat": (True, CPU_OPTIONS, True, False, True),
   }[name]
 
 
@@ -201,9 +217,11 @@ def full_step(s: dict, name: str, args):
   from common.mobilenet import count_grouped_convs
   from common.xla_cpu import autodiff_reductions
 
-  shifted, options, table, autodiff = _variant(name)
+  shifted, options, table, autodiff, remat = _variant(name)
   model = AgileNN(dataclasses.replace(s["mcfg"], shifted_depthwise=shifted))
-  step = agile_train.make_train_step(model, s["eval_loss"], s["tx"], s["prep"], ig_steps=args.ig_steps)
+  step = agile_train.make_train_step(
+    model, s["eval_loss"], s["tx"], s["prep"], ig_steps=args.ig_steps, remat=remat
+  )
   state = train_lib.create_train_state(jax.tree.map(jnp.array, s["variables"]), s["tx"])
   ev = s["table_vars"] if table else s["eval_vars"]
   step_args = (state, s["batch"], jax.random.key(0), s["hp"], ev)
@@ -320,6 +338,23 @@ def _ratios(out: dict) -> dict:
   return r
 
 
+def _memory(args, rows: dict) -> dict:
+  """Each `--memory` variant's step memory from a child process; the peak resident set and its
+  rise over the resident set before the step are also put beside the time in that variant's row."""
+  from launch.benchmarks import agile_memory
+
+  out = {}
+  for name in [v for v in args.memory.split(",") if v]:
+    res = agile_memory.measure_in_child(args, name)
+    out[name] = res
+    if name in rows and "error" not in res:
+      rows[name]["peak_rss_step_bytes"] = res["peak_rss_step_bytes"]
+      rows[name]["step_transient_rss_bytes"] = res["step_transient_bytes"]
+  if "fast" in rows and "fast_remat" in rows:
+    out["remat_time_cost"] = rows["fast_remat"]["step_s"]["median_s"] / rows["fast"]["step_s"]["median_s"]
+  return out
+
+
 def run(args) -> dict:
   import os
 
@@ -328,9 +363,9 @@ def run(args) -> dict:
   if args.ops_only:
     return {"config": vars(args), "ops": conv_ops(args.repeats)}
   names = [v for v in args.variants.split(",") if v]
-  bad = [v for v in names if v not in VARIANTS]
+  bad = [v for v in names + args.memory.split(",") if v and v not in VARIANTS]
   if bad:
-    raise SystemExit(f"--variants {','.join(bad)}: must be from {VARIANTS}")
+    raise SystemExit(f"--variants/--memory {','.join(bad)}: must be from {VARIANTS}")
   if args.profile:
     names = list(dict.fromkeys(["reference", *names, "fast"]))
   s = setup(args)
@@ -345,6 +380,7 @@ def run(args) -> dict:
     for row in part.values():
       row["fraction_of_matmul_peak"] = row["achieved_flops_per_s"] / peak["flops_per_s"]
   out.update(_ratios(out))
+  out["step_memory"] = _memory(args, out["full_step"])
   # measured elsewhere (the original TF2 step with oneDNN, another run on this kind of machine):
   # a label for the reader, never divided into a ratio here
   out["tf2_onednn_step_s_measured_elsewhere"] = TF2_STEP_S

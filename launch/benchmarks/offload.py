@@ -225,6 +225,7 @@ def _run_single(args) -> dict:
 
 
 RATE, DEPTH = 0.1, 4.0  # the setting every part measures (the original's README example)
+PREVIOUS_BLOCK = 1000  # time steps per block of the DQN's previous simulation path (its default)
 
 
 def bench_q_iteration(args, tr: odata.Split, repeats: int) -> tuple[dict, dqn.DQNState, QNetwork]:
@@ -383,7 +384,8 @@ def bench_simulation(
 
 
 def bench_dqn_simulation(ts, sseq, state, net: QNetwork, ref_len: int, repeats: int, last: dict) -> dict:
-  """The DQN's simulation (fused path), the path it replaced (`fused=False`) and the NumPy loop on
+  """The DQN's simulation (fused path), the path it replaced as it was (`fused=False`: gathered
+  features, the 2 S outputs, blocks of 1000 steps, XLA's default options) and the NumPy loop on
   the streams' first `ref_len` images, interleaved round by round (one call of each per round)."""
   qpm = bucket.discretize(RATE, DEPTH)
   pol = simulate.DQNPolicy(state.params, net)
@@ -391,10 +393,11 @@ def bench_dqn_simulation(ts, sseq, state, net: QNetwork, ref_len: int, repeats: 
   head = sseq[:, :ref_len]
 
   def run(fused: bool):
+    block = None if fused else PREVIOUS_BLOCK
     return lambda: last.update(
       {
         ("dqn" if fused else "dqn_unfused"): simulate.simulate(
-          pol, ts.metrics, ts.rewards, sseq, None, RATE, DEPTH, fused=fused
+          pol, ts.metrics, ts.rewards, sseq, None, RATE, DEPTH, block=block, fused=fused
         )
       }
     )

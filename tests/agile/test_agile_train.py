@@ -133,6 +133,27 @@ def _compare_fast_and_reference_steps():
   assert float(parts_f["skew_loss"] + parts_f["disorder_loss"]) > 0  # the XAI terms take part
 
 
+def test_rematerialised_ig_gradients_give_the_same_step():
+  """`remat=True` (the IG gradients under jax.checkpoint: recomputed in the grad-of-grad instead of
+  kept) changes where values are computed, not what: the same loss and gradients in float64."""
+  with jax.enable_x64(True):
+    model, v, eval_vars, x, y = _setup(jnp.float64)
+    _, eval_loss = reference.make_evaluator(RCFG)
+    hp = {"lam": jnp.float64(0.5), "rho": jnp.float64(0.9)}
+
+    def value_and_grad(remat):
+      loss_fn = agile_train.make_loss_fn(model, eval_loss, ig_steps=2, remat=remat)
+      return jax.value_and_grad(lambda p: loss_fn(p, v["batch_stats"], eval_vars, x, y, hp)[0])
+
+    plain, remat = value_and_grad(False), value_and_grad(True)
+    count = lambda f: str(jax.make_jaxpr(f)(v["params"])).count("remat")
+    assert count(plain) == 0 and count(remat) >= 1
+    (lp, gp), (lr, gr) = jax.jit(plain)(v["params"]), jax.jit(remat)(v["params"])
+    close = lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-13)
+    close(lp, lr)
+    jax.tree.map(close, gp, gr)
+
+
 def test_sgdw_is_decoupled_weight_decay():
   tx = agile_train.sgdw(0.1, 100, momentum=0.9, weight_decay=5e-4)
   p = {"w": jnp.array([2.0])}
