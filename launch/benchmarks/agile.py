@@ -22,7 +22,10 @@ Autodiff's reductions are traced inside `common.xla_cpu.autodiff_reductions()`. 
 achieved FLOP/s and that as a fraction of a float32 matmul measured in the same
 run (with the fast options) are reported, and the reference / fast ratio.
 `--profile` adds the per-op breakdown (`common.profile`) of the reference and
-fast full steps. The original TF2 step takes 3.6-3.9 s with oneDNN on a 2-core
+fast full steps. The full steps are compiled first and timed interleaved (one step of each
+variant per round). `--memory` measures the peak resident set of chosen variants' full steps,
+each in a child process (`launch/benchmarks/agile_memory.py`); `fast_remat` is `fast` with the
+IG gradients rematerialised (`agile.train.make_train_step(remat=True)`). The original TF2 step takes 3.6-3.9 s with oneDNN on a 2-core
 machine (issue 12; 2.9-3.7 s in issue 7).
 """
 
@@ -60,6 +63,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     "--profile", action="store_true", help="per-op breakdown of the reference and fast steps"
   )
   parser.add_argument("--ops_only", action="store_true", help="only the single-op timings (seconds)")
+  parser.add_argument("--skip_ce", action="store_true", help="leave out the CE-only step's variants")
   parser.add_argument(
     "--memory",
     default="fast,fast_remat",
@@ -260,33 +264,34 @@ def _ce_step(s: dict, shifted: bool, options: dict, autodiff: bool):
 
 
 def _full_steps(s, names, args) -> dict:
-  """The full AgileNN step under each option set: time, compile time, FLOPs (and its op profile)."""
+  """The full AgileNN step of each variant: time (all variants compiled first, then timed
+  interleaved, one step of each per round), compile time, FLOPs, compiled bytes (and op profile)."""
   import time
 
   import jax
 
   from common import profile
-  from common.timing import measure
+  from common.timing import measure_interleaved
 
-  rows = {}
+  rows, calls = {}, {}
   for name in names:
     t0 = time.perf_counter()
     compiled, state, ev, grouped = full_step(s, name, args)
-    compile_s = time.perf_counter() - t0
+    rows[name] = {"compile_s": time.perf_counter() - t0, "step_flops": _flops(compiled),
+                  "grouped_convs": grouped, "compiled_bytes": profile.compiled_bytes(compiled)}  # fmt: skip
     holder = {"s": state}
 
     def one(compiled=compiled, holder=holder, ev=ev):
       holder["s"], m = compiled(holder["s"], s["batch"], jax.random.key(1), s["hp"], ev)
       jax.block_until_ready(m)
 
-    t = measure(one, repeats=args.repeats, warmup=1)
-    flops = _flops(compiled)
-    row = {"step_s": t, "compile_s": compile_s, "step_flops": flops, "achieved_flops_per_s": flops / t["median_s"],
-           "grouped_convs": grouped, "compiled_bytes": profile.compiled_bytes(compiled)}  # fmt: skip
+    calls[name] = (one, compiled)
+  timed = measure_interleaved({k: c[0] for k, c in calls.items()}, repeats=args.repeats, warmup=1)
+  for name, row in rows.items():
+    row["step_s"] = timed[name]
+    row["achieved_flops_per_s"] = row["step_flops"] / timed[name]["median_s"]
     if args.profile and name in ("reference", "fast"):
-      row["profile"] = profile.group_rows(profile.op_breakdown(compiled, one))
-    rows[name] = row
-    del compiled, holder
+      row["profile"] = profile.group_rows(profile.op_breakdown(calls[name][1], calls[name][0]))
   return rows
 
 
@@ -329,6 +334,8 @@ def _ratios(out: dict) -> dict:
   for part in ("full_step", "ce_only_step"):
     if med(part, "fast_autodiff_reductions") and med(part, "fast"):
       r[f"{part}_multi_output_reductions_speedup"] = med(part, "fast_autodiff_reductions") / med(part, "fast")
+  if not out["ce_only_step"]:
+    return r
   r["ce_only_speedup_fast_vs_reference"] = med("ce_only_step", "reference") / med("ce_only_step", "fast")
   r["ce_only_speedup_ynn_reduce_vs_fast"] = med("ce_only_step", "fast") / med(
     "ce_only_step", "fast_ynn_reduce"
@@ -370,7 +377,8 @@ def run(args) -> dict:
     names = list(dict.fromkeys(["reference", *names, "fast"]))
   s = setup(args)
   out: dict = {"config": vars(args), "xla_flags_env": os.environ.get("XLA_FLAGS", "")}
-  out["full_step"], out["ce_only_step"] = _full_steps(s, names, args), _ce_steps(s, args)
+  out["full_step"] = _full_steps(s, names, args)
+  out["ce_only_step"] = {} if args.skip_ce else _ce_steps(s, args)
   peak = _matmul_peak(args.matmul_n, args.repeats, CPU_OPTIONS)
   out["matmul_peak_flops_per_s"] = peak["flops_per_s"]
   out["matmul_peak_default_options_flops_per_s"] = _matmul_peak(args.matmul_n, args.repeats, {})[
