@@ -11,10 +11,14 @@ all in this one process:
   shifted        + shifted depthwise convs (`common.mobilenet.DepthwiseConv`)
   shifted_flags  + the launchers' XLA:CPU options (`common.xla_cpu.CPU_OPTIONS`)
   fast_autodiff_reductions  + the IG baseline gradients from the per-class table
-                 (the fast step before the multi-output reductions)
-  fast           + the multi-output reductions: the depthwise filter gradient
-                 (`common.mobilenet`) and BatchNorm (`common.batchnorm`); what training runs
+                 (the fast step before the multi-output reductions: the depthwise filter
+                 gradient, `common.mobilenet`, and BatchNorm, `common.batchnorm`)
+  fast_conv_filter_gradients  + the multi-output reductions (the fast step before the
+                 remote predictor's 1x1 filter gradients became matmuls)
+  fast           + the 1x1 filter gradients as matmuls (`common.mobilenet.PointwiseConv`);
+                 what training runs
   fast_ynn_reduce  fast under `REDUCE_OPTIONS` (YNN's reductions kept)
+  fast_remat     fast with the IG gradients rematerialised (`make_train_step(remat=True)`)
 
 and the same step without the XAI terms (CE only: no evaluator, no
 grad-of-grad) as reference, fast_autodiff_reductions, fast and fast_ynn_reduce.
@@ -43,6 +47,7 @@ VARIANTS = (
   "fast",
   "fast_ynn_reduce",
   "fast_remat",
+  "fast_conv_filter_gradients",
 )
 
 
@@ -194,19 +199,20 @@ def setup(args):
   }
 
 
-def _variant(name: str) -> tuple[bool, dict, bool, bool, bool]:
+def _variant(name: str) -> tuple[bool, dict, bool, bool, bool, bool]:
   """(shifted depthwise, XLA:CPU compiler options, baseline table, autodiff's reductions, the IG
-  gradients rematerialised) of a variant."""
+  gradients rematerialised, the remote predictor's 1x1 filter gradients as matmuls) of a variant."""
   from common.xla_cpu import CPU_OPTIONS, REDUCE_OPTIONS
 
   return {
-    "reference": (False, {}, False, True, False),
-    "shifted": (True, {}, False, True, False),
-    "shifted_flags": (True, CPU_OPTIONS, False, True, False),
-    "fast_autodiff_reductions": (True, CPU_OPTIONS, True, True, False),
-    "fast": (True, CPU_OPTIONS, True, False, False),
-    "fast_ynn_reduce": (True, REDUCE_OPTIONS, True, False, False),
-    "fast_remat": (True, CPU_OPTIONS, True, False, True),
+    "reference": (False, {}, False, True, False, False),
+    "shifted": (True, {}, False, True, False, False),
+    "shifted_flags": (True, CPU_OPTIONS, False, True, False, False),
+    "fast_autodiff_reductions": (True, CPU_OPTIONS, True, True, False, False),
+    "fast_conv_filter_gradients": (True, CPU_OPTIONS, True, False, False, False),
+    "fast": (True, CPU_OPTIONS, True, False, False, True),
+    "fast_ynn_reduce": (True, REDUCE_OPTIONS, True, False, False, True),
+    "fast_remat": (True, CPU_OPTIONS, True, False, True, True),
   }[name]
 
 
@@ -221,8 +227,8 @@ def full_step(s: dict, name: str, args):
   from common.mobilenet import count_grouped_convs
   from common.xla_cpu import autodiff_reductions
 
-  shifted, options, table, autodiff, remat = _variant(name)
-  model = AgileNN(dataclasses.replace(s["mcfg"], shifted_depthwise=shifted))
+  shifted, options, table, autodiff, remat, dot = _variant(name)
+  model = AgileNN(dataclasses.replace(s["mcfg"], shifted_depthwise=shifted, dot_filter_gradients=dot))
   step = agile_train.make_train_step(
     model, s["eval_loss"], s["tx"], s["prep"], ig_steps=args.ig_steps, remat=remat
   )
@@ -235,7 +241,7 @@ def full_step(s: dict, name: str, args):
   return compiled, state, ev, grouped
 
 
-def _ce_step(s: dict, shifted: bool, options: dict, autodiff: bool):
+def _ce_step(s: dict, shifted: bool, options: dict, autodiff: bool, dot: bool):
   import jax
   import jax.numpy as jnp
 
@@ -243,7 +249,7 @@ def _ce_step(s: dict, shifted: bool, options: dict, autodiff: bool):
   from common import train as train_lib
   from common.xla_cpu import autodiff_reductions
 
-  model = AgileNN(dataclasses.replace(s["mcfg"], shifted_depthwise=shifted))
+  model = AgileNN(dataclasses.replace(s["mcfg"], shifted_depthwise=shifted, dot_filter_gradients=dot))
   tx, prep = s["tx"], s["prep"]
 
   def ce_loss(params, stats, x, y):
@@ -304,13 +310,13 @@ def _ce_steps(s, args) -> dict:
 
   rows = {}
   ce_variants = [
-    ("reference", False, {}, True),
-    ("fast_autodiff_reductions", True, CPU_OPTIONS, True),
-    ("fast", True, CPU_OPTIONS, False),
-    ("fast_ynn_reduce", True, REDUCE_OPTIONS, False),
+    ("reference", False, {}, True, False),
+    ("fast_autodiff_reductions", True, CPU_OPTIONS, True, False),
+    ("fast", True, CPU_OPTIONS, False, True),
+    ("fast_ynn_reduce", True, REDUCE_OPTIONS, False, True),
   ]
-  for name, shifted, options, autodiff in ce_variants:
-    compiled, state = _ce_step(s, shifted, options, autodiff)
+  for name, shifted, options, autodiff, dot in ce_variants:
+    compiled, state = _ce_step(s, shifted, options, autodiff, dot)
     holder = {"s": state}
 
     def one_ce(compiled=compiled, holder=holder):
@@ -329,6 +335,10 @@ def _ratios(out: dict) -> dict:
   med = lambda part, name: out[part][name]["step_s"]["median_s"] if name in out[part] else None
   if med("full_step", "reference") and med("full_step", "fast"):
     r["full_step_speedup_fast_vs_reference"] = med("full_step", "reference") / med("full_step", "fast")
+  if med("full_step", "fast_conv_filter_gradients") and med("full_step", "fast"):
+    r["full_step_speedup_fast_vs_conv_filter_gradients"] = med(
+      "full_step", "fast_conv_filter_gradients"
+    ) / med("full_step", "fast")
   if med("full_step", "fast_ynn_reduce") and med("full_step", "fast"):
     r["full_step_speedup_ynn_reduce_vs_fast"] = med("full_step", "fast") / med("full_step", "fast_ynn_reduce")
   for part in ("full_step", "ce_only_step"):

@@ -95,7 +95,8 @@ def test_baseline_table_gives_the_gradient_at_zero():
 
 def test_fast_step_equals_the_reference_step():
   """The step as trained (shifted depthwise convs, IG baseline gradients from the per-class table,
-  the multi-output reductions of BatchNorm and the depthwise filter gradient) gives the loss,
+  the multi-output reductions of BatchNorm and the depthwise filter gradient, the remote
+  predictor's 1x1 filter gradients as matmuls) gives the loss,
   metrics, batch statistics and gradients of the reference step (grouped depthwise convs, the
   baseline gradient computed every step, traced inside `autodiff_reductions()`: flax's BatchNorm);
   its jaxpr holds no grouped convolution and its program the two-output reductions (float64:
@@ -107,7 +108,7 @@ def test_fast_step_equals_the_reference_step():
 def _compare_fast_and_reference_steps():
   model, v, eval_vars, x, y = _setup(jnp.float64)
   _, eval_loss = reference.make_evaluator(RCFG)
-  slow_model = AgileNN(dataclasses.replace(CFG, shifted_depthwise=False))
+  slow_model = AgileNN(dataclasses.replace(CFG, shifted_depthwise=False, dot_filter_gradients=False))
   table_vars = reference.with_baseline_gradients(RCFG, eval_vars, (6, 6, CFG.feature_channels))
   hp = {"lam": jnp.float64(0.5), "rho": jnp.float64(0.9)}
 
@@ -125,6 +126,10 @@ def _compare_fast_and_reference_steps():
     (ls, (parts_s, stats_s)), gs = slow_program.compile()(v["params"])
   pairs = lambda p: p.as_text().count(":2 = stablehlo.reduce(")  # the quantiser's argmin: one in each
   assert pairs(fast_program) > pairs(slow_program) >= 1
+  # the remote predictor's 1x1 filter gradients as matmuls (against the same step without them)
+  conv_grads = value_and_grad(AgileNN(dataclasses.replace(CFG, dot_filter_gradients=False)), table_vars)
+  dots = lambda p: p.as_text().count("stablehlo.dot_general")
+  assert dots(fast_program) > dots(jax.jit(conv_grads).lower(v["params"]))
   close = lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
   close(lf, ls)
   jax.tree.map(close, parts_f, parts_s)
