@@ -2,19 +2,20 @@
 
     python -m launch.benchmarks.agile_memory --variant fast [--batch 64 ...]   # prints one JSON line
 
-The child builds the benchmark's step (`launch.benchmarks.agile.setup` / `full_step`), compiles it,
-runs one step, then resets the kernel's resident-set high-water mark (`/proc/self/clear_refs`,
-Linux) and runs `--steps` more: `peak_rss_step_bytes` is the resident set's peak over those steps
-(the process's whole resident set: Python, the runtime, the compiled program, the state and the
-step's temporaries), `step_transient_bytes` its rise over the resident set just before them. XLA's
-own accounting of the compiled program (`common.profile.compiled_bytes`: arguments + temporaries +
-outputs) is reported beside it. `ru_maxrss` (which includes the compilation's peak) too.
+The child builds the benchmark's step (`launch.benchmarks.agile.setup` / `full_step`) and compiles
+it, then resets the kernel's resident-set high-water mark (`/proc/self/clear_refs`, Linux) and runs
+1 + `--steps` steps: `peak_rss_step_bytes` is the resident set's peak over those steps (the
+process's whole resident set: Python, the runtime, the compiled program, the state and the step's
+buffers, which XLA:CPU's allocator keeps after the first step), `step_transient_bytes` its rise
+over the resident set just before the first step. XLA's own accounting of the compiled program
+(`common.profile.compiled_bytes`: arguments + temporaries + outputs) is reported beside it, and
+the peak before the reset (compilation included). (`getrusage`'s ru_maxrss is not used: a child
+started by fork + exec inherits its parent's peak there.)
 """
 
 from __future__ import annotations
 
 import json
-import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -56,19 +57,19 @@ def measure_in_this_process(args) -> dict:
     holder["s"], m = compiled(holder["s"], s["batch"], jax.random.key(1), s["hp"], ev)
     jax.block_until_ready(m)
 
-  one()
+  with_compile = _status_bytes("VmHWM")
   before = _status_bytes("VmRSS")
   reset = _reset_peak()
-  for _ in range(args.steps):
+  for _ in range(1 + args.steps):
     one()
   peak = _status_bytes("VmHWM") if reset else None
   return {
     "variant": args.variant,
-    "steps": args.steps,
-    "rss_before_step_bytes": before,
+    "steps": 1 + args.steps,
+    "rss_before_first_step_bytes": before,
     "peak_rss_step_bytes": peak,
     "step_transient_bytes": None if peak is None or before is None else peak - before,
-    "ru_maxrss_bytes_with_compile": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+    "peak_rss_with_compile_bytes": with_compile,
     "compiled_bytes": profile.compiled_bytes(compiled),
   }
 
