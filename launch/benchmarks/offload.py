@@ -1,6 +1,6 @@
 """Benchmark of `offload`: Q-iteration, MDP solve and simulation against NumPy re-creations of the originals.
 
-    python -m launch.bench offload                 # ~4-6 min on 2 CPU cores (4-5 min with --skip_multicam under load)
+    python -m launch.bench offload                 # --skip_multicam: 234-300 s under load (the DQN paths interleaved)
     python -m launch.bench offload --quick         # smaller references, fewer repeats
     python -m launch.bench offload --only_multicam # the multi-camera grid alone (offload_multicam.py)
 
