@@ -60,6 +60,8 @@ class AgileConfig:
     bn_momentum: BatchNorm momentum (Keras: 0.99).
     shifted_depthwise: depthwise convs as shifted multiply-adds (training on XLA:CPU) or
       as grouped convolutions (export: TFLite DEPTHWISE_CONV_2D); same parameters.
+    dot_filter_gradients: the remote predictor's 1x1 convs' filter gradients as matmuls
+      (`common.mobilenet.PointwiseConv`); the same forward and parameters.
   """
 
   num_classes: int = 10
@@ -74,6 +76,7 @@ class AgileConfig:
   quantizer_backward: str = "soft"
   bn_momentum: float = 0.99
   shifted_depthwise: bool = True
+  dot_filter_gradients: bool = True
 
   @property
   def k(self) -> int:
@@ -131,6 +134,7 @@ class RemotePredictor(nn.Module):
   stem_channels: int = 16
   bn_momentum: float = 0.99
   shifted_depthwise: bool = True
+  dot_filter_gradients: bool = True
 
   @nn.compact
   def __call__(self, q_BHWR: jax.Array, *, train: bool) -> jax.Array:
@@ -140,6 +144,7 @@ class RemotePredictor(nn.Module):
       last_channels=self.last_channels,
       bn_momentum=self.bn_momentum,
       shifted_depthwise=self.shifted_depthwise,
+      dot_filter_gradients=self.dot_filter_gradients,
       name="body",
     )(x, train=train)
     x = nn.Dense(self.num_classes, kernel_init=GLOROT, name="dense")(x.mean(axis=(1, 2)))
@@ -231,6 +236,7 @@ class AgileNN(nn.Module):
       c.remote_stem_channels,
       c.bn_momentum,
       c.shifted_depthwise,
+      c.dot_filter_gradients,
     )
     self.combiner = Combiner(c.temperature)
 

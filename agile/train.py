@@ -118,8 +118,9 @@ def train_reference(
 # ------------------------------------------------------------------ AgileNN steps
 
 
-def make_loss_fn(model: AgileNN, eval_loss: Callable, *, ig_steps: int):
-  """`loss_fn(params, batch_stats, eval_vars, x, labels, hp) -> (loss, aux)` in training mode."""
+def make_loss_fn(model: AgileNN, eval_loss: Callable, *, ig_steps: int, remat: bool = False):
+  """`loss_fn(params, batch_stats, eval_vars, x, labels, hp) -> (loss, aux)` in training mode
+  (`remat`: the IG gradients rematerialised, `xai.integrated_gradients`)."""
   k = model.config.k
 
   def loss_fn(params, batch_stats, eval_vars, x, labels, hp):
@@ -132,6 +133,7 @@ def make_loss_fn(model: AgileNN, eval_loss: Callable, *, ig_steps: int):
       aux["features"],
       ig_steps,
       reference.baseline_gradient(eval_vars, labels),
+      remat=remat,
     )
     loss, parts = losses.total_loss(ce, importance, k=k, rho=hp["rho"], lam=hp["lam"])
     parts["accuracy"] = train_lib.accuracy(logits, labels)
@@ -142,13 +144,16 @@ def make_loss_fn(model: AgileNN, eval_loss: Callable, *, ig_steps: int):
   return loss_fn
 
 
-def make_train_step(model: AgileNN, eval_loss: Callable, tx, prep: agile_data.Preprocess, *, ig_steps: int):
-  """Jitted `train_step(state, batch, rng, hp, eval_vars) -> (state, metrics)`, state donated.
+def make_train_step(
+  model: AgileNN, eval_loss: Callable, tx, prep: agile_data.Preprocess, *, ig_steps: int, remat: bool = False
+):
+  """Jitted `train_step(state, batch, rng, hp, eval_vars) -> (state, metrics)`, state donated
+  (`remat`: the evaluator's IG gradients rematerialised in the backward pass; the same numbers).
 
   hp = {"lam": scalar, "rho": scalar} are traced; eval_vars are the frozen
   evaluator body's variables (never updated).
   """
-  loss_fn = make_loss_fn(model, eval_loss, ig_steps=ig_steps)
+  loss_fn = make_loss_fn(model, eval_loss, ig_steps=ig_steps, remat=remat)
 
   @sharding.jit_step
   def train_step(state: train_lib.TrainState, batch: dict, rng: jax.Array, hp: dict, eval_vars: dict):

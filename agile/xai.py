@@ -31,6 +31,8 @@ def integrated_gradients(
   features: jax.Array,
   steps: int = 2,
   baseline_grad: jax.Array | None = None,
+  *,
+  remat: bool = False,
 ) -> jax.Array:
   """|(f - 0) * sum_i w_i grad loss(alpha_i f)|, element-wise, the shape of `features`.
 
@@ -41,12 +43,15 @@ def integrated_gradients(
     steps: trapezoid points on alpha in [0, 1] (2 = the original's two endpoints).
     baseline_grad: grad loss(0), when the caller has it (`reference.BaselineGradients`
       looks it up by label); computed here otherwise.
+    remat: each gradient under `jax.checkpoint`: a gradient taken of the result (the XAI
+      loss's grad-of-grad) recomputes the evaluator's forward and backward passes instead of
+      keeping their residuals (less memory, more time: `python -m launch.bench agile`).
 
   The baseline point (alpha = 0) does not depend on f, so its gradient is taken
   under `stop_gradient`: the same value, without a useless second-order pass.
   """
   alphas, weights = trapezoid_weights(steps)
-  grad_fn = jax.grad(loss_fn)
+  grad_fn = jax.checkpoint(jax.grad(loss_fn)) if remat else jax.grad(loss_fn)
   if baseline_grad is None:
     baseline_grad = grad_fn(jnp.zeros_like(features))
   total = weights[0] * jax.lax.stop_gradient(baseline_grad)

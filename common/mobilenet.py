@@ -228,6 +228,58 @@ def count_grouped_convs(fn, *args) -> int:
   return count(jax.make_jaxpr(fn)(*args).jaxpr)
 
 
+def _conv1x1(x_BHWC, kernel_11CD):
+  return jax.lax.conv_general_dilated(
+    x_BHWC, kernel_11CD, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
+  )
+
+
+@jax.custom_vjp
+def pointwise_conv(x_BHWC: jax.Array, kernel_11CD: jax.Array) -> jax.Array:
+  """A 1x1 convolution (nn.Conv(D, (1, 1), use_bias=False)'s forward) whose filter gradient is
+  one matmul over batch x space, [B H W, C]^T [B H W, D]. XLA:CPU emits autodiff's filter
+  gradient as a convolution whose window is the whole image, which first transposes the
+  activation (and the BN-apply fusion that produces it) to [C, H, W, B]: 3-4x slower at the
+  remote predictor's shapes (docs/agile.md). Differentiable twice (its VJP is plain JAX)."""
+  return _conv1x1(x_BHWC, kernel_11CD)
+
+
+def _pointwise_fwd(x_BHWC, kernel_11CD):
+  return _conv1x1(x_BHWC, kernel_11CD), (x_BHWC, kernel_11CD)
+
+
+def _pointwise_bwd(res, g_BHWD):
+  x_BHWC, kernel_11CD = res
+  dx = _conv1x1(g_BHWD, jnp.swapaxes(kernel_11CD, 2, 3))
+  c, d = x_BHWC.shape[-1], g_BHWD.shape[-1]
+  dk = jnp.einsum("nc,nd->cd", x_BHWC.reshape(-1, c), g_BHWD.reshape(-1, d))
+  return dx, dk.reshape(kernel_11CD.shape)
+
+
+pointwise_conv.defvjp(_pointwise_fwd, _pointwise_bwd)
+
+
+class PointwiseConv(nn.Module):
+  """Drop-in for nn.Conv(features, (1, 1), use_bias=False): the same "kernel" parameter and init.
+
+  Attributes:
+    dot_filter_gradient: the filter gradient as one matmul (`pointwise_conv`) instead of
+      autodiff's convolution; the same forward.
+  """
+
+  features: int
+  dot_filter_gradient: bool = False
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    kernel = self.param(
+      "kernel", nn.initializers.lecun_normal(), (1, 1, x.shape[-1], self.features), jnp.float32
+    )
+    dtype = jnp.promote_types(x.dtype, kernel.dtype)
+    conv = pointwise_conv if self.dot_filter_gradient else _conv1x1
+    return conv(x.astype(dtype), kernel.astype(dtype))
+
+
 class DepthwiseConv(nn.Module):
   """Drop-in for nn.Conv(C, (k, k), strides, padding, feature_group_count=C, use_bias=False).
 
@@ -258,18 +310,20 @@ class InvertedResidual(nn.Module):
   expansion: int
   bn_momentum: float = 0.9
   shifted_depthwise: bool = True
+  dot_filter_gradients: bool = False  # the 1x1 convs' filter gradients as matmuls (PointwiseConv)
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     in_channels = x.shape[-1]
+    conv1x1 = lambda d, name: PointwiseConv(d, self.dot_filter_gradients, name=name)
     bn = lambda name: BatchNorm(use_running_average=not train, momentum=self.bn_momentum, name=name)
     h = x
     if self.expansion != 1:
-      h = nn.Conv(in_channels * self.expansion, (1, 1), use_bias=False, name="expand")(h)
+      h = conv1x1(in_channels * self.expansion, "expand")(h)
       h = nn.relu6(bn("expand_bn")(h))
     h = DepthwiseConv(3, self.stride, shifted=self.shifted_depthwise, name="depthwise")(h)
     h = nn.relu6(bn("depthwise_bn")(h))
-    h = nn.Conv(self.out_channels, (1, 1), use_bias=False, name="project")(h)
+    h = conv1x1(self.out_channels, "project")(h)
     h = bn("project_bn")(h)
     if self.stride == 1 and in_channels == self.out_channels:
       h = h + x
@@ -285,6 +339,7 @@ class MobileNetV2Body(nn.Module):
     last_channels: channels of the final 1x1 conv (scaled up when width_mult > 1).
     stride_cap: strides are clipped to this (1 keeps small inputs from vanishing).
     shifted_depthwise: the depthwise convs' form (`DepthwiseConv.shifted`; same parameters).
+    dot_filter_gradients: the 1x1 convs' filter gradients as matmuls (`PointwiseConv`).
   """
 
   width_mult: float = 1.0
@@ -293,6 +348,7 @@ class MobileNetV2Body(nn.Module):
   stride_cap: int = 2
   bn_momentum: float = 0.9
   shifted_depthwise: bool = True
+  dot_filter_gradients: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
@@ -301,11 +357,18 @@ class MobileNetV2Body(nn.Module):
       out = make_divisible(c * self.width_mult)
       for j in range(n):
         stride = min(s, self.stride_cap) if j == 0 else 1
-        x = InvertedResidual(out, stride, t, self.bn_momentum, self.shifted_depthwise, name=f"block{i}")(
-          x, train=train
+        block = InvertedResidual(
+          out,
+          stride,
+          t,
+          self.bn_momentum,
+          self.shifted_depthwise,
+          self.dot_filter_gradients,
+          name=f"block{i}",
         )
+        x = block(x, train=train)
         i += 1
     last = make_divisible(self.last_channels * max(1.0, self.width_mult))
-    x = nn.Conv(last, (1, 1), use_bias=False, name="last_conv")(x)
+    x = PointwiseConv(last, self.dot_filter_gradients, name="last_conv")(x)
     x = BatchNorm(use_running_average=not train, momentum=self.bn_momentum, name="last_bn")(x)
     return nn.relu6(x)

@@ -2,6 +2,7 @@
 
   measure(fn, repeats=5, warmup=1)   # {"median_s", "min_s", "p90_s", "mean_s", "repeats"}
   median_ms(fn, repeats=50)          # the median in milliseconds
+  measure_interleaved({"a": fa, "b": fb}, repeats=5)  # A/B: one call of each per round, in turn
 
 `fn()` must block until its result is ready (e.g. with `jax.block_until_ready`).
 """
@@ -23,14 +24,35 @@ def measure(fn: Callable[[], Any], *, repeats: int = 5, warmup: int = 1) -> dict
     t0 = time.perf_counter()
     fn()
     times.append(time.perf_counter() - t0)
-  times.sort()
+  return _summary(times)
+
+
+def _summary(times: list[float]) -> dict[str, float]:
+  times = sorted(times)
   return {
     "median_s": statistics.median(times),
     "min_s": times[0],
     "p90_s": times[min(len(times) - 1, int(0.9 * len(times)))],
     "mean_s": statistics.fmean(times),
-    "repeats": repeats,
+    "repeats": len(times),
   }
+
+
+def measure_interleaved(
+  fns: dict[str, Callable[[], Any]], *, repeats: int = 5, warmup: int = 1
+) -> dict[str, dict[str, float]]:
+  """`measure` for several callables at once, one call of each per round in turn (A/B on a
+  shared, loaded machine: a burst of load falls on every variant alike). Returns name -> summary."""
+  for _ in range(warmup):
+    for fn in fns.values():
+      fn()
+  times: dict[str, list[float]] = {k: [] for k in fns}
+  for _ in range(repeats):
+    for k, fn in fns.items():
+      t0 = time.perf_counter()
+      fn()
+      times[k].append(time.perf_counter() - t0)
+  return {k: _summary(v) for k, v in times.items()}
 
 
 def median_ms(fn: Callable[[], Any], *, repeats: int = 50, warmup: int = 5) -> float:

@@ -61,6 +61,28 @@ def split_q(q_BxF: jax.Array) -> tuple[jax.Array, jax.Array]:
   return q_BxF[..., :s], q_BxF[..., s:]
 
 
+def send_margin_params(params: dict, num_layers: int) -> tuple[list, tuple[jax.Array, jax.Array]]:
+  """The QNetwork's parameters with its output layer folded to Q(n, send) - Q(n, keep).
+
+  Returns ([(kernel, bias)] of the hidden layers, (kernel [H, S], bias [S]) of the margin):
+  `send_margin` then computes S outputs per row instead of 2 S (the difference of two affine
+  maps of the same features is one affine map; float32 rounding can differ at exact ties).
+  """
+  hidden = [(params[f"dense{i}"]["kernel"], params[f"dense{i}"]["bias"]) for i in range(num_layers)]
+  k, b = params["out"]["kernel"], params["out"]["bias"]
+  s = k.shape[-1] // 2
+  return hidden, (k[:, s:] - k[:, :s], b[s:] - b[:s])
+
+
+def send_margin(folded: tuple[list, tuple[jax.Array, jax.Array]], x_BxD: jax.Array) -> jax.Array:
+  """Q(n, send) - Q(n, keep) for every n ([B, S]) from `send_margin_params`' output."""
+  hidden, (k, b) = folded
+  h = x_BxD
+  for w, c in hidden:
+    h = nn.leaky_relu(h @ w + c, 0.2)
+  return h @ k + b
+
+
 def send_table(q_BxF: jax.Array, p) -> jax.Array:
   """Send decision per state: n >= p and Q(n, send) >= Q(n, keep) (ties send, as the original)."""
   q0, q1 = split_q(q_BxF)

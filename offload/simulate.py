@@ -5,6 +5,11 @@ A policy maps the inputs of a block of B time steps to a send table [B, S]
 block. Threshold policies (MDP, baseline) need only the current metric; the DQN
 evaluates its network on the whole block at once (its Q values do not depend on
 the token state), so the sequential part of the simulation is only the bucket.
+Its fused path builds the features as sliding windows of the metric sequence
+(no gather) and evaluates the network with its output layer folded to the send
+margin Q(n, send) - Q(n, keep) (`models.send_margin`), on blocks of about
+10,000 rows (streams x steps) whose activations stay in cache; `fused=False`
+runs the path it replaced (gathered features, the network's 2 S outputs).
 Streams are vmapped. Reported per policy: average reward, average loss
 (weak loss - reward), offload fraction and mean bucket occupancy (n / m at
 decision time).
@@ -13,16 +18,19 @@ decision time).
 from __future__ import annotations
 
 import dataclasses
-from functools import partial
+import functools
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from common.xla_cpu import CPU_OPTIONS
 from offload import bucket
 from offload.dqn import features
-from offload.models import QNetwork, send_table
+from offload.models import QNetwork, send_margin, send_margin_params, send_table
+
+ROWS_PER_BLOCK = 10_000  # DQN rows (streams x steps) per block by default
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,8 +69,9 @@ def _bucket_scan(n0, want_fn, xs, q, p, m):
   return n, acc
 
 
-@partial(jax.jit, static_argnames=("net", "block"))
-def _simulate(policy_params, metrics, rewards, seq, iseq, q, p, m, *, net: QNetwork | None, block: int):
+def _simulate(
+  policy_params, metrics, rewards, seq, iseq, q, p, m, *, net: QNetwork | None, block: int, fused: bool = True
+):
   """Per-stream totals [num, 4]: (reward sum, sends, occupancy sum, decisions) for [num, T] streams
   (T % block == 0)."""
   num, length = seq.shape
@@ -74,17 +83,30 @@ def _simulate(policy_params, metrics, rewards, seq, iseq, q, p, m, *, net: QNetw
       xs["iv"] = iseq.T
     _, acc = _bucket_scan(n0, lambda n, x: metrics[x["i"]] >= policy_params[n], xs, q, p, m)
     return acc
-  # DQN: Q for a whole block of steps at once (it does not depend on n), then the bucket scan over the block
-  mseq = metrics[seq]
-  if iseq is None:
-    iseq = jnp.ones_like(seq)
+  if not fused:
+    return _dqn_unfused(policy_params, metrics, rewards, seq, iseq, q, p, m, net=net, block=block)
+  return _dqn_fused(policy_params, metrics, rewards, seq, iseq, q, p, m, net=net, block=block)
 
-  def block_body(carry, b):
+
+@functools.cache
+def _jitted(backend: str, launcher_options: bool):
+  """`_simulate` jitted; on CPU with `launcher_options`, compiled with the launchers' XLA:CPU
+  options (`common.xla_cpu.CPU_OPTIONS`, YNN fusion off: XLA's own kernels run the DQN's dots
+  faster) whoever calls it, otherwise with XLA's defaults (or XLA_FLAGS)."""
+  options = dict(CPU_OPTIONS) if backend == "cpu" and launcher_options else None
+  return jax.jit(_simulate, static_argnames=("net", "block", "fused"), compiler_options=options)
+
+
+def _dqn_blocks(table_fn, rewards, seq, iseq, q, p, m, block: int):
+  """The DQN's simulation: per block of `block` steps the send table [num, block, S] of all streams
+  at once (table_fn(t0): Q does not depend on n), then the bucket scan over the block."""
+  num, length = seq.shape
+  n0 = jnp.full((num,), m, jnp.int32)
+
+  def block_body(carry, t0):
     n, acc = carry
-    t = b * block + jnp.arange(block)
-    x = features(mseq, iseq, jnp.arange(num)[:, None], jnp.broadcast_to(t, (num, block)), net.config)
-    table = send_table(net.apply({"params": policy_params}, x)[0], p)  # [num, block, S]
-    xs = {"table": jnp.swapaxes(table, 0, 1), "r": rewards[seq[:, t]].T, "iv": iseq[:, t].T}
+    t = t0 + jnp.arange(block)
+    xs = {"table": jnp.swapaxes(table_fn(t0), 0, 1), "r": rewards[seq[:, t]].T, "iv": iseq[:, t].T}
 
     def want_fn(n_, x_):
       return jnp.take_along_axis(x_["table"], n_[:, None], axis=1)[:, 0]
@@ -92,12 +114,64 @@ def _simulate(policy_params, metrics, rewards, seq, iseq, q, p, m, *, net: QNetw
     n, acc_b = _bucket_scan(n, want_fn, xs, q, p, m)
     return (n, acc + acc_b), None
 
-  (_, acc), _ = jax.lax.scan(block_body, (n0, jnp.zeros((num, 4), jnp.float32)), jnp.arange(length // block))
+  init = (n0, jnp.zeros((num, 4), jnp.float32))
+  (_, acc), _ = jax.lax.scan(block_body, init, jnp.arange(length // block) * block)
   return acc
 
 
+def _dqn_unfused(policy_params, metrics, rewards, seq, iseq, q, p, m, *, net: QNetwork, block: int):
+  """The network as trained (2 S outputs) on gathered features: the path `_dqn_fused` replaced."""
+  num = seq.shape[0]
+  mseq = metrics[seq]
+  iseq = jnp.ones_like(seq) if iseq is None else iseq
+
+  def table_fn(t0):
+    t = jnp.broadcast_to(t0 + jnp.arange(block), (num, block))
+    x = features(mseq, iseq, jnp.arange(num)[:, None], t, net.config)
+    return send_table(net.apply({"params": policy_params}, x)[0], p)
+
+  return _dqn_blocks(table_fn, rewards, seq, iseq, q, p, m, block)
+
+
+def _windows(padded_NxT, t0, block: int, width: int) -> jax.Array:
+  """[N, block, width]: out[:, t, j] = x[:, t0 + t - j] from x left-padded with width - 1 zeros."""
+  win = jax.lax.dynamic_slice_in_dim(padded_NxT, t0, block + width - 1, axis=1)
+  return jnp.stack([win[:, width - 1 - j : width - 1 - j + block] for j in range(width)], axis=-1)
+
+
+def _dqn_fused(policy_params, metrics, rewards, seq, iseq, q, p, m, *, net: QNetwork, block: int):
+  """The DQN's simulation with the features as sliding windows (no gather) and the output layer
+  folded to the send margin Q(n, send) - Q(n, keep) (`models.send_margin`): S outputs, not 2 S."""
+  num = seq.shape[0]
+  cfg = net.config
+  iseq = jnp.ones_like(seq) if iseq is None else iseq
+  mpad = jnp.pad(metrics[seq], ((0, 0), (cfg.nhist1, 0)))
+  # I_{t-1-j}: the intervals shifted by one step, zero before the first
+  ipad = jnp.pad(iseq[:, :-1].astype(jnp.float32), ((0, 0), (max(cfg.nhist2, 0) + 1, 0)))
+  folded = send_margin_params(policy_params, cfg.nlayers)
+  states = jnp.arange(net.num_states)
+
+  def table_fn(t0):
+    x = _windows(mpad, t0, block, cfg.nhist1 + 1)
+    if cfg.nhist2 >= 0:
+      x = jnp.concatenate([x, _windows(ipad, t0, block, cfg.nhist2 + 1)], axis=-1)
+    margin = send_margin(folded, x.reshape(num * block, -1)).reshape(num, block, -1)
+    return jnp.logical_and(states >= p, margin >= 0)
+
+  return _dqn_blocks(table_fn, rewards, seq, iseq, q, p, m, block)
+
+
 def simulate(
-  policy, metrics, rewards, sequence, intervals, rate: float, depth: float, *, block: int = 1000
+  policy,
+  metrics,
+  rewards,
+  sequence,
+  intervals,
+  rate: float,
+  depth: float,
+  *,
+  block: int | None = None,
+  fused: bool = True,
 ) -> dict:
   """Runs one policy on streams.
 
@@ -106,7 +180,12 @@ def simulate(
     metrics, rewards: per-image arrays of the split the sequence indexes (metric-sorted).
     sequence: [num, T] image indices; intervals: [num, T] inter-arrival slots (or None: periodic).
     rate, depth: the token bucket.
-    block: time steps per block (the largest divisor of T not above it is used).
+    block: time steps per block (the largest divisor of T not above it is used); None: about
+      10,000 network rows per block (10,000 // num steps), whose activations stay in cache.
+    fused: the DQN's fused path (sliding-window features, output layer folded to the send margin,
+      the launchers' XLA:CPU options); False runs the path it replaced as it was (the network as
+      trained on gathered features, XLA's default options; give `block=1000`, its default then),
+      for tests and the benchmark.
 
   Returns:
     {"reward", "offload_fraction", "occupancy", "decision_fraction"} averaged over all images
@@ -119,7 +198,7 @@ def simulate(
     seq = seq[None]
   num, length = seq.shape
   iv = None if intervals is None else jnp.asarray(np.asarray(intervals).reshape(seq.shape), jnp.int32)
-  block = _divisor_at_most(length, block)
+  block = _divisor_at_most(length, max(1, ROWS_PER_BLOCK // num) if block is None else block)
   if isinstance(policy, DQNPolicy):
     net, params = policy.net, policy.params
   else:
@@ -130,7 +209,7 @@ def simulate(
       )
     net, params, block = None, jnp.asarray(th, jnp.float32), 0
   sums = np.asarray(
-    _simulate(
+    _jitted(jax.default_backend(), fused)(
       params,
       jnp.asarray(metrics, jnp.float32),
       jnp.asarray(rewards, jnp.float32),
@@ -141,6 +220,7 @@ def simulate(
       m,
       net=net,
       block=block,
+      fused=fused,
     ),
     np.float64,
   )

@@ -11,10 +11,14 @@ all in this one process:
   shifted        + shifted depthwise convs (`common.mobilenet.DepthwiseConv`)
   shifted_flags  + the launchers' XLA:CPU options (`common.xla_cpu.CPU_OPTIONS`)
   fast_autodiff_reductions  + the IG baseline gradients from the per-class table
-                 (the fast step before the multi-output reductions)
-  fast           + the multi-output reductions: the depthwise filter gradient
-                 (`common.mobilenet`) and BatchNorm (`common.batchnorm`); what training runs
+                 (the fast step before the multi-output reductions: the depthwise filter
+                 gradient, `common.mobilenet`, and BatchNorm, `common.batchnorm`)
+  fast_conv_filter_gradients  + the multi-output reductions (the fast step before the
+                 remote predictor's 1x1 filter gradients became matmuls)
+  fast           + the 1x1 filter gradients as matmuls (`common.mobilenet.PointwiseConv`);
+                 what training runs
   fast_ynn_reduce  fast under `REDUCE_OPTIONS` (YNN's reductions kept)
+  fast_remat     fast with the IG gradients rematerialised (`make_train_step(remat=True)`)
 
 and the same step without the XAI terms (CE only: no evaluator, no
 grad-of-grad) as reference, fast_autodiff_reductions, fast and fast_ynn_reduce.
@@ -22,7 +26,10 @@ Autodiff's reductions are traced inside `common.xla_cpu.autodiff_reductions()`. 
 achieved FLOP/s and that as a fraction of a float32 matmul measured in the same
 run (with the fast options) are reported, and the reference / fast ratio.
 `--profile` adds the per-op breakdown (`common.profile`) of the reference and
-fast full steps. The original TF2 step takes 3.6-3.9 s with oneDNN on a 2-core
+fast full steps. The full steps are compiled first and timed interleaved (one step of each
+variant per round). `--memory` measures the peak resident set of chosen variants' full steps,
+each in a child process (`launch/benchmarks/agile_memory.py`); `fast_remat` is `fast` with the
+IG gradients rematerialised (`agile.train.make_train_step(remat=True)`). The original TF2 step takes 3.6-3.9 s with oneDNN on a 2-core
 machine (issue 12; 2.9-3.7 s in issue 7).
 """
 
@@ -32,7 +39,16 @@ import argparse
 import dataclasses
 
 TF2_STEP_S = (3.6, 3.9)
-VARIANTS = ("reference", "shifted", "shifted_flags", "fast_autodiff_reductions", "fast", "fast_ynn_reduce")
+VARIANTS = (
+  "reference",
+  "shifted",
+  "shifted_flags",
+  "fast_autodiff_reductions",
+  "fast",
+  "fast_ynn_reduce",
+  "fast_remat",
+  "fast_conv_filter_gradients",
+)
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
@@ -52,6 +68,13 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     "--profile", action="store_true", help="per-op breakdown of the reference and fast steps"
   )
   parser.add_argument("--ops_only", action="store_true", help="only the single-op timings (seconds)")
+  parser.add_argument("--skip_ce", action="store_true", help="leave out the CE-only step's variants")
+  parser.add_argument(
+    "--memory",
+    default="fast,fast_remat",
+    help="comma-separated variants whose full step's peak resident set is measured, each in a child "
+    "process (launch/benchmarks/agile_memory.py); '' for none",
+  )
 
 
 def _matmul_peak(n: int, repeats: int, options: dict) -> dict:
@@ -176,17 +199,20 @@ def setup(args):
   }
 
 
-def _variant(name: str) -> tuple[bool, dict, bool, bool]:
-  """(shifted depthwise, XLA:CPU compiler options, baseline table, autodiff's reductions) of a variant."""
+def _variant(name: str) -> tuple[bool, dict, bool, bool, bool, bool]:
+  """(shifted depthwise, XLA:CPU compiler options, baseline table, autodiff's reductions, the IG
+  gradients rematerialised, the remote predictor's 1x1 filter gradients as matmuls) of a variant."""
   from common.xla_cpu import CPU_OPTIONS, REDUCE_OPTIONS
 
   return {
-    "reference": (False, {}, False, True),
-    "shifted": (True, {}, False, True),
-    "shifted_flags": (True, CPU_OPTIONS, False, True),
-    "fast_autodiff_reductions": (True, CPU_OPTIONS, True, True),
-    "fast": (True, CPU_OPTIONS, True, False),
-    "fast_ynn_reduce": (True, REDUCE_OPTIONS, True, False),
+    "reference": (False, {}, False, True, False, False),
+    "shifted": (True, {}, False, True, False, False),
+    "shifted_flags": (True, CPU_OPTIONS, False, True, False, False),
+    "fast_autodiff_reductions": (True, CPU_OPTIONS, True, True, False, False),
+    "fast_conv_filter_gradients": (True, CPU_OPTIONS, True, False, False, False),
+    "fast": (True, CPU_OPTIONS, True, False, False, True),
+    "fast_ynn_reduce": (True, REDUCE_OPTIONS, True, False, False, True),
+    "fast_remat": (True, CPU_OPTIONS, True, False, True, True),
   }[name]
 
 
@@ -201,9 +227,11 @@ def full_step(s: dict, name: str, args):
   from common.mobilenet import count_grouped_convs
   from common.xla_cpu import autodiff_reductions
 
-  shifted, options, table, autodiff = _variant(name)
-  model = AgileNN(dataclasses.replace(s["mcfg"], shifted_depthwise=shifted))
-  step = agile_train.make_train_step(model, s["eval_loss"], s["tx"], s["prep"], ig_steps=args.ig_steps)
+  shifted, options, table, autodiff, remat, dot = _variant(name)
+  model = AgileNN(dataclasses.replace(s["mcfg"], shifted_depthwise=shifted, dot_filter_gradients=dot))
+  step = agile_train.make_train_step(
+    model, s["eval_loss"], s["tx"], s["prep"], ig_steps=args.ig_steps, remat=remat
+  )
   state = train_lib.create_train_state(jax.tree.map(jnp.array, s["variables"]), s["tx"])
   ev = s["table_vars"] if table else s["eval_vars"]
   step_args = (state, s["batch"], jax.random.key(0), s["hp"], ev)
@@ -213,7 +241,7 @@ def full_step(s: dict, name: str, args):
   return compiled, state, ev, grouped
 
 
-def _ce_step(s: dict, shifted: bool, options: dict, autodiff: bool):
+def _ce_step(s: dict, shifted: bool, options: dict, autodiff: bool, dot: bool):
   import jax
   import jax.numpy as jnp
 
@@ -221,7 +249,7 @@ def _ce_step(s: dict, shifted: bool, options: dict, autodiff: bool):
   from common import train as train_lib
   from common.xla_cpu import autodiff_reductions
 
-  model = AgileNN(dataclasses.replace(s["mcfg"], shifted_depthwise=shifted))
+  model = AgileNN(dataclasses.replace(s["mcfg"], shifted_depthwise=shifted, dot_filter_gradients=dot))
   tx, prep = s["tx"], s["prep"]
 
   def ce_loss(params, stats, x, y):
@@ -242,33 +270,34 @@ def _ce_step(s: dict, shifted: bool, options: dict, autodiff: bool):
 
 
 def _full_steps(s, names, args) -> dict:
-  """The full AgileNN step under each option set: time, compile time, FLOPs (and its op profile)."""
+  """The full AgileNN step of each variant: time (all variants compiled first, then timed
+  interleaved, one step of each per round), compile time, FLOPs, compiled bytes (and op profile)."""
   import time
 
   import jax
 
   from common import profile
-  from common.timing import measure
+  from common.timing import measure_interleaved
 
-  rows = {}
+  rows, calls = {}, {}
   for name in names:
     t0 = time.perf_counter()
     compiled, state, ev, grouped = full_step(s, name, args)
-    compile_s = time.perf_counter() - t0
+    rows[name] = {"compile_s": time.perf_counter() - t0, "step_flops": _flops(compiled),
+                  "grouped_convs": grouped, "compiled_bytes": profile.compiled_bytes(compiled)}  # fmt: skip
     holder = {"s": state}
 
     def one(compiled=compiled, holder=holder, ev=ev):
       holder["s"], m = compiled(holder["s"], s["batch"], jax.random.key(1), s["hp"], ev)
       jax.block_until_ready(m)
 
-    t = measure(one, repeats=args.repeats, warmup=1)
-    flops = _flops(compiled)
-    row = {"step_s": t, "compile_s": compile_s, "step_flops": flops, "achieved_flops_per_s": flops / t["median_s"],
-           "grouped_convs": grouped, "compiled_bytes": profile.compiled_bytes(compiled)}  # fmt: skip
+    calls[name] = (one, compiled)
+  timed = measure_interleaved({k: c[0] for k, c in calls.items()}, repeats=args.repeats, warmup=1)
+  for name, row in rows.items():
+    row["step_s"] = timed[name]
+    row["achieved_flops_per_s"] = row["step_flops"] / timed[name]["median_s"]
     if args.profile and name in ("reference", "fast"):
-      row["profile"] = profile.group_rows(profile.op_breakdown(compiled, one))
-    rows[name] = row
-    del compiled, holder
+      row["profile"] = profile.group_rows(profile.op_breakdown(calls[name][1], calls[name][0]))
   return rows
 
 
@@ -281,13 +310,13 @@ def _ce_steps(s, args) -> dict:
 
   rows = {}
   ce_variants = [
-    ("reference", False, {}, True),
-    ("fast_autodiff_reductions", True, CPU_OPTIONS, True),
-    ("fast", True, CPU_OPTIONS, False),
-    ("fast_ynn_reduce", True, REDUCE_OPTIONS, False),
+    ("reference", False, {}, True, False),
+    ("fast_autodiff_reductions", True, CPU_OPTIONS, True, False),
+    ("fast", True, CPU_OPTIONS, False, True),
+    ("fast_ynn_reduce", True, REDUCE_OPTIONS, False, True),
   ]
-  for name, shifted, options, autodiff in ce_variants:
-    compiled, state = _ce_step(s, shifted, options, autodiff)
+  for name, shifted, options, autodiff, dot in ce_variants:
+    compiled, state = _ce_step(s, shifted, options, autodiff, dot)
     holder = {"s": state}
 
     def one_ce(compiled=compiled, holder=holder):
@@ -306,11 +335,17 @@ def _ratios(out: dict) -> dict:
   med = lambda part, name: out[part][name]["step_s"]["median_s"] if name in out[part] else None
   if med("full_step", "reference") and med("full_step", "fast"):
     r["full_step_speedup_fast_vs_reference"] = med("full_step", "reference") / med("full_step", "fast")
+  if med("full_step", "fast_conv_filter_gradients") and med("full_step", "fast"):
+    r["full_step_speedup_fast_vs_conv_filter_gradients"] = med(
+      "full_step", "fast_conv_filter_gradients"
+    ) / med("full_step", "fast")
   if med("full_step", "fast_ynn_reduce") and med("full_step", "fast"):
     r["full_step_speedup_ynn_reduce_vs_fast"] = med("full_step", "fast") / med("full_step", "fast_ynn_reduce")
   for part in ("full_step", "ce_only_step"):
     if med(part, "fast_autodiff_reductions") and med(part, "fast"):
       r[f"{part}_multi_output_reductions_speedup"] = med(part, "fast_autodiff_reductions") / med(part, "fast")
+  if not out["ce_only_step"]:
+    return r
   r["ce_only_speedup_fast_vs_reference"] = med("ce_only_step", "reference") / med("ce_only_step", "fast")
   r["ce_only_speedup_ynn_reduce_vs_fast"] = med("ce_only_step", "fast") / med(
     "ce_only_step", "fast_ynn_reduce"
@@ -318,6 +353,23 @@ def _ratios(out: dict) -> dict:
   if med("full_step", "fast"):
     r["xai_grad_of_grad_share_fast"] = max(0.0, 1.0 - med("ce_only_step", "fast") / med("full_step", "fast"))
   return r
+
+
+def _memory(args, rows: dict) -> dict:
+  """Each `--memory` variant's step memory from a child process; the peak resident set and its
+  rise over the resident set before the step are also put beside the time in that variant's row."""
+  from launch.benchmarks import agile_memory
+
+  out = {}
+  for name in [v for v in args.memory.split(",") if v]:
+    res = agile_memory.measure_in_child(args, name)
+    out[name] = res
+    if name in rows and "error" not in res:
+      rows[name]["peak_rss_step_bytes"] = res["peak_rss_step_bytes"]
+      rows[name]["step_transient_rss_bytes"] = res["step_transient_bytes"]
+  if "fast" in rows and "fast_remat" in rows:
+    out["remat_time_cost"] = rows["fast_remat"]["step_s"]["median_s"] / rows["fast"]["step_s"]["median_s"]
+  return out
 
 
 def run(args) -> dict:
@@ -328,14 +380,15 @@ def run(args) -> dict:
   if args.ops_only:
     return {"config": vars(args), "ops": conv_ops(args.repeats)}
   names = [v for v in args.variants.split(",") if v]
-  bad = [v for v in names if v not in VARIANTS]
+  bad = [v for v in names + args.memory.split(",") if v and v not in VARIANTS]
   if bad:
-    raise SystemExit(f"--variants {','.join(bad)}: must be from {VARIANTS}")
+    raise SystemExit(f"--variants/--memory {','.join(bad)}: must be from {VARIANTS}")
   if args.profile:
     names = list(dict.fromkeys(["reference", *names, "fast"]))
   s = setup(args)
   out: dict = {"config": vars(args), "xla_flags_env": os.environ.get("XLA_FLAGS", "")}
-  out["full_step"], out["ce_only_step"] = _full_steps(s, names, args), _ce_steps(s, args)
+  out["full_step"] = _full_steps(s, names, args)
+  out["ce_only_step"] = {} if args.skip_ce else _ce_steps(s, args)
   peak = _matmul_peak(args.matmul_n, args.repeats, CPU_OPTIONS)
   out["matmul_peak_flops_per_s"] = peak["flops_per_s"]
   out["matmul_peak_default_options_flops_per_s"] = _matmul_peak(args.matmul_n, args.repeats, {})[
@@ -345,6 +398,7 @@ def run(args) -> dict:
     for row in part.values():
       row["fraction_of_matmul_peak"] = row["achieved_flops_per_s"] / peak["flops_per_s"]
   out.update(_ratios(out))
+  out["step_memory"] = _memory(args, out["full_step"])
   # measured elsewhere (the original TF2 step with oneDNN, another run on this kind of machine):
   # a label for the reader, never divided into a ratio here
   out["tf2_onednn_step_s_measured_elsewhere"] = TF2_STEP_S

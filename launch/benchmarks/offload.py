@@ -1,6 +1,6 @@
 """Benchmark of `offload`: Q-iteration, MDP solve and simulation against NumPy re-creations of the originals.
 
-    python -m launch.bench offload                 # ~2-4 min on 2 CPU cores
+    python -m launch.bench offload                 # --skip_multicam: 234-300 s under load (the DQN paths interleaved)
     python -m launch.bench offload --quick         # smaller references, fewer repeats
     python -m launch.bench offload --only_multicam # the multi-camera grid alone (offload_multicam.py)
 
@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from common.timing import measure
+from common.timing import measure, measure_interleaved
 from launch.benchmarks import offload_multicam
 from offload import bucket, dqn, mdp, sequences, simulate
 from offload import data as odata
@@ -225,6 +225,7 @@ def _run_single(args) -> dict:
 
 
 RATE, DEPTH = 0.1, 4.0  # the setting every part measures (the original's README example)
+PREVIOUS_BLOCK = 1000  # time steps per block of the DQN's previous simulation path (its default)
 
 
 def bench_q_iteration(args, tr: odata.Split, repeats: int) -> tuple[dict, dqn.DQNState, QNetwork]:
@@ -339,17 +340,6 @@ def _numpy_dqn_params(params, qpm) -> list:
   return out
 
 
-def _reference_per_image(ts, ref_th, state, net, sseq, qpm, ref_len: int, ref_dqn_len: int):
-  """Seconds per image of the NumPy references (threshold policy, DQN) on the first images of the streams."""
-  t0 = time.perf_counter()
-  reference_simulation(ref_th, ts.metrics, ts.rewards, sseq[:, :ref_len], qpm)
-  per_image = (time.perf_counter() - t0) / (100 * ref_len)
-  t0 = time.perf_counter()
-  params = _numpy_dqn_params(state.params, qpm)
-  reference_dqn_simulation(params, ts.metrics, ts.rewards, sseq[:, :ref_dqn_len], qpm, net.config.nhist1)
-  return per_image, (time.perf_counter() - t0) / (100 * ref_dqn_len)
-
-
 def bench_simulation(
   args, ts: odata.Split, th, ref_th, state: dqn.DQNState, net: QNetwork, repeats: int
 ) -> dict:
@@ -366,19 +356,13 @@ def bench_simulation(
     warmup=1,
   )
   ref_len = min(args.ref_len, 1000 if args.quick else args.ref_len)
-  pol = simulate.DQNPolicy(state.params, net)
-  ours_dqn_sim = measure(
-    lambda: last.update(dqn=simulate.simulate(pol, ts.metrics, ts.rewards, sseq, None, RATE, DEPTH)),
-    repeats=max(1, repeats // 2),
-    warmup=1,
-  )
-  ref_dqn_len = max(100, ref_len // 5)
-  ref_sim_per_image, ref_dqn_per_image = _reference_per_image(
-    ts, ref_th, state, net, sseq, qpm, ref_len, ref_dqn_len
-  )
+  t0 = time.perf_counter()
+  reference_simulation(ref_th, ts.metrics, ts.rewards, sseq[:, :ref_len], qpm)
+  ref_sim_per_image = (time.perf_counter() - t0) / (100 * ref_len)
   # Work removal: Q values matter only at decisions (n >= p); the fraction bounds what skipping the
   # network elsewhere could save (the MDP's fraction: where a trained DQN that behaves like it lands).
-  dqn_dec, mdp_dec = last["dqn"]["decision_fraction"], last["mdp"]["decision_fraction"]
+  dqn_res = bench_dqn_simulation(ts, sseq, state, net, max(100, ref_len // 5), repeats, last)
+  mdp_dec = last["mdp"]["decision_fraction"]
   return {
     "streams": list(sseq.shape),
     "threshold_policy": {
@@ -391,16 +375,62 @@ def bench_simulation(
       "speedup_vs_published_original": [t / ours_sim["median_s"] for t in PUBLISHED["simulation_s"]],
     },
     "dqn_policy": {
-      "ours_median_s": ours_dqn_sim["median_s"],
-      "ours_images_per_s": images / ours_dqn_sim["median_s"],
-      "numpy_reference_images_per_s": 1.0 / ref_dqn_per_image,
-      "numpy_reference_measured_on": [100, ref_dqn_len],
-      "speedup_vs_numpy_reference": ref_dqn_per_image * images / ours_dqn_sim["median_s"],
-      "speedup_vs_published_original": [t / ours_dqn_sim["median_s"] for t in PUBLISHED["simulation_s"]],
-      "decision_fraction": dqn_dec,
+      **dqn_res,
       "mdp_decision_fraction": mdp_dec,
-      "network_work_removal_bound": 1.0 / max(dqn_dec, 1e-9),
       "network_work_removal_bound_at_mdp_fraction": 1.0 / max(mdp_dec, 1e-9),
     },
     "target": ">= 20x in images per second",
+  }
+
+
+def bench_dqn_simulation(ts, sseq, state, net: QNetwork, ref_len: int, repeats: int, last: dict) -> dict:
+  """The DQN's simulation (fused path), the path it replaced as it was (`fused=False`: gathered
+  features, the 2 S outputs, blocks of 1000 steps, XLA's default options) and the NumPy loop on
+  the streams' first `ref_len` images, interleaved round by round (one call of each per round)."""
+  qpm = bucket.discretize(RATE, DEPTH)
+  pol = simulate.DQNPolicy(state.params, net)
+  params = _numpy_dqn_params(state.params, qpm)
+  head = sseq[:, :ref_len]
+
+  def run(fused: bool):
+    block = None if fused else PREVIOUS_BLOCK
+    return lambda: last.update(
+      {
+        ("dqn" if fused else "dqn_unfused"): simulate.simulate(
+          pol, ts.metrics, ts.rewards, sseq, None, RATE, DEPTH, block=block, fused=fused
+        )
+      }
+    )
+
+  timed = measure_interleaved(
+    {
+      "fused": run(True),
+      "unfused": run(False),
+      "reference": lambda: reference_dqn_simulation(
+        params, ts.metrics, ts.rewards, head, qpm, net.config.nhist1
+      ),
+    },
+    repeats=max(2, repeats),
+    warmup=1,
+  )
+  images = sseq.size
+  ours, prev = timed["fused"]["median_s"], timed["unfused"]["median_s"]
+  ref_per_image = timed["reference"]["median_s"] / head.size
+  dec = last["dqn"]["decision_fraction"]
+  return {
+    "ours_median_s": ours,
+    "ours_times_s": timed["fused"],
+    "ours_images_per_s": images / ours,
+    "previous_jax_path_median_s": prev,
+    "speedup_vs_previous_jax_path": prev / ours,
+    "same_result_as_previous_jax_path": last["dqn"] == last["dqn_unfused"],
+    "numpy_reference_images_per_s": 1.0 / ref_per_image,
+    "numpy_reference_measured_on": list(head.shape),
+    "numpy_reference_median_s": timed["reference"]["median_s"],
+    "speedup_vs_numpy_reference": ref_per_image * images / ours,
+    "previous_jax_path_speedup_vs_numpy_reference": ref_per_image * images / prev,
+    "speedup_vs_published_original": [t / ours for t in PUBLISHED["simulation_s"]],
+    "target": ">= 8x the NumPy reference",
+    "decision_fraction": dec,
+    "network_work_removal_bound": 1.0 / max(dec, 1e-9),
   }

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from agile import data as agile_data
-from agile import reference
+from agile import reference, xai
 from agile import train as agile_train
 from agile.models import AgileNN, init_variables
 from common import app, mobilenet
@@ -95,7 +95,8 @@ def test_baseline_table_gives_the_gradient_at_zero():
 
 def test_fast_step_equals_the_reference_step():
   """The step as trained (shifted depthwise convs, IG baseline gradients from the per-class table,
-  the multi-output reductions of BatchNorm and the depthwise filter gradient) gives the loss,
+  the multi-output reductions of BatchNorm and the depthwise filter gradient, the remote
+  predictor's 1x1 filter gradients as matmuls) gives the loss,
   metrics, batch statistics and gradients of the reference step (grouped depthwise convs, the
   baseline gradient computed every step, traced inside `autodiff_reductions()`: flax's BatchNorm);
   its jaxpr holds no grouped convolution and its program the two-output reductions (float64:
@@ -107,7 +108,7 @@ def test_fast_step_equals_the_reference_step():
 def _compare_fast_and_reference_steps():
   model, v, eval_vars, x, y = _setup(jnp.float64)
   _, eval_loss = reference.make_evaluator(RCFG)
-  slow_model = AgileNN(dataclasses.replace(CFG, shifted_depthwise=False))
+  slow_model = AgileNN(dataclasses.replace(CFG, shifted_depthwise=False, dot_filter_gradients=False))
   table_vars = reference.with_baseline_gradients(RCFG, eval_vars, (6, 6, CFG.feature_channels))
   hp = {"lam": jnp.float64(0.5), "rho": jnp.float64(0.9)}
 
@@ -125,12 +126,36 @@ def _compare_fast_and_reference_steps():
     (ls, (parts_s, stats_s)), gs = slow_program.compile()(v["params"])
   pairs = lambda p: p.as_text().count(":2 = stablehlo.reduce(")  # the quantiser's argmin: one in each
   assert pairs(fast_program) > pairs(slow_program) >= 1
+  # the remote predictor's 1x1 filter gradients as matmuls (against the same step without them)
+  conv_grads = value_and_grad(AgileNN(dataclasses.replace(CFG, dot_filter_gradients=False)), table_vars)
+  dots = lambda p: p.as_text().count("stablehlo.dot_general")
+  assert dots(fast_program) > dots(jax.jit(conv_grads).lower(v["params"]))
   close = lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
   close(lf, ls)
   jax.tree.map(close, parts_f, parts_s)
   jax.tree.map(close, stats_f, stats_s)
   jax.tree.map(close, gf, gs)
   assert float(parts_f["skew_loss"] + parts_f["disorder_loss"]) > 0  # the XAI terms take part
+
+
+def test_rematerialised_ig_gradients_give_the_same_numbers_and_reach_the_step():
+  """`remat=True` (the IG gradients under jax.checkpoint: recomputed in the grad-of-grad instead of
+  kept) changes where values are computed, not what: the same IG and second-order gradient in
+  float64 on a small network; and `make_loss_fn(remat=True)` traces the checkpoint into the step."""
+  with jax.enable_x64(True):
+    w = jax.random.normal(jax.random.key(0), (6, 4), jnp.float64)
+    f = jax.random.normal(jax.random.key(1), (3, 6), jnp.float64)
+    loss = lambda f: jnp.sum(jnp.tanh(f @ w) ** 2)
+    outer = lambda f, remat: jnp.sum(xai.integrated_gradients(loss, f, 3, remat=remat) ** 2)
+    for fn in (lambda f, r: xai.integrated_gradients(loss, f, 3, remat=r), jax.grad(outer)):
+      np.testing.assert_allclose(fn(f, True), fn(f, False), rtol=1e-12, atol=1e-14)
+  model, v, eval_vars, x, y = _setup()
+  _, eval_loss = reference.make_evaluator(RCFG)
+  hp = {"lam": jnp.float32(0.5), "rho": jnp.float32(0.9)}
+
+  loss_fn = agile_train.make_loss_fn(model, eval_loss, ig_steps=2, remat=True)
+  grad = jax.grad(lambda p: loss_fn(p, v["batch_stats"], eval_vars, x, y, hp)[0])
+  assert "remat" in str(jax.make_jaxpr(grad)(v["params"]))
 
 
 def test_sgdw_is_decoupled_weight_decay():

@@ -1,6 +1,7 @@
 """common.mobilenet: the shifted depthwise form equals the grouped convolution, and the flag selects it;
 its fusion boundaries change no number (to second order) and are in the compiled XLA:CPU program."""
 
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -146,3 +147,28 @@ def test_autodiff_reductions_context_selects_autodiffs_filter_gradient():
   assert "custom_vjp_call" in text()
   with xla_cpu.autodiff_reductions():
     assert "custom_vjp_call" not in text()
+
+
+def test_pointwise_conv_equals_nn_conv_to_second_order():
+  """`PointwiseConv` (the filter gradient as one matmul) has nn.Conv's parameter, init, output and
+  first- and second-order gradients (float64), and its gradient program holds the matmul."""
+  with jax.enable_x64(True):
+    x = jax.random.normal(jax.random.key(0), (2, 5, 4, 3), jnp.float64)
+    ours = mobilenet.PointwiseConv(6, dot_filter_gradient=True)
+    theirs = flax.linen.Conv(6, (1, 1), use_bias=False)
+    v = theirs.init(jax.random.key(1), x)
+    assert jax.tree.map(jnp.shape, ours.init(jax.random.key(1), x)) == jax.tree.map(jnp.shape, v)
+    np.testing.assert_array_equal(ours.init(jax.random.key(1), x)["params"]["kernel"], v["params"]["kernel"])
+
+    def grads(model):
+      loss = lambda p, x: jnp.sum(jnp.sin(model.apply({"params": p}, x)))
+      g = jax.grad(loss, argnums=(0, 1))
+      # second order: the gradient of a function of the input gradient (as the XAI losses take)
+      gg = jax.grad(lambda p, x: jnp.sum(g(p, x)[1] ** 2), argnums=(0, 1))
+      return g(v["params"], x), gg(v["params"], x)
+
+    close = lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+    close(ours.apply(v, x), theirs.apply(v, x))
+    jax.tree.map(close, grads(ours), grads(theirs))
+    hlo = jax.jit(jax.grad(lambda p: jnp.sum(ours.apply({"params": p}, x) ** 2))).lower(v["params"]).as_text()
+    assert "stablehlo.dot_general" in hlo

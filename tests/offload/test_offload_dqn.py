@@ -10,7 +10,7 @@ import pytest
 
 from offload import bucket, dqn, mdp, sequences, simulate
 from offload import data as odata
-from offload.models import DQNConfig, QNetwork
+from offload.models import DQNConfig, QNetwork, send_margin, send_margin_params, send_table
 
 
 def test_features_zero_padded():
@@ -156,6 +156,45 @@ def test_simulation_matches_per_image_reference():
   assert res["occupancy"] == pytest.approx(occ / 1200 / m)
   assert res["decision_fraction"] == pytest.approx(decisions / 1200)
   assert 0 < decisions < 1200  # the bucket both runs dry and holds tokens in this stream
+
+
+def test_send_margin_is_the_send_tables_difference(trained):
+  net = trained["net"]
+  params = jax.tree.map(lambda a: a[0], trained["state"].params)
+  x = jax.random.normal(jax.random.key(3), (512, net.config.in_size))
+  qv = net.apply({"params": params}, x)[0]
+  margin = send_margin(send_margin_params(params, net.config.nlayers), x)
+  q0, q1 = qv[:, : net.num_states], qv[:, net.num_states :]
+  np.testing.assert_allclose(margin, q1 - q0, rtol=1e-4, atol=1e-5)
+  _, p, _ = bucket.discretize(0.1, 4)
+  near_tie = np.abs(np.asarray(q1 - q0)) < 1e-4
+  np.testing.assert_array_equal(
+    np.where(near_tie, False, send_table(qv, p)),
+    np.where(near_tie, False, (margin >= 0) & (jnp.arange(net.num_states) >= p)),
+  )
+
+
+@pytest.mark.parametrize("nhist2", [-1, 2])
+def test_fused_dqn_simulation_matches_the_unfused_path(trained, nhist2):
+  """The fused path (sliding-window features, folded output layer) against the path it replaced
+  (gathered features, the network's 2 S outputs): same sums on streams with random intervals."""
+  d = trained["d"]
+  rate, depth = 0.25, 2
+  q, p, m = bucket.discretize(rate, depth)
+  if nhist2 < 0:
+    net, params = trained["net"], jax.tree.map(lambda a: a[1], trained["state"].params)
+  else:  # intervals as inputs: an untrained network whose decisions depend on them
+    net = QNetwork(DQNConfig(nhist1=7, nhist2=nhist2), m + 1)
+    params = net.init(jax.random.key(4), jnp.zeros((1, net.config.in_size)))["params"]
+  rng = np.random.default_rng(1)
+  seq = rng.integers(0, len(d.test.metrics), (5, 600))
+  iv = rng.integers(1, 4, seq.shape)
+  pol = simulate.DQNPolicy(params, net)
+  args = (pol, d.test.metrics, d.test.rewards, seq, iv, rate, depth)
+  fused = simulate.simulate(*args, block=200)
+  assert fused == simulate.simulate(*args, block=200, fused=False)
+  assert fused == simulate.simulate(*args, block=600)  # blocks do not change the result
+  assert 0.05 < fused["offload_fraction"] < fused["decision_fraction"] < 1
 
 
 def test_int8_dqn_runs_under_tflite_micro_and_is_refused_when_ram_is_short(trained, tmp_path):
