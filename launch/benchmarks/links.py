@@ -117,11 +117,12 @@ def run(args) -> dict:
   if args.link_replay:
     return {
       "replays": [
-        replay_run(d) for d in sorted(p.parent for p in (Path(args.out) / "links").glob("*_tc_*/device.json"))
+        replay_run(d)
+        for d in sorted(p.parent for p in (Path(args.run_dir) / "links").glob("*_tc_*/device.json"))
       ]
     }
   if args.link_repredict:
-    rows = repredict(Path(args.out) / "links")
+    rows = repredict(Path(args.run_dir) / "links")
     return {"rows": rows, "worst_gap": worst_gaps(rows)}
   workdir = Path(args.workdir)
   config = safeio.load_json(workdir / "config.json", what="run config")
@@ -140,7 +141,7 @@ def run(args) -> dict:
             "controller": ctl,
             "trace_scale": args.link_mean_mbps * 1e6 / mean,
           }
-          out = Path(args.out) / "links" / f"{Path(spec).stem}_{kind}_{ctl}_{rep}"
+          out = Path(args.run_dir) / "links" / f"{Path(spec).stem}_{kind}_{ctl}_{rep}"
           load = os.getloadavg()[0]
           rows.append({**one_row(workdir, b, out), "trace": Path(spec).stem, "repeat": rep, "load1": load})
           print(table_line(rows[-1]), flush=True)
