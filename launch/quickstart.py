@@ -8,10 +8,10 @@
 Each stage trains, decides, exports and writes its own report under
 runs/quickstart/<stage>/; this writes runs/quickstart/report.md linking them,
 with the time of each stage. The goal is under 10 minutes on 2 quiet CPU cores; measured
-7 min 3 s wall (`/usr/bin/time -v python -m launch.quickstart --workdir runs/quickstart`,
-December 2026, after the deploy-as-a-step round, quiet machine: load average 1.0 at the start;
-peak resident set 4.2 GB): common 22 s, agile 64 s, offload 42 s (the multi-camera and
-robustness studies included), coinfer 105 s, subnets 90 s, branching 60 s, deploy 36 s.
+6 min 56 s wall (`/usr/bin/time -v python -m launch.quickstart --workdir runs/qs_fresh`, a fresh
+workdir, December 2026, after the fleet and real-links round, quiet machine: load average 0.1 at
+the start; peak resident set 4.1 GB): common 21 s, agile 64 s, offload 40 s (the multi-camera
+and robustness studies included), coinfer 103 s, subnets 87 s, branching 59 s, deploy 36 s.
 """
 
 from __future__ import annotations
