@@ -313,27 +313,12 @@ def hyperparams(config: ml_collections.ConfigDict) -> dict[str, jax.Array]:
   return {"lam": jnp.float32(config.train.lam), "rho": jnp.float32(config.train.rho)}
 
 
-def train_agile(
-  config: ml_collections.ConfigDict, workdir: Path, train_ds, test_ds, prep
-) -> tuple[dict, dict]:
-  """Trains the reference network, then AgileNN (resuming from workdir's checkpoints).
-
-  Returns:
-    (the final test metrics of training, the final AgileNN variables).
-  """
-  key = jax.random.key(config.seed)
-  ref_key, init_key, remap_key, fit_key = jax.random.split(key, 4)
-  centroid_key = jax.random.fold_in(remap_key, 1)
-
-  rcfg = reference_config(config, train_ds.num_classes)
-  ref_vars, ref_acc = train_reference(rcfg, config, train_ds, test_ds, prep, ref_key, workdir)
-  eval_vars = reference.body_variables(ref_vars)
-  eval_logits, eval_loss = reference.make_evaluator(rcfg)
-
-  mcfg = model_config(config, train_ds.num_classes)
-  model = AgileNN(mcfg)
-  variables = init_variables(model, init_key, (config.input_size, config.input_size, 3))
+def _starting_variables(config, model, rcfg, eval_vars, eval_loss, train_ds, prep, init_key, remap_key):
+  """(AgileNN's initial variables, the evaluator's variables, the channel mapping or None): the
+  evaluator's IG baseline table, the feature channels remapped by importance and the centroids
+  started at the untrained features' k-means centres, as the config asks."""
   t = config.train
+  variables = init_variables(model, init_key, (config.input_size, config.input_size, 3))
   if t.ig_baseline_table:
     eval_vars = reference.with_baseline_gradients(rcfg, eval_vars, feature_shape(model, variables, config))
   mapping = None
@@ -345,9 +330,33 @@ def train_agile(
     variables = xai.remap_feature_channels(variables, mapping)
   if t.centroid_init == "kmeans":
     variables = kmeans_initialised(
-      model, variables, train_ds, prep, batch_size=t.batch_size, key=centroid_key, seed=config.seed
-    )
+      model, variables, train_ds, prep, batch_size=t.batch_size, key=jax.random.fold_in(remap_key, 1),
+      seed=config.seed,
+    )  # fmt: skip
+  return variables, eval_vars, mapping
 
+
+def train_agile(
+  config: ml_collections.ConfigDict, workdir: Path, train_ds, test_ds, prep
+) -> tuple[dict, dict]:
+  """Trains the reference network, then AgileNN (resuming from workdir's checkpoints).
+
+  Returns:
+    (the final test metrics of training, the final AgileNN variables).
+  """
+  ref_key, init_key, remap_key, fit_key = jax.random.split(jax.random.key(config.seed), 4)
+
+  rcfg = reference_config(config, train_ds.num_classes)
+  ref_vars, ref_acc = train_reference(rcfg, config, train_ds, test_ds, prep, ref_key, workdir)
+  eval_vars = reference.body_variables(ref_vars)
+  eval_logits, eval_loss = reference.make_evaluator(rcfg)
+
+  mcfg = model_config(config, train_ds.num_classes)
+  model = AgileNN(mcfg)
+  variables, eval_vars, mapping = _starting_variables(
+    config, model, rcfg, eval_vars, eval_loss, train_ds, prep, init_key, remap_key
+  )
+  t = config.train
   spe = data_lib.num_batches(len(train_ds), t.batch_size, drop_last=True)
   total = spe * t.epochs if not t.max_steps else min(spe * t.epochs, t.max_steps)
   tx = sgdw(t.learning_rate, total, momentum=t.momentum, weight_decay=t.weight_decay)
@@ -367,15 +376,8 @@ def train_agile(
     checkpoint_every=t.checkpoint_every, desc="agile", max_steps=t.max_steps or None,
   )  # fmt: skip
   initial = evaluate(state)
-  state, history = train_lib.fit(
-    state,
-    lambda s, b, r: step_fn(s, b, r, hp, eval_vars),
-    train_ds,
-    loop,
-    key=fit_key,
-    workdir=workdir,
-    evaluate=evaluate,
-  )
+  state, history = train_lib.fit(state, lambda s, b, r: step_fn(s, b, r, hp, eval_vars), train_ds, loop,
+                                 key=fit_key, workdir=workdir, evaluate=evaluate)  # fmt: skip
   final = dict(history[-1]) if history else {"step": int(state.step), **evaluate(state)}
   if final["codebook_collapsed"]:
     warnings.warn(codebook.collapse_message(final["symbol_entropy_bits"], mcfg.num_centroids), stacklevel=2)

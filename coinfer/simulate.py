@@ -82,6 +82,9 @@ class Answered:
       self.samples = self.samples[-200:]
 
 
+_FRAME_KEYS = ("setup", "latency_s", "met", "correct", "queue_s")
+
+
 def run(
   controller: C.Controller,
   trace: Trace,
@@ -117,34 +120,28 @@ def run(
     accuracy of the chosen setups, free of sampling noise), timely_accuracy (correct and on time),
     deadline_miss_rate, mean and p95 latency, and the controller's fallbacks; "controller_state".
   """
-  rng = np.random.default_rng(seed)
-  dt = 1.0 / fps
-  paced = link is None
+  rng, paced, device_free, dt = np.random.default_rng(seed), link is None, 0.0, 1.0 / fps
   link = linkmodel.FluidLink(trace) if paced else link
   view = Delivered(trace) if paced else Answered(rtt_s)
-  device_free = 0.0
-  out = {k: np.zeros(frames) for k in ("setup", "latency_s", "met", "correct", "queue_s")}
+  out = {k: np.zeros(frames) for k in _FRAME_KEYS}
   ctl_state = controller.init()
   for k in range(frames):
     now = k * dt
     backlog, seen = view.observe(now, history)
     i, ctl_state = controller.update(ControlState(k, now, backlog, seen, link.free_s), ctl_state)
     i = int(i)
-    ready = max(now, device_free) + profile.t_dev[i]
-    device_free = ready
+    ready = device_free = max(now, device_free) + profile.t_dev[i]
     t_srv = float(rng.choice(answer_s[i])) if answer_s else profile.t_srv[i]
     start, end = link.send(ready, profile.bits[i], i, t_srv)
     answer = end + t_srv
     view.record(ready, start, end, profile.bits[i], answer, now + deadline_s)
     if not paced:
       link.control(answer, i)
-    ok = (
-      bool(correct[i, k % correct.shape[1]])
-      if correct is not None
-      else bool(rng.random() < profile.accuracy[i])
-    )
-    out["setup"][k], out["latency_s"][k], out["queue_s"][k] = i, answer - now, end - ready
-    out["met"][k], out["correct"][k] = answer - now <= deadline_s, ok
+    ok = bool(correct[i, k % correct.shape[1]]) if correct is not None else rng.random() < profile.accuracy[i]
+    for key, v in zip(
+      _FRAME_KEYS, (i, answer - now, answer - now <= deadline_s, ok, end - ready), strict=True
+    ):
+      out[key][k] = v
   out["summary"] = _summary(out, profile, ctl_state)
   out["controller_state"] = ctl_state
   return out

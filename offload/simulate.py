@@ -199,31 +199,13 @@ def simulate(
   num, length = seq.shape
   iv = None if intervals is None else jnp.asarray(np.asarray(intervals).reshape(seq.shape), jnp.int32)
   block = _divisor_at_most(length, max(1, ROWS_PER_BLOCK // num) if block is None else block)
-  if isinstance(policy, DQNPolicy):
-    net, params = policy.net, policy.params
-  else:
-    th = np.asarray(policy, np.float64)
-    if th.shape != (m + 1,):
-      raise ValueError(
-        f"threshold vector has shape {th.shape}; expected ({m + 1},) for (q, p, m) = {(q, p, m)}"
-      )
-    net, params, block = None, jnp.asarray(th, jnp.float32), 0
+  net, params, block = _policy_args(policy, q, p, m, block)
+  run = _jitted(jax.default_backend(), fused)
   sums = np.asarray(
-    _jitted(jax.default_backend(), fused)(
-      params,
-      jnp.asarray(metrics, jnp.float32),
-      jnp.asarray(rewards, jnp.float32),
-      jnp.asarray(seq, jnp.int32),
-      iv,
-      q,
-      p,
-      m,
-      net=net,
-      block=block,
-      fused=fused,
-    ),
+    run(params, jnp.asarray(metrics, jnp.float32), jnp.asarray(rewards, jnp.float32), jnp.asarray(seq, jnp.int32),
+        iv, q, p, m, net=net, block=block, fused=fused),
     np.float64,
-  )
+  )  # fmt: skip
   reward, sent, occ, decisions = sums.sum(0)
   total = num * length
   return {
@@ -232,6 +214,18 @@ def simulate(
     "occupancy": occ / total / m,
     "decision_fraction": decisions / total,
   }
+
+
+def _policy_args(policy, q: int, p: int, m: int, block: int):
+  """(network or None, its parameters or the threshold vector, block; 0 for a threshold policy)."""
+  if isinstance(policy, DQNPolicy):
+    return policy.net, policy.params, block
+  th = np.asarray(policy, np.float64)
+  if th.shape != (m + 1,):
+    raise ValueError(
+      f"threshold vector has shape {th.shape}; expected ({m + 1},) for (q, p, m) = {(q, p, m)}"
+    )
+  return None, jnp.asarray(th, jnp.float32), 0
 
 
 def _divisor_at_most(n: int, k: int) -> int:
