@@ -307,9 +307,10 @@ def predict(dep: Exports, out: dict, trace) -> dict:
           "queue_s": sim["queue_s"].tolist()}  # fmt: skip
 
 
-def link_model(wire: dict, trace, rtt_s: float = 0.0, fps: float = 0.0):
+def link_model(wire: dict, trace, rtt_s: float = 0.0, fps: float = 0.0, **variants):
   """The simulator's link for a run's calibrated wire profile: the kernel's tbf bucket where the
-  run's link counted its bytes (tc), else None (the trace as a fluid FIFO, the pacer's)."""
+  run's link counted its bytes (tc), with `variants` (`common.linkmodel.VARIANTS`), else None (the
+  trace as a fluid FIFO, the pacer's)."""
   from common import linkmodel
 
   if "wire_bytes" not in wire:
@@ -317,7 +318,7 @@ def link_model(wire: dict, trace, rtt_s: float = 0.0, fps: float = 0.0):
   w = linkmodel.WireProfile(np.asarray(wire["wire_bytes"]), np.asarray(wire["wire_packets"]))
   return linkmodel.TbfLink(trace, w, burst_bytes=wire["burst_bytes"], floor_bps=wire["floor_bps"],
                            latency_s=wire["latency_ms"] / 1e3, change_lag_s=wire.get("change_lag_s", 0.0),
-                           rtt_s=rtt_s, sends_every_s=1.0 / fps if fps else 0.0)  # fmt: skip
+                           rtt_s=rtt_s, sends_every_s=1.0 / fps if fps else 0.0, **variants)  # fmt: skip
 
 
 def _figure_rows(out: dict, pred: dict) -> list:

@@ -26,9 +26,20 @@ and what TCP (BBR, Linux) adds on this path:
     out) resends the last segment, unless the qdisc still holds it (the kernel does not retransmit
     a packet its own host still queues); srtt follows every packet's time in the qdisc.
 
-Not modelled: the qdisc's byte limit (rate x latency + burst) dropping data packets and TCP's
-recovery from it, and BBR's pacing, whose rate stays far above the trace's here (its bandwidth
-estimate keeps the unshaped calibration's tens of Mbit/s; `ss -ti` on the device's socket).
+Variants, off by default (`VARIANTS`; `python -m launch.bench deploy --links --link-replay
+--link-variant NAME,...` replays recorded tc runs through them):
+
+  - `refill_same_rate`: every change refills the bucket, to the same rate too (the kernel's
+    `tbf_change` sets tokens = buffer unconditionally; the recorded zero-rate spells disagree);
+  - `drops`: the qdisc's byte limit (rate x latency + burst, as tc computes it at every change)
+    drops data segments; TCP sends a dropped one again at its loss probe (2 srtt + 2 ticks, + 200 ms
+    with one packet out), then at each retransmission timeout (>= 200 ms, doubling) while the qdisc
+    is still full, and the server, reading in order, answers nothing sent after it before it left;
+  - `ack_wake_s`: the device's (delayed) ACK of each answer is handed to the qdisc that long after the
+    answer, and, like any packet handed over, wakes a packet waiting at the head.
+
+Not modelled: BBR's pacing, whose rate stays far above the trace's here (its bandwidth estimate
+keeps the unshaped calibration's tens of Mbit/s; `ss -ti` on the device's socket).
 """
 
 from __future__ import annotations
@@ -40,6 +51,7 @@ import numpy as np
 
 TCP_HEADER_BYTES = 66  # Ethernet 14 + IPv4 20 + TCP 20 + timestamps 12
 MSS_BYTES = 1448  # 1500-byte MTU less IPv4, TCP and timestamps
+VARIANTS = {"refill_same_rate": True, "drops": True, "ack_wake_s": 0.04}  # name -> TbfLink keyword
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,8 +95,10 @@ class TbfLink:
 
   def __init__(self, trace, wire: WireProfile, *, burst_bytes: float = 1600, floor_bps: float = 8000,
                latency_s: float = 0.5, change_lag_s: float = 0.0, rtt_s: float = 0.0,
-               sends_every_s: float = 0.0, hz: int = 250):  # fmt: skip
+               sends_every_s: float = 0.0, hz: int = 250, refill_same_rate: bool = False,
+               drops: bool = False, ack_wake_s: float | None = None):  # fmt: skip
     self.trace, self.wire, self.burst, self.floor = trace, wire, float(burst_bytes), float(floor_bps)
+    self.refill_same, self.drop_data, self.ack_wake = refill_same_rate, drops, ack_wake_s
     self.latency, self.lag = float(latency_s), float(change_lag_s)
     self.every = float(sends_every_s)  # the stream's frame interval (a hand-over per frame)
     self.starts, self.ends, self.rates = trace.segments()
@@ -93,7 +107,8 @@ class TbfLink:
     self.pending: list[tuple[float, float, bool]] = []  # (time, bytes, probe) of TCP's later packets
     self.queued: list[tuple[float, float]] = []  # (leaves at, bytes) of the packets in the qdisc
     self.srtt, self.rttvar, self.base_rtt = max(rtt_s, 1e-4), max(rtt_s, 1e-4) / 2, rtt_s
-    self.probes = self.dropped_probes = 0
+    self.probes = self.dropped_probes = self.drops = 0
+    self.blocked_until = 0.0  # (`drops`) when the last dropped segment's retransmission left
     self.hz = hz  # the kernel's timer tick (CONFIG_HZ): TCP's timers are whole ticks
 
   def _step(self, t: float) -> tuple[float, float]:
@@ -107,7 +122,7 @@ class TbfLink:
     rate, change = self._step(self.t)
     while t >= change:
       new, nxt = self._step(change + 1e-12)
-      if new != rate:  # a change to the same rate leaves the bucket as it is
+      if new != rate or self.refill_same:  # else a change to the same rate leaves the bucket as it is
         self.tokens = self.burst
       else:
         self.tokens = min(self.burst, self.tokens + rate * (change - self.t))
@@ -131,6 +146,8 @@ class TbfLink:
         frame, delay = divmod(t, self.every)  # its frame's arrival as this packet's was
         nxt = max(frame + 1, math.ceil((change - delay) / self.every))
         leave = min(leave, nxt * self.every + delay)
+      if change < leave and self.ack_wake is not None:  # a later ACK handed over wakes it too
+        leave = min([leave] + [p[0] for p in self.pending if change <= p[0] < leave])
     self._bucket_at(leave)
     self.tokens = max(self.tokens - size, 0.0)
     self.free_s = leave
@@ -145,8 +162,19 @@ class TbfLink:
   def _full(self, t: float, size: float) -> bool:
     """Whether the qdisc's byte limit (rate x latency + burst at the rate of the moment) refuses a
     packet of `size` at t."""
-    self.queued = [q for q in self.queued if q[0] > t]
-    return sum(b for _, b in self.queued) + size > self._step(t)[0] * self.latency + self.burst
+    waiting = sum(b for leave, b in self.queued if leave > t)
+    return waiting + size > self._step(t)[0] * self.latency + self.burst
+
+  def _retransmit(self, sent: float, size: float, in_flight: int) -> float:
+    """(`drops`) The departure of a data segment the full qdisc refused at `sent`: sent again at
+    TCP's loss probe, then at each retransmission timeout (doubling) while the qdisc is full."""
+    tick = 1.0 / self.hz
+    at = sent + math.ceil(2 * self.srtt / tick) * tick + (2 * tick if in_flight > 1 else 0.2)
+    rto = max(0.2, self.srtt + 4 * self.rttvar)
+    while self._full(at, size):
+      self.drops += 1
+      at, rto = at + rto, 2 * rto
+    return self._enqueue(at, size)
 
   def _flush(self, until_s: float) -> None:
     """TCP's later packets (ACKs, probes, retransmissions) handed to the qdisc up to until_s."""
@@ -162,20 +190,30 @@ class TbfLink:
     """The small packets that follow the answer of a request of `setup` at `at_s`."""
     extra = self.wire.control_bytes(setup)
     if extra > 0:
-      self.pending.append((at_s, extra, False))
+      self.pending.append((at_s + (self.ack_wake or 0.0), extra, False))
 
   def send(self, ready_s: float, bits: float, setup: int = 0, ack_s: float = 0.0) -> tuple[float, float]:
     """(start, end) of the request; its ACK comes back `ack_s` after its last byte left."""
     self._flush(ready_s)
+    self.queued = [q for q in self.queued if q[0] > ready_s]
     sizes = self.wire.data_packets(setup)
     start = max(ready_s, self.free_s)
-    leaves = [self._enqueue(ready_s, size) for size in sizes]
-    self._tail_probe(ready_s, leaves[-1], sizes, max(ack_s, self.base_rtt))
+    leaves, lost = [], []
+    for size in sizes:
+      if self.drop_data and self._full(ready_s, size):
+        self.drops += 1
+        lost.append(size)
+      else:
+        leaves.append(self._enqueue(ready_s, size))
+    if leaves:
+      self._tail_probe(ready_s, leaves[-1], sizes, max(ack_s, self.base_rtt))
+    for size in lost:  # in-order delivery: this request and every later one wait for it
+      self.blocked_until = max(self.blocked_until, self._retransmit(ready_s, size, len(sizes)))
     for leave in leaves:  # TCP's RTT samples: a packet's time in the qdisc and the round trip
       sample = leave - ready_s + self.base_rtt
       self.rttvar = 0.75 * self.rttvar + 0.25 * abs(sample - self.srtt)
       self.srtt = 0.875 * self.srtt + 0.125 * sample
-    return start, leaves[-1]
+    return start, max([*leaves, self.blocked_until])
 
   def _tail_probe(self, sent: float, end: float, sizes: list, ack_s: float) -> None:
     """TCP's tail loss probe (Linux, in timer ticks): no ACK within 2 srtt + 2 ticks (with one

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+FIGURES = ("deadline_miss_rate", "accuracy", "timely_accuracy", "mean_queue_s")  # each row's, with gaps
 SHARED_TRACES = Path(__file__).resolve().parents[3] / "shared" / "traces"
 
 
@@ -37,6 +38,11 @@ def add_args(parser) -> None:
     "--link-replay",
     action="store_true",
     help="replay the recorded tc runs' requests through the simulator's tc link frame by frame, run nothing",
+  )
+  parser.add_argument(
+    "--link-variant",
+    default="",
+    help="with --link-replay: comma-separated variants of the tc link's model (common.linkmodel.VARIANTS)",
   )
 
 
@@ -60,13 +66,25 @@ def gaps(settings: dict, m: dict, s: dict) -> dict:
   the device's, and the simulator's over the frames it answers in time)."""
   row = {k: settings[k] for k in ("trace", "link", "controller", "trace_scale")}
   s = {**s, "accuracy": s.get("answered_accuracy", s["accuracy"])}
-  for key in ("deadline_miss_rate", "accuracy", "timely_accuracy", "mean_queue_s"):
+  for key in FIGURES:
     row[key], row[f"sim_{key}"] = m[key], s[key]
     row[f"{key}_gap"] = m[key] - s[key]
   return row
 
 
-def replay_run(d: Path) -> dict:
+def variants(names: str) -> dict:
+  """TbfLink keywords of the comma-separated variant names (a bad name: a one-line error)."""
+  from common import linkmodel
+  from common.errors import ConfigError
+
+  chosen = [n for n in names.split(",") if n]
+  bad = sorted(set(chosen) - set(linkmodel.VARIANTS))
+  if bad:
+    raise ConfigError(f"--link-variant: unknown {bad}; choose from {sorted(linkmodel.VARIANTS)}")
+  return {n: linkmodel.VARIANTS[n] for n in chosen}
+
+
+def replay_run(d: Path, variant: dict | None = None) -> dict:
   """A recorded tc run's requests (their setups and hand-over times) through the simulator's tc link
   (`coinfer.deploy.link_model`, `common.linkmodel.replay`): per-frame latency error and agreement
   on the deadline, and the miss rates measured and replayed."""
@@ -78,7 +96,7 @@ def replay_run(d: Path) -> dict:
   rec = safeio.load_json(d / "device.json", what="device record", keys=("frames", "wire", "profile"))
   f, p, dl = rec["frames"], rec["profile"], rec["stream"]["deadline_s"]
   link = deploy.link_model(
-    rec["wire"], runner.load_trace(spec["settings"]), rec["rtt_s"], rec["stream"]["fps"]
+    rec["wire"], runner.load_trace(spec["settings"]), rec["rtt_s"], rec["stream"]["fps"], **(variant or {})
   )
   ready = np.sum([f[k] for k in ("arrival_s", "wait_s", "control_s", "device_s")], axis=0)
   lat = linkmodel.replay(link, ready, f["setup"], p["bits"], p["t_srv"]) - np.asarray(f["arrival_s"])
@@ -95,12 +113,16 @@ def repredict(out: Path) -> list[dict]:
   """The rows of the runs recorded under `out` (each folder's device.json and device_spec.json),
   predicted again by the simulator as it is now (the measured figures are the recorded ones)."""
   from common import safeio
+  from common.errors import ServingError
   from common.serving import runner
 
   dep, rows = runner.deployment("coinfer"), []
   for d in sorted(p.parent for p in out.glob("*/device.json")):
     spec = safeio.load_json(d / "device_spec.json", what="device spec", keys=("settings", "workdir"))
     record = safeio.load_json(d / "device.json", what="device record", keys=("summary",))
+    missing = [k for k in FIGURES if k not in record["summary"]]
+    if missing:
+      raise ServingError(f"{d / 'device.json'}: recorded before the figures {missing}; run --links again")
     trace = runner.load_trace(spec["settings"])
     pred = dep.predict(Path(spec["workdir"]), spec["settings"], record, trace)
     row = gaps(spec["settings"], record["summary"], pred["summary"])
@@ -115,12 +137,9 @@ def run(args) -> dict:
   from common.serving import runner
 
   if args.link_replay:
-    return {
-      "replays": [
-        replay_run(d)
-        for d in sorted(p.parent for p in (Path(args.run_dir) / "links").glob("*_tc_*/device.json"))
-      ]
-    }
+    variant = variants(args.link_variant)
+    runs = sorted(p.parent for p in (Path(args.run_dir) / "links").glob("*_tc_*/device.json"))
+    return {"variant": variant, "replays": [replay_run(d, variant) for d in runs]}
   if args.link_repredict:
     rows = repredict(Path(args.run_dir) / "links")
     return {"rows": rows, "worst_gap": worst_gaps(rows)}

@@ -71,3 +71,66 @@ def test_a_request_within_the_burst_leaves_at_once_and_the_rest_at_the_rate():
   start, end = link.send(0.0, 8 * 2000.0, 0)
   assert start == 0.0
   assert abs(end - (1514 - 86) / 10000) < 1e-9
+
+
+def _two_setups(trace, **variant):
+  """Setup 0: two 1514-B segments; setup 1: one 1514-B segment and 66 B of ACKs after its answer."""
+  wire = linkmodel.WireProfile(np.asarray([2 * 1514.0, 1580.0]), np.asarray([2.0, 2.0]))
+  return linkmodel.TbfLink(trace, wire, burst_bytes=1600, floor_bps=8000, **variant)
+
+
+def test_refill_same_rate_refills_the_bucket_at_a_change_to_the_same_rate():
+  """Hand-computed: 80 kbit/s with a change to 80 kbit/s at 0.1 s. The first request's second segment
+  leaves at 0.1428 s either way; with the refill at 0.1 the bucket then holds 86 B, and a 1514-B
+  segment handed over at 0.15 s waits (1514 - 86 - 72) / 10000 s; without it, 0 B + 72 B."""
+  trace = Trace("flat", np.asarray([0.0, 0.1]), np.asarray([80e3, 80e3]), 10.0)
+  for variant, tokens in (({"refill_same_rate": True}, 86.0), ({}, 0.0)):
+    link = _two_setups(trace, **variant)
+    assert abs(link.send(0.0, 0.0, 0)[1] - 0.1428) < 1e-9
+    assert abs(link.send(0.15, 0.0, 1)[1] - (0.15 + (1514 - tokens - 72) / 10000)) < 1e-9
+
+
+def test_ack_wake_lets_a_later_ack_wake_the_packet_waiting_at_the_head():
+  """Hand-computed: 80 kbit/s, then 800 kbit/s from 0.05 s (the change refills, wakes nothing). The
+  second segment would leave at its watchdog, 0.1428 s; an answer at 0.03 s whose delayed ACK is
+  handed over 40 ms later wakes the qdisc at 0.07 s, when the refilled bucket holds it."""
+  trace = Trace("up", np.asarray([0.0, 0.05]), np.asarray([80e3, 800e3]), 10.0)
+  for variant, end in (({"ack_wake_s": 0.04}, 0.07), ({}, 0.1428)):
+    link = _two_setups(trace, **variant)
+    link.control(0.03, 1)
+    assert abs(link.send(0.0, 0.0, 0)[1] - end) < 1e-9
+
+
+def test_drops_send_a_refused_segment_again_and_hold_later_requests_behind_it():
+  """80 kbit/s and a 50-ms queue: the limit is 10000 x 0.05 + 1600 = 2100 B. A second request handed
+  over while 1514 B still wait is refused whole; TCP sends its segments again at the loss probe or
+  later, and a third request, though its own segment fits, is answered no earlier (in order)."""
+  trace = Trace("flat", np.asarray([0.0]), np.asarray([80e3]), 10.0)
+  link = _two_setups(trace, drops=True)
+  link.latency = 0.05
+  link.send(0.0, 0.0, 0)
+  _, end2 = link.send(0.01, 0.0, 0)
+  assert link.drops >= 2 and end2 >= 0.01 + 0.2  # the queue is still full at the probe: an RTO later
+  _, end3 = link.send(0.5, 0.0, 1)
+  assert end3 >= end2
+  plain = _two_setups(trace)
+  plain.latency = 0.05
+  plain.send(0.0, 0.0, 0)
+  assert abs(plain.send(0.01, 0.0, 0)[1] - (0.1428 + 2 * 0.1514)) < 1e-9  # queued, never dropped
+
+
+def test_replay_variants_are_named_and_a_stale_recording_is_refused(tmp_path):
+  import pytest
+
+  from common.errors import ConfigError, ServingError
+  from launch.benchmarks import links
+
+  assert links.variants("drops,ack_wake_s") == {"drops": True, "ack_wake_s": 0.04}
+  with pytest.raises(ConfigError, match="unknown \\['bogus'\\]"):
+    links.variants("drops,bogus")
+  run = tmp_path / "links" / "att_tc_mpc_0"
+  run.mkdir(parents=True)
+  (run / "device_spec.json").write_text(json.dumps({"settings": {}, "workdir": str(tmp_path)}))
+  (run / "device.json").write_text(json.dumps({"summary": {"deadline_miss_rate": 0.1}}))
+  with pytest.raises(ServingError, match="recorded before the figures"):
+    links.repredict(tmp_path / "links")
