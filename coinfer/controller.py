@@ -246,25 +246,11 @@ def make_mpc_dp(
   return Controller(lambda: MPCState(candidates=len(cand)), update)
 
 
-def make_mpc_milp(
-  prof: Profile,
-  horizon: int = 5,
-  *,
-  fps: float = 10.0,
-  deadline_s: float = 0.2,
-  history: int = 5,
-  margin: bool = True,
-  relax: bool = False,
-  reduce: bool = True,
-  solver: str | None = None,
-) -> Controller:
-  """The MPC as a CVXPY problem built once (DPP) and re-solved every frame: a MILP with HiGHS, or
-  with `relax` its LP relaxation, rounded to the most accurate setup in the support of the first
-  frame's choice that keeps it on time."""
+def _milp_problem(prof: Profile, cand: np.ndarray, horizon: int, dt: float, deadline_s: float, relax: bool):
+  """The MPC's CVXPY problem over the candidates (DPP): (problem, choice variable, seconds per Mbit
+  and backlog-seconds parameters)."""
   import cvxpy as cp
 
-  kw = dict(fps=fps, history=history, margin=margin, reduce=reduce)
-  cand, smallest, dt, predict = _setting_up(prof, horizon, "relax" if relax else "milp", **kw)
   p = len(cand)
   size = prof.bits[cand] / 1e6  # Mbit keeps the numbers well scaled
   gains = _gains(prof, cand, horizon)
@@ -287,6 +273,29 @@ def make_mpc_milp(
   problem = cp.Problem(cp.Maximize(cp.sum(cp.multiply(x, gains))), cons)
   if not problem.is_dpp():
     raise AssertionError("the MPC problem must be DPP")
+  return problem, x, inv_c, w0
+
+
+def make_mpc_milp(
+  prof: Profile,
+  horizon: int = 5,
+  *,
+  fps: float = 10.0,
+  deadline_s: float = 0.2,
+  history: int = 5,
+  margin: bool = True,
+  relax: bool = False,
+  reduce: bool = True,
+  solver: str | None = None,
+) -> Controller:
+  """The MPC as a CVXPY problem built once (DPP) and re-solved every frame: a MILP with HiGHS, or
+  with `relax` its LP relaxation, rounded to the most accurate setup in the support of the first
+  frame's choice that keeps it on time."""
+  import cvxpy as cp
+
+  kw = dict(fps=fps, history=history, margin=margin, reduce=reduce)
+  cand, smallest, dt, predict = _setting_up(prof, horizon, "relax" if relax else "milp", **kw)
+  problem, x, inv_c, w0 = _milp_problem(prof, cand, horizon, dt, deadline_s, relax)
   solver = solver or "HIGHS"
   opts = {"mip_rel_gap": 1e-9} if not relax and solver == "HIGHS" else {}
   order = np.argsort(-prof.accuracy[cand])
