@@ -214,7 +214,8 @@ class TcNetwork:
 
 class TcShaper:
   """A thread that sets the device side's tbf rate to trace.rate_at(t) at every step of the
-  trace, t counted from `start()`; `stop()` joins it."""
+  trace, t counted from `start()`, each change started early by the median time one takes;
+  `stop()` joins it."""
 
   def __init__(self, trace, netns: str, iface: str, parent: tuple = ("root",)):
     self.trace, self.netns, self.iface, self.parent = trace, netns, iface, tuple(parent)
@@ -222,31 +223,47 @@ class TcShaper:
     self._thread = threading.Thread(target=self._loop, daemon=True)
     self.changes = 0
     self.lags_s: list[float] = []  # how late each change was applied after its trace boundary
+    self.durations_s: list[float] = []  # how long each change took (the `tc` process)
     self.error: Exception | None = None
 
   def start(self, t0: float) -> None:
     self.t0 = t0
+    began = time.monotonic()
     set_rate(self.netns, self.iface, self.trace.rate_at(0.0), self.parent)
+    self.durations_s.append(time.monotonic() - began)
     self._thread.start()
 
-  def _loop(self) -> None:
+  def _boundary_after(self, t: float) -> float:
+    """The first step boundary of the (wrapping) trace after stream time t."""
     import numpy as np
 
-    times = np.asarray(self.trace.times_s)
+    period, local = divmod(t, self.trace.period_s)
+    nxt = np.asarray(self.trace.times_s)
+    nxt = nxt[nxt > local]
+    return period * self.trace.period_s + (float(nxt[0]) if nxt.size else self.trace.period_s)
+
+  def _loop(self) -> None:
+    """Each boundary's change, started ahead of it by the median time a change takes (a `tc`
+    process), so that it lands on the boundary rather than that long after it."""
+    import numpy as np
+
+    last = 0.0
     while not self._stop.is_set():
-      t = time.monotonic() - self.t0
-      period, local = divmod(t, self.trace.period_s)
-      nxt = times[times > local]
-      boundary = period * self.trace.period_s + (nxt[0] if nxt.size else self.trace.period_s)
-      if self._stop.wait(max(boundary - t, 0.0)):
+      boundary = self._boundary_after(last)
+      lead = float(np.median(self.durations_s[-20:]))
+      if self._stop.wait(max(boundary - lead - (time.monotonic() - self.t0), 0.0)):
         return
       try:
+        began = time.monotonic()
         set_rate(self.netns, self.iface, self.trace.rate_at(boundary + 1e-9), self.parent)
-        self.changes += 1
-        self.lags_s.append(time.monotonic() - self.t0 - boundary)
+        done = time.monotonic()
       except ServingError as e:
         self.error = e
         return
+      self.changes += 1
+      self.durations_s.append(done - began)
+      self.lags_s.append(done - self.t0 - boundary)
+      last = boundary
 
   def stop(self) -> None:
     self._stop.set()

@@ -141,3 +141,22 @@ def test_delay_relay_adds_the_round_trip_through_the_kernel(tmp_path):
       rtts[delay] = float(_device_on(net, tmp_path / "repo", RTT))
   print(f"round trip without the relay {rtts[0.0] * 1e3:.2f} ms, with 40 ms {rtts[40.0] * 1e3:.2f} ms")
   assert 0.038 <= rtts[40.0] - rtts[0.0] <= 0.050, rtts
+
+
+@pytest.mark.skipif(bool(_WHY), reason=_WHY or "tc available")
+def test_the_shaper_lands_each_change_on_its_boundary_once():
+  """A trace stepping every 100 ms for 1.5 s: every boundary gets one change (none twice, none
+  skipped), started ahead by the time a `tc` process takes, so the changes land on their
+  boundaries, not a `tc` process late (median lag under half the median time a change takes)."""
+  import time
+
+  trace = Trace("steps", np.arange(0.0, 3.0, 0.1), np.tile([100e3, 200e3], 15), 3.0)
+  with link.TcNetwork(trace.rate_at(0.0)) as net:
+    shaper = link.TcShaper(trace, net.device_ns, net.device_iface)
+    shaper.start(time.monotonic())
+    time.sleep(1.55)
+    shaper.stop()
+  assert shaper.error is None
+  assert shaper.changes == 15, shaper.changes
+  lags, took = np.asarray(shaper.lags_s), np.median(shaper.durations_s)
+  assert abs(np.median(lags)) < 0.5 * took, (np.median(lags), took)
