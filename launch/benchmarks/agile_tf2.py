@@ -40,7 +40,9 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
+import tempfile
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -276,6 +278,24 @@ def sgdw(learning_rate: float = 0.1, decay_steps: int = 10_000, weight_decay: fl
   return keras.optimizers.SGD(learning_rate=schedule, momentum=0.9, weight_decay=weight_decay)
 
 
+def integrated_gradients(evaluator, f, labels):
+  """I = |0.5 (g0 + g) (f - f0)|, g and g0 the frozen evaluator's mean-CE input gradients at f
+  and at f0 = 0, each from an inner GradientTape (so an outer tape differentiates I again)."""
+  import keras
+  import tensorflow as tf
+
+  ce = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+  def evaluator_grad(x):
+    with tf.GradientTape() as inner:
+      inner.watch(x)
+      loss = ce(labels, evaluator(x, training=False))
+    return inner.gradient(loss, x)
+
+  f0 = tf.zeros_like(f)
+  return tf.abs(0.5 * (evaluator_grad(f0) + evaluator_grad(f)) * (f - f0))
+
+
 def make_train_step(parts: dict, optimizer, prep, *, k: int, rho: float, lam: float):
   """`step(images, labels) -> losses`: one training step of the original, in one tf.function."""
   import keras
@@ -284,23 +304,13 @@ def make_train_step(parts: dict, optimizer, prep, *, k: int, rho: float, lam: fl
   ce = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
   weights = trainable_weights(parts)
   optimizer.build(weights)
-  evaluator = parts["evaluator"]
-
-  def evaluator_grad(f, labels):
-    with tf.GradientTape() as inner:
-      inner.watch(f)
-      loss = ce(labels, evaluator(f, training=False))
-    return inner.gradient(loss, f)
 
   @tf.function(jit_compile=False)
   def step(images, labels):
     x = prep(images)
     with tf.GradientTape() as tape:
       f = parts["fe"](x, training=True)
-      g = evaluator_grad(f, labels)
-      f0 = tf.zeros_like(f)
-      g0 = evaluator_grad(f0, labels)
-      importance = tf.abs(0.5 * (g0 + g) * (f - f0))
+      importance = integrated_gradients(parts["evaluator"], f, labels)
       skew_loss, disorder_loss, skewness = xai_losses(importance, k, rho)
       q, _ = parts["quantizer"](f[..., k:])
       local = parts["local"](f[..., :k], training=True)
@@ -355,6 +365,50 @@ def serve(args) -> None:
   peak = agile_memory.status_bytes("VmHWM") if reset else None
   _reply({"steps": steps, "rss_before_first_step_bytes": before, "peak_rss_step_bytes": peak,
           "step_transient_bytes": None if peak is None or before is None else peak - before})  # fmt: skip
+
+
+class Child:
+  """The step server in a child process of its own (TF's thread pools apart from JAX's): `step()`
+  runs one TF2 step there and returns its JSON reply once it is done."""
+
+  def __init__(self, argv: list[str]):
+    self._stderr = tempfile.TemporaryFile(mode="w+")
+    self.proc = subprocess.Popen(
+      argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, text=True
+    )
+    self.ready = self._read()
+
+  def _read(self) -> dict:
+    for line in self.proc.stdout:
+      if line.startswith("{"):
+        return json.loads(line)
+    self._stderr.seek(0)
+    tail = self._stderr.read().strip().splitlines()[-1:]
+    raise RuntimeError(f"the TF2 step server exited with status {self.proc.wait()}: {tail}")
+
+  def _send(self, command: str) -> dict:
+    self.proc.stdin.write(command + "\n")
+    self.proc.stdin.flush()
+    return self._read()
+
+  def step(self) -> dict:
+    return self._send("step")
+
+  def close(self) -> dict:
+    """Ends the server; its resident-set report."""
+    out = self._send("quit")
+    self.proc.wait(timeout=60)
+    self._stderr.close()
+    return out
+
+
+def start_child(**flags) -> Child:
+  """Starts `python -m launch.benchmarks.agile_tf2 --serve` with `--key value` for each flag and
+  waits until its step is traced."""
+  argv = [sys.executable, "-m", "launch.benchmarks.agile_tf2", "--serve"]
+  for key, value in flags.items():
+    argv += [f"--{key}", ",".join(map(str, value)) if isinstance(value, tuple | list) else str(value)]
+  return Child(argv)
 
 
 def _floats(text: str) -> tuple[float, ...]:
