@@ -3,8 +3,8 @@
     python -m launch.benchmarks.agile_tf2 --serve --batch 64 --input_size 96 --num_classes 100
 
 `launch.bench agile --tf2` runs this module as a child process and times its step interleaved
-with the JAX step. The step follows the official TF2/Keras code as
-/work/shared/reference/agilenn.md describes it, written from that description:
+with the JAX step. The step follows the official TF2/Keras code (`pittisl/AgileNN`) as the
+AgileNN digest describes it, written from that description:
 
   feature extractor   SepConv(4, stride) -> BN -> ReLU6 -> SepConv(24) -> BN -> ReLU6
   local predictor     GAP -> Dense(classes) -> BN, on the first k channels
