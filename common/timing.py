@@ -1,6 +1,6 @@
 """Wall-clock timing of a callable: the one timer of the benchmarks and the branching measurements.
 
-  measure(fn, repeats=5, warmup=1)   # {"median_s", "min_s", "p90_s", "mean_s", "repeats"}
+  measure(fn, repeats=5, warmup=1)   # {"median_s", "min_s", "p90_s", "max_s", "mean_s", "repeats"}
   median_ms(fn, repeats=50)          # the median in milliseconds
   measure_interleaved({"a": fa, "b": fb}, repeats=5)  # A/B: one call of each per round, in turn
 
@@ -16,7 +16,7 @@ from typing import Any
 
 
 def measure(fn: Callable[[], Any], *, repeats: int = 5, warmup: int = 1) -> dict[str, float]:
-  """Times `fn()` `repeats` times after `warmup` untimed calls: median / min / p90 / mean seconds."""
+  """Times `fn()` `repeats` times after `warmup` untimed calls: median / min / p90 / max / mean seconds."""
   for _ in range(warmup):
     fn()
   times = []
@@ -33,6 +33,7 @@ def _summary(times: list[float]) -> dict[str, float]:
     "median_s": statistics.median(times),
     "min_s": times[0],
     "p90_s": times[min(len(times) - 1, int(0.9 * len(times)))],
+    "max_s": times[-1],
     "mean_s": statistics.fmean(times),
     "repeats": len(times),
   }

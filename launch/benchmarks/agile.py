@@ -29,8 +29,12 @@ run (with the fast options) are reported, and the reference / fast ratio.
 fast full steps. The full steps are compiled first and timed interleaved (one step of each
 variant per round). `--memory` measures the peak resident set of chosen variants' full steps,
 each in a child process (`launch/benchmarks/agile_memory.py`); `fast_remat` is `fast` with the
-IG gradients rematerialised (`agile.train.make_train_step(remat=True)`). The original TF2 step takes 3.6-3.9 s with oneDNN on a 2-core
-machine (issue 12; 2.9-3.7 s in issue 7).
+IG gradients rematerialised (`agile.train.make_train_step(remat=True)`). `--tf2` (on by default;
+`--no-tf2` leaves it out) times the original TF2 step (`launch/benchmarks/agile_tf2.py`: one
+`tf.function` without XLA, oneDNN, the same batch, shapes and thread count) in a child process,
+interleaved with the JAX steps (one TF2 step, then one step of each variant, per round, after a
+warm-up round), and reports its step time (median, min, max), its peak resident set and
+`speedup_fast_vs_tf2_same_run` (TF2 median / fast median, both from this run).
 """
 
 from __future__ import annotations
@@ -38,7 +42,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-TF2_STEP_S = (3.6, 3.9)
 VARIANTS = (
   "reference",
   "shifted",
@@ -74,6 +77,12 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     default="fast,fast_remat",
     help="comma-separated variants whose full step's peak resident set is measured, each in a child "
     "process (launch/benchmarks/agile_memory.py); '' for none",
+  )
+  parser.add_argument(
+    "--tf2",
+    action=argparse.BooleanOptionalAction,
+    default=True,
+    help="time the original TF2 step (a child process) interleaved with the JAX steps; adds `fast`",
   )
 
 
@@ -269,9 +278,10 @@ def _ce_step(s: dict, shifted: bool, options: dict, autodiff: bool, dot: bool):
   return compiled, state
 
 
-def _full_steps(s, names, args) -> dict:
+def _full_steps(s, names, args, tf2=None) -> tuple[dict, dict | None]:
   """The full AgileNN step of each variant: time (all variants compiled first, then timed
-  interleaved, one step of each per round), compile time, FLOPs, compiled bytes (and op profile)."""
+  interleaved, one step of each per round, the TF2 child's step first when `tf2` is given),
+  compile time, FLOPs, compiled bytes (and op profile). Returns (rows, the TF2 step's times or None)."""
   import time
 
   import jax
@@ -280,6 +290,8 @@ def _full_steps(s, names, args) -> dict:
   from common.timing import measure_interleaved
 
   rows, calls = {}, {}
+  if tf2 is not None:
+    calls["tf2"] = (tf2.step, None)
   for name in names:
     t0 = time.perf_counter()
     compiled, state, ev, grouped = full_step(s, name, args)
@@ -298,7 +310,40 @@ def _full_steps(s, names, args) -> dict:
     row["achieved_flops_per_s"] = row["step_flops"] / timed[name]["median_s"]
     if args.profile and name in ("reference", "fast"):
       row["profile"] = profile.group_rows(profile.op_breakdown(calls[name][1], calls[name][0]))
-  return rows
+  return rows, timed.get("tf2")
+
+
+def _start_tf2(s: dict, args):
+  """The TF2 step server (`agile_tf2.Child`) for this run's shapes, hyperparameters and thread
+  count; an {"error": ...} row instead where it does not start."""
+  import os
+
+  from agile.data import RECIPES
+  from launch.benchmarks import agile_tf2
+
+  mean, std, _, pad = RECIPES["cifar100"]
+  c = s["config"]
+  flags = {"batch": args.batch, "image_size": s["batch"]["image"].shape[1], "input_size": args.input_size,
+           "num_classes": args.num_classes, "fe_stride": s["mcfg"].fe_stride, "k": s["mcfg"].k,
+           "num_centroids": s["mcfg"].num_centroids, "rho": c.train.rho, "lam": c.train.lam,
+           "mean": mean, "std": std, "pad": pad, "threads": len(os.sched_getaffinity(0))}  # fmt: skip
+  try:
+    return agile_tf2.start_child(**flags)
+  except RuntimeError as e:
+    return {"error": str(e)}
+
+
+def _tf2_results(child, timed: dict, fast_row: dict) -> dict:
+  """The TF2 step's time (median, min, max), its resident set (the child's report on closing)
+  and the speed ratio of the `fast` step against it, both timed interleaved in this run."""
+  memory = child.close()
+  keys = ("build_s", "trace_s", "threads", "tf_version", "onednn")
+  return {
+    "tf2_step_s": {k: timed[k] for k in ("median_s", "min_s", "max_s", "repeats")},
+    "tf2_step": {**{k: child.ready[k] for k in keys}, "jit_compile": False, **memory},
+    "speedup_fast_vs_tf2_same_run": timed["median_s"] / fast_row["step_s"]["median_s"],
+    "speedup_fast_vs_tf2_same_run_min": timed["min_s"] / fast_row["step_s"]["min_s"],
+  }
 
 
 def _ce_steps(s, args) -> dict:
@@ -375,6 +420,7 @@ def _memory(args, rows: dict) -> dict:
 def run(args) -> dict:
   import os
 
+  from common.errors import ConfigError
   from common.xla_cpu import CPU_OPTIONS
 
   if args.ops_only:
@@ -385,9 +431,21 @@ def run(args) -> dict:
     raise SystemExit(f"--variants/--memory {','.join(bad)}: must be from {VARIANTS}")
   if args.profile:
     names = list(dict.fromkeys(["reference", *names, "fast"]))
+  if args.tf2 and args.reference != "effnetv2_s":
+    raise ConfigError(
+      "--tf2 times the original step, whose evaluator is EfficientNetV2-S: use --reference effnetv2_s, "
+      "or --no-tf2"
+    )
+  if args.tf2:
+    names = list(dict.fromkeys([*names, "fast"]))
   s = setup(args)
   out: dict = {"config": vars(args), "xla_flags_env": os.environ.get("XLA_FLAGS", "")}
-  out["full_step"] = _full_steps(s, names, args)
+  tf2 = _start_tf2(s, args) if args.tf2 else None
+  if isinstance(tf2, dict):
+    out["tf2_step"], tf2 = tf2, None
+  out["full_step"], tf2_timed = _full_steps(s, names, args, tf2)
+  if tf2 is not None:  # closed before the memory children start
+    out.update(_tf2_results(tf2, tf2_timed, out["full_step"]["fast"]))
   out["ce_only_step"] = {} if args.skip_ce else _ce_steps(s, args)
   peak = _matmul_peak(args.matmul_n, args.repeats, CPU_OPTIONS)
   out["matmul_peak_flops_per_s"] = peak["flops_per_s"]
@@ -399,7 +457,4 @@ def run(args) -> dict:
       row["fraction_of_matmul_peak"] = row["achieved_flops_per_s"] / peak["flops_per_s"]
   out.update(_ratios(out))
   out["step_memory"] = _memory(args, out["full_step"])
-  # measured elsewhere (the original TF2 step with oneDNN, another run on this kind of machine):
-  # a label for the reader, never divided into a ratio here
-  out["tf2_onednn_step_s_measured_elsewhere"] = TF2_STEP_S
   return out

@@ -24,7 +24,7 @@ STATUS = Path("/proc/self/status")
 CLEAR_REFS = Path("/proc/self/clear_refs")
 
 
-def _status_bytes(key: str) -> int | None:
+def status_bytes(key: str) -> int | None:
   """A `VmRSS`/`VmHWM` line of /proc/self/status in bytes (None off Linux)."""
   if not STATUS.exists():
     return None
@@ -34,7 +34,7 @@ def _status_bytes(key: str) -> int | None:
   return None
 
 
-def _reset_peak() -> bool:
+def reset_peak() -> bool:
   """Resets the resident set's high-water mark to the current resident set (Linux >= 4.0)."""
   try:
     CLEAR_REFS.write_text("5")
@@ -57,12 +57,12 @@ def measure_in_this_process(args) -> dict:
     holder["s"], m = compiled(holder["s"], s["batch"], jax.random.key(1), s["hp"], ev)
     jax.block_until_ready(m)
 
-  with_compile = _status_bytes("VmHWM")
-  before = _status_bytes("VmRSS")
-  reset = _reset_peak()
+  with_compile = status_bytes("VmHWM")
+  before = status_bytes("VmRSS")
+  reset = reset_peak()
   for _ in range(1 + args.steps):
     one()
-  peak = _status_bytes("VmHWM") if reset else None
+  peak = status_bytes("VmHWM") if reset else None
   return {
     "variant": args.variant,
     "steps": 1 + args.steps,

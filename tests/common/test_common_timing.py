@@ -11,4 +11,4 @@ def test_measure_interleaved_calls_one_of_each_per_round():
   assert calls == ["a", "b"] * 4  # one warm-up round, then three timed rounds
   assert set(out) == {"a", "b"}
   for row in out.values():
-    assert row["repeats"] == 3 and 0 <= row["min_s"] <= row["median_s"] <= row["p90_s"]
+    assert row["repeats"] == 3 and 0 <= row["min_s"] <= row["median_s"] <= row["p90_s"] <= row["max_s"]
