@@ -28,6 +28,7 @@ import shutil
 import subprocess
 import threading
 import time
+from pathlib import Path
 
 from common.errors import ServingError
 
@@ -295,6 +296,7 @@ class Link:
   def __init__(self, trace):
     self.trace = trace
     self.changes = 0  # rate changes applied (tc)
+    self.t0: float | None = None  # the stream's start (monotonic clock), once started
 
   @contextlib.contextmanager
   def network(self):
@@ -302,6 +304,7 @@ class Link:
 
   def start(self, t0: float) -> None:
     """The stream starts at monotonic time t0 (times below are seconds since then)."""
+    self.t0 = t0
 
   def stop(self) -> None:
     """The stream ended (also on errors)."""
@@ -333,7 +336,7 @@ class PacerLink(Link):
   kind, paced = "pacer", True
 
   def start(self, t0: float) -> None:
-    self.pacer = Pacer(self.trace)
+    self.t0, self.pacer = t0, Pacer(self.trace)
 
   def hand_over(self, ready_s: float, bits: float) -> tuple[float, float]:
     start, end = self.pacer.schedule(ready_s, bits)
@@ -349,20 +352,39 @@ class TcLink(Link):
 
   kind = "tc"
 
-  def __init__(self, trace, *, delay_ms: float = 0.0, netns: str = "", iface: str = "", parent=("root",)):
+  def __init__(self, trace, *, delay_ms: float = 0.0, netns: str = "", iface: str = "", parent=("root",),
+               capture: str = ""):  # fmt: skip
     super().__init__(trace)
     self.delay_ms, self.netns, self.iface, self.parent = delay_ms, netns, iface, tuple(parent)
+    self.capture = capture  # a path: every packet of the device's side (`common.serving.capture`)
     self.shaper = None
+
+  @contextlib.contextmanager
+  def _capturing(self, net):
+    from common.serving import capture
+
+    if not self.capture:
+      yield
+      return
+    tcp_info = str(Path(self.capture).with_name("tcp_info.jsonl"))
+    proc = capture.start(
+      net.device_iface, self.capture, tcp_info=tcp_info, prefix=net.exec_prefix(net.device_ns)
+    )
+    try:
+      yield
+    finally:
+      capture.stop(proc)
 
   @contextlib.contextmanager
   def network(self):
     """Two namespaces and the shaped veth pair; with a delay, the server listens on its namespace's
-    loopback and a delaying relay (`common.serving.relay`, delay_ms / 2 each way) on the veth."""
+    loopback and a delaying relay (`common.serving.relay`, delay_ms / 2 each way) on the veth; with
+    `capture`, a packet capture on the device's side throughout."""
     from common.serving import relay
 
     # unshaped until the stream starts (`start` sets the trace's rate): the device's calibration
     # measures compute and round trip, not the trace's first seconds
-    with TcNetwork(UNSHAPED_BPS) as net:
+    with TcNetwork(UNSHAPED_BPS) as net, self._capturing(net):
       spec = {
         "kind": self.kind,
         "netns": net.device_ns,
@@ -390,7 +412,7 @@ class TcLink(Link):
       raise ServingError(
         "the tc link needs the device's namespace and interface (the deploy step sets them up)"
       )
-    self.shaper = TcShaper(self.trace, self.netns, self.iface, self.parent)
+    self.t0, self.shaper = t0, TcShaper(self.trace, self.netns, self.iface, self.parent)
     self.shaper.start(t0)
 
   def stop(self) -> None:
@@ -414,13 +436,15 @@ class TcLink(Link):
 LINKS = {"pacer": PacerLink, "tc": TcLink, "none": Link}
 
 
-def make(kind: str, trace, *, delay_ms: float = 0.0) -> Link:
-  """The link of `kind` (one of LINKS) along `trace`, for the deploy runner."""
+def make(kind: str, trace, *, delay_ms: float = 0.0, capture: str = "") -> Link:
+  """The link of `kind` (one of LINKS) along `trace`, for the deploy runner (`capture`: tc only)."""
   if kind not in LINKS:
     raise ServingError(f"link {kind!r}: must be one of {list(LINKS)}")
   if kind == "tc":
     require_tc()
-    return TcLink(trace, delay_ms=delay_ms)
+    return TcLink(trace, delay_ms=delay_ms, capture=capture)
+  if capture:
+    raise ServingError(f"a packet capture needs the tc link, not {kind!r}")
   return LINKS[kind](trace)
 
 

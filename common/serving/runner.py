@@ -84,6 +84,7 @@ def config_section(**overrides):
   d.trace_start = 0.0  # seconds into the trace where the stream starts
   d.link = "pacer"  # pacer | tc | none
   d.delay_ms = 0.0  # tc: added propagation delay
+  d.capture = False  # tc: every packet of the device's side to packets.jsonl (common.serving.capture)
   d.frames = 300
   d.fps = placeholder(float)
   d.deadline = placeholder(float)  # seconds
@@ -111,6 +112,8 @@ def validate(config) -> None:
   cfg.check_range(config, "deploy.frames", 1, 10**7, integer=True)
   cfg.check_range(config, "deploy.trace_seed", 0, cfg.SEED_MAX, integer=True)
   cfg.check_choice(config, "deploy.link", tuple(link.LINKS))
+  if config.deploy.get("capture") and config.deploy.link != "tc":
+    raise ConfigError(f"config.deploy.capture needs config.deploy.link = 'tc', not {config.deploy.link!r}")
   server = config.deploy.server
   host, _, port = server.rpartition(":")
   if server and not (host and port.isdigit() and 0 < int(port) < 65536):
@@ -144,7 +147,8 @@ def _run_processes(dep: Deployment, workdir: Path, settings: dict, trace, paths:
   from common.serving import link as link_lib
   from common.serving import process
 
-  link = link_lib.make(settings["link"], trace, delay_ms=settings["delay_ms"])
+  capture = str(paths["device"].parent / "packets.jsonl") if settings.get("capture") else ""
+  link = link_lib.make(settings["link"], trace, delay_ms=settings["delay_ms"], capture=capture)
   with _sigterm_unwinds(), link.network() as net:
     server, port = process.start_server(
       paths["repo"],
@@ -306,6 +310,8 @@ def stream_device(dep: Deployment, workdir: Path, settings: dict, server: str, l
     client.close()
   if link.changes:
     record["tc_rate_changes"] = link.changes
+  if link.t0 is not None:  # the stream's start on the monotonic clock (a packet capture's clock)
+    record["t0_monotonic"] = link.t0
   return record
 
 

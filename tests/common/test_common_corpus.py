@@ -563,6 +563,8 @@ def _deploy_cases() -> list[Case]:
   out += [
     Case("coinfer-deploy-no-frames", ("coinfer.main", "deploy", "--workdir=WORK", "--config.deploy.frames=0"),
          "config.deploy.frames"),
+    Case("coinfer-deploy-capture-not-tc", ("coinfer.main", "deploy", "--workdir=WORK", "--config.deploy.capture=True"),
+         "config.deploy.capture"),
     Case("agile-deploy-negative-fps", ("agile.main", "deploy", "--workdir=WORK", "--config.deploy.fps=-1"),
          "config.deploy.fps"),
     Case("coinfer-deploy-malformed-trace", ("coinfer.main", "deploy", "--workdir=WORK", "--config.deploy.trace=TMP/t.csv"),

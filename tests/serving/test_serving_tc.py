@@ -160,3 +160,63 @@ def test_the_shaper_lands_each_change_on_its_boundary_once():
   assert shaper.changes == 15, shaper.changes
   lags, took = np.asarray(shaper.lags_s), np.median(shaper.durations_s)
   assert abs(np.median(lags)) < 0.5 * took, (np.median(lags), took)
+
+
+LISTEN = """
+import socket, sys
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[1], 9100)); s.listen(1); print("listening", flush=True)
+c, _ = s.accept(); n = 0
+while (b := c.recv(65536)):
+  n += len(b)
+print(n, flush=True)
+"""
+
+
+@pytest.mark.skipif(bool(_WHY), reason=_WHY or "tc available")
+def test_the_packet_capture_records_what_leaves_the_device_side(tmp_path):
+  """3000 bytes sent from the device's namespace through tbf at 200 kbit/s: the capture holds them as
+  outgoing TCP payload to the server's port, stamped on the monotonic clock within the transfer,
+  the tbf's pace visible (the last segment leaves at least (3000 - burst) / 25000 s after the first)."""
+  import time
+
+  from common.serving import capture
+
+  out = tmp_path / "packets.jsonl"
+  with link.TcNetwork(200e3) as net:
+    srv = subprocess.Popen([*net.exec_prefix(net.server_ns), sys.executable, "-c", LISTEN, link.SERVER_ADDR],
+                           stdout=subprocess.PIPE, text=True)  # fmt: skip
+    assert srv.stdout.readline().startswith("listening")
+    info = tmp_path / "tcp_info.jsonl"
+    proc = capture.start(net.device_iface, out, tcp_info=info, prefix=net.exec_prefix(net.device_ns))
+    t_begin = time.monotonic()
+    send = f"import socket, time; s = socket.create_connection(('{link.SERVER_ADDR}', 9100)); s.sendall(b'x' * 3000); time.sleep(0.3); s.close()"
+    subprocess.run([*net.exec_prefix(net.device_ns), sys.executable, "-c", send], check=True, timeout=30)
+    assert int(srv.stdout.readline()) == 3000
+    t_end = time.monotonic()
+    capture.stop(proc)
+    srv.wait(5)
+  rows = [json.loads(line) for line in out.read_text().splitlines()]
+  data = [r for r in rows if r[1] == "out" and r[6] == 9100 and r[3] > 0]
+  assert sum(pl for _, pl in {(r[7], r[3]) for r in data}) == 3000  # a segment sent again counts once
+  assert all(t_begin <= r[0] <= t_end for r in data)
+  assert data[-1][0] - data[0][0] >= (3000 - 1600) / 25000
+  sampled = [json.loads(line) for line in info.read_text().splitlines()]
+  assert any(r["peer"].endswith(":9100") and r["cwnd"] > 0 and r["pacing_rate_bps"] > 0 for r in sampled)
+  with pytest.raises(link.ServingError, match="needs the tc link"):
+    link.make("pacer", None, capture=str(out))
+
+
+def test_ss_lines_become_tcp_info_rows():
+  from common.serving import capture
+
+  text = (
+    "ESTAB 0 0 [::ffff:10.77.0.1]:34490 [::ffff:10.77.0.2]:8001\n"
+    "\t bbr wscale:10,10 rto:204 rtt:53.1/10.2 mss:1448 cwnd:12 unacked:2 bytes_retrans:992 "
+    "bbr:(bw:257536bps,mrtt:0.005,pacing_gain:1.25,cwnd_gain:2) pacing_rate 318704bps "
+    "delivery_rate 200000bps notsent:148\n"
+  )
+  (row,) = capture.parse_ss(text)
+  assert row == {"peer": "[::ffff:10.77.0.2]:8001", "cwnd": 12.0, "srtt_ms": 53.1, "bbr_bw_bps": 257536.0,
+                 "pacing_rate_bps": 318704.0, "delivery_rate_bps": 200000.0, "unacked": 2.0,
+                 "notsent_bytes": 148.0, "bytes_retrans": 992.0, "lost": 0.0}  # fmt: skip

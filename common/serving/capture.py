@@ -1,0 +1,168 @@
+"""A packet capture of the tc link's device side: what the kernel's qdisc let out, and when.
+
+  python -m common.serving.capture --iface IFACE --out packets.jsonl   (inside the device's namespace)
+
+Records every IPv4 TCP packet the interface sends or receives, one JSON list a line:
+`[t, dir, wire_bytes, payload_bytes, flags, sport, dport, seq, ack]`, with `t` the kernel's receive
+or transmit timestamp on the machine's monotonic clock (the device record's `t0_monotonic` is the
+stream's start on it), `dir` "out" or "in". An outgoing packet is seen after the qdisc, as it
+leaves for the wire, so the capture shows when tbf released each segment, the server's ACKs and
+the device's own (delayed) ACKs. `common.serving.link.TcLink` runs it when `deploy.capture` is
+set, writing `packets.jsonl` beside the run's report. With `--tcp_info PATH` it also samples the
+namespace's TCP sockets every `--every_ms` with `ss -tin` (the kernel's TCP_INFO: congestion
+window, smoothed RTT, BBR's bandwidth estimate and pacing rate, bytes unacknowledged, not yet
+sent and sent again), one JSON object a line with `t` on the same clock and `peer`. Prints
+`capturing IFACE` once the socket is bound; stops on SIGTERM or when the interface goes away.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import signal
+import socket
+import struct
+import subprocess
+import threading
+import time
+
+ETH_P_ALL, SO_TIMESTAMPNS, PACKET_OUTGOING = 0x0003, 35, 4
+
+
+def parse(frame: bytes) -> tuple | None:
+  """(wire bytes, payload bytes, TCP flags, sport, dport, seq, ack) of an Ethernet IPv4 TCP frame,
+  None for anything else."""
+  if len(frame) < 54 or frame[12:14] != b"\x08\x00" or frame[23] != 6:
+    return None
+  ihl = (frame[14] & 0x0F) * 4
+  total = struct.unpack("!H", frame[16:18])[0]
+  tcp = 14 + ihl
+  sport, dport, seq, ack = struct.unpack("!HHII", frame[tcp : tcp + 12])
+  doff = (frame[tcp + 12] >> 4) * 4
+  return len(frame), total - ihl - doff, frame[tcp + 13], sport, dport, seq, ack
+
+
+TCP_INFO_FIELDS = {  # name -> pattern in `ss -tin`'s line (numbers: bytes, bits/s, ms, packets)
+  "cwnd": r"\bcwnd:(\d+)",
+  "srtt_ms": r"\brtt:([\d.]+)/",
+  "bbr_bw_bps": r"\bbw:(\d+)bps",
+  "pacing_rate_bps": r"\bpacing_rate (\d+)bps",
+  "delivery_rate_bps": r"\bdelivery_rate (\d+)bps",
+  "unacked": r"\bunacked:(\d+)",
+  "notsent_bytes": r"\bnotsent:(\d+)",
+  "bytes_retrans": r"\bbytes_retrans:(\d+)",
+  "lost": r"\blost:(\d+)",
+}
+
+
+def parse_ss(text: str) -> list[dict]:
+  """The established TCP sockets of `ss -tinH` output: peer and TCP_INFO_FIELDS (absent: 0)."""
+  out, lines = [], text.splitlines()
+  for head, info in zip(lines[::2], lines[1::2], strict=False):
+    parts = head.split()
+    if not parts or parts[0] != "ESTAB":
+      continue
+    row = {"peer": parts[4]}
+    for name, pattern in TCP_INFO_FIELDS.items():
+      m = re.search(pattern, info)
+      row[name] = float(m.group(1)) if m else 0.0
+    out.append(row)
+  return out
+
+
+def sample_tcp_info(out_path: str, every_s: float, stop) -> None:
+  """`ss -tinH` every `every_s` until `stop()`: each socket's fields, stamped, to `out_path`."""
+  with open(out_path, "w") as f:
+    while not stop():
+      t = time.monotonic()
+      r = subprocess.run(["ss", "-tinH"], capture_output=True, text=True, check=False)
+      for row in parse_ss(r.stdout):
+        f.write(json.dumps({"t": round(t, 6), **row}) + "\n")
+      time.sleep(max(every_s - (time.monotonic() - t), 0.0))
+
+
+def _timestamp(ancillary, clock_offset: float) -> float:
+  for level, kind, data in ancillary:
+    if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
+      sec, ns = struct.unpack("qq", data[:16])
+      return sec + ns * 1e-9 - clock_offset
+  return time.monotonic()
+
+
+def capture(iface: str, out_path: str, stop) -> int:
+  """Writes every TCP packet on `iface` to `out_path` until `stop()` is true; returns the count."""
+  sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+  sock.bind((iface, 0))
+  sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+  sock.settimeout(0.2)
+  offset = time.time() - time.monotonic()  # kernel timestamps are wall-clock: to the monotonic clock
+  print(f"capturing {iface}", flush=True)
+  n = 0
+  with open(out_path, "w") as f:
+    while not stop():
+      try:
+        frame, ancillary, _, address = sock.recvmsg(1 << 16, 256)
+      except TimeoutError:
+        continue
+      except OSError:  # the interface (the namespace) is gone
+        break
+      fields = parse(frame)
+      if fields is not None:
+        direction = "out" if address[2] == PACKET_OUTGOING else "in"
+        f.write(json.dumps([round(_timestamp(ancillary, offset), 6), direction, *fields]) + "\n")
+        n += 1
+  return n
+
+
+def start(iface: str, out_path, *, tcp_info="", prefix=(), timeout_s: float = 30.0):
+  """Starts the capture process (behind `prefix`, e.g. `ip netns exec NS`) and waits until it is
+  bound; with `tcp_info` a path, the TCP_INFO samples go there."""
+  import sys
+
+  from common.errors import ServingError
+  from common.serving.process import child_env
+
+  cmd = [*prefix, sys.executable, "-m", "common.serving.capture", f"--iface={iface}", f"--out={out_path}"]
+  cmd += [f"--tcp_info={tcp_info}"] if tcp_info else []
+  proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env())
+  line: list[str] = []
+  reader = threading.Thread(target=lambda: line.append(proc.stdout.readline()), daemon=True)
+  reader.start()
+  reader.join(timeout_s)
+  if not line or not line[0].startswith("capturing"):
+    proc.kill()
+    raise ServingError(
+      f"the packet capture did not start: {proc.stderr.read().strip()[-300:] or 'no output'}"
+    )
+  return proc
+
+
+def stop(proc, timeout_s: float = 5.0) -> None:
+  """Ends a capture started by `start` (its file is complete when this returns)."""
+  proc.terminate()
+  proc.wait(timeout_s)
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(prog="python -m common.serving.capture", description=__doc__.splitlines()[0])
+  p.add_argument("--iface", required=True)
+  p.add_argument("--out", required=True)
+  p.add_argument("--tcp_info", default="", help="also sample `ss -tin` to this file")
+  p.add_argument("--every_ms", type=float, default=20.0)
+  args = p.parse_args(argv)
+  done = []
+  signal.signal(signal.SIGTERM, lambda *_: done.append(True))
+  if args.tcp_info:
+    sampler = threading.Thread(
+      target=sample_tcp_info, args=(args.tcp_info, args.every_ms / 1e3, lambda: bool(done)), daemon=True
+    )
+    sampler.start()
+  capture(args.iface, args.out, lambda: bool(done))
+  if args.tcp_info:
+    sampler.join(2.0)
+  return 0
+
+
+if __name__ == "__main__":
+  raise SystemExit(main())
