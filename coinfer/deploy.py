@@ -295,7 +295,7 @@ def predict(dep: Exports, out: dict, trace) -> dict:
     frames=len(out["frames"]["setup"]),
     correct=dep.correct,
     history=11,
-    link=link_model(out.get("wire") or {}, trace, out["rtt_s"], s["fps"]),
+    link=link_model(out.get("wire") or {}, trace, out["rtt_s"], s["fps"], **out.get("link_variant", {})),
     rtt_s=out["rtt_s"],
     answer_s=(out.get("wire") or {}).get("answer_s"),
   )

@@ -1,6 +1,7 @@
 """A packet capture of the tc link's device side: what the kernel's qdisc let out, and when.
 
   python -m common.serving.capture --iface IFACE --out packets.jsonl   (inside the device's namespace)
+  python -m common.serving.capture --summary RUN_DIR                 (what a captured run says)
 
 Records every IPv4 TCP packet the interface sends or receives, one JSON list a line:
 `[t, dir, wire_bytes, payload_bytes, flags, sport, dport, seq, ack]`, with `t` the kernel's receive
@@ -144,13 +145,55 @@ def stop(proc, timeout_s: float = 5.0) -> None:
   proc.wait(timeout_s)
 
 
+def summarize(run_dir) -> dict:
+  """What a captured run's files say over its stream (from the record's `t0_monotonic` to its last
+  frame's arrival and deadline), for the connection to the server: TCP_INFO's samples (the share
+  with a pacing rate under 1 Mbit/s, the lowest pacing rate and BBR estimate, the median smoothed
+  RTT, the share holding bytes not yet sent, the bytes TCP counts as sent again) and the data
+  segments that left the qdisc (how many, and how many of them a second time)."""
+  from pathlib import Path
+
+  import numpy as np
+
+  from common import safeio
+  from common.serving.link import TC_SERVER_PORT
+
+  d = Path(run_dir)
+  rec = safeio.load_json(d / "device.json", what="device record", keys=("t0_monotonic", "stream", "frames"))
+  t0 = rec["t0_monotonic"]
+  t1 = t0 + max(rec["frames"]["arrival_s"]) + rec["stream"]["deadline_s"]
+  info = [json.loads(x) for x in (d / "tcp_info.jsonl").read_text().splitlines()]
+  info = [r for r in info if t0 <= r["t"] <= t1 and r["peer"].endswith(f":{TC_SERVER_PORT}")]
+  pace, bw = np.asarray([r["pacing_rate_bps"] for r in info]), np.asarray([r["bbr_bw_bps"] for r in info])
+  packets = [json.loads(x) for x in (d / "packets.jsonl").read_text().splitlines()]
+  data = [p for p in packets if p[1] == "out" and p[3] > 0 and t0 <= p[0] <= t1]
+  firsts = {(p[7], p[3]) for p in data}
+  return {
+    "tcp_info_samples": len(info),
+    "pacing_below_1mbps": float(np.mean(pace < 1e6)) if info else 0.0,
+    "pacing_min_bps": float(pace.min()) if info else 0.0,
+    "bbr_bw_min_bps": float(bw.min()) if info else 0.0,
+    "srtt_median_ms": float(np.median([r["srtt_ms"] for r in info])) if info else 0.0,
+    "notsent_share": float(np.mean([r["notsent_bytes"] > 0 for r in info])) if info else 0.0,
+    "bytes_retrans": info[-1]["bytes_retrans"] - info[0]["bytes_retrans"] if info else 0.0,
+    "data_segments_out": len(data),
+    "data_segments_out_again": len(data) - len(firsts),
+  }
+
+
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(prog="python -m common.serving.capture", description=__doc__.splitlines()[0])
-  p.add_argument("--iface", required=True)
-  p.add_argument("--out", required=True)
+  p.add_argument("--summary", default="", help="print what a captured run's folder says, capture nothing")
+  p.add_argument("--iface")
+  p.add_argument("--out")
   p.add_argument("--tcp_info", default="", help="also sample `ss -tin` to this file")
   p.add_argument("--every_ms", type=float, default=20.0)
   args = p.parse_args(argv)
+  if args.summary:
+    print(json.dumps(summarize(args.summary), indent=1))
+    return 0
+  if not (args.iface and args.out):
+    p.error("--iface and --out are required to capture")
   done = []
   signal.signal(signal.SIGTERM, lambda *_: done.append(True))
   if args.tcp_info:

@@ -35,6 +35,7 @@ from common.errors import ServingError
 SERVER_ADDR, DEVICE_ADDR = "10.77.0.2", "10.77.0.1"
 TBF_BURST_BYTES = 1600  # one MTU-sized packet: a frame cannot ride a full bucket past the rate
 TBF_LATENCY_MS = 500
+TC_SERVER_PORT = 8001  # the server's port on the tc link's veth
 TBF_FLOOR_BPS = 8000  # tc's tbf rate for a trace's zero-rate steps
 UNSHAPED_BPS = 1e9  # the tc link's rate before the stream starts
 
@@ -396,12 +397,19 @@ class TcLink(Link):
         tuple(net.exec_prefix(net.device_ns)),
       )
       if self.delay_ms <= 0:
-        yield Network(SERVER_ADDR, 8001, server_prefix, device_prefix, spec)
+        yield Network(SERVER_ADDR, TC_SERVER_PORT, server_prefix, device_prefix, spec)
         return
-      proc = relay.start(f"{SERVER_ADDR}:8001", "127.0.0.1:8002", self.delay_ms / 2, prefix=server_prefix)
+      proc = relay.start(
+        f"{SERVER_ADDR}:{TC_SERVER_PORT}", "127.0.0.1:8002", self.delay_ms / 2, prefix=server_prefix
+      )
       try:
         yield Network(
-          "127.0.0.1", 8002, server_prefix, device_prefix, spec, device_address=f"{SERVER_ADDR}:8001"
+          "127.0.0.1",
+          8002,
+          server_prefix,
+          device_prefix,
+          spec,
+          device_address=f"{SERVER_ADDR}:{TC_SERVER_PORT}",
         )
       finally:
         proc.terminate()

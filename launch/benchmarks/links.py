@@ -42,7 +42,8 @@ def add_args(parser) -> None:
   parser.add_argument(
     "--link-variant",
     default="",
-    help="with --link-replay: comma-separated variants of the tc link's model (common.linkmodel.VARIANTS)",
+    help="with --link-replay or --link-repredict: comma-separated variants of the tc link's model "
+    "(common.linkmodel.VARIANTS)",
   )
 
 
@@ -109,9 +110,10 @@ def replay_run(d: Path, variant: dict | None = None) -> dict:
   return row
 
 
-def repredict(out: Path) -> list[dict]:
+def repredict(out: Path, variant: dict | None = None) -> list[dict]:
   """The rows of the runs recorded under `out` (each folder's device.json and device_spec.json),
-  predicted again by the simulator as it is now (the measured figures are the recorded ones)."""
+  predicted again by the simulator as it is now, its tc link with `variant` (the measured figures
+  are the recorded ones)."""
   from common import safeio
   from common.errors import ServingError
   from common.serving import runner
@@ -124,7 +126,9 @@ def repredict(out: Path) -> list[dict]:
     if missing:
       raise ServingError(f"{d / 'device.json'}: recorded before the figures {missing}; run --links again")
     trace = runner.load_trace(spec["settings"])
-    pred = dep.predict(Path(spec["workdir"]), spec["settings"], record, trace)
+    pred = dep.predict(
+      Path(spec["workdir"]), spec["settings"], {**record, "link_variant": variant or {}}, trace
+    )
     row = gaps(spec["settings"], record["summary"], pred["summary"])
     rows.append({**row, "trace": Path(row["trace"]).stem, "repeat": d.name.rsplit("_", 1)[-1],
                  "load1": float("nan")})  # fmt: skip
@@ -141,7 +145,7 @@ def run(args) -> dict:
     runs = sorted(p.parent for p in (Path(args.run_dir) / "links").glob("*_tc_*/device.json"))
     return {"variant": variant, "replays": [replay_run(d, variant) for d in runs]}
   if args.link_repredict:
-    rows = repredict(Path(args.run_dir) / "links")
+    rows = repredict(Path(args.run_dir) / "links", variants(args.link_variant))
     return {"rows": rows, "worst_gap": worst_gaps(rows)}
   workdir = Path(args.workdir)
   config = safeio.load_json(workdir / "config.json", what="run config")

@@ -220,3 +220,43 @@ def test_ss_lines_become_tcp_info_rows():
   assert row == {"peer": "[::ffff:10.77.0.2]:8001", "cwnd": 12.0, "srtt_ms": 53.1, "bbr_bw_bps": 257536.0,
                  "pacing_rate_bps": 318704.0, "delivery_rate_bps": 200000.0, "unacked": 2.0,
                  "notsent_bytes": 148.0, "bytes_retrans": 992.0, "lost": 0.0}  # fmt: skip
+
+
+def test_a_captured_runs_summary_counts_over_its_stream_only(tmp_path):
+  """Hand-made files: two TCP_INFO samples in the stream (one pacing at 0.5 Mbit/s), one before it
+  and one for another peer; three data segments out in the stream, one of them twice."""
+  from common.serving import capture
+
+  t0 = 100.0
+  record = {"t0_monotonic": t0, "stream": {"deadline_s": 0.2}, "frames": {"arrival_s": [0.0, 0.1]}}
+  (tmp_path / "device.json").write_text(json.dumps(record))
+  row = {"cwnd": 10, "srtt_ms": 40.0, "bbr_bw_bps": 4e5, "delivery_rate_bps": 0, "unacked": 1, "lost": 0}
+  info = [
+    {"t": 99.0, "peer": "[::1]:8001", "pacing_rate_bps": 1e3, "notsent_bytes": 0, "bytes_retrans": 0, **row},
+    {
+      "t": 100.05,
+      "peer": "[::1]:8001",
+      "pacing_rate_bps": 5e5,
+      "notsent_bytes": 148,
+      "bytes_retrans": 10,
+      **row,
+    },
+    {"t": 100.1, "peer": "[::1]:9999", "pacing_rate_bps": 1e3, "notsent_bytes": 0, "bytes_retrans": 0, **row},
+    {
+      "t": 100.2,
+      "peer": "[::1]:8001",
+      "pacing_rate_bps": 2e6,
+      "notsent_bytes": 0,
+      "bytes_retrans": 1002,
+      **row,
+    },
+  ]
+  (tmp_path / "tcp_info.jsonl").write_text("".join(json.dumps(r) + "\n" for r in info))
+  seg = lambda t, seq, pl: [t, "out", pl + 66, pl, 16, 1, 8001, seq, 0]  # noqa: E731
+  packets = [seg(99.5, 1, 100), seg(100.01, 2, 1448), seg(100.03, 1450, 992), seg(100.2, 1450, 992),
+             [100.21, "in", 66, 0, 16, 8001, 1, 0, 0], seg(100.25, 2442, 148), seg(101.0, 2590, 100)]  # fmt: skip
+  (tmp_path / "packets.jsonl").write_text("".join(json.dumps(p) + "\n" for p in packets))
+  s = capture.summarize(tmp_path)
+  assert (s["tcp_info_samples"], s["pacing_below_1mbps"], s["pacing_min_bps"]) == (2, 0.5, 5e5)
+  assert (s["notsent_share"], s["bytes_retrans"], s["srtt_median_ms"]) == (0.5, 992, 40.0)
+  assert (s["data_segments_out"], s["data_segments_out_again"]) == (4, 1)
