@@ -119,24 +119,11 @@ def capture(iface: str, out_path: str, stop) -> int:
 def start(iface: str, out_path, *, tcp_info="", prefix=(), timeout_s: float = 30.0):
   """Starts the capture process (behind `prefix`, e.g. `ip netns exec NS`) and waits until it is
   bound; with `tcp_info` a path, the TCP_INFO samples go there."""
-  import sys
+  from common.serving.process import start_helper
 
-  from common.errors import ServingError
-  from common.serving.process import child_env
-
-  cmd = [*prefix, sys.executable, "-m", "common.serving.capture", f"--iface={iface}", f"--out={out_path}"]
-  cmd += [f"--tcp_info={tcp_info}"] if tcp_info else []
-  proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env())
-  line: list[str] = []
-  reader = threading.Thread(target=lambda: line.append(proc.stdout.readline()), daemon=True)
-  reader.start()
-  reader.join(timeout_s)
-  if not line or not line[0].startswith("capturing"):
-    proc.kill()
-    raise ServingError(
-      f"the packet capture did not start: {proc.stderr.read().strip()[-300:] or 'no output'}"
-    )
-  return proc
+  args = [f"--iface={iface}", f"--out={out_path}"] + ([f"--tcp_info={tcp_info}"] if tcp_info else [])
+  return start_helper("common.serving.capture", args, ready="capturing", what="the packet capture",
+                      prefix=prefix, timeout_s=timeout_s)  # fmt: skip
 
 
 def stop(proc, timeout_s: float = 5.0) -> None:

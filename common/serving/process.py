@@ -57,6 +57,21 @@ def _wait_ready(proc, timeout_s: float, what: str, tail_lines: int = 1) -> re.Ma
   return box[0]
 
 
+def start_helper(module: str, args, *, ready: str, what: str, prefix=(), timeout_s: float = 30.0):
+  """`python -m module args` (behind `prefix`, e.g. `ip netns exec NS`), waited for until its first
+  line of output starts with `ready` (ServingError naming `what` with its stderr otherwise)."""
+  proc = subprocess.Popen([*prefix, *PY, "-m", module, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True, env=child_env())  # fmt: skip
+  line: list[str] = []
+  reader = threading.Thread(target=lambda: line.append(proc.stdout.readline()), daemon=True)
+  reader.start()
+  reader.join(timeout_s)
+  if not line or not line[0].startswith(ready):
+    proc.kill()
+    raise ServingError(f"{what} did not start: {proc.stderr.read().strip()[-300:] or 'no output'}")
+  return proc
+
+
 def start_server(
   repo: Path,
   *,

@@ -80,24 +80,11 @@ def _address(text: str) -> tuple[str, int]:
 
 def start(listen: str, target: str, delay_ms: float, *, prefix=(), timeout_s: float = 30.0):
   """Starts the relay process (behind `prefix`, e.g. `ip netns exec NS`) and waits until it listens."""
-  import subprocess
-  import sys
-  import threading
+  from common.serving.process import start_helper
 
-  from common.errors import ServingError
-  from common.serving.process import child_env
-
-  cmd = [*prefix, sys.executable, "-m", "common.serving.relay", f"--listen={listen}", f"--target={target}"]
-  proc = subprocess.Popen([*cmd, f"--delay_ms={delay_ms}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          text=True, env=child_env())  # fmt: skip
-  line: list[str] = []
-  reader = threading.Thread(target=lambda: line.append(proc.stdout.readline()), daemon=True)
-  reader.start()
-  reader.join(timeout_s)
-  if not line or not line[0].startswith("relaying"):
-    proc.kill()
-    raise ServingError(f"the delay relay did not start: {proc.stderr.read().strip()[-300:] or 'no output'}")
-  return proc
+  args = [f"--listen={listen}", f"--target={target}", f"--delay_ms={delay_ms}"]
+  return start_helper("common.serving.relay", args, ready="relaying", what="the delay relay", prefix=prefix,
+                      timeout_s=timeout_s)  # fmt: skip
 
 
 def main(argv=None) -> int:

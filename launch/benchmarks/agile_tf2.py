@@ -50,7 +50,8 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 import numpy as np  # noqa: E402
 
-# (t, c, n, s) of the original remote predictor (CIFAR strides)
+# (t, c, n, s) of the original remote predictor (CIFAR strides): `agile.models.PAPER_REMOTE_SETTINGS`,
+# repeated here because this process must not import JAX (its memory is measured)
 REMOTE_SETTINGS = (
   (1, 16, 1, 1),
   (6, 24, 2, 1),
@@ -60,6 +61,7 @@ REMOTE_SETTINGS = (
   (6, 160, 3, 2),
   (6, 320, 1, 1),
 )
+
 STEM_LAYERS = ("stem_conv", "stem_bn", "stem_activation")
 
 
