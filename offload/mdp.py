@@ -102,23 +102,14 @@ def thresholds(
   qpm = bucket.discretize(rate, depth)
   q, p, m = qpm
   tmat = bucket.transition_matrix(qpm, bucket.interval_pmf(intervals))
-  m_desc, ks, sk = _candidates(metrics, rewards)
-  hull = _upper_hull(ks.astype(np.float64), sk)
-  hk, hs = ks[hull], sk[hull]
+  m_desc, hk, hull_args = _padded_hull(metrics, rewards)
   states = np.arange(q, m + 1)
   send_states = states[states >= p]
-  h = _bucket_size(len(hk))
-  pad = h - len(hk)
-  slopes = np.concatenate([np.diff(hs) / np.diff(hk), np.full(pad + 1, -np.inf)])  # decreasing, [h]
-  th_hull = np.concatenate([_threshold_of_k(m_desc, hk), np.full(pad, np.inf)])
   tolerance = tol * max(float(m_desc[0] - m_desc[-1]), 1e-300)
   j, v, sweeps = _value_iteration(
     jnp.asarray(tmat[states], jnp.float32),
     jnp.asarray(tmat[send_states - p], jnp.float32),
-    jnp.asarray(np.concatenate([hk, np.zeros(pad, np.int64)]), jnp.float32) / len(m_desc),
-    jnp.asarray(np.concatenate([hs, np.zeros(pad)]), jnp.float32) / len(m_desc),
-    jnp.asarray(slopes, jnp.float32),
-    jnp.asarray(th_hull, jnp.float32),
+    *hull_args,
     jnp.float32(gamma),
     jnp.float32(tolerance),
     jnp.int32(m // max(q, 1) + 1),
@@ -129,6 +120,24 @@ def thresholds(
   if return_info:
     return out, {"sweeps": int(sweeps), "qpm": qpm, "values": np.asarray(v, np.float64)}
   return out
+
+
+def _padded_hull(metrics: np.ndarray, rewards: np.ndarray):
+  """(metrics sorted descending, the upper hull's k, the value iteration's hull arguments: k / N,
+  reward sum / N, the decreasing slopes and the thresholds, padded by `_bucket_size`)."""
+  m_desc, ks, sk = _candidates(metrics, rewards)
+  hull = _upper_hull(ks.astype(np.float64), sk)
+  hk, hs = ks[hull], sk[hull]
+  pad = _bucket_size(len(hk)) - len(hk)
+  slopes = np.concatenate([np.diff(hs) / np.diff(hk), np.full(pad + 1, -np.inf)])  # decreasing, [h]
+  th_hull = np.concatenate([_threshold_of_k(m_desc, hk), np.full(pad, np.inf)])
+  args = (
+    jnp.asarray(np.concatenate([hk, np.zeros(pad, np.int64)]), jnp.float32) / len(m_desc),
+    jnp.asarray(np.concatenate([hs, np.zeros(pad)]), jnp.float32) / len(m_desc),
+    jnp.asarray(slopes, jnp.float32),
+    jnp.asarray(th_hull, jnp.float32),
+  )
+  return m_desc, hk, args
 
 
 def _bucket_size(n: int) -> int:
