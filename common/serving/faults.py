@@ -322,15 +322,6 @@ class FleetProbe:
 DEPLOYMENT = FleetProbe()
 
 
-def fleet_settings(repo: Path, model: str, *, cameras: int, frames: int, fps: float, deadline_s: float,
-                   trace: str = "markov", link: str = "none") -> list[dict]:  # fmt: skip
-  """Each camera's settings: the runner's deploy section and what the probe reads."""
-  from common.serving import runner
-
-  base = runner.config_section(frames=frames, fps=fps, deadline=deadline_s, trace=trace, link=link).to_dict()
-  return [{**base, "camera": j, "repository": str(repo), "model": model} for j in range(cameras)]
-
-
 def run_fleet(repo: Path, model: str, devices: list[dict], *, workdir: Path, switch: str = "",
               kill: int | None = None, kill_after_s: float = 1.0, restart_after_s: float | None = None,
               down_s: float = 0.5) -> dict:  # fmt: skip

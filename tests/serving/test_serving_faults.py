@@ -17,6 +17,15 @@ def repo(tmp_path_factory):
   return d, faults.wire_repository(d, SHAPE, 8)
 
 
+def fleet_settings(repo, model: str, *, cameras: int, frames: int, fps: float, deadline_s: float,
+                   trace: str = "markov", link: str = "none") -> list[dict]:  # fmt: skip
+  """Each camera's settings for `faults.run_fleet`: the runner's deploy section and what the probe reads."""
+  from common.serving import runner
+
+  base = runner.config_section(frames=frames, fps=fps, deadline=deadline_s, trace=trace, link=link).to_dict()
+  return [{**base, "camera": j, "repository": str(repo), "model": model} for j in range(cameras)]
+
+
 def _complete(rec, frames):
   assert rec["frames"] == frames and len(rec["statuses"]) == frames
   assert rec["unaccounted"] == 0 and sum(rec["status"].values()) == frames
@@ -88,7 +97,7 @@ def _fleet_complete(out, frames=FRAMES):
 
 def test_fleet_camera_killed_mid_stream(repo, tmp_path):
   d, model = repo
-  devs = faults.fleet_settings(d, model, cameras=FLEET, frames=FRAMES, fps=20.0, deadline_s=1.0)
+  devs = fleet_settings(d, model, cameras=FLEET, frames=FRAMES, fps=20.0, deadline_s=1.0)
   out = faults.run_fleet(d, model, devs, workdir=tmp_path, kill=1, kill_after_s=1.0)
   _fleet_complete(out)
   assert out["failed"] == [1] and "exit status -9" in out["cameras"][1]["failed"]
@@ -98,7 +107,7 @@ def test_fleet_camera_killed_mid_stream(repo, tmp_path):
 
 def test_fleet_switch_that_refuses_everything(repo, tmp_path):
   d, model = repo
-  devs = faults.fleet_settings(d, model, cameras=FLEET, frames=FRAMES, fps=20.0, deadline_s=1.0)
+  devs = fleet_settings(d, model, cameras=FLEET, frames=FRAMES, fps=20.0, deadline_s=1.0)
   out = faults.run_fleet(d, model, devs, workdir=tmp_path, switch=f"{model}=1,1,0,50")  # m = 0: closed
   _fleet_complete(out)
   assert out["status"] == {"ok": 0, "late": 0, "lost": 0, "refused": FLEET * FRAMES}, out["cameras"]
@@ -109,7 +118,7 @@ def test_fleet_trace_at_zero_longer_than_the_deadline(repo, tmp_path):
   d, model = repo
   trace = tmp_path / "outage.csv"  # 2 Mbit/s, nothing in [1.0, 2.5) s, 2 Mbit/s again
   trace.write_text("time_s,mbps\n0,2\n1.0,0\n2.5,2\n3.0,2\n3.5,2\n")
-  devs = faults.fleet_settings(
+  devs = fleet_settings(
     d, model, cameras=FLEET, frames=FRAMES, fps=20.0, deadline_s=0.5, trace=str(trace), link="pacer"
   )
   out = faults.run_fleet(d, model, devs, workdir=tmp_path / "run")
@@ -126,7 +135,7 @@ def test_fleet_server_restarted_while_streaming(repo, tmp_path):
   d, model = repo
   # 8 s of frames: the restarted server (a fresh interpreter) and the clients' backoff must be back
   # well before the end even on a loaded machine, so that the last frames are answered
-  devs = faults.fleet_settings(d, model, cameras=FLEET, frames=160, fps=20.0, deadline_s=1.0)
+  devs = fleet_settings(d, model, cameras=FLEET, frames=160, fps=20.0, deadline_s=1.0)
   out = faults.run_fleet(d, model, devs, workdir=tmp_path, restart_after_s=0.8, down_s=0.5)
   _fleet_complete(out, 160)
   assert [e[0] for e in out["events"]] == ["server killed", "serving again"] and not out["failed"]
