@@ -38,8 +38,9 @@ Variants, off by default (`VARIANTS`; `python -m launch.bench deploy --links --l
   - `ack_wake_s`: the device's (delayed) ACK of each answer is handed to the qdisc that long after the
     answer, and, like any packet handed over, wakes a packet waiting at the head.
 
-Not modelled: BBR's pacing, whose rate stays far above the trace's here (its bandwidth estimate
-keeps the unshaped calibration's tens of Mbit/s; `ss -ti` on the device's socket).
+Not modelled: BBR's pacing (its bandwidth estimate mostly keeps the unshaped calibration's tens
+of Mbit/s, but falls to the trace's rate at times: `deploy.capture` records it), the server's
+delayed ACKs, and TCP holding new data after a probe.
 """
 
 from __future__ import annotations
@@ -168,8 +169,7 @@ class TbfLink:
   def _retransmit(self, sent: float, size: float, in_flight: int) -> float:
     """(`drops`) The departure of a data segment the full qdisc refused at `sent`: sent again at
     TCP's loss probe, then at each retransmission timeout (doubling) while the qdisc is full."""
-    tick = 1.0 / self.hz
-    at = sent + math.ceil(2 * self.srtt / tick) * tick + (2 * tick if in_flight > 1 else 0.2)
+    at = sent + self._pto(in_flight)
     rto = max(0.2, self.srtt + 4 * self.rttvar)
     while self._full(at, size):
       self.drops += 1
@@ -215,13 +215,18 @@ class TbfLink:
       self.srtt = 0.875 * self.srtt + 0.125 * sample
     return start, max([*leaves, self.blocked_until])
 
+  def _pto(self, n_packets: int) -> float:
+    """TCP's probe timeout for a flight of `n_packets` (Linux, whole timer ticks): 2 srtt + 2 ticks,
+    or 2 srtt + 200 ms with one packet out."""
+    tick = 1.0 / self.hz
+    return math.ceil(2 * self.srtt / tick) * tick + (2 * tick if n_packets > 1 else 0.2)
+
   def _tail_probe(self, sent: float, end: float, sizes: list, ack_s: float) -> None:
     """TCP's tail loss probe (Linux, in timer ticks): no ACK within 2 srtt + 2 ticks (with one
     packet out, 2 srtt + 200 ms) sends the last segment again, unless that segment is still in the
     qdisc (the kernel does not retransmit a packet its host still queues); the qdisc queues the
     probe (or drops it when full). The ACK comes `ack_s` after the last segment left."""
-    tick = 1.0 / self.hz
-    pto = math.ceil(2 * self.srtt / tick) * tick + (2 * tick if len(sizes) > 1 else 0.2)
+    pto = self._pto(len(sizes))
     if end <= sent + pto < end + ack_s:
       self.probes += 1
       self.pending.append((sent + pto, sizes[-1], True))
