@@ -3,6 +3,7 @@
   measure(fn, repeats=5, warmup=1)   # {"median_s", "min_s", "p90_s", "max_s", "mean_s", "repeats"}
   median_ms(fn, repeats=50)          # the median in milliseconds
   measure_interleaved({"a": fa, "b": fb}, repeats=5)  # A/B: one call of each per round, in turn
+  matmul_peak(2048, repeats=5, options={})  # this machine's float32 matmul rate (JAX), the benchmarks' peak
 
 `fn()` must block until its result is ready (e.g. with `jax.block_until_ready`).
 """
@@ -54,6 +55,19 @@ def measure_interleaved(
       fn()
       times[k].append(time.perf_counter() - t0)
   return {k: _summary(v) for k, v in times.items()}
+
+
+def matmul_peak(n: int, repeats: int, options: dict) -> dict:
+  """A jitted [n, n] @ [n, n] float32 matmul compiled with `options`: its median seconds and its rate
+  at the fastest call (`flops_per_s`), the peak that benchmarks divide their FLOP rates by."""
+  import jax
+  import jax.numpy as jnp
+
+  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+  b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
+  mm = jax.jit(jnp.matmul).lower(a, b).compile(options)
+  t = measure(lambda: jax.block_until_ready(mm(a, b)), repeats=max(repeats, 5), warmup=2)
+  return {"n": n, "median_s": t["median_s"], "flops_per_s": 2 * n**3 / t["min_s"]}
 
 
 def median_ms(fn: Callable[[], Any], *, repeats: int = 50, warmup: int = 5) -> float:

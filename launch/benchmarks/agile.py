@@ -86,19 +86,6 @@ def add_args(parser: argparse.ArgumentParser) -> None:
   )
 
 
-def _matmul_peak(n: int, repeats: int, options: dict) -> dict:
-  import jax
-  import jax.numpy as jnp
-
-  from common.timing import measure
-
-  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-  b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
-  mm = jax.jit(jnp.matmul).lower(a, b).compile(options)
-  t = measure(lambda: jax.block_until_ready(mm(a, b)), repeats=max(repeats, 5), warmup=2)
-  return {"n": n, "median_s": t["median_s"], "flops_per_s": 2 * n**3 / t["min_s"]}
-
-
 def conv_ops(repeats: int) -> dict:
   """Single ops of the evaluator's shapes (batch 64) with XLA:CPU's defaults, CPU_OPTIONS and
   REDUCE_OPTIONS: a 3x3 conv 24 -> 96 at 32x32 (forward, filter and input gradients), a 1x1 conv
@@ -421,6 +408,7 @@ def run(args) -> dict:
   import os
 
   from common.errors import ConfigError
+  from common.timing import matmul_peak
   from common.xla_cpu import CPU_OPTIONS
 
   if args.ops_only:
@@ -447,11 +435,9 @@ def run(args) -> dict:
   if tf2 is not None:  # closed before the memory children start
     out.update(_tf2_results(tf2, tf2_timed, out["full_step"]["fast"]))
   out["ce_only_step"] = {} if args.skip_ce else _ce_steps(s, args)
-  peak = _matmul_peak(args.matmul_n, args.repeats, CPU_OPTIONS)
+  peak = matmul_peak(args.matmul_n, args.repeats, CPU_OPTIONS)
   out["matmul_peak_flops_per_s"] = peak["flops_per_s"]
-  out["matmul_peak_default_options_flops_per_s"] = _matmul_peak(args.matmul_n, args.repeats, {})[
-    "flops_per_s"
-  ]
+  out["matmul_peak_default_options_flops_per_s"] = matmul_peak(args.matmul_n, args.repeats, {})["flops_per_s"]
   for part in (out["full_step"], out["ce_only_step"]):
     for row in part.values():
       row["fraction_of_matmul_peak"] = row["achieved_flops_per_s"] / peak["flops_per_s"]

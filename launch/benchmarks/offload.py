@@ -29,11 +29,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from common.timing import measure, measure_interleaved
+from common.timing import matmul_peak, measure, measure_interleaved
+from common.xla_cpu import CPU_OPTIONS
 from launch.benchmarks import offload_multicam
 from offload import bucket, dqn, mdp, sequences, simulate
 from offload import data as odata
-from offload.models import DQNConfig, QNetwork
+from offload.models import DQNConfig, QNetwork, send_margin_params
 
 PUBLISHED = {"q_iteration_s": (1.3, 2.0), "mdp_s": 3.6, "simulation_s": (15.0, 20.0)}
 
@@ -183,6 +184,23 @@ def reference_dqn_simulation(params, metrics, rewards, seq, qpm, nhist1):
 
 
 # ------------------------------------------------------------------ benchmark
+
+
+def _compute_bound(params, net: QNetwork, images: int, ours_s: float, reference_s: float) -> dict:
+  """The network's arithmetic on every image at this machine's matmul peak (a 2048^2 float32 matmul,
+  the launchers' options, measured now): no simulation that evaluates it on every step runs faster
+  (the benchmark's DQN has a decision on nearly every step, so no step can be skipped)."""
+  hidden, out = send_margin_params(params, net.config.nlayers)
+  macs = sum(int(k.shape[-2] * k.shape[-1]) for k, _ in [*hidden, out])
+  peak = matmul_peak(2048, 5, dict(CPU_OPTIONS))["flops_per_s"]
+  bound_s = 2 * macs * images / peak
+  return {
+    "network_multiply_adds_per_image": macs,
+    "matmul_peak_flops_per_s": peak,
+    "ours_fraction_of_matmul_peak": bound_s / ours_s,
+    "compute_bound_s": bound_s,
+    "compute_bound_speedup_vs_numpy_reference": reference_s / bound_s,
+  }
 
 
 def _one_blas_thread():
@@ -431,6 +449,7 @@ def bench_dqn_simulation(ts, sseq, state, net: QNetwork, ref_len: int, repeats: 
     "previous_jax_path_speedup_vs_numpy_reference": ref_per_image * images / prev,
     "speedup_vs_published_original": [t / ours for t in PUBLISHED["simulation_s"]],
     "target": ">= 8x the NumPy reference",
+    **_compute_bound(state.params, net, images, ours, ref_per_image * images),
     "decision_fraction": dec,
     "network_work_removal_bound": 1.0 / max(dec, 1e-9),
   }
