@@ -10,7 +10,10 @@ its deadline T. With W_k the seconds until the uplink is free when frame k arriv
   W_{k+1} = max(0, S_k + D(s_k) / C - dt)
 
 C is the predicted bandwidth: the harmonic mean of the last n throughput samples, divided
-by (1 + the largest relative error of that predictor over the recent past) when `margin`.
+by (1 + the largest relative error of that predictor over the recent past) when `margin`. A
+transfer still on the link (bits, seconds so far) bounds the rate by bits / seconds: when that is
+below every recent sample it is the newest one (`with_pending`; every controller here uses it),
+so an outage, in which no transfer ends and no sample comes, lowers C while it lasts.
 The max(.) become >= constraints (every constraint wants them small, so the relaxation is
 exact). Only the first decision is applied; the problem is re-solved every frame.
 
@@ -92,13 +95,32 @@ class ControlState(NamedTuple):
   backlog_bits: float  # bits still queued on the uplink
   throughputs_bps: tuple  # measured throughputs of finished transfers, oldest first
   link_free_s: float = 0.0  # when the uplink empties (only the oracle may use it)
+  pending: tuple = (0.0, 0.0)  # (bits, seconds so far) of the oldest transfer still on the link
+
+
+def with_pending(throughputs_bps: Sequence[float], pending: tuple, n: int = 5) -> tuple:
+  """The samples, and as the newest one the bound a transfer still running gives: `pending` =
+  (bits, seconds) has gone at most bits / seconds so far; it is added when below each of the last n
+  samples (a stall, as in an outage, when no transfer ends and so no sample comes)."""
+  bits, seconds = pending
+  if seconds <= 0:
+    return tuple(throughputs_bps)
+  bound = bits / seconds
+  last = tuple(throughputs_bps)[-n:]
+  return (*throughputs_bps, bound) if not last or bound < min(last) else tuple(throughputs_bps)
 
 
 def predict_bandwidth(
-  throughputs_bps: Sequence[float], n: int = 5, *, margin: bool = True, default: float = 1e6
+  throughputs_bps: Sequence[float],
+  n: int = 5,
+  *,
+  margin: bool = True,
+  default: float = 1e6,
+  pending: tuple = (0.0, 0.0),
 ) -> float:
-  """Harmonic mean of the last n samples, divided by (1 + max recent relative error) with `margin`."""
-  t = np.asarray(throughputs_bps, float)
+  """Harmonic mean of the last n samples, divided by (1 + max recent relative error) with `margin`;
+  a transfer still running (`pending`, see `with_pending`) adds its bound as the newest sample."""
+  t = np.asarray(with_pending(throughputs_bps, pending, n), float)
   if t.size == 0:
     return default
   last = t[-n:]
@@ -185,7 +207,7 @@ def _candidates(prof: Profile, reduce: bool) -> np.ndarray:
 def _predictor(history: int, margin: bool) -> Callable[[ControlState], tuple[float, float]]:
   def predict(obs: ControlState) -> tuple[float, float]:
     """(seconds per bit, seconds of backlog) at the predicted bandwidth."""
-    c = predict_bandwidth(obs.throughputs_bps, history, margin=margin)
+    c = predict_bandwidth(obs.throughputs_bps, history, margin=margin, pending=obs.pending)
     return 1.0 / c, obs.backlog_bits / c
 
   return predict
@@ -340,7 +362,7 @@ def make_rate_based(prof: Profile, *, fps: float = 10.0, history: int = 5) -> Co
   smallest = int(np.argmin(prof.bits))
 
   def decide(state: ControlState) -> int:
-    c = predict_bandwidth(state.throughputs_bps, history, margin=False)
+    c = predict_bandwidth(state.throughputs_bps, history, margin=False, pending=state.pending)
     fits = np.flatnonzero(prof.bits / c <= dt)
     if fits.size == 0:
       return smallest
@@ -357,7 +379,7 @@ def make_buffer_based(
   front = compress.pareto_front(prof.bits, prof.accuracy, prof.t_dev + prof.t_srv)
 
   def decide(state: ControlState) -> int:
-    c = predict_bandwidth(state.throughputs_bps, history, margin=False)
+    c = predict_bandwidth(state.throughputs_bps, history, margin=False, pending=state.pending)
     b = state.backlog_bits / c
     lo, hi = reservoir * deadline_s, (reservoir + cushion) * deadline_s
     frac = np.clip((b - lo) / (hi - lo), 0.0, 1.0)

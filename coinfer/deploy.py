@@ -183,7 +183,7 @@ def make_step(dep: Exports, controller: C.Controller):
   def step(k: int, obs: dev.Observation) -> dev.Request:
     t = time.perf_counter()
     i, held[0] = controller.update(
-      C.ControlState(k, obs.time_s, obs.backlog_bits, obs.throughputs_bps), held[0]
+      C.ControlState(k, obs.time_s, obs.backlog_bits, obs.throughputs_bps, pending=obs.pending), held[0]
     )
     i = int(i)
     t1 = time.perf_counter()

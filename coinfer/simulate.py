@@ -41,12 +41,15 @@ class Delivered:
     self.done: list[tuple[float, float]] = []  # (visible at, throughput)
     self.inflight: list[tuple[float, float, float]] = []  # (start, end, bits)
 
-  def observe(self, now: float, history: int) -> tuple[float, tuple]:
+  def observe(self, now: float, history: int) -> tuple[float, tuple, tuple]:
+    """(backlog bits, the last `history` samples, (bits, seconds so far) of the running transfer)."""
     tr = self.trace
     backlog = sum(bits - trace_bits(tr, s, now) for s, e, bits in self.inflight if e > now and s < now)
     backlog += sum(bits for s, e, bits in self.inflight if s >= now)
     self.inflight = [f for f in self.inflight if f[1] > now]
-    return float(max(backlog, 0.0)), tuple(tp for t, tp in self.done if t <= now)[-history:]
+    running = [(bits, now - s) for s, e, bits in self.inflight if s < now]
+    seen = tuple(tp for t, tp in self.done if t <= now)[-history:]
+    return float(max(backlog, 0.0)), seen, running[0] if running else (0.0, 0.0)
 
   def record(self, sent: float, start: float, end: float, bits: float, answer: float, expiry: float) -> None:
     self.inflight.append((start, end, bits))
@@ -63,18 +66,29 @@ class Answered:
   def __init__(self, rtt_s: float = 0.0):
     self.rtt_s = rtt_s
     self.samples: list[tuple[float, float]] = []  # (visible at, throughput)
-    self.unanswered: list[tuple[float, float]] = []  # (completes at, bits)
+    self.unanswered: list[tuple[float, float, float, float]] = []  # (completes at, bits, sent, tx end)
     self.tx_end = 0.0
+    self.known_tx_end = 0.0  # the latest transfer end the answers so far tell (the Ledger's tx_end)
 
-  def observe(self, now: float, history: int) -> tuple[float, tuple]:
+  def observe(self, now: float, history: int) -> tuple[float, tuple, tuple]:
+    """(unanswered bits, the last `history` samples, (bits, seconds so far) of the oldest
+    unanswered transfer: from its send or the last known transfer end, less a round trip)."""
+    for done, _, _, tx_end in self.unanswered:
+      if done <= now:
+        self.known_tx_end = max(self.known_tx_end, tx_end)
     self.unanswered = [u for u in self.unanswered if u[0] > now]
     seen = tuple(tp for t, tp in self.samples if t <= now)[-history:]
-    return float(sum(b for _, b in self.unanswered)), seen
+    pending = (0.0, 0.0)
+    if self.unanswered:
+      _, bits, sent, _ = self.unanswered[0]
+      seconds = now - self.rtt_s - max(sent, self.known_tx_end)
+      pending = (bits, seconds) if seconds > 0 else pending
+    return float(sum(u[1] for u in self.unanswered)), seen, pending
 
   def record(self, sent: float, start: float, end: float, bits: float, answer: float, expiry: float) -> None:
     done = min(answer, expiry)
-    self.unanswered.append((done, bits))
     tx_end = (answer if answer <= expiry else expiry) - self.rtt_s
+    self.unanswered.append((done, bits, sent, tx_end))
     first = max(sent, self.tx_end)
     self.tx_end = max(tx_end, self.tx_end)
     if tx_end > first:
@@ -127,8 +141,8 @@ def run(
   ctl_state = controller.init()
   for k in range(frames):
     now = k * dt
-    backlog, seen = view.observe(now, history)
-    i, ctl_state = controller.update(ControlState(k, now, backlog, seen, link.free_s), ctl_state)
+    backlog, seen, pending = view.observe(now, history)
+    i, ctl_state = controller.update(ControlState(k, now, backlog, seen, link.free_s, pending), ctl_state)
     i = int(i)
     ready = device_free = max(now, device_free) + profile.t_dev[i]
     t_srv = float(rng.choice(answer_s[i])) if answer_s else profile.t_srv[i]

@@ -35,6 +35,7 @@ class Observation(NamedTuple):
   time_s: float
   backlog_bits: float  # bits handed to the link and not yet delivered (pacer) or answered (tc)
   throughputs_bps: tuple  # measured throughputs of finished transfers, oldest first
+  pending: tuple = (0.0, 0.0)  # (bits, seconds so far) of the oldest transfer still on the link
 
 
 @dataclasses.dataclass
@@ -254,21 +255,39 @@ class Ledger:
     self.lock = threading.Condition()
     self.samples: list[tuple[float, float]] = []  # (visible at, throughput bps)
     self.outstanding, self.unanswered_bits, self.tx_end = 0, 0.0, 0.0
+    self.open: dict[int, tuple[float, float]] = {}  # frame -> (sent, bits) of the requests unanswered
 
   def observation(self, k: int, t_s: float, link, history: int) -> Observation:
     with self.lock:
       backlog = max(link.backlog_bits(t_s, self.unanswered_bits), 0.0)
       seen = tuple(tp for t, tp in self.samples if t <= t_s)[-history:]
-    return Observation(k, self.results[k].arrival_s, backlog, seen)
+      pending = link.pending(t_s)
+      pending = self._pending(t_s) if pending is None else pending
+    return Observation(k, self.results[k].arrival_s, backlog, seen, pending)
+
+  def _pending(self, t_s: float) -> tuple[float, float]:
+    """The oldest unanswered request's (bits, seconds on the link so far): from its send or the
+    last transfer end the answers told, to t_s less a round trip ((0, 0) when none)."""
+    if not self.open:
+      return 0.0, 0.0
+    sent, bits = self.open[min(self.open)]
+    seconds = t_s - self.rtt_s - max(sent, self.tx_end)
+    return (bits, seconds) if seconds > 0 else (0.0, 0.0)
+
+  def opened(self, k: int, sent: float, bits: float) -> None:
+    with self.lock:
+      self.open[k] = (sent, bits)
 
   def sample(self, at_s: float, bits: float, seconds: float) -> None:
     with self.lock:
       self.samples.append((at_s, bits / max(seconds, 1e-9)))
 
-  def in_flight(self, bits: float, delta: int) -> None:
+  def in_flight(self, bits: float, delta: int, k: int | None = None) -> None:
     with self.lock:
       self.outstanding += delta
       self.unanswered_bits += delta * bits
+      if delta < 0:
+        self.open.pop(k, None)
 
   def finish(self, k: int, status: str, error: str = "") -> None:
     self.results[k].status, self.results[k].error = status, error
@@ -289,6 +308,7 @@ class Ledger:
     with self.lock:
       self.outstanding -= 1
       self.unanswered_bits -= bits
+      self.open.pop(k, None)
       try:
         self._answer(k, now, sent, bits, output, future.result())
       except grpc.RpcError as e:
@@ -363,10 +383,11 @@ class Sender:
       return led.finish(k, "lost", "server unavailable")
     led.in_flight(bits, +1)
     sent = led.clock.now()
+    led.opened(k, sent, bits)
     try:
       future = stub.ModelInfer.future(msg, timeout=left)
     except (grpc.RpcError, ValueError, RuntimeError) as e:  # a channel closed under us
-      led.in_flight(bits, -1)
+      led.in_flight(bits, -1, k)
       self.client.mark_down()
       return led.finish(k, "lost", str(e)[:200])
     future.add_done_callback(lambda f: led.answered(k, sent, bits, output, f))

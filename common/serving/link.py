@@ -64,6 +64,11 @@ class Pacer:
       left += bits if s >= t_s else bits - delivered_bits(self.trace, s, t_s)
     return max(left, 0.0)
 
+  def pending(self, t_s: float) -> tuple[float, float]:
+    """(bits, seconds so far) of the transfer on the link at t_s, (0, 0) when none is."""
+    running = [(bits, t_s - s) for s, e, bits in self.inflight if s < t_s < e]
+    return running[0] if running else (0.0, 0.0)
+
 
 def delivered_bits(trace, start_s: float, until_s: float) -> float:
   """Bits a piecewise-constant trace (times_s, rates_bps, period_s) delivers in [start_s, until_s)."""
@@ -318,6 +323,11 @@ class Link:
     """Bits handed over and not yet delivered (pacer) or answered (others) at t_s."""
     return unanswered_bits
 
+  def pending(self, t_s: float) -> tuple[float, float] | None:
+    """(bits, seconds so far) of the transfer a paced link is sending at t_s; None where the device
+    learns it from the answers (`common.serving.device.Ledger`)."""
+    return None
+
   def wire_counter(self) -> tuple[int, int] | None:
     """(bytes, packets) the kernel's shaper has sent so far (tc), None where nothing counts them."""
     return None
@@ -345,6 +355,9 @@ class PacerLink(Link):
 
   def backlog_bits(self, t_s: float, unanswered_bits: float) -> float:
     return self.pacer.backlog_bits(t_s)
+
+  def pending(self, t_s: float) -> tuple[float, float]:
+    return self.pacer.pending(t_s)
 
 
 class TcLink(Link):

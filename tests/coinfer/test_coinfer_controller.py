@@ -97,3 +97,42 @@ def test_baselines_and_oracle():
   tr = traces.synthetic("step", 0, 30)
   out = simulate.run(C.make_oracle(prof, tr), tr, profile=prof, frames=100)
   assert out["summary"]["deadline_miss_rate"] <= 0.05
+
+
+def test_a_running_transfer_bounds_the_prediction_only_below_every_recent_sample():
+  # 1e5 bits on the link for 0.5 s: at most 2e5 bit/s so far, below both samples -> the newest sample
+  hm = 3 / (2 / 1e6 + 1 / 2e5)
+  assert C.predict_bandwidth([1e6, 1e6], 5, margin=False, pending=(1e5, 0.5)) == pytest.approx(hm)
+  assert C.with_pending([1e6, 1e6], (1e5, 0.5)) == (1e6, 1e6, 2e5)
+  # a bound above one of the last n samples, or nothing running, leaves them as they are
+  assert C.with_pending([1e6, 1.5e5], (1e5, 0.5)) == (1e6, 1.5e5)
+  assert C.with_pending([1e6], (1e5, 0.0)) == (1e6,)
+  assert C.with_pending([1e5, 1e6, 1e6], (1e5, 0.5), n=2) == (1e5, 1e6, 1e6, 2e5)  # the last 2 only
+  assert C.predict_bandwidth([], 5, pending=(1e5, 0.5)) == pytest.approx(2e5)
+
+
+def test_the_simulators_views_report_the_running_transfer_as_the_runtime_does():
+  from common.serving import device, link
+
+  tr = traces.Trace("const", np.asarray([0.0]), np.asarray([1e6]), 10.0)
+  # paced: 2e5 bits handed over at 0.1 s run until 0.3 s; at 0.25 s they have run 0.15 s
+  view, pacer = simulate.Delivered(tr), link.Pacer(tr)
+  view.record(0.1, 0.1, 0.3, 2e5, 0.31, 0.3)
+  pacer.schedule(0.1, 2e5)
+  assert view.observe(0.25, 5)[2] == pytest.approx((2e5, 0.15)) == pacer.pending(0.25)
+  assert view.observe(0.35, 5)[2] == (0.0, 0.0) == pacer.pending(0.35)
+  # unpaced (rtt 0.02 s): requests sent at 0.0 (answered at 0.3) and 0.05 (answered at 0.5); at 0.4 s
+  # the second runs from the first's transfer end (0.28 s) to 0.4 - rtt
+  view = simulate.Answered(rtt_s=0.02)
+  view.record(0.0, 0.0, 0.2, 1e5, 0.3, 1.0)
+  view.record(0.05, 0.2, 0.45, 2e5, 0.5, 1.05)
+  assert view.observe(0.2, 5)[2] == pytest.approx((1e5, 0.18))
+  assert view.observe(0.4, 5)[2] == pytest.approx((2e5, 0.1))
+  assert view.observe(0.6, 5)[2] == (0.0, 0.0)
+  led = device.Ledger([], device.FrameClock(1, 10.0), deadline_s=1.0, rtt_s=0.02, from_answers=True, client=None)
+  led.opened(0, 0.0, 1e5)
+  led.opened(1, 0.05, 2e5)
+  assert led._pending(0.2) == pytest.approx((1e5, 0.18))
+  led.in_flight(1e5, -1, 0)  # the first answered ...
+  led._transfer(0.3, 0.0, 1e5, 0.28)  # ... its transfer taken to end a round trip before
+  assert led._pending(0.4) == pytest.approx((2e5, 0.1))
