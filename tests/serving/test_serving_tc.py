@@ -44,8 +44,9 @@ def _tc_available() -> str:
     return "needs root"
   if not (shutil.which("ip") and shutil.which("tc")):
     return "needs iproute2 (ip, tc)"
-  r = subprocess.run(["ip", "netns", "add", "ei_probe_tc"], capture_output=True, text=True)
-  subprocess.run(["ip", "netns", "del", "ei_probe_tc"], capture_output=True)
+  probe = f"ei_probe_tc_{os.getpid()}"  # one per process: xdist's workers probe at the same time
+  r = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
+  subprocess.run(["ip", "netns", "del", probe], capture_output=True)
   return "" if r.returncode == 0 else f"network namespaces unavailable: {r.stderr.strip()}"
 
 
