@@ -129,7 +129,9 @@ def test_the_simulators_views_report_the_running_transfer_as_the_runtime_does():
   assert view.observe(0.2, 5)[2] == pytest.approx((1e5, 0.18))
   assert view.observe(0.4, 5)[2] == pytest.approx((2e5, 0.1))
   assert view.observe(0.6, 5)[2] == (0.0, 0.0)
-  led = device.Ledger([], device.FrameClock(1, 10.0), deadline_s=1.0, rtt_s=0.02, from_answers=True, client=None)
+  led = device.Ledger(
+    [], device.FrameClock(1, 10.0), deadline_s=1.0, rtt_s=0.02, from_answers=True, client=None
+  )
   led.opened(0, 0.0, 1e5)
   led.opened(1, 0.05, 2e5)
   assert led._pending(0.2) == pytest.approx((1e5, 0.18))
