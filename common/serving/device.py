@@ -254,12 +254,12 @@ class Ledger:
     self.from_answers, self.client = from_answers, client  # samples from answers (unpaced links)
     self.lock = threading.Condition()
     self.samples: list[tuple[float, float]] = []  # (visible at, throughput bps)
-    self.outstanding, self.unanswered_bits, self.tx_end = 0, 0.0, 0.0
+    self.tx_end = 0.0
     self.open: dict[int, tuple[float, float]] = {}  # frame -> (sent, bits) of the requests unanswered
 
   def observation(self, k: int, t_s: float, link, history: int) -> Observation:
     with self.lock:
-      backlog = max(link.backlog_bits(t_s, self.unanswered_bits), 0.0)
+      backlog = max(link.backlog_bits(t_s, sum(bits for _, bits in self.open.values())), 0.0)
       seen = tuple(tp for t, tp in self.samples if t <= t_s)[-history:]
       pending = link.pending(t_s)
       pending = self._pending(t_s) if pending is None else pending
@@ -275,19 +275,18 @@ class Ledger:
     return (bits, seconds) if seconds > 0 else (0.0, 0.0)
 
   def opened(self, k: int, sent: float, bits: float) -> None:
+    """Request k of `bits` was sent at `sent` and awaits its answer."""
     with self.lock:
       self.open[k] = (sent, bits)
+
+  def closed(self, k: int) -> None:
+    """Request k will get no answer (its send failed)."""
+    with self.lock:
+      self.open.pop(k, None)
 
   def sample(self, at_s: float, bits: float, seconds: float) -> None:
     with self.lock:
       self.samples.append((at_s, bits / max(seconds, 1e-9)))
-
-  def in_flight(self, bits: float, delta: int, k: int | None = None) -> None:
-    with self.lock:
-      self.outstanding += delta
-      self.unanswered_bits += delta * bits
-      if delta < 0:
-        self.open.pop(k, None)
 
   def finish(self, k: int, status: str, error: str = "") -> None:
     self.results[k].status, self.results[k].error = status, error
@@ -306,8 +305,6 @@ class Ledger:
 
     now = self.clock.now()
     with self.lock:
-      self.outstanding -= 1
-      self.unanswered_bits -= bits
       self.open.pop(k, None)
       try:
         self._answer(k, now, sent, bits, output, future.result())
@@ -344,7 +341,7 @@ class Ledger:
 
   def wait_idle(self, timeout_s: float) -> None:
     with self.lock:
-      self.lock.wait_for(lambda: self.outstanding <= 0, timeout=timeout_s)
+      self.lock.wait_for(lambda: not self.open, timeout=timeout_s)
 
 
 class Sender:
@@ -381,13 +378,12 @@ class Sender:
     stub = self.client.available()
     if stub is None:
       return led.finish(k, "lost", "server unavailable")
-    led.in_flight(bits, +1)
     sent = led.clock.now()
     led.opened(k, sent, bits)
     try:
       future = stub.ModelInfer.future(msg, timeout=left)
     except (grpc.RpcError, ValueError, RuntimeError) as e:  # a channel closed under us
-      led.in_flight(bits, -1, k)
+      led.closed(k)
       self.client.mark_down()
       return led.finish(k, "lost", str(e)[:200])
     future.add_done_callback(lambda f: led.answered(k, sent, bits, output, f))

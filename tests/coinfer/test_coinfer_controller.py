@@ -135,6 +135,6 @@ def test_the_simulators_views_report_the_running_transfer_as_the_runtime_does():
   led.opened(0, 0.0, 1e5)
   led.opened(1, 0.05, 2e5)
   assert led._pending(0.2) == pytest.approx((1e5, 0.18))
-  led.in_flight(1e5, -1, 0)  # the first answered ...
+  led.closed(0)  # the first answered ...
   led._transfer(0.3, 0.0, 1e5, 0.28)  # ... its transfer taken to end a round trip before
   assert led._pending(0.4) == pytest.approx((2e5, 0.1))
