@@ -207,8 +207,8 @@ def test_sigterm_finishes_in_flight_http_request(tiny_repo):
   with cf.ThreadPoolExecutor(1) as ex:
     fut = ex.submit(lambda: (*_http(server, "/v2/models/slow/infer", body.encode()), time.monotonic()))
     time.sleep(0.1)  # the request is running (it takes about 0.3 s)
+    signalled = time.monotonic()  # before the signal: the answer may come before this thread runs again
     proc.send_signal(signal.SIGTERM)
-    signalled = time.monotonic()
     status, text, _, answered = fut.result()
   assert status == 200 and json.loads(text)["outputs"][0]["shape"] == [1, 1024]
   assert answered > signalled  # it was in flight when the signal came
