@@ -137,7 +137,8 @@ def summarize(run_dir) -> dict:
   frame's arrival and deadline), for the connection to the server: TCP_INFO's samples (the share
   with a pacing rate under 1 Mbit/s, the lowest pacing rate and BBR estimate, the median smoothed
   RTT, the share holding bytes not yet sent, the bytes TCP counts as sent again) and the data
-  segments that left the qdisc (how many, and how many of them a second time)."""
+  segments that left the qdisc (how many, how many of them a second time, and how many after a
+  segment later in the byte stream: `overtaken`)."""
   from pathlib import Path
 
   import numpy as np
@@ -155,6 +156,7 @@ def summarize(run_dir) -> dict:
   packets = [json.loads(x) for x in (d / "packets.jsonl").read_text().splitlines()]
   data = [p for p in packets if p[1] == "out" and p[3] > 0 and t0 <= p[0] <= t1]
   firsts = {(p[7], p[3]) for p in data}
+  late = overtaken(data)
   return {
     "tcp_info_samples": len(info),
     "pacing_below_1mbps": float(np.mean(pace < 1e6)) if info else 0.0,
@@ -165,7 +167,32 @@ def summarize(run_dir) -> dict:
     "bytes_retrans": info[-1]["bytes_retrans"] - info[0]["bytes_retrans"] if info else 0.0,
     "data_segments_out": len(data),
     "data_segments_out_again": len(data) - len(firsts),
+    "data_segments_overtaken": len(late),
+    "overtaken_after_ms_p50": float(np.median(late)) * 1e3 if late else 0.0,
+    "overtaken_after_ms_max": float(max(late)) * 1e3 if late else 0.0,
   }
+
+
+def overtaken(data: list) -> list[float]:
+  """The data segments (capture rows in departure order, one connection) that left the qdisc after a
+  segment later in the byte stream, each at its first departure: tbf's queue is a FIFO, so such a
+  segment was not in it when the later one left; it had been dropped there (tbf enqueues the
+  segments of a request at once, against its byte limit) and TCP sent it again. Returns, for each,
+  the seconds since the segment just before it in the byte stream left (one whose predecessor is
+  not in the capture is left out). Sequence numbers are taken modulo 2^32 from the first row's."""
+  if not data:
+    return []
+  base = data[0][7]
+  left_at: dict[int, float] = {}  # end of a segment in the byte stream -> its first departure
+  out, highest = [], 0
+  for p in data:
+    seq = (p[7] - base) % 2**32
+    end = seq + p[3]
+    if end <= highest and end not in left_at and seq in left_at:
+      out.append(p[0] - left_at[seq])
+    left_at.setdefault(end, p[0])
+    highest = max(highest, end)
+  return out
 
 
 def main(argv=None) -> int:

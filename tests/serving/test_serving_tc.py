@@ -261,3 +261,19 @@ def test_a_captured_runs_summary_counts_over_its_stream_only(tmp_path):
   assert (s["tcp_info_samples"], s["pacing_below_1mbps"], s["pacing_min_bps"]) == (2, 0.5, 5e5)
   assert (s["notsent_share"], s["bytes_retrans"], s["srtt_median_ms"]) == (0.5, 992, 40.0)
   assert (s["data_segments_out"], s["data_segments_out_again"]) == (4, 1)
+
+
+def test_a_segment_the_qdisc_dropped_shows_as_overtaken():
+  """Hand-made departures: a request's second segment (seq 1450) leaves after the next request's
+  segment (2442) and 100 ms after its first segment; a resent copy of it, an in-order stream and a
+  sequence number that wraps past 2^32 are not counted."""
+  from common.serving import capture
+
+  base = 2**32 - 1000
+  seg = lambda t, seq, pl: [t, "out", pl + 66, pl, 16, 1, 8001, (base + seq) % 2**32, 0]  # noqa: E731
+  data = [seg(0.0, 2, 1448), seg(0.1, 2442, 294), seg(0.1001, 1450, 992), seg(0.3, 1450, 992),
+          seg(0.4, 2736, 294), seg(0.5, 3030, 1448)]  # fmt: skip
+  (after,) = capture.overtaken(data)
+  assert after == pytest.approx(0.1001)
+  assert capture.overtaken([seg(0.0, 2, 1448), seg(0.1, 1450, 992), seg(0.2, 2442, 294)]) == []
+  assert capture.overtaken([]) == []
