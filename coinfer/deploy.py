@@ -316,9 +316,10 @@ def link_model(wire: dict, trace, rtt_s: float = 0.0, fps: float = 0.0, **varian
   if "wire_bytes" not in wire:
     return None
   w = linkmodel.WireProfile(np.asarray(wire["wire_bytes"]), np.asarray(wire["wire_packets"]))
-  return linkmodel.TbfLink(trace, w, burst_bytes=wire["burst_bytes"], floor_bps=wire["floor_bps"],
-                           latency_s=wire["latency_ms"] / 1e3, change_lag_s=wire.get("change_lag_s", 0.0),
-                           rtt_s=rtt_s, sends_every_s=1.0 / fps if fps else 0.0, **variants)  # fmt: skip
+  cls = linkmodel.HeldTbfLink if "held_s" in variants else linkmodel.TbfLink
+  return cls(trace, w, burst_bytes=wire["burst_bytes"], floor_bps=wire["floor_bps"],
+             latency_s=wire["latency_ms"] / 1e3, change_lag_s=wire.get("change_lag_s", 0.0),
+             rtt_s=rtt_s, sends_every_s=1.0 / fps if fps else 0.0, **variants)  # fmt: skip
 
 
 def _figure_rows(out: dict, pred: dict) -> list:

@@ -37,6 +37,13 @@ Variants, off by default (`VARIANTS`; `python -m launch.bench deploy --links --l
     is still full, and the server, reading in order, answers nothing sent after it before it left;
   - `ack_wake_s`: the device's (delayed) ACK of each answer is handed to the qdisc that long after the
     answer, and, like any packet handed over, wakes a packet waiting at the head.
+  - `held_s` (`HeldTbfLink`, what the packet captures show): every change refills the bucket; a
+    request's segments enter the qdisc together, and one past its byte limit is dropped, then sent
+    again when the next request has overtaken it (its hand-over plus a round trip: the server's SACK)
+    or at the retransmission timeout (200 ms); while a segment of the connection waits in the qdisc,
+    TCP hands no later request over (each goes when the qdisc has let out what it held), so nothing
+    wakes the waiting segment but its watchdog and the device's ACK of the server's answer at the
+    request's deadline, `held_s` after the request (the deadline: 0.2 s in the benchmark's runs).
 
 Not modelled: BBR's pacing (its bandwidth estimate mostly keeps the unshaped calibration's tens
 of Mbit/s, but falls to the trace's rate at times: `deploy.capture` records it), the server's
@@ -52,7 +59,7 @@ import numpy as np
 
 TCP_HEADER_BYTES = 66  # Ethernet 14 + IPv4 20 + TCP 20 + timestamps 12
 MSS_BYTES = 1448  # 1500-byte MTU less IPv4, TCP and timestamps
-VARIANTS = {"refill_same_rate": True, "drops": True, "ack_wake_s": 0.04}  # name -> TbfLink keyword
+VARIANTS = {"refill_same_rate": True, "drops": True, "ack_wake_s": 0.04, "held_s": 0.2}  # name -> keyword
 
 
 @dataclasses.dataclass(frozen=True)
@@ -230,6 +237,54 @@ class TbfLink:
     if end <= sent + pto < end + ack_s:
       self.probes += 1
       self.pending.append((sent + pto, sizes[-1], True))
+
+
+class HeldTbfLink(TbfLink):
+  """`TbfLink` with the `held_s` variant (module docstring): TCP holds later requests while one of
+  its segments waits in the qdisc, and a request's segments meet the byte limit together."""
+
+  RTO_S = 0.2  # Linux's minimum retransmission timeout
+
+  def __init__(self, *args, held_s: float, **kwargs):
+    super().__init__(*args, **{**kwargs, "refill_same_rate": True})
+    self.held, self.wake_at = float(held_s), math.inf
+
+  def _depart(self, t: float, size: float) -> float:
+    """A waiting packet leaves at its watchdog or, after a change refilled the bucket, at the ACK of
+    the server's deadline answer (no hand-over wakes it: TCP holds them)."""
+    head = max(t, self.free_s, self.t)
+    tokens, leave = self._bucket_at(head), head
+    if tokens < size - 1e-9:
+      rate, change = self._step(head)
+      leave = head + (size - tokens) / rate
+      if change < leave:
+        leave = min(leave, self._next_wake(change))
+    self._bucket_at(leave)
+    self.tokens = max(self.tokens - size, 0.0)
+    self.free_s = leave
+    return leave
+
+  def _next_wake(self, t: float) -> float:
+    """The first server answer at a request's deadline at or after t: this request's, then one per
+    later frame (the device keeps handing requests to its socket, each answered at its deadline)."""
+    if t <= self.wake_at or not self.every:
+        return self.wake_at if t <= self.wake_at else math.inf
+    return self.wake_at + math.ceil((t - self.wake_at) / self.every) * self.every
+
+  def send(self, ready_s: float, bits: float, setup: int = 0, ack_s: float = 0.0) -> tuple[float, float]:
+    start = max([ready_s] + [leave for leave, _ in self.queued if leave > ready_s])  # held by TCP
+    self.queued = [q for q in self.queued if q[0] > start]
+    self.wake_at = ready_s + self.held
+    room = self._step(start)[0] * self.latency + self.burst - sum(b for _, b in self.queued)
+    leaves, lost = [], []
+    for size in self.wire.data_packets(setup):
+      room -= size
+      if room < 0 and leaves:  # past the byte limit: dropped
+        lost.append(size)
+      else:
+        leaves.append(self._enqueue(start, size))
+    again = min(start + (self.every or math.inf) + self.base_rtt, ready_s + self.RTO_S)
+    return start, max([*leaves, *(self._enqueue(again, size) for size in lost)])
 
 
 def replay(link, ready_s, setups, bits, t_srv) -> np.ndarray:
