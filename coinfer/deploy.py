@@ -122,7 +122,7 @@ def calibrate(dep: Exports, client: dev.Client, *, repeats: int = 15, link=None)
   """Bytes on the wire, median device seconds and median server answer seconds per setup; and
   {"answer_s": every server answer time but the first two per setup} with, where the link's shaper
   counts (the tc link; unshaped then), what it counted per request (bytes and packets, headers and
-  ACKs included) and its settings: the simulator's `linkmodel.TbfLink`."""
+  ACKs included) and its settings: the simulator's `linkmodel.TcpTbfLink`."""
   bits, t_dev, t_srv, counted, answers = [], [], [], [], []
   for i in range(len(dep.names)):
     td, ts = [], []
@@ -295,7 +295,9 @@ def predict(dep: Exports, out: dict, trace) -> dict:
     frames=len(out["frames"]["setup"]),
     correct=dep.correct,
     history=11,
-    link=link_model(out.get("wire") or {}, trace, out["rtt_s"], s["fps"], **out.get("link_variant", {})),
+    link=link_model(
+      out.get("wire") or {}, trace, out["rtt_s"], s["fps"], s["deadline_s"], **out.get("link_variant", {})
+    ),
     rtt_s=out["rtt_s"],
     answer_s=(out.get("wire") or {}).get("answer_s"),
   )
@@ -307,19 +309,20 @@ def predict(dep: Exports, out: dict, trace) -> dict:
           "queue_s": sim["queue_s"].tolist()}  # fmt: skip
 
 
-def link_model(wire: dict, trace, rtt_s: float = 0.0, fps: float = 0.0, **variants):
-  """The simulator's link for a run's calibrated wire profile: the kernel's tbf bucket where the
-  run's link counted its bytes (tc), with `variants` (`common.linkmodel.VARIANTS`), else None (the
-  trace as a fluid FIFO, the pacer's)."""
+def link_model(wire: dict, trace, rtt_s: float = 0.0, fps: float = 0.0, deadline_s: float = 0.2, **variants):
+  """The simulator's link for a run's calibrated wire profile where the run's link counted its bytes
+  (tc): `common.linkmodel.TcpTbfLink`, or with `variants` (`common.linkmodel.VARIANTS`) the bucket
+  alone, `TbfLink`; else None (the trace as a fluid FIFO, the pacer's)."""
   from common import linkmodel
 
   if "wire_bytes" not in wire:
     return None
   w = linkmodel.WireProfile(np.asarray(wire["wire_bytes"]), np.asarray(wire["wire_packets"]))
-  cls = linkmodel.HeldTbfLink if "held_s" in variants else linkmodel.TbfLink
-  return cls(trace, w, burst_bytes=wire["burst_bytes"], floor_bps=wire["floor_bps"],
-             latency_s=wire["latency_ms"] / 1e3, change_lag_s=wire.get("change_lag_s", 0.0),
-             rtt_s=rtt_s, sends_every_s=1.0 / fps if fps else 0.0, **variants)  # fmt: skip
+  kwargs = dict(burst_bytes=wire["burst_bytes"], floor_bps=wire["floor_bps"], latency_s=wire["latency_ms"] / 1e3,
+                change_lag_s=wire.get("change_lag_s", 0.0), rtt_s=rtt_s, sends_every_s=1.0 / fps if fps else 0.0)  # fmt: skip
+  if variants:
+    return linkmodel.TbfLink(trace, w, **kwargs, **{k: v for k, v in variants.items() if k != "bucket_only"})
+  return linkmodel.TcpTbfLink(trace, w, deadline_s=deadline_s, **kwargs)
 
 
 def _figure_rows(out: dict, pred: dict) -> list:

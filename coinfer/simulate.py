@@ -123,8 +123,8 @@ def run(
     correct: optional [S, N] bool, frame k of setup s is correct iff correct[s, k % N].
     history: throughput samples kept for the controller.
     link: the uplink's model (`common.linkmodel`): None is the trace as a fluid FIFO, seen as the
-      pacer's device sees it; a `TbfLink` is the kernel's tc link, seen as its device sees it
-      (throughputs and backlog from the answers, less the round trip `rtt_s`).
+      pacer's device sees it; a `TcpTbfLink` (or `TbfLink`) is the kernel's tc link, seen as its
+      device sees it (throughputs and backlog from the answers, less the round trip `rtt_s`).
     answer_s: optional per setup a list of server answer times (the calibration's): each frame's
       answer time is drawn from its setup's (seeded by `seed`) instead of `profile.t_srv`.
 

@@ -1,21 +1,19 @@
-"""Models of the uplink for simulators: the trace as a fluid FIFO, and the kernel's tbf token bucket.
+"""Models of the uplink for simulators: the trace as a fluid FIFO, and the kernel's tbf token bucket
+with TCP on it.
 
 `FluidLink` is the trace's own arithmetic (a payload handed over at t starts when the link is free
-and has arrived at `trace.transfer_end`): the pacer link, and the simulator's link so far.
+and has arrived at `trace.transfer_end`): the pacer link.
 
 `TbfLink` is what `tc ... tbf rate R burst B latency L` does to a frame's bytes, packet by packet,
-when the rate follows a trace by `tc qdisc change` at every step (`common.serving.link.TcShaper`),
-and what TCP (BBR, Linux) adds on this path:
+when the rate follows a trace by `tc qdisc change` at every step (`common.serving.link.TcShaper`):
 
   - the rate never goes below `floor_bps` (tc's floor for a trace's zero-rate steps);
   - a packet of n bytes leaves when the bucket holds n bytes; the bucket fills at R / 8 bytes per
     second up to B bytes, so after an idle spell a packet up to B leaves at once;
   - a packet that has to wait leaves when the qdisc's watchdog fires, at the time the bucket would
     hold it at the rate of the moment it reached the head; a `tc qdisc change` to a new rate
-    refills the bucket to B (the kernel's `tbf_change` sets tokens = buffer) but wakes nothing
-    (one to the same rate, as at a trace's zero-rate steps held at the floor, shows no refill in
-    the recorded runs, whose frames then wait out the floor rate): the packet
-    leaves at its watchdog or when the next packet is handed to the qdisc (the stream's next
+    refills the bucket to B (the kernel's `tbf_change` sets tokens = buffer) but wakes nothing: the
+    packet leaves at its watchdog or when the next packet is handed to the qdisc (the stream's next
     hand-over, `sends_every_s`), whichever comes first; changes land `change_lag_s` after the
     trace's step (measured by the shaper);
   - the bytes are counted as the kernel counts them (`WireProfile`, measured at the shaper during
@@ -26,28 +24,38 @@ and what TCP (BBR, Linux) adds on this path:
     out) resends the last segment, unless the qdisc still holds it (the kernel does not retransmit
     a packet its own host still queues); srtt follows every packet's time in the qdisc.
 
-Variants, off by default (`VARIANTS`; `python -m launch.bench deploy --links --link-replay
---link-variant NAME,...` replays recorded tc runs through them):
+`TcpTbfLink`, the simulator's tc link, is `TbfLink` with what the packet captures of the running
+link (`deploy.capture`, docs/deploy.md) show TCP doing on it:
 
-  - `refill_same_rate`: every change refills the bucket, to the same rate too (the kernel's
-    `tbf_change` sets tokens = buffer unconditionally; the recorded zero-rate spells disagree);
-  - `drops`: the qdisc's byte limit (rate x latency + burst, as tc computes it at every change)
-    drops data segments; TCP sends a dropped one again at its loss probe (2 srtt + 2 ticks, + 200 ms
-    with one packet out), then at each retransmission timeout (>= 200 ms, doubling) while the qdisc
-    is still full, and the server, reading in order, answers nothing sent after it before it left;
+  - every change refills the bucket, to the same rate too (as `tbf_change` does);
+  - a request's segments enter the qdisc together (one GSO packet, cut by tbf), so at a low rate
+    its byte limit (rate x latency + burst, as tc computes it at every change: 2100 bytes at the
+    floor) takes the first segment and drops the next. TCP sends a dropped segment again at its
+    tail loss probe when that comes before the server's delayed ACK of the first segment (40 ms),
+    else once the next request has overtaken it (that request's hand-over plus a round trip: the
+    server's SACK), or at the retransmission timeout (200 ms);
+  - while a segment of the connection waits alone in the qdisc, TCP hands no later request over
+    (it goes when that segment has left), so nothing wakes the waiting segment but its watchdog and
+    the device's ACK of the server's answer at a request's deadline (`deadline_s` after each
+    request's hand-over).
+
+Variants of `TbfLink`, for comparison (`VARIANTS`; `python -m launch.bench deploy --links
+--link-replay --link-variant NAME,...` replays recorded tc runs through them, `--link-repredict`
+predicts them closed loop):
+
+  - `bucket_only`: `TbfLink` as it is (the simulator's tc link before `TcpTbfLink`), a change to
+    the same rate leaving the bucket as it is;
+  - `refill_same_rate`: every change refills the bucket, to the same rate too;
+  - `drops`: the qdisc's byte limit drops data segments one at a time; TCP sends a dropped one again
+    at its loss probe, then at each retransmission timeout (>= 200 ms, doubling) while the qdisc is
+    still full, and the server, reading in order, answers nothing sent after it before it left;
   - `ack_wake_s`: the device's (delayed) ACK of each answer is handed to the qdisc that long after the
     answer, and, like any packet handed over, wakes a packet waiting at the head.
-  - `held_s` (`HeldTbfLink`, what the packet captures show): every change refills the bucket; a
-    request's segments enter the qdisc together, and one past its byte limit is dropped, then sent
-    again when the next request has overtaken it (its hand-over plus a round trip: the server's SACK)
-    or at the retransmission timeout (200 ms); while a segment of the connection waits in the qdisc,
-    TCP hands no later request over (each goes when the qdisc has let out what it held), so nothing
-    wakes the waiting segment but its watchdog and the device's ACK of the server's answer at the
-    request's deadline, `held_s` after the request (the deadline: 0.2 s in the benchmark's runs).
 
 Not modelled: BBR's pacing (its bandwidth estimate mostly keeps the unshaped calibration's tens
-of Mbit/s, but falls to the trace's rate at times: `deploy.capture` records it), the server's
-delayed ACKs, and TCP holding new data after a probe.
+of Mbit/s, but falls to the trace's rate at times: `deploy.capture` records it), the client's
+HTTP/2 pings that overtake a dropped segment and bring the server's SACK early, and why TCP holds
+a request behind a waiting segment (its congestion window is not full then).
 """
 
 from __future__ import annotations
@@ -59,7 +67,7 @@ import numpy as np
 
 TCP_HEADER_BYTES = 66  # Ethernet 14 + IPv4 20 + TCP 20 + timestamps 12
 MSS_BYTES = 1448  # 1500-byte MTU less IPv4, TCP and timestamps
-VARIANTS = {"refill_same_rate": True, "drops": True, "ack_wake_s": 0.04, "held_s": 0.2}  # name -> keyword
+VARIANTS = {"bucket_only": True, "refill_same_rate": True, "drops": True, "ack_wake_s": 0.04}  # -> TbfLink
 
 
 @dataclasses.dataclass(frozen=True)
@@ -239,19 +247,22 @@ class TbfLink:
       self.pending.append((sent + pto, sizes[-1], True))
 
 
-class HeldTbfLink(TbfLink):
-  """`TbfLink` with the `held_s` variant (module docstring): TCP holds later requests while one of
-  its segments waits in the qdisc, and a request's segments meet the byte limit together."""
+class TcpTbfLink(TbfLink):
+  """`TbfLink` with TCP's behaviour on it as the captures show (module docstring): the bucket refilled
+  at every change, a request's segments against the byte limit together, a dropped one sent again
+  at the loss probe, after the next request or at the timeout, and TCP holding later requests behind
+  a segment that waits alone in the qdisc, woken by the server's answers at the deadline."""
 
   RTO_S = 0.2  # Linux's minimum retransmission timeout
+  DELACK_S = 0.04  # Linux's minimum delayed-ACK timeout: the server's ACK of a lone segment
 
-  def __init__(self, *args, held_s: float, **kwargs):
+  def __init__(self, *args, deadline_s: float, **kwargs):
     super().__init__(*args, **{**kwargs, "refill_same_rate": True})
-    self.held, self.wake_at = float(held_s), math.inf
+    self.deadline, self.wake_at, self.handover_wakes = float(deadline_s), math.inf, False
 
   def _depart(self, t: float, size: float) -> float:
-    """A waiting packet leaves at its watchdog or, after a change refilled the bucket, at the ACK of
-    the server's deadline answer (no hand-over wakes it: TCP holds them)."""
+    """A waiting packet leaves at its watchdog or, once a change has refilled the bucket, at the
+    next server answer at a deadline, or at the next hand-over when TCP does not hold it."""
     head = max(t, self.free_s, self.t)
     tokens, leave = self._bucket_at(head), head
     if tokens < size - 1e-9:
@@ -259,6 +270,9 @@ class HeldTbfLink(TbfLink):
       leave = head + (size - tokens) / rate
       if change < leave:
         leave = min(leave, self._next_wake(change))
+        if self.handover_wakes and self.every:
+          frame, delay = divmod(t, self.every)
+          leave = min(leave, max(frame + 1, math.ceil((change - delay) / self.every)) * self.every + delay)
     self._bucket_at(leave)
     self.tokens = max(self.tokens - size, 0.0)
     self.free_s = leave
@@ -268,13 +282,17 @@ class HeldTbfLink(TbfLink):
     """The first server answer at a request's deadline at or after t: this request's, then one per
     later frame (the device keeps handing requests to its socket, each answered at its deadline)."""
     if t <= self.wake_at or not self.every:
-        return self.wake_at if t <= self.wake_at else math.inf
+      return self.wake_at if t <= self.wake_at else math.inf
     return self.wake_at + math.ceil((t - self.wake_at) / self.every) * self.every
 
   def send(self, ready_s: float, bits: float, setup: int = 0, ack_s: float = 0.0) -> tuple[float, float]:
-    start = max([ready_s] + [leave for leave, _ in self.queued if leave > ready_s])  # held by TCP
+    """(start, end) of the request: it starts when TCP hands it to the qdisc."""
+    self._flush(ready_s)
+    waiting = [leave for leave, _ in self.queued if leave > ready_s]
+    start = waiting[0] if len(waiting) == 1 else ready_s  # held behind a segment waiting alone
     self.queued = [q for q in self.queued if q[0] > start]
-    self.wake_at = ready_s + self.held
+    self.handover_wakes = bool(self.queued)  # its segments will not wait alone
+    self.wake_at = ready_s + self.deadline
     room = self._step(start)[0] * self.latency + self.burst - sum(b for _, b in self.queued)
     leaves, lost = [], []
     for size in self.wire.data_packets(setup):
@@ -283,8 +301,31 @@ class HeldTbfLink(TbfLink):
         lost.append(size)
       else:
         leaves.append(self._enqueue(start, size))
-    again = min(start + (self.every or math.inf) + self.base_rtt, ready_s + self.RTO_S)
-    return start, max([*leaves, *(self._enqueue(again, size) for size in lost)])
+    if lost:
+      again = self._resend_at(ready_s, start, leaves[0], len(leaves) + len(lost))
+      leaves += [self._enqueue(again, size) for size in lost]
+    self._rtt_samples(start, leaves)
+    return start, max(leaves)
+
+  def _resend_at(self, ready_s: float, start: float, first_left: float, n_packets: int) -> float:
+    """When TCP sends a dropped tail segment again: at its tail loss probe (2 srtt + 2 ticks after the
+    request) when that comes before the server's delayed ACK of the first segment, else once the
+    next request has overtaken it (its hand-over plus a round trip: the server's SACK), or at the
+    retransmission timeout."""
+    probe = start + self._pto(n_packets)
+    if probe < first_left + self.DELACK_S + self.base_rtt:
+      return probe
+    return min(start + (self.every or math.inf) + self.base_rtt, ready_s + self.RTO_S)
+
+  def _rtt_samples(self, start: float, leaves: list[float]) -> None:
+    """TCP's RTT samples of a request: each segment's time in the qdisc and the round trip; the
+    first of several is acknowledged by the server's delayed ACK when the rest comes later."""
+    samples = [leave - start + self.base_rtt for leave in leaves]
+    if len(leaves) > 1 and leaves[-1] - leaves[0] > self.DELACK_S:
+      samples[0] = max(samples[0], self.DELACK_S + self.base_rtt)
+    for sample in samples:
+      self.rttvar = 0.75 * self.rttvar + 0.25 * abs(sample - self.srtt)
+      self.srtt = 0.875 * self.srtt + 0.125 * sample
 
 
 def replay(link, ready_s, setups, bits, t_srv) -> np.ndarray:

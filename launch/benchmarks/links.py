@@ -97,7 +97,12 @@ def replay_run(d: Path, variant: dict | None = None) -> dict:
   rec = safeio.load_json(d / "device.json", what="device record", keys=("frames", "wire", "profile"))
   f, p, dl = rec["frames"], rec["profile"], rec["stream"]["deadline_s"]
   link = deploy.link_model(
-    rec["wire"], runner.load_trace(spec["settings"]), rec["rtt_s"], rec["stream"]["fps"], **(variant or {})
+    rec["wire"],
+    runner.load_trace(spec["settings"]),
+    rec["rtt_s"],
+    rec["stream"]["fps"],
+    dl,
+    **(variant or {}),
   )
   ready = np.sum([f[k] for k in ("arrival_s", "wait_s", "control_s", "device_s")], axis=0)
   lat = linkmodel.replay(link, ready, f["setup"], p["bits"], p["t_srv"]) - np.asarray(f["arrival_s"])
