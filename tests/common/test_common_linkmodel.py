@@ -1,16 +1,21 @@
-"""The simulator's model of the tc link against a recorded tc run's per-frame times.
+"""The simulator's models of the tc link against recorded tc runs' per-frame times.
 
 `data/tc_run_att.json`: one coinfer deploy over the kernel's tc link (the command is in the file),
-per frame the setup, the hand-over to the link and the measured latency, with the wire profile the
-run calibrated and the trace's rates. Replaying the same hand-overs and setups through
-`linkmodel.TbfLink` must give each frame's latency within TOL_MS at the median, agree on which
-frames met the deadline for at least AGREE of them, and the miss rate within MISS_GAP.
+recorded while the shaper's changes landed about 7 ms after their steps, per frame the setup, the
+hand-over to the link and the measured latency, with the wire profile the run calibrated and the
+trace's rates. Replaying the same hand-overs and setups through `linkmodel.TbfLink` (the bucket
+alone) must give each frame's latency within TOL_MS at the median, agree on which frames met the
+deadline for at least AGREE of them, and the miss rate within MISS_GAP.
+`data/tc_run_att_capture.json`: the same kind of run recorded with the changes on their steps (and
+a packet capture, not stored here), which `linkmodel.TcpTbfLink`, the simulator's tc link, must
+reproduce (tighter bounds) and the bucket alone does not.
 """
 
 import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from common import linkmodel
 from common.traces import Trace
@@ -134,3 +139,63 @@ def test_replay_variants_are_named_and_a_stale_recording_is_refused(tmp_path):
   (run / "device.json").write_text(json.dumps({"summary": {"deadline_miss_rate": 0.1}}))
   with pytest.raises(ServingError, match="recorded before the figures"):
     links.repredict(tmp_path / "links")
+
+
+CAPTURED = Path(__file__).parent / "data" / "tc_run_att_capture.json"
+CAPTURED_AGREE, CAPTURED_MISS_GAP = 0.97, 0.02
+
+
+def _links(fix: dict) -> tuple:
+  """(TcpTbfLink, TbfLink) for a fixture's wire profile and trace."""
+  tr, w = fix["trace"], fix["wire"]
+  trace = Trace("att", np.asarray(tr["times_s"]), np.asarray(tr["rates_bps"]), tr["period_s"])
+  wire = linkmodel.WireProfile(np.asarray(w["wire_bytes"]), np.asarray(w["wire_packets"]))
+  kw = dict(burst_bytes=w["burst_bytes"], floor_bps=w["floor_bps"], latency_s=w["latency_ms"] / 1e3,
+            change_lag_s=w["change_lag_s"], rtt_s=fix["rtt_s"], sends_every_s=1.0 / fix["fps"])  # fmt: skip
+  return linkmodel.TcpTbfLink(trace, wire, deadline_s=fix["deadline_s"], **kw), linkmodel.TbfLink(
+    trace, wire, **kw
+  )
+
+
+def test_tcp_model_reproduces_a_tc_run_recorded_with_the_changes_on_their_steps():
+  """`data/tc_run_att_capture.json` (the shaper landing each change on its step, a packet capture
+  beside it): TcpTbfLink within TOL_MS at the median, the same side of the deadline for at least
+  CAPTURED_AGREE of the frames, the miss rate within CAPTURED_MISS_GAP; the bucket alone (a change
+  to the same rate refilling nothing, no TCP) misses it."""
+  fix = json.loads(CAPTURED.read_text())
+  dl = fix["deadline_s"]
+  tcp, bucket = _links(fix)
+  for link, ok in ((tcp, True), (bucket, False)):
+    measured, predicted = _replay(fix, link)
+    answered = np.isfinite(measured)
+    err_ms = np.abs(measured[answered] - predicted[answered]) * 1e3
+    agree = np.mean((measured <= dl) == (predicted <= dl))
+    gap = abs(np.mean(measured > dl) - np.mean(predicted > dl))
+    fits = np.median(err_ms) <= TOL_MS and agree >= CAPTURED_AGREE and gap <= CAPTURED_MISS_GAP
+    assert fits == ok, (type(link).__name__, np.percentile(err_ms, [50, 90]), agree, gap)
+
+
+def _floor_then_fast(rtt_s: float) -> linkmodel.TcpTbfLink:
+  """A zero-rate step (the 8 kbit/s floor: 1000 B/s, limit 1000 x 0.5 + 1600 = 2100 B) for 0.1 s,
+  then 800 kbit/s; requests of two 1514-B segments, one a frame (0.1 s), deadline 0.2 s."""
+  trace = Trace("up", np.asarray([0.0, 0.1]), np.asarray([0.0, 800e3]), 10.0)
+  wire = linkmodel.WireProfile(np.asarray([2 * 1514.0]), np.asarray([2.0]))
+  return linkmodel.TcpTbfLink(trace, wire, burst_bytes=1600, floor_bps=8000, rtt_s=rtt_s,
+                              sends_every_s=0.1, deadline_s=0.2)  # fmt: skip
+
+
+def test_a_dropped_segment_goes_again_after_the_next_request_or_at_the_loss_probe():
+  """Hand-computed. The two segments meet the 2100-B limit together: the first leaves at 0 s (the
+  bucket holds 1600 B), the second is dropped. With a 40-ms round trip the loss probe (2 x 40 ms
+  rounded up to the 4-ms tick, + 2 ticks = 88 ms) comes after the server's delayed ACK (40 ms + the
+  round trip = 80 ms): the segment goes again when the next request has overtaken it, 0.1 + 0.04 s,
+  and leaves at once (the change at 0.1 s refilled the bucket). With no round trip the probe (12 ms)
+  comes first: the segment waits in the qdisc at the floor rate (its watchdog at 1.428 s), the
+  change wakes nothing, the next request is held behind it, and the server's answer at the
+  deadline (0.2 s) wakes it."""
+  overtaken = _floor_then_fast(0.04)
+  assert overtaken.send(0.0, 0.0, 0) == (0.0, pytest.approx(0.14))
+  probed = _floor_then_fast(0.0)
+  assert probed.send(0.0, 0.0, 0) == (0.0, pytest.approx(0.2))
+  start, _ = probed.send(0.1, 0.0, 0)
+  assert start == pytest.approx(0.2)
