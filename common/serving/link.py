@@ -221,8 +221,8 @@ class TcNetwork:
 
 class TcShaper:
   """A thread that sets the device side's tbf rate to trace.rate_at(t) at every step of the
-  trace, t counted from `start()`, each change started early by the median time one takes;
-  `stop()` joins it."""
+  trace, t counted from `start()`, each change started early by the median time the last ones
+  took; `stop()` joins it."""
 
   def __init__(self, trace, netns: str, iface: str, parent: tuple = ("root",)):
     self.trace, self.netns, self.iface, self.parent = trace, netns, iface, tuple(parent)
@@ -250,14 +250,15 @@ class TcShaper:
     return period * self.trace.period_s + (float(nxt[0]) if nxt.size else self.trace.period_s)
 
   def _loop(self) -> None:
-    """Each boundary's change, started ahead of it by the median time a change takes (a `tc`
-    process), so that it lands on the boundary rather than that long after it."""
+    """Each boundary's change, started ahead of it by the median time the last changes took from
+    their planned start (the `tc` process and the thread's wake-up), so that it lands on the
+    boundary rather than that long after it; the first by the initial change's duration."""
     import numpy as np
 
-    last = 0.0
+    last, took = 0.0, []  # took: each change's lag plus the lead it was started with
     while not self._stop.is_set():
       boundary = self._boundary_after(last)
-      lead = float(np.median(self.durations_s[-20:]))
+      lead = float(np.median(took[-5:] if took else self.durations_s))
       if self._stop.wait(max(boundary - lead - (time.monotonic() - self.t0), 0.0)):
         return
       try:
@@ -270,6 +271,7 @@ class TcShaper:
       self.changes += 1
       self.durations_s.append(done - began)
       self.lags_s.append(done - self.t0 - boundary)
+      took.append(self.lags_s[-1] + lead)
       last = boundary
 
   def stop(self) -> None:
