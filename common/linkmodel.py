@@ -158,16 +158,26 @@ class TbfLink:
     if tokens < size - 1e-9:
       rate, change = self._step(head)
       leave = head + (size - tokens) / rate
-      if change < leave and self.every > 0:  # the next hand-over after the change, as late past
-        frame, delay = divmod(t, self.every)  # its frame's arrival as this packet's was
-        nxt = max(frame + 1, math.ceil((change - delay) / self.every))
-        leave = min(leave, nxt * self.every + delay)
-      if change < leave and self.ack_wake is not None:  # a later ACK handed over wakes it too
-        leave = min([leave] + [p[0] for p in self.pending if change <= p[0] < leave])
+      if change < leave:
+        leave = self._woken(t, change, leave)
     self._bucket_at(leave)
     self.tokens = max(self.tokens - size, 0.0)
     self.free_s = leave
     return leave
+
+  def _woken(self, t: float, change: float, leave: float) -> float:
+    """When a packet handed over at t that waits past a change (at `change`) leaves, given its
+    watchdog at `leave`: at the next hand-over, or (`ack_wake_s`) a later ACK handed over."""
+    if self.every > 0:
+      leave = min(leave, self._next_handover(t, change))
+    if change < leave and self.ack_wake is not None:
+      leave = min([leave] + [p[0] for p in self.pending if change <= p[0] < leave])
+    return leave
+
+  def _next_handover(self, t: float, change: float) -> float:
+    """The stream's next hand-over after `change`, as late past its frame's arrival as t was."""
+    frame, delay = divmod(t, self.every)
+    return max(frame + 1, math.ceil((change - delay) / self.every)) * self.every + delay
 
   def _enqueue(self, t: float, size: float) -> float:
     """The packet's departure."""
@@ -224,11 +234,14 @@ class TbfLink:
       self._tail_probe(ready_s, leaves[-1], sizes, max(ack_s, self.base_rtt))
     for size in lost:  # in-order delivery: this request and every later one wait for it
       self.blocked_until = max(self.blocked_until, self._retransmit(ready_s, size, len(sizes)))
-    for leave in leaves:  # TCP's RTT samples: a packet's time in the qdisc and the round trip
-      sample = leave - ready_s + self.base_rtt
+    self._rtt_update([leave - ready_s + self.base_rtt for leave in leaves])  # time in the qdisc + RTT
+    return start, max([*leaves, self.blocked_until])
+
+  def _rtt_update(self, samples: list[float]) -> None:
+    """TCP's smoothed RTT and its variation after these RTT samples (RFC 6298's gains)."""
+    for sample in samples:
       self.rttvar = 0.75 * self.rttvar + 0.25 * abs(sample - self.srtt)
       self.srtt = 0.875 * self.srtt + 0.125 * sample
-    return start, max([*leaves, self.blocked_until])
 
   def _pto(self, n_packets: int) -> float:
     """TCP's probe timeout for a flight of `n_packets` (Linux, whole timer ticks): 2 srtt + 2 ticks,
@@ -260,22 +273,12 @@ class TcpTbfLink(TbfLink):
     super().__init__(*args, **{**kwargs, "refill_same_rate": True})
     self.deadline, self.wake_at, self.handover_wakes = float(deadline_s), math.inf, False
 
-  def _depart(self, t: float, size: float) -> float:
+  def _woken(self, t: float, change: float, leave: float) -> float:
     """A waiting packet leaves at its watchdog or, once a change has refilled the bucket, at the
     next server answer at a deadline, or at the next hand-over when TCP does not hold it."""
-    head = max(t, self.free_s, self.t)
-    tokens, leave = self._bucket_at(head), head
-    if tokens < size - 1e-9:
-      rate, change = self._step(head)
-      leave = head + (size - tokens) / rate
-      if change < leave:
-        leave = min(leave, self._next_wake(change))
-        if self.handover_wakes and self.every:
-          frame, delay = divmod(t, self.every)
-          leave = min(leave, max(frame + 1, math.ceil((change - delay) / self.every)) * self.every + delay)
-    self._bucket_at(leave)
-    self.tokens = max(self.tokens - size, 0.0)
-    self.free_s = leave
+    leave = min(leave, self._next_wake(change))
+    if self.handover_wakes and self.every:
+      leave = min(leave, self._next_handover(t, change))
     return leave
 
   def _next_wake(self, t: float) -> float:
@@ -323,9 +326,7 @@ class TcpTbfLink(TbfLink):
     samples = [leave - start + self.base_rtt for leave in leaves]
     if len(leaves) > 1 and leaves[-1] - leaves[0] > self.DELACK_S:
       samples[0] = max(samples[0], self.DELACK_S + self.base_rtt)
-    for sample in samples:
-      self.rttvar = 0.75 * self.rttvar + 0.25 * abs(sample - self.srtt)
-      self.srtt = 0.875 * self.srtt + 0.125 * sample
+    self._rtt_update(samples)
 
 
 def replay(link, ready_s, setups, bits, t_srv) -> np.ndarray:
