@@ -162,7 +162,9 @@ def load_mahimahi(path: str | Path, *, bin_ms: int = 100) -> Trace:
     stamps.append(v)
   if not stamps:
     raise DataError(f"{path}: no delivery timestamps; a Mahimahi trace has one integer ms per line")
-  period_ms = max(stamps[-1], 1)  # Mahimahi replays the file every last-timestamp milliseconds
+  if stamps[-1] == 0:  # Mahimahi replays the file every last-timestamp ms, and refuses a 0-ms one
+    raise DataError(f"{path}: every timestamp is 0 ms; a Mahimahi trace must last a nonzero time")
+  period_ms = stamps[-1]
   _check_length(path, period_ms / 1000)
   nbins = int(math.ceil(period_ms / bin_ms))
   counts = np.bincount(np.minimum(np.asarray(stamps) // bin_ms, nbins - 1), minlength=nbins)

@@ -143,9 +143,10 @@ def _sparse(path, size):
     ("bin.up", lambda p: p.write_bytes(b"1\n\x00\x01\n"), "binary data"),
     ("huge.up", lambda p: _sparse(p, (64 << 20) + 1), "more than the"),
     ("long.up", lambda p: p.write_text("1\n99999999999\n"), "at most 86400 s"),
+    ("instant.up", lambda p: p.write_text("0\n0\n0\n"), "must last a nonzero time"),
     ("zero.csv", lambda p: p.write_text("time_s,mbps\n0,0\n1,0\n2,0\n"), "zero capacity throughout"),
   ],
-  ids=["empty", "not monotone", "binary", "huge file", "huge duration", "zero capacity"],
+  ids=["empty", "not monotone", "binary", "huge file", "huge duration", "zero length", "zero capacity"],
 )
 def test_a_bad_trace_file_is_one_line_naming_it(tmp_path, name, write, needle):
   p = tmp_path / name
