@@ -5,12 +5,11 @@ A policy maps the inputs of a block of B time steps to a send table [B, S]
 block. Threshold policies (MDP, baseline) need only the current metric; the DQN
 evaluates its network on the whole block at once (its Q values do not depend on
 the token state), so the sequential part of the simulation is only the bucket.
-Its fused path computes the first layer from the metric sequence itself: the
-windows of `GROUP` consecutive steps share one input row of GROUP + 95 values,
-multiplied by a kernel that holds the first layer's weights at each step's lags
-(so no window of 96 values is gathered or written out), and evaluates the rest
+Its fused path computes the first layer from the metric sequence itself, as a
+1-D convolution of each stream's sequence with the first layer's weights in
+reverse (no window of 96 values is gathered or written out), and evaluates the rest
 of the network with its output layer folded to the send margin Q(n, send) -
-Q(n, keep) (`models.send_margin`), on blocks of about 10,000 rows (streams x
+Q(n, keep) (`models.send_margin`), on blocks of about 20,000 rows (streams x
 steps) whose activations stay in cache; `fused=False`
 runs the path it replaced (gathered features, the network's 2 S outputs).
 Streams are vmapped. Reported per policy: average reward, average loss
@@ -33,7 +32,7 @@ from offload import bucket
 from offload.dqn import features
 from offload.models import QNetwork, send_margin, send_margin_params, send_table
 
-ROWS_PER_BLOCK = 10_000  # DQN rows (streams x steps) per block by default
+ROWS_PER_BLOCK = 20_000  # DQN rows (streams x steps) per block by default (10,000 and 40,000 were slower)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,32 +135,22 @@ def _dqn_unfused(policy_params, metrics, rewards, seq, iseq, q, p, m, *, net: QN
   return _dqn_blocks(table_fn, rewards, seq, iseq, q, p, m, block)
 
 
-GROUP = 4  # time steps whose feature windows share one row of the first layer's input
-
-
-def _first_layer_kernel(w_WxH: jax.Array, group: int) -> jax.Array:
-  """[group + W - 1, group * H]: row k, column block g holds w[g + W - 1 - k] (zero where that lag is
-  outside 0..W-1), so that `_window_groups(x) @ it`, reshaped to [.., group, H], holds the products of
-  `group` consecutive windows with w."""
+def _first_layer(padded_NxT, t0, block: int, w_WxH: jax.Array) -> jax.Array:
+  """[N, block, H]: out[:, t] = sum_j w[j] x[:, t0 + t - j] for the sequence x left-padded with
+  W - 1 zeros (window t is padded[:, t0 + t : t0 + t + W] reversed): a 1-D convolution with the
+  weights reversed, so that XLA's convolution reads each window in place, none written out."""
   width = w_WxH.shape[0]
-  lag = jnp.arange(group)[None, :] + width - 1 - jnp.arange(group + width - 1)[:, None]  # [K, G]
-  inside = ((lag >= 0) & (lag < width))[..., None]
-  return jnp.where(inside, w_WxH[jnp.clip(lag, 0, width - 1)], 0.0).reshape(group + width - 1, -1)
-
-
-def _window_groups(padded_NxT, t0, block: int, width: int, group: int) -> jax.Array:
-  """[N, block // group, group + width - 1]: out[:, a, k] = x[:, t0 + group a + k] from x left-padded
-  with width - 1 zeros: the values that the windows of steps group a .. group a + group - 1 read
-  (window t is out[:, t // group, t % group + width - 1 - j] for j = 0..width - 1), each once."""
   win = jax.lax.dynamic_slice_in_dim(padded_NxT, t0, block + width - 1, axis=1)
-  end = block - group + 1
-  return jnp.stack([win[:, k : k + end : group] for k in range(group + width - 1)], axis=-1)
+  kernel = w_WxH[::-1, None, :]  # [W, 1 input channel, H]
+  return jax.lax.conv_general_dilated(
+    win[..., None], kernel, (1,), "VALID", dimension_numbers=("NWC", "WIO", "NWC")
+  )
 
 
 def _dqn_fused(policy_params, metrics, rewards, seq, iseq, q, p, m, *, net: QNetwork, block: int):
-  """The DQN's simulation with the first layer on grouped sliding windows (no gather, no window
-  written out: `_window_groups` against `_first_layer_kernel`) and the output layer folded to the
-  send margin Q(n, send) - Q(n, keep) (`models.send_margin`): S outputs, not 2 S."""
+  """The DQN's simulation with the first layer as a convolution over each stream's sequence (no
+  gather, no window written out: `_first_layer`) and the output layer folded to the send margin
+  Q(n, send) - Q(n, keep) (`models.send_margin`): S outputs, not 2 S."""
   num = seq.shape[0]
   cfg = net.config
   iseq = jnp.ones_like(seq) if iseq is None else iseq
@@ -170,15 +159,13 @@ def _dqn_fused(policy_params, metrics, rewards, seq, iseq, q, p, m, *, net: QNet
   ipad = jnp.pad(iseq[:, :-1].astype(jnp.float32), ((0, 0), (max(cfg.nhist2, 0) + 1, 0)))
   hidden, out = send_margin_params(policy_params, cfg.nlayers)
   (w0, b0), w1 = hidden[0], cfg.nhist1 + 1
-  group = _divisor_at_most(block, GROUP)
-  inputs = [(mpad, _first_layer_kernel(w0[:w1], group), w1)]
+  inputs = [(mpad, w0[:w1])]
   if cfg.nhist2 >= 0:
-    inputs.append((ipad, _first_layer_kernel(w0[w1:], group), cfg.nhist2 + 1))
+    inputs.append((ipad, w0[w1:]))
   states = jnp.arange(net.num_states)
 
   def table_fn(t0):
-    rows = num * block // group
-    h = sum(_window_groups(x, t0, block, width, group).reshape(rows, -1) @ k for x, k, width in inputs)
+    h = sum(_first_layer(x, t0, block, w) for x, w in inputs)
     h = jax.nn.leaky_relu(h.reshape(num * block, -1) + b0, 0.2)
     margin = send_margin((hidden[1:], out), h).reshape(num, block, -1)
     return jnp.logical_and(states >= p, margin >= 0)
@@ -206,7 +193,7 @@ def simulate(
     sequence: [num, T] image indices; intervals: [num, T] inter-arrival slots (or None: periodic).
     rate, depth: the token bucket.
     block: time steps per block (the largest divisor of T not above it is used); None: about
-      10,000 network rows per block (10,000 // num steps), whose activations stay in cache.
+      20,000 network rows per block (20,000 // num steps), whose activations stay in cache.
     fused: the DQN's fused path (sliding-window features, output layer folded to the send margin,
       the launchers' XLA:CPU options); False runs the path it replaced as it was (the network as
       trained on gathered features, XLA's default options; give `block=1000`, its default then),

@@ -176,7 +176,7 @@ def test_send_margin_is_the_send_tables_difference(trained):
 
 @pytest.mark.parametrize("nhist2", [-1, 2])
 def test_fused_dqn_simulation_matches_the_unfused_path(trained, nhist2):
-  """The fused path (first layer on grouped windows, folded output layer) against the path it replaced
+  """The fused path (first layer as a convolution, folded output layer) against the path it replaced
   (gathered features, the network's 2 S outputs): same sums on streams with random intervals."""
   d = trained["d"]
   rate, depth = 0.25, 2
@@ -194,7 +194,7 @@ def test_fused_dqn_simulation_matches_the_unfused_path(trained, nhist2):
   fused = simulate.simulate(*args, block=200)
   assert fused == simulate.simulate(*args, block=200, fused=False)
   assert fused == simulate.simulate(*args, block=600)  # blocks do not change the result
-  assert fused == simulate.simulate(*args, block=75)  # windows grouped by 3, not 4
+  assert fused == simulate.simulate(*args, block=75)  # a block that is no multiple of 2
   assert 0.05 < fused["offload_fraction"] < fused["decision_fraction"] < 1
 
 
