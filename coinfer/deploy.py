@@ -219,7 +219,7 @@ def calibrated_profile(dep: Exports, client: dev.Client, controller: str, stream
 
 
 FRAME_FIELDS = ("setup", "status", "arrival_s", "latency_s", "wait_s", "control_s", "device_s", "link_s",
-                "server_s", "wire_bytes")  # fmt: skip
+                "server_s", "wire_bytes", "closed_s")  # fmt: skip
 
 
 def run(dep: Exports, client: dev.Client, link, *, frames: int, controller: str, stream: dict,

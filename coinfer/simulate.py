@@ -57,11 +57,17 @@ class Delivered:
     self.done = self.done[-200:]
 
 
+GIVE_UP_AFTER_S = 1e-6  # a request given up at its deadline leaves the view this long after it
+
+
 class Answered:
   """What a device behind an unpaced link sees (tc, `common.serving.device.Ledger`): the bits sent
   and not yet answered (or given up at the deadline), and a throughput sample per answer, the
   transfer taken to end at the answer less a round trip (the server's compute is in the profile's
-  answer time, and the device subtracts it), the transfers in order."""
+  answer time, and the device subtracts it), the transfers in order. A request given up at its
+  deadline leaves the view `GIVE_UP_AFTER_S` after it, as on the runtime, whose gRPC deadline
+  callback (`Ledger.answered`, its time in the record's `closed_s`) comes after the decision of a
+  frame that arrives at that instant."""
 
   def __init__(self, rtt_s: float = 0.0):
     self.rtt_s = rtt_s
@@ -86,7 +92,10 @@ class Answered:
     return float(sum(u[1] for u in self.unanswered)), seen, pending
 
   def record(self, sent: float, start: float, end: float, bits: float, answer: float, expiry: float) -> None:
-    done = min(answer, expiry)
+    # given up at its deadline, a request leaves the view just after it: the runtime's deadline
+    # callback comes after the decision of a frame arriving at that instant (frame k + 2's, when the
+    # deadline is two frame intervals)
+    done = answer if answer <= expiry else expiry + GIVE_UP_AFTER_S
     tx_end = (answer if answer <= expiry else expiry) - self.rtt_s
     self.unanswered.append((done, bits, sent, tx_end))
     first = max(sent, self.tx_end)

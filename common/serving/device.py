@@ -62,6 +62,7 @@ class FrameResult:
   link_s: float = 0.0  # hand-over to the link until sent (pacer) / transfer estimate (tc)
   server_s: float = 0.0  # the model's compute time the server reports
   wire_bytes: int = 0  # the serialized request
+  closed_s: float = float("inf")  # stream clock when the answer or the error (the deadline's) came
   output: np.ndarray | None = None
   error: str = ""
 
@@ -306,6 +307,7 @@ class Ledger:
     now = self.clock.now()
     with self.lock:
       self.open.pop(k, None)
+      self.results[k].closed_s = now
       try:
         self._answer(k, now, sent, bits, output, future.result())
       except grpc.RpcError as e:

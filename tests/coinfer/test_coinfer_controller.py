@@ -138,3 +138,39 @@ def test_the_simulators_views_report_the_running_transfer_as_the_runtime_does():
   led.closed(0)  # the first answered ...
   led._transfer(0.3, 0.0, 1e5, 0.28)  # ... its transfer taken to end a round trip before
   assert led._pending(0.4) == pytest.approx((2e5, 0.1))
+
+
+@pytest.mark.parametrize("k", [1, 5])  # 0.1 + 0.2 == 3 * 0.1 in floats; 0.5 + 0.2 < 7 * 0.1
+def test_a_request_given_up_at_its_deadline_is_in_view_when_the_frame_two_later_decides(k):
+  """10 fps, deadline 0.2 s: frame k's request, never answered in time, is given up at frame k + 2's
+  arrival; the runtime's deadline callback comes after that frame's decision, so the simulator's
+  unpaced view still counts its bits then (and shows its sample only after)."""
+  view = simulate.Answered(rtt_s=0.02)
+  arrival = k * 0.1
+  view.record(arrival, arrival, arrival + 0.8, 1e5, arrival + 0.9, arrival + 0.2)
+  backlog, seen, pending = view.observe((k + 2) * 0.1, 5)
+  assert backlog == 1e5 and seen == () and pending[0] == 1e5
+  backlog, seen, _ = view.observe((k + 2) * 0.1 + 1e-3, 5)
+  assert backlog == 0.0 and len(seen) == 1
+
+
+def test_the_runtime_records_when_a_request_closes():
+  import grpc
+
+  from common.serving import device
+
+  class Expired(grpc.RpcError):
+    def code(self):
+      return grpc.StatusCode.DEADLINE_EXCEEDED
+
+  class Future:
+    def result(self):
+      raise Expired()
+
+  results = [device.FrameResult(0)]
+  clock = device.FrameClock(1, 10.0)
+  led = device.Ledger(results, clock, deadline_s=0.2, rtt_s=0.0, from_answers=True, client=None)
+  led.opened(0, 0.0, 1e5)
+  before = clock.now()
+  led.answered(0, 0.0, 1e5, "out", Future())
+  assert results[0].status == "late" and before <= results[0].closed_s <= clock.now() and not led.open
