@@ -204,10 +204,17 @@ def _candidates(prof: Profile, reduce: bool) -> np.ndarray:
   return np.asarray(compress.pareto_front(prof.bits, prof.accuracy, cost) if reduce else np.arange(n_all))
 
 
-def _predictor(history: int, margin: bool) -> Callable[[ControlState], tuple[float, float]]:
+def start_bps(prof: Profile, fps: float) -> float:
+  """The bandwidth a controller assumes before its first throughput sample: the smallest setup at the
+  frame rate, so that a stream starts with the smallest setup (as adaptive-bitrate players start at
+  the lowest bitrate) rather than guess a rate the link may not have."""
+  return float(np.min(prof.bits)) * fps
+
+
+def _predictor(history: int, margin: bool, start: float) -> Callable[[ControlState], tuple[float, float]]:
   def predict(obs: ControlState) -> tuple[float, float]:
     """(seconds per bit, seconds of backlog) at the predicted bandwidth."""
-    c = predict_bandwidth(obs.throughputs_bps, history, margin=margin, pending=obs.pending)
+    c = predict_bandwidth(obs.throughputs_bps, history, margin=margin, pending=obs.pending, default=start)
     return 1.0 / c, obs.backlog_bits / c
 
   return predict
@@ -216,7 +223,8 @@ def _predictor(history: int, margin: bool) -> Callable[[ControlState], tuple[flo
 def _setting_up(prof: Profile, horizon: int, method: str, *, fps, history, margin, reduce):
   """(candidate setups, the smallest setup, frame interval, bandwidth predictor) of an MPC."""
   _checked(method, horizon)
-  return _candidates(prof, reduce), int(np.argmin(prof.bits)), 1.0 / fps, _predictor(history, margin)
+  predict = _predictor(history, margin, start_bps(prof, fps))
+  return _candidates(prof, reduce), int(np.argmin(prof.bits)), 1.0 / fps, predict
 
 
 def _solved(state: MPCState, value: float | None, *, fallback: bool = False) -> MPCState:
@@ -361,8 +369,10 @@ def make_rate_based(prof: Profile, *, fps: float = 10.0, history: int = 5) -> Co
   dt = 1.0 / fps
   smallest = int(np.argmin(prof.bits))
 
+  start = start_bps(prof, fps)
+
   def decide(state: ControlState) -> int:
-    c = predict_bandwidth(state.throughputs_bps, history, margin=False, pending=state.pending)
+    c = predict_bandwidth(state.throughputs_bps, history, margin=False, pending=state.pending, default=start)
     fits = np.flatnonzero(prof.bits / c <= dt)
     if fits.size == 0:
       return smallest
@@ -372,14 +382,21 @@ def make_rate_based(prof: Profile, *, fps: float = 10.0, history: int = 5) -> Co
 
 
 def make_buffer_based(
-  prof: Profile, *, deadline_s: float = 0.2, reservoir: float = 0.1, cushion: float = 0.5, history: int = 5
+  prof: Profile,
+  *,
+  fps: float = 10.0,
+  deadline_s: float = 0.2,
+  reservoir: float = 0.1,
+  cushion: float = 0.5,
+  history: int = 5,
 ) -> Controller:
   """BBA-style: the uplink backlog in seconds (at the predicted bandwidth) maps linearly onto the
   Pareto setups, the largest below `reservoir * T`, the smallest above `(reservoir + cushion) * T`."""
   front = compress.pareto_front(prof.bits, prof.accuracy, prof.t_dev + prof.t_srv)
+  start = start_bps(prof, fps)
 
   def decide(state: ControlState) -> int:
-    c = predict_bandwidth(state.throughputs_bps, history, margin=False, pending=state.pending)
+    c = predict_bandwidth(state.throughputs_bps, history, margin=False, pending=state.pending, default=start)
     b = state.backlog_bits / c
     lo, hi = reservoir * deadline_s, (reservoir + cushion) * deadline_s
     frac = np.clip((b - lo) / (hi - lo), 0.0, 1.0)

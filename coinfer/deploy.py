@@ -168,7 +168,7 @@ def make_controller(spec: str, prof: C.Profile, stream: dict):
   if spec == "rate":
     return C.make_rate_based(prof, fps=s["fps"], history=s["history"])
   if spec == "buffer":
-    return C.make_buffer_based(prof, deadline_s=s["deadline_s"], history=s["history"])
+    return C.make_buffer_based(prof, fps=s["fps"], deadline_s=s["deadline_s"], history=s["history"])
   if spec.startswith("fixed:") and spec[6:] in prof.names:
     return C.make_fixed(prof.names.index(spec[6:]))
   raise ConfigError(

@@ -27,7 +27,7 @@ def controllers(prof: Profile, trace: Trace, s) -> dict:
     ),
     "fixed": C.make_fixed(front[len(front) // 2]),
     "rate": C.make_rate_based(prof, fps=s.fps, history=s.history),
-    "buffer": C.make_buffer_based(prof, deadline_s=s.deadline_s, history=s.history),
+    "buffer": C.make_buffer_based(prof, fps=s.fps, deadline_s=s.deadline_s, history=s.history),
     "oracle": C.make_oracle(prof, trace, fps=s.fps, deadline_s=s.deadline_s),
   }
 

@@ -32,6 +32,23 @@ def test_plentiful_picks_largest_scarce_picks_smallest(method):
   assert _decide(ctl, _state(1e4))[0] == int(np.argmin(prof.bits))
 
 
+@pytest.mark.parametrize("name", ["mpc", "rate", "buffer"])
+def test_before_its_first_sample_a_controller_takes_the_smallest_setup(name):
+  """No throughput sample yet: the link is taken to carry the smallest setup at the frame rate
+  (`start_bps`), so a stream starts small; one fast sample then lets the largest through."""
+  prof = C.Profile(("s", "m", "l"), np.asarray([1e4, 5e4, 2e5]), np.asarray([0.5, 0.7, 0.9]),
+                   np.zeros(3), np.full(3, 0.01))  # fmt: skip
+  assert C.start_bps(prof, 10.0) == 1e5
+  ctl = {
+    "mpc": C.make_mpc(prof, 3, fps=10, deadline_s=0.2, method="dp"),
+    "rate": C.make_rate_based(prof, fps=10),
+    "buffer": C.make_buffer_based(prof, fps=10, deadline_s=0.2),
+  }[name]
+  first = C.ControlState(0, 0.0, 1e4 if name == "buffer" else 0.0, ())  # buffer: the first frame's bits queued
+  assert _decide(ctl, first)[0] == 0
+  assert _decide(ctl, first._replace(throughputs_bps=(1e8,)))[0] == 2
+
+
 def test_predict_bandwidth_harmonic_mean_and_margin():
   assert C.predict_bandwidth([1e6, 4e6], 5, margin=False) == pytest.approx(2 / (1 / 1e6 + 1 / 4e6))
   flat = C.predict_bandwidth([2e6] * 6, 5, margin=True)
