@@ -220,10 +220,11 @@ def _predictor(history: int, margin: bool, start: float) -> Callable[[ControlSta
   return predict
 
 
-def _setting_up(prof: Profile, horizon: int, method: str, *, fps, history, margin, reduce):
-  """(candidate setups, the smallest setup, frame interval, bandwidth predictor) of an MPC."""
+def _setting_up(prof: Profile, horizon: int, method: str, *, fps, history, margin, reduce, start=None):
+  """(candidate setups, the smallest setup, frame interval, bandwidth predictor) of an MPC; `start`:
+  the bandwidth before the first sample (None: `start_bps`)."""
   _checked(method, horizon)
-  predict = _predictor(history, margin, start_bps(prof, fps))
+  predict = _predictor(history, margin, start_bps(prof, fps) if start is None else start)
   return _candidates(prof, reduce), int(np.argmin(prof.bits)), 1.0 / fps, predict
 
 
@@ -242,11 +243,13 @@ def make_mpc(
   method: str = "milp",
   reduce: bool = True,
   solver: str | None = None,
+  start: float | None = None,
 ) -> Controller:
   """The MPC controller with the solver `method`: "dp" (`make_mpc_dp`), "milp" or "relax"
-  (`make_mpc_milp`). Its state (MPCState) counts solves and fallbacks."""
+  (`make_mpc_milp`). Its state (MPCState) counts solves and fallbacks. `start`: the bandwidth it
+  assumes before its first sample (None: `start_bps`, the smallest setup at the frame rate)."""
   _checked(method, horizon)
-  kw = dict(fps=fps, deadline_s=deadline_s, history=history, margin=margin, reduce=reduce)
+  kw = dict(fps=fps, deadline_s=deadline_s, history=history, margin=margin, reduce=reduce, start=start)
   if method == "dp":
     return make_mpc_dp(setups, horizon, **kw)
   return make_mpc_milp(setups, horizon, relax=method == "relax", solver=solver, **kw)
@@ -261,9 +264,10 @@ def make_mpc_dp(
   history: int = 5,
   margin: bool = True,
   reduce: bool = True,
+  start: float | None = None,
 ) -> Controller:
   """The MPC solved exactly by the dynamic program (`_dp_first`) every frame."""
-  kw = dict(fps=fps, history=history, margin=margin, reduce=reduce)
+  kw = dict(fps=fps, history=history, margin=margin, reduce=reduce, start=start)
   cand, smallest, dt, predict = _setting_up(prof, horizon, "dp", **kw)
 
   def update(obs: ControlState, state: MPCState) -> tuple[int, MPCState]:
@@ -317,13 +321,14 @@ def make_mpc_milp(
   relax: bool = False,
   reduce: bool = True,
   solver: str | None = None,
+  start: float | None = None,
 ) -> Controller:
   """The MPC as a CVXPY problem built once (DPP) and re-solved every frame: a MILP with HiGHS, or
   with `relax` its LP relaxation, rounded to the most accurate setup in the support of the first
   frame's choice that keeps it on time."""
   import cvxpy as cp
 
-  kw = dict(fps=fps, history=history, margin=margin, reduce=reduce)
+  kw = dict(fps=fps, history=history, margin=margin, reduce=reduce, start=start)
   cand, smallest, dt, predict = _setting_up(prof, horizon, "relax" if relax else "milp", **kw)
   problem, x, inv_c, w0 = _milp_problem(prof, cand, horizon, dt, deadline_s, relax)
   solver = solver or "HIGHS"

@@ -175,6 +175,7 @@ def _controllers_on_traces(prof, horizon: int, seeds: int, frames: int) -> dict:
       tr = traces.synthetic(kind, seed, 120.0)
       ctls = {
         "mpc": C.make_mpc(prof, horizon, method="dp"),
+        "mpc_start_1mbps": C.make_mpc(prof, horizon, method="dp", start=1e6),  # the start before Dec 2026
         "rate": C.make_rate_based(prof),
         "buffer": C.make_buffer_based(prof),
         "fixed": C.make_fixed(int(np.argsort(prof.bits)[len(prof.bits) // 2])),

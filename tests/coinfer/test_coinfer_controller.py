@@ -47,6 +47,8 @@ def test_before_its_first_sample_a_controller_takes_the_smallest_setup(name):
   first = C.ControlState(0, 0.0, 1e4 if name == "buffer" else 0.0, ())  # buffer: the first frame's bits queued
   assert _decide(ctl, first)[0] == 0
   assert _decide(ctl, first._replace(throughputs_bps=(1e8,)))[0] == 2
+  if name == "mpc":  # an MPC told to start at 100 Mbit/s starts with the largest
+    assert _decide(C.make_mpc(prof, 3, fps=10, deadline_s=0.2, method="dp", start=1e8), first)[0] == 2
 
 
 def test_predict_bandwidth_harmonic_mean_and_margin():
