@@ -44,7 +44,8 @@ def test_before_its_first_sample_a_controller_takes_the_smallest_setup(name):
     "rate": C.make_rate_based(prof, fps=10),
     "buffer": C.make_buffer_based(prof, fps=10, deadline_s=0.2),
   }[name]
-  first = C.ControlState(0, 0.0, 1e4 if name == "buffer" else 0.0, ())  # buffer: the first frame's bits queued
+  # the buffer-based controller sees the first frame's bits queued
+  first = C.ControlState(0, 0.0, 1e4 if name == "buffer" else 0.0, ())
   assert _decide(ctl, first)[0] == 0
   assert _decide(ctl, first._replace(throughputs_bps=(1e8,)))[0] == 2
   if name == "mpc":  # an MPC told to start at 100 Mbit/s starts with the largest
