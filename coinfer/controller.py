@@ -373,7 +373,6 @@ def make_rate_based(prof: Profile, *, fps: float = 10.0, history: int = 5) -> Co
   (harmonic mean, no margin, queue ignored); the smallest when none fits."""
   dt = 1.0 / fps
   smallest = int(np.argmin(prof.bits))
-
   start = start_bps(prof, fps)
 
   def decide(state: ControlState) -> int:

@@ -359,13 +359,13 @@ def _figure_rows(out: dict, pred: dict) -> list:
     ["mean queueing delay of on-time frames, hand-over to the last byte out (ms)", m["mean_queue_s"] * 1e3,
      p["mean_queue_s"] * 1e3],
   ]  # fmt: skip
-  lo, hi = p.get("spread", {}).get("deadline_miss_rate", (p["deadline_miss_rate"],) * 2)
+  lo, hi = p["spread"]["deadline_miss_rate"]
   rows.insert(
     1, ["deadline-miss rate, the simulator's range over its answer-time draws", "-", f"{lo:.4g}-{hi:.4g}"]
   )
   lat_m, lat_p = (
     _on_time(out["frames"]["latency_s"], s["deadline_s"]),
-    _on_time(np.concatenate(pred.get("latency_s_draws", [pred["latency_s"]])), s["deadline_s"]),
+    _on_time(np.concatenate(pred["latency_s_draws"]), s["deadline_s"]),
   )
   for q in (50, 90):
     vm, vp = lat_m[np.isfinite(lat_m)], lat_p[np.isfinite(lat_p)]
@@ -434,7 +434,7 @@ def write_report(out_dir: Path, out: dict, pred: dict, trace, server_stats: dict
     f"link `{out['link']}` on trace `{trace.name}` (mean {trace.mean_bps() / 1e6:.3f} Mbit/s), device parts {kind}. "
     "Server and device ran as separate processes; the simulator ran `coinfer.simulate` on the same trace with the "
     "profile calibrated on this system (below) and the same controller and images, "
-    f"{pred['summary'].get('draws', 1)} times with other draws of the server's answer times: its figures are the "
+    f"{pred['summary']['draws']} times with other draws of the server's answer times: its figures are the "
     "means over the draws (latency percentiles over all of them), its plots the first draw's."
   )
   rep.heading("Measured against the simulator")
