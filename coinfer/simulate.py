@@ -44,7 +44,7 @@ class Delivered:
   def observe(self, now: float, history: int) -> tuple[float, tuple, tuple]:
     """(backlog bits, the last `history` samples, (bits, seconds so far) of the running transfer)."""
     tr = self.trace
-    backlog = sum(bits - trace_bits(tr, s, now) for s, e, bits in self.inflight if e > now and s < now)
+    backlog = sum(bits - tr.bits_between(s, now) for s, e, bits in self.inflight if e > now and s < now)
     backlog += sum(bits for s, e, bits in self.inflight if s >= now)
     self.inflight = [f for f in self.inflight if f[1] > now]
     running = [(bits, now - s) for s, e, bits in self.inflight if s < now]
@@ -182,19 +182,3 @@ def _summary(out: dict, profile: Profile, ctl_state) -> dict:
     "mean_queue_s": float(out["queue_s"][out["met"] > 0].mean()) if out["met"].any() else 0.0,
     "fallbacks": int(ctl_state.fallbacks),
   }
-
-
-def trace_bits(trace: Trace, start_s: float, until_s: float) -> float:
-  """Bits the link delivers between start_s and until_s (numeric integral of the piecewise rate)."""
-  if until_s <= start_s:
-    return 0.0
-  starts, ends, rates = trace.segments()
-  total, t = 0.0, start_s
-  while t < until_s:
-    local = t % trace.period_s
-    base = t - local
-    i = int(np.searchsorted(starts, local, side="right") - 1)
-    seg_end = min(base + ends[i], until_s)
-    total += (seg_end - t) * rates[i]
-    t = seg_end if seg_end > t else t + 1e-12
-  return total

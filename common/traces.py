@@ -67,6 +67,21 @@ class Trace:
       base += self.period_s
       t = base
 
+  def bits_between(self, start_s: float, until_s: float) -> float:
+    """Bits the link delivers between start_s and until_s (the integral of the piecewise rate)."""
+    if until_s <= start_s:
+      return 0.0
+    starts, ends, rates = self.segments()
+    total, t = 0.0, float(start_s)
+    while t < until_s:
+      local = t % self.period_s
+      base = t - local
+      i = int(np.searchsorted(starts, local, side="right") - 1)
+      seg_end = min(base + ends[i], until_s)
+      total += (seg_end - t) * rates[i]
+      t = seg_end if seg_end > t else t + 1e-12
+    return total
+
   def rate_at(self, t_s: float) -> float:
     local = t_s % self.period_s
     return float(self.rates_bps[int(np.searchsorted(self.times_s, local, side="right") - 1)])

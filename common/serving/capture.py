@@ -173,6 +173,55 @@ def summarize(run_dir) -> dict:
   }
 
 
+def rate_estimates(run_dir) -> dict:
+  """How far the throughput a device can know is from the link's: for every answered frame of a
+  captured tc run, the trace's mean rate over the frame's transfer as the device infers it (the
+  `link_s` before the answer less the server's compute and a round trip; tc's floor where the trace
+  is below it), against the sample the
+  controllers get from the answer (payload bits over `link_s`, `common.serving.device.Ledger`) and
+  the kernel's delivery rate (TCP_INFO, the first sample at or after the answer). Per setup: the
+  frames, and for each estimate the median of its ratio to the trace's rate and the share within a
+  factor of 2 (`estimate_ratios`)."""
+  from pathlib import Path
+
+  from common import safeio
+  from common.serving import runner
+  from common.serving.link import TC_SERVER_PORT
+
+  d = Path(run_dir)
+  spec = safeio.load_json(d / "device_spec.json", what="device spec", keys=("settings",))
+  rec = safeio.load_json(d / "device.json", what="device record", keys=("t0_monotonic", "frames", "profile"))
+  info = [json.loads(x) for x in (d / "tcp_info.jsonl").read_text().splitlines()]
+  info = [r for r in info if r["peer"].endswith(f":{TC_SERVER_PORT}")]
+  return estimate_ratios(rec, info, runner.load_trace(spec["settings"]))
+
+
+def estimate_ratios(rec: dict, info: list, trace) -> dict:
+  """`rate_estimates` of a device record, its TCP_INFO rows (one connection) and its trace."""
+  import numpy as np
+
+  f, names, bits = rec["frames"], rec["profile"]["names"], rec["profile"]["bits"]
+  floor = rec.get("wire", {}).get("floor_bps", 1.0)  # tc never shapes below it
+  t_info = np.asarray([r["t"] for r in info]) - rec["t0_monotonic"]
+  rows: dict[str, list] = {}
+  for k, link_s in enumerate(f["link_s"]):
+    if not link_s or link_s <= 0 or not f["server_s"][k]:
+      continue
+    end = f["closed_s"][k] - f["server_s"][k] - rec["rtt_s"]
+    true = max(trace.bits_between(end - link_s, end) / link_s, floor)
+    j = int(np.searchsorted(t_info, f["closed_s"][k]))
+    kernel = info[j]["delivery_rate_bps"] if j < len(info) else float("nan")
+    rows.setdefault(names[f["setup"][k]], []).append((bits[f["setup"][k]] / link_s / true, kernel / true))
+  out = {}
+  for name in sorted(rows, key=names.index):
+    r = np.asarray(rows[name])
+    within = (r > 0.5) & (r < 2.0)
+    out[name] = {"frames": len(r), "answer_ratio_median": float(np.median(r[:, 0])),
+                 "answer_within_2x": float(within[:, 0].mean()),
+                 "kernel_ratio_median": float(np.nanmedian(r[:, 1])), "kernel_within_2x": float(within[:, 1].mean())}  # fmt: skip
+  return out
+
+
 def overtaken(data: list) -> list[float]:
   """The data segments (capture rows in departure order, one connection) that left the qdisc after a
   segment later in the byte stream, each at its first departure: tbf's queue is a FIFO, so such a
@@ -198,13 +247,18 @@ def overtaken(data: list) -> list[float]:
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(prog="python -m common.serving.capture", description=__doc__.splitlines()[0])
   p.add_argument("--summary", default="", help="print what a captured run's folder says, capture nothing")
+  p.add_argument(
+    "--estimates",
+    default="",
+    help="print a captured run's throughput estimates against its trace, capture nothing",
+  )
   p.add_argument("--iface")
   p.add_argument("--out")
   p.add_argument("--tcp_info", default="", help="also sample `ss -tin` to this file")
   p.add_argument("--every_ms", type=float, default=20.0)
   args = p.parse_args(argv)
-  if args.summary:
-    print(json.dumps(summarize(args.summary), indent=1))
+  if args.summary or args.estimates:
+    print(json.dumps(summarize(args.summary) if args.summary else rate_estimates(args.estimates), indent=1))
     return 0
   if not (args.iface and args.out):
     p.error("--iface and --out are required to capture")

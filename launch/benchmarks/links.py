@@ -40,6 +40,12 @@ def add_args(parser) -> None:
     help="replay the recorded tc runs' requests through the simulator's tc link frame by frame, run nothing",
   )
   parser.add_argument(
+    "--link-capture",
+    action="store_true",
+    help="capture every tc run's packets and TCP_INFO (deploy.capture) and hold the throughput the "
+    "device could know against the trace's (common.serving.capture.rate_estimates)",
+  )
+  parser.add_argument(
     "--link-variant",
     default="",
     help="with --link-replay or --link-repredict: comma-separated variants of the tc link's model "
@@ -172,11 +178,26 @@ def run(args) -> dict:
             "trace_scale": args.link_mean_mbps * 1e6 / mean,
           }
           out = Path(args.run_dir) / "links" / f"{Path(spec).stem}_{kind}_{ctl}_{rep}"
-          load = os.getloadavg()[0]
-          rows.append({**one_row(workdir, b, out), "trace": Path(spec).stem, "repeat": rep, "load1": load})
+          load, captured = os.getloadavg()[0], args.link_capture and kind == "tc"
+          row = one_row(workdir, {**b, "capture": captured}, out)
+          rows.append({**row, "trace": Path(spec).stem, "repeat": rep, "load1": load})
           print(table_line(rows[-1]), flush=True)
+          if captured:
+            rows[-1]["estimates"] = estimates(out, rows[-1])
   return {"mean_mbps": args.link_mean_mbps, "frames": args.frames, "fps": args.fps, "rows": rows,
           "worst_gap": worst_gaps(rows)}  # fmt: skip
+
+
+def estimates(out: Path, row: dict) -> dict:
+  """A captured run's throughput estimates against its trace, printed a setup a line."""
+  from common.serving import capture
+
+  est = capture.rate_estimates(out)
+  for name, e in est.items():
+    print(f"  estimates {row['trace']} run {row['repeat']} {name}: {e['frames']} frames, answer "
+          f"{e['answer_ratio_median']:.1f}x the trace ({e['answer_within_2x']:.2f} within 2x), kernel's "
+          f"delivery rate {e['kernel_ratio_median']:.1f}x ({e['kernel_within_2x']:.2f})", flush=True)  # fmt: skip
+  return est
 
 
 def table_line(r: dict) -> str:

@@ -18,6 +18,16 @@ def test_transfer_end_piecewise():
   assert tr.mean_bps() == pytest.approx(1.5e6)
 
 
+def test_bits_between_integrates_the_rate_across_pieces_and_periods():
+  tr = traces.Trace("t", np.asarray([0.0, 1.0]), np.asarray([1e6, 2e6]), 2.0)
+  assert tr.bits_between(0.5, 1.5) == pytest.approx(0.5e6 + 1e6)
+  assert tr.bits_between(1.5, 2.5) == pytest.approx(1e6 + 0.5e6)  # into the next period
+  assert tr.bits_between(0.0, 20.0) == pytest.approx(30e6)  # ten whole periods
+  assert tr.bits_between(1.0, 1.0) == 0.0 and tr.bits_between(2.0, 1.0) == 0.0
+  for start, bits in ((0.3, 0.4e6), (1.5, 2e6), (0.7, 7e6)):  # the inverse of transfer_end
+    assert tr.bits_between(start, tr.transfer_end(start, bits)) == pytest.approx(bits)
+
+
 @pytest.mark.parametrize("kind", ["markov", "random_walk", "step"])
 def test_synthetic_seeded(kind):
   a, b, c = traces.synthetic(kind, 0, 30), traces.synthetic(kind, 0, 30), traces.synthetic(kind, 1, 30)

@@ -263,6 +263,34 @@ def test_a_captured_runs_summary_counts_over_its_stream_only(tmp_path):
   assert (s["data_segments_out"], s["data_segments_out_again"]) == (4, 1)
 
 
+def test_throughput_estimates_are_held_against_the_traces_rate_over_each_transfer():
+  """Hand-made: a trace at 100 kbit/s for 0.5 s then at 0 (tc's floor, 8 kbit/s, holds); the small
+  setup's one frame: 800 bits in 1 ms (8x the trace), the kernel's rate at its answer 50 Mbit/s
+  (500x); the large setup's: 20 kbit in 125 ms (1.6x) ending a round trip and the server's 2 ms
+  before its answer, just before the rate falls, with 150 kbit/s from the kernel (1.5x), one
+  frame never answered, and one in the zero-rate spell (20 kbit in 200 ms against the floor: 12.5x)
+  with no TCP_INFO sample after it."""
+  from common.serving import capture
+
+  trace = Trace("t", np.asarray([0.0, 0.5]), np.asarray([1e5, 0.0]), 10.0)
+  frames = {"setup": [0, 1, 1, 1], "link_s": [0.001, 0.125, 0.0, 0.2], "server_s": [0.001, 0.002, 0.0, 0.002],
+            "closed_s": [0.1, 0.54, 0.5, 0.9]}  # fmt: skip
+  rec = {"t0_monotonic": 50.0, "rtt_s": 0.04, "frames": frames, "wire": {"floor_bps": 8000.0},
+         "profile": {"names": ["S", "L"], "bits": [800.0, 20000.0]}}  # fmt: skip
+  info = [{"t": 50.05, "delivery_rate_bps": 1e6}, {"t": 50.12, "delivery_rate_bps": 5e7},
+          {"t": 50.55, "delivery_rate_bps": 1.5e5}]  # fmt: skip
+  got = capture.estimate_ratios(rec, info, trace)
+  assert list(got) == ["S", "L"]
+  s, big = got["S"], got["L"]
+  assert s["frames"] == 1 and s["answer_ratio_median"] == pytest.approx(8.0)
+  assert (
+    s["kernel_ratio_median"] == pytest.approx(500.0) and s["answer_within_2x"] == s["kernel_within_2x"] == 0
+  )
+  assert big["frames"] == 2 and big["answer_ratio_median"] == pytest.approx((1.6 + 12.5) / 2)
+  assert big["kernel_ratio_median"] == pytest.approx(1.5)
+  assert big["answer_within_2x"] == big["kernel_within_2x"] == 0.5
+
+
 def test_a_segment_the_qdisc_dropped_shows_as_overtaken():
   """Hand-made departures: a request's second segment (seq 1450) leaves after the next request's
   segment (2442) and 100 ms after its first segment; a resent copy of it, an in-order stream and a
