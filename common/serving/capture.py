@@ -2,6 +2,7 @@
 
   python -m common.serving.capture --iface IFACE --out packets.jsonl   (inside the device's namespace)
   python -m common.serving.capture --summary RUN_DIR                 (what a captured run says)
+  python -m common.serving.capture --estimates RUN_DIR   (its throughput estimates against the trace)
 
 Records every IPv4 TCP packet the interface sends or receives, one JSON list a line:
 `[t, dir, wire_bytes, payload_bytes, flags, sport, dport, seq, ack]`, with `t` the kernel's receive
@@ -25,6 +26,7 @@ import signal
 import socket
 import struct
 import subprocess
+import sys
 import threading
 import time
 
@@ -258,7 +260,14 @@ def main(argv=None) -> int:
   p.add_argument("--every_ms", type=float, default=20.0)
   args = p.parse_args(argv)
   if args.summary or args.estimates:
-    print(json.dumps(summarize(args.summary) if args.summary else rate_estimates(args.estimates), indent=1))
+    from common.errors import EdgeInferError
+
+    try:
+      out = summarize(args.summary) if args.summary else rate_estimates(args.estimates)
+    except (EdgeInferError, OSError) as e:
+      print(f"error: {e}", file=sys.stderr)
+      return 2
+    print(json.dumps(out, indent=1))
     return 0
   if not (args.iface and args.out):
     p.error("--iface and --out are required to capture")

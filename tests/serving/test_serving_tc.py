@@ -291,6 +291,16 @@ def test_throughput_estimates_are_held_against_the_traces_rate_over_each_transfe
   assert big["answer_within_2x"] == big["kernel_within_2x"] == 0.5
 
 
+def test_estimates_of_a_folder_without_a_capture_is_one_line(tmp_path, capsys):
+  from common.serving import capture
+
+  (tmp_path / "device_spec.json").write_text(json.dumps({"settings": {}}))
+  (tmp_path / "device.json").write_text(json.dumps({"t0_monotonic": 0.0, "frames": {}, "profile": {}}))
+  assert capture.main(["--estimates", str(tmp_path)]) == 2
+  err = capsys.readouterr().err
+  assert err.count("\n") == 1 and "tcp_info.jsonl" in err
+
+
 def test_a_segment_the_qdisc_dropped_shows_as_overtaken():
   """Hand-made departures: a request's second segment (seq 1450) leaves after the next request's
   segment (2442) and 100 ms after its first segment; a resent copy of it, an in-order stream and a
