@@ -54,8 +54,9 @@ predicts them closed loop):
 
 Not modelled: BBR's pacing (its bandwidth estimate mostly keeps the unshaped calibration's tens
 of Mbit/s, but falls to the trace's rate at times: `deploy.capture` records it), the client's
-HTTP/2 pings that overtake a dropped segment and bring the server's SACK early, and why TCP holds
-a request behind a waiting segment (its congestion window is not full then).
+HTTP/2 pings that overtake a dropped segment and bring the server's SACK early, the RST_STREAM
+packet (79 bytes) the device sends for a request it gives up at its deadline, and why TCP holds a
+request behind a waiting segment (its congestion window is not full then).
 """
 
 from __future__ import annotations
