@@ -293,7 +293,8 @@ def predict(dep: Exports, out: dict, trace, draws: int = PREDICT_DRAWS) -> dict:
     np.asarray(p["t_dev"]),
     np.asarray(p["t_srv"]),
   )
-  sims = [_simulate_once(dep, out, trace, prof, seed) for seed in range(draws)]
+  ctl = make_controller(out["controller"], prof, out["stream"])  # pure: each run starts from ctl.init()
+  sims = [_simulate_once(dep, out, trace, prof, ctl, seed) for seed in range(draws)]
   keys = sims[0]["summary"].keys()
   summ = {k: float(np.mean([x["summary"][k] for x in sims])) for k in keys}
   summ["spread"] = {k: [float(min(x["summary"][k] for x in sims)), float(max(x["summary"][k] for x in sims))]
@@ -304,11 +305,11 @@ def predict(dep: Exports, out: dict, trace, draws: int = PREDICT_DRAWS) -> dict:
           "latency_s_draws": [x["latency_s"] for x in sims]}  # fmt: skip
 
 
-def _simulate_once(dep: Exports, out: dict, trace, prof: C.Profile, seed: int) -> dict:
+def _simulate_once(dep: Exports, out: dict, trace, prof: C.Profile, ctl: C.Controller, seed: int) -> dict:
   """One closed-loop run of the simulator with answer-time draw `seed`: its summary and per-frame series."""
   s = out["stream"]
   sim = simulate.run(
-    make_controller(out["controller"], prof, s),
+    ctl,
     trace,
     profile=prof,
     fps=s["fps"],

@@ -146,14 +146,12 @@ def summarize(run_dir) -> dict:
   import numpy as np
 
   from common import safeio
-  from common.serving.link import TC_SERVER_PORT
 
   d = Path(run_dir)
   rec = safeio.load_json(d / "device.json", what="device record", keys=("t0_monotonic", "stream", "frames"))
   t0 = rec["t0_monotonic"]
   t1 = t0 + max(rec["frames"]["arrival_s"]) + rec["stream"]["deadline_s"]
-  info = [json.loads(x) for x in (d / "tcp_info.jsonl").read_text().splitlines()]
-  info = [r for r in info if t0 <= r["t"] <= t1 and r["peer"].endswith(f":{TC_SERVER_PORT}")]
+  info = [r for r in server_tcp_info(d) if t0 <= r["t"] <= t1]
   pace, bw = np.asarray([r["pacing_rate_bps"] for r in info]), np.asarray([r["bbr_bw_bps"] for r in info])
   packets = [json.loads(x) for x in (d / "packets.jsonl").read_text().splitlines()]
   data = [p for p in packets if p[1] == "out" and p[3] > 0 and t0 <= p[0] <= t1]
@@ -175,6 +173,16 @@ def summarize(run_dir) -> dict:
   }
 
 
+def server_tcp_info(run_dir) -> list[dict]:
+  """A captured run's TCP_INFO rows (`tcp_info.jsonl`) of its connection to the server."""
+  from pathlib import Path
+
+  from common.serving.link import TC_SERVER_PORT
+
+  rows = [json.loads(x) for x in (Path(run_dir) / "tcp_info.jsonl").read_text().splitlines()]
+  return [r for r in rows if r["peer"].endswith(f":{TC_SERVER_PORT}")]
+
+
 def rate_estimates(run_dir) -> dict:
   """How far the throughput a device can know is from the link's: for every answered frame of a
   captured tc run, the trace's mean rate over the frame's transfer as the device infers it (the
@@ -188,14 +196,11 @@ def rate_estimates(run_dir) -> dict:
 
   from common import safeio
   from common.serving import runner
-  from common.serving.link import TC_SERVER_PORT
 
   d = Path(run_dir)
   spec = safeio.load_json(d / "device_spec.json", what="device spec", keys=("settings",))
   rec = safeio.load_json(d / "device.json", what="device record", keys=("t0_monotonic", "frames", "profile"))
-  info = [json.loads(x) for x in (d / "tcp_info.jsonl").read_text().splitlines()]
-  info = [r for r in info if r["peer"].endswith(f":{TC_SERVER_PORT}")]
-  return estimate_ratios(rec, info, runner.load_trace(spec["settings"]))
+  return estimate_ratios(rec, server_tcp_info(d), runner.load_trace(spec["settings"]))
 
 
 def estimate_ratios(rec: dict, info: list, trace) -> dict:
